@@ -1,0 +1,47 @@
+//! Protocol limits and Xen constants.
+//!
+//! Every size a peer or user space sends is checked against one of these
+//! before anything is allocated or mapped.
+
+/// Size of a Xen page: the unit of grants and of the page directory,
+/// whatever the guest's own `PAGE_SIZE` is.
+pub const XEN_PAGE_SIZE: usize = 4096;
+
+/// `log2(XEN_PAGE_SIZE)`.
+pub const XEN_PAGE_SHIFT: u32 = 12;
+
+/// Grant references below this are reserved by Xen (`GNTTAB_NR_RESERVED_ENTRIES`)
+/// for the toolstack and are never valid in a page directory.
+pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
+
+/// Largest private metadata blob attached to an export, in bytes (as in the
+/// original hyper_dmabuf).
+pub const MAX_PRIV_LEN: usize = 192;
+
+/// Default largest buffer a domain accepts to import or export: 1 GiB.
+pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
+
+/// Hard ceiling of the page directory format: a root page of leaf
+/// references, each leaf full of data references (about 3.96 GiB). A
+/// configured maximum above this is clamped to it.
+pub const PGDIR_MAX_BUFFER_BYTES: u64 =
+    (super::pgdir::ROOT_ENTRIES as u64) * (super::pgdir::LEAF_ENTRIES as u64) * (XEN_PAGE_SIZE as u64);
+
+/// Largest ring, as a power-of-two number of pages (`XENBUS_MAX_RING_GRANTS`
+/// is 16 pages in Linux).
+pub const MAX_RING_PAGE_ORDER: u32 = 4;
+
+/// Ring size used when the toolstack does not ask for one: 4 pages, that is
+/// 32 slots of [`super::wire::SLOT_SIZE`] bytes per ring.
+pub const DEFAULT_RING_PAGE_ORDER: u32 = 2;
+
+/// Number of Xen pages needed to hold `size` bytes, or `None` if it does
+/// not fit a `u32` page count.
+pub const fn pages_for_bytes(size: u64) -> Option<u32> {
+    let pages = size.div_ceil(XEN_PAGE_SIZE as u64);
+    if pages > u32::MAX as u64 {
+        None
+    } else {
+        Some(pages as u32)
+    }
+}
