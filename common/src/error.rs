@@ -43,6 +43,13 @@ pub enum Error {
         /// The count found.
         found: u32,
     },
+    /// The page directory describes a buffer of another size than announced.
+    SizeMismatch {
+        /// Size in the export message.
+        announced: u64,
+        /// Size in the directory.
+        found: u64,
+    },
     /// A page-directory page does not start with the expected magic.
     BadMagic(u32),
     /// A page-directory page has a layout version this code does not know.
@@ -77,6 +84,14 @@ pub enum Error {
     BadStatus(i32),
     /// A `hyper_dmabuf_id` is malformed (id zero).
     BadId,
+    /// A domain id is one of Xen's reserved ids or does not fit 16 bits.
+    BadDomId(u32),
+    /// An unexport delay longer than [`super::uapi::MAX_UNEXPORT_DELAY_MS`].
+    DelayTooLong(u32),
+    /// A query item this version does not define.
+    UnknownQueryItem(u32),
+    /// An event type this version does not define.
+    UnknownEvent(u32),
     /// A caller-supplied output buffer is too small for the result.
     OutputTooSmall {
         /// Entries needed.
@@ -105,15 +120,27 @@ impl fmt::Display for Error {
             Error::CountMismatch { expected, found } => {
                 write!(f, "count {found} disagrees with size (expected {expected})")
             }
+            Error::SizeMismatch { announced, found } => {
+                write!(
+                    f,
+                    "directory describes {found} bytes, {announced} announced"
+                )
+            }
             Error::BadMagic(magic) => write!(f, "bad page-directory magic {magic:#010x}"),
             Error::BadVersion(v) => write!(f, "unknown page-directory version {v}"),
             Error::InvalidGref(gref) => write!(f, "invalid grant reference {gref}"),
             Error::DuplicateGref(gref) => write!(f, "grant reference {gref} appears twice"),
             Error::BadLeafIndex { expected, found } => {
-                write!(f, "directory leaf claims index {found}, expected {expected}")
+                write!(
+                    f,
+                    "directory leaf claims index {found}, expected {expected}"
+                )
             }
             Error::RingOverflow { pending, size } => {
-                write!(f, "peer claims {pending} pending entries on a ring of {size}")
+                write!(
+                    f,
+                    "peer claims {pending} pending entries on a ring of {size}"
+                )
             }
             Error::RingFull => write!(f, "ring is full"),
             Error::RingTooSmall => write!(f, "shared memory too small for the ring"),
@@ -121,6 +148,10 @@ impl fmt::Display for Error {
             Error::UnexpectedResponse(id) => write!(f, "response to unknown request {id}"),
             Error::BadStatus(status) => write!(f, "undefined status code {status}"),
             Error::BadId => write!(f, "malformed hyper_dmabuf_id"),
+            Error::BadDomId(domid) => write!(f, "{domid} is not a valid domain id"),
+            Error::DelayTooLong(ms) => write!(f, "unexport delay of {ms} ms is too long"),
+            Error::UnknownQueryItem(item) => write!(f, "unknown query item {item}"),
+            Error::UnknownEvent(kind) => write!(f, "unknown event type {kind}"),
             Error::OutputTooSmall { needed, got } => {
                 write!(f, "output holds {got} entries, {needed} needed")
             }

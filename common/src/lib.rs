@@ -9,7 +9,8 @@
 //! * [`id`] — `hyper_dmabuf_id`, the handle of a shared buffer.
 //! * [`pgdir`] — the grant-reference page directory of a buffer.
 //! * [`ring`] — a ring compatible with Xen's `io/ring.h`, generic over
-//!   [`ring::SharedMem`].
+//!   [`shmem::SharedMem`], so the same code runs over granted pages, test
+//!   memory and fuzzer input.
 //! * [`uapi`] — the ioctl interface of `/dev/xen/hyper_dmabuf`.
 //! * [`limits`] and [`Error`].
 //!
@@ -19,15 +20,18 @@
 //! `#[path = ".../common/src/lib.rs"] pub mod common;`, so modules here
 //! name each other through `super::`, never `crate::`, and the crate uses
 //! nothing but `core`.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+mod bytes;
 pub mod error;
 pub mod id;
 pub mod limits;
 pub mod pgdir;
 pub mod ring;
+pub mod shmem;
 pub mod uapi;
 pub mod wire;
+pub mod xen;
 
 pub use error::Error;

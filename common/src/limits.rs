@@ -24,8 +24,9 @@ pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
 /// Hard ceiling of the page directory format: a root page of leaf
 /// references, each leaf full of data references (about 3.96 GiB). A
 /// configured maximum above this is clamped to it.
-pub const PGDIR_MAX_BUFFER_BYTES: u64 =
-    (super::pgdir::ROOT_ENTRIES as u64) * (super::pgdir::LEAF_ENTRIES as u64) * (XEN_PAGE_SIZE as u64);
+pub const PGDIR_MAX_BUFFER_BYTES: u64 = (super::pgdir::ROOT_ENTRIES as u64)
+    * (super::pgdir::LEAF_ENTRIES as u64)
+    * (XEN_PAGE_SIZE as u64);
 
 /// Largest ring, as a power-of-two number of pages (`XENBUS_MAX_RING_GRANTS`
 /// is 16 pages in Linux).

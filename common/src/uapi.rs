@@ -1,0 +1,753 @@
+//! The user-space interface of `/dev/xen/hyper_dmabuf`.
+//!
+//! One misc device per domain, whatever role the domain plays, beside
+//! Xen's other devices (`/dev/xen/gntdev`, `/dev/xen/evtchn`). User space
+//! talks to it with the ioctls below and reads [`Event`] records from it
+//! (`read`/`poll`).
+//!
+//! Every argument is a fixed-size record of fixed-width fields with
+//! explicit padding; records are encoded and decoded here, by the kernel
+//! (after `copy_from_user` into a local array of exactly the record size)
+//! and by the tools, so both sides share one definition. Fields are in the
+//! machine's byte order, which is little-endian on every architecture Xen
+//! runs on. Reserved fields must be zero; output fields are ignored on
+//! input. The only pointers are documented `u64` user addresses.
+//!
+//! | ioctl | number | record | original hyper_dmabuf |
+//! |---|---|---|---|
+//! | [`IOCTL_EXPORT`] | `_IOWR(0xB9, 1, 232)` | [`ExportArgs`] | `EXPORT_REMOTE` |
+//! | [`IOCTL_IMPORT`] | `_IOWR(0xB9, 2, 40)` | [`ImportArgs`] | `EXPORT_FD` |
+//! | [`IOCTL_UNEXPORT`] | `_IOWR(0xB9, 3, 32)` | [`UnexportArgs`] | `UNEXPORT` |
+//! | [`IOCTL_QUERY`] | `_IOWR(0xB9, 4, 56)` | [`QueryArgs`] | `QUERY` |
+//! | [`IOCTL_LIST`] | `_IOWR(0xB9, 5, 16)` | [`ListArgs`] | (none) |
+//!
+//! The original's `TX_CH_SETUP`/`RX_CH_SETUP` have no counterpart: channels
+//! are XenBus devices set up by the toolstack.
+
+use super::bytes::{check_zero, get_i32, get_u32, get_u64, put_i32, put_u32, put_u64};
+use super::error::Error;
+use super::id::HyperDmabufId;
+use super::limits::MAX_PRIV_LEN;
+use super::wire::{ExportFlags, PrivData};
+use super::xen::DomId;
+
+// The records are defined in the machine's byte order; these codecs write
+// little-endian, which is the same thing on every Xen architecture.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// Path of the device node.
+pub const DEVICE_PATH: &str = "/dev/xen/hyper_dmabuf";
+
+/// Name given to the misc device (devtmpfs creates `/dev/xen/hyper_dmabuf`).
+pub const MISC_DEVICE_NAME: &str = "xen/hyper_dmabuf";
+
+/// The ioctl type byte of this device (free in
+/// `Documentation/userspace-api/ioctl/ioctl-number.rst`).
+pub const IOCTL_MAGIC: u8 = 0xB9;
+
+/// `_IOWR(magic, nr, size)` with the asm-generic encoding (x86, arm64).
+pub const fn iowr(magic: u8, nr: u8, size: usize) -> u32 {
+    const IOC_WRITE_READ: u32 = 3;
+    assert!(size < (1 << 14));
+    (IOC_WRITE_READ << 30) | ((size as u32) << 16) | ((magic as u32) << 8) | nr as u32
+}
+
+/// Export a local dma-buf to a peer domain: [`ExportArgs`].
+pub const IOCTL_EXPORT: u32 = iowr(IOCTL_MAGIC, 1, ExportArgs::SIZE);
+/// Import a buffer exported to this domain as a new dma-buf fd:
+/// [`ImportArgs`].
+pub const IOCTL_IMPORT: u32 = iowr(IOCTL_MAGIC, 2, ImportArgs::SIZE);
+/// Revoke an export, now or after a delay: [`UnexportArgs`].
+pub const IOCTL_UNEXPORT: u32 = iowr(IOCTL_MAGIC, 3, UnexportArgs::SIZE);
+/// Ask about a buffer: [`QueryArgs`].
+pub const IOCTL_QUERY: u32 = iowr(IOCTL_MAGIC, 4, QueryArgs::SIZE);
+/// List the buffers this domain exports and imports: [`ListArgs`].
+pub const IOCTL_LIST: u32 = iowr(IOCTL_MAGIC, 5, ListArgs::SIZE);
+
+/// Longest delay an unexport may be scheduled after: 10 minutes.
+pub const MAX_UNEXPORT_DELAY_MS: u32 = 600_000;
+
+fn get_hid(record: &[u8], at: usize) -> Result<HyperDmabufId, Error> {
+    let mut raw = [0u8; HyperDmabufId::WIRE_SIZE];
+    raw.copy_from_slice(&record[at..at + HyperDmabufId::WIRE_SIZE]);
+    HyperDmabufId::decode(&raw)
+}
+
+fn put_hid(record: &mut [u8], at: usize, hid: &HyperDmabufId) {
+    record[at..at + HyperDmabufId::WIRE_SIZE].copy_from_slice(&hid.encode());
+}
+
+/// Flags of [`ExportArgs`].
+pub const EXPORT_RW: u32 = 1 << 0;
+/// Flags of [`ImportArgs`]: map the buffer writable (needs an export made
+/// with [`EXPORT_RW`]).
+pub const IMPORT_RW: u32 = 1 << 0;
+
+/// `struct hdmabuf_export`, the argument of [`IOCTL_EXPORT`].
+///
+/// ```text
+/// offset size  field          dir
+///      0    4  dmabuf_fd      in   the local dma-buf to share
+///      4    4  remote_domid   in   the domain to share it with
+///      8    4  flags          in   EXPORT_RW: grant read-write
+///     12    4  priv_len       in   bytes of priv used, <= 192
+///     16  192  priv           in   private data for the importer
+///    208   24  hid            out  the buffer's hyper_dmabuf_id
+/// ```
+///
+/// Exporting the same dma-buf to the same domain again updates its private
+/// data and returns the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportArgs {
+    /// The local dma-buf.
+    pub dmabuf_fd: i32,
+    /// The domain to share with.
+    pub remote: DomId,
+    /// Grant flags.
+    pub flags: ExportFlags,
+    /// Private data for the importer.
+    pub priv_data: PrivData,
+    /// Output: the id (ignored on input).
+    pub hid: Option<HyperDmabufId>,
+}
+
+impl ExportArgs {
+    /// Record size.
+    pub const SIZE: usize = 232;
+    const PRIV: usize = 16;
+    const HID: usize = 208;
+
+    /// Decodes the record user space passed in. The output field is
+    /// ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadDomId`], [`Error::UnknownFlags`], [`Error::PrivTooLong`],
+    /// [`Error::ReservedNotZero`] (private bytes past `priv_len`).
+    pub fn decode_in(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        let flags = get_u32(record, 8);
+        if flags & !EXPORT_RW != 0 {
+            return Err(Error::UnknownFlags(flags & !EXPORT_RW));
+        }
+        Ok(ExportArgs {
+            dmabuf_fd: get_i32(record, 0),
+            remote: DomId::new(get_u32(record, 4))?,
+            flags: ExportFlags::from_bits(flags)?,
+            priv_data: PrivData::decode(
+                get_u32(record, 12),
+                &record[Self::PRIV..Self::HID],
+                Self::PRIV,
+            )?,
+            hid: None,
+        })
+    }
+
+    /// Encodes the whole record (input fields and, if set, the output).
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_i32(&mut record, 0, self.dmabuf_fd);
+        put_u32(&mut record, 4, u32::from(self.remote.get()));
+        put_u32(&mut record, 8, self.flags.bits());
+        put_u32(&mut record, 12, self.priv_data.len() as u32);
+        record[Self::PRIV..Self::HID].copy_from_slice(self.priv_data.area());
+        if let Some(hid) = &self.hid {
+            put_hid(&mut record, Self::HID, hid);
+        }
+        record
+    }
+
+    /// Decodes the output after the ioctl returned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadId`] if the kernel wrote no id.
+    pub fn decode_out(record: &[u8; Self::SIZE]) -> Result<HyperDmabufId, Error> {
+        get_hid(record, Self::HID)
+    }
+}
+
+/// `struct hdmabuf_import`, the argument of [`IOCTL_IMPORT`].
+///
+/// ```text
+/// offset size  field   dir
+///      0   24  hid     in   the buffer
+///     24    4  flags   in   IMPORT_RW: map writable
+///     28    4  fd      out  new dma-buf fd (O_CLOEXEC)
+///     32    8  size    out  buffer size in bytes
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportArgs {
+    /// The buffer.
+    pub hid: HyperDmabufId,
+    /// [`IMPORT_RW`] or 0.
+    pub flags: u32,
+    /// Output: the new fd (ignored on input).
+    pub fd: i32,
+    /// Output: size in bytes (ignored on input).
+    pub size: u64,
+}
+
+impl ImportArgs {
+    /// Record size.
+    pub const SIZE: usize = 40;
+
+    /// Decodes the input fields.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadId`] or [`Error::UnknownFlags`].
+    pub fn decode_in(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        let flags = get_u32(record, 24);
+        if flags & !IMPORT_RW != 0 {
+            return Err(Error::UnknownFlags(flags & !IMPORT_RW));
+        }
+        Ok(ImportArgs {
+            hid: get_hid(record, 0)?,
+            flags,
+            fd: -1,
+            size: 0,
+        })
+    }
+
+    /// Decodes the whole record, outputs included (for user space).
+    ///
+    /// # Errors
+    ///
+    /// As [`ImportArgs::decode_in`].
+    pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        Ok(ImportArgs {
+            fd: get_i32(record, 28),
+            size: get_u64(record, 32),
+            ..Self::decode_in(record)?
+        })
+    }
+
+    /// Encodes the whole record.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_hid(&mut record, 0, &self.hid);
+        put_u32(&mut record, 24, self.flags);
+        put_i32(&mut record, 28, self.fd);
+        put_u64(&mut record, 32, self.size);
+        record
+    }
+}
+
+/// `struct hdmabuf_unexport`, the argument of [`IOCTL_UNEXPORT`].
+///
+/// ```text
+/// offset size  field     dir
+///      0   24  hid       in  the buffer, exported by this domain
+///     24    4  delay_ms  in  revoke after this long (0: now), <= 600000
+///     28    4  reserved  in  zero
+/// ```
+///
+/// A delayed unexport is cancelled by exporting the same buffer again
+/// before it fires, as in the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnexportArgs {
+    /// The buffer.
+    pub hid: HyperDmabufId,
+    /// Delay before the revocation starts.
+    pub delay_ms: u32,
+}
+
+impl UnexportArgs {
+    /// Record size.
+    pub const SIZE: usize = 32;
+
+    /// Decodes the record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadId`], [`Error::ReservedNotZero`], or
+    /// [`Error::DelayTooLong`] past [`MAX_UNEXPORT_DELAY_MS`].
+    pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        check_zero(record, 28, 32)?;
+        let delay_ms = get_u32(record, 24);
+        if delay_ms > MAX_UNEXPORT_DELAY_MS {
+            return Err(Error::DelayTooLong(delay_ms));
+        }
+        Ok(UnexportArgs {
+            hid: get_hid(record, 0)?,
+            delay_ms,
+        })
+    }
+
+    /// Encodes the record.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_hid(&mut record, 0, &self.hid);
+        put_u32(&mut record, 24, self.delay_ms);
+        record
+    }
+}
+
+/// What [`IOCTL_QUERY`] asks about a buffer (the original's query items).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum QueryItem {
+    /// 0 if this domain exported the buffer, 1 if it imported it.
+    Type = 1,
+    /// Domain id of the exporter.
+    Exporter = 2,
+    /// Domain id of the importer.
+    Importer = 3,
+    /// Size in bytes.
+    Size = 4,
+    /// 1 while the importer maps the buffer.
+    Busy = 5,
+    /// 1 once the buffer was unexported (revoked).
+    Unexported = 6,
+    /// 1 while a delayed unexport is pending.
+    DelayedUnexported = 7,
+    /// Length of the private data.
+    PrivSize = 8,
+    /// The private data, copied to `data_ptr`; value is its length.
+    Priv = 9,
+    /// The export flags ([`EXPORT_RW`]).
+    Flags = 10,
+}
+
+impl QueryItem {
+    /// Decodes an item number.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownQueryItem`].
+    pub const fn from_raw(raw: u32) -> Result<Self, Error> {
+        Ok(match raw {
+            1 => QueryItem::Type,
+            2 => QueryItem::Exporter,
+            3 => QueryItem::Importer,
+            4 => QueryItem::Size,
+            5 => QueryItem::Busy,
+            6 => QueryItem::Unexported,
+            7 => QueryItem::DelayedUnexported,
+            8 => QueryItem::PrivSize,
+            9 => QueryItem::Priv,
+            10 => QueryItem::Flags,
+            other => return Err(Error::UnknownQueryItem(other)),
+        })
+    }
+}
+
+/// `struct hdmabuf_query`, the argument of [`IOCTL_QUERY`].
+///
+/// ```text
+/// offset size  field      dir
+///      0   24  hid        in   the buffer
+///     24    4  item       in   a QueryItem
+///     28    4  reserved   in   zero
+///     32    8  value      out  the answer
+///     40    8  data_ptr   in   user address for QueryItem::Priv, else 0
+///     48    4  data_len   in   bytes at data_ptr
+///     52    4  reserved   in   zero
+/// ```
+///
+/// For [`QueryItem::Priv`] the private data is copied to `data_ptr` and
+/// `value` is its length; if `data_len` is smaller, the ioctl fails with
+/// `ERANGE` and copies nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryArgs {
+    /// The buffer.
+    pub hid: HyperDmabufId,
+    /// The question.
+    pub item: QueryItem,
+    /// Output: the answer (ignored on input).
+    pub value: u64,
+    /// User address of the data area, for [`QueryItem::Priv`].
+    pub data_ptr: u64,
+    /// Size of the data area.
+    pub data_len: u32,
+}
+
+impl QueryArgs {
+    /// Record size.
+    pub const SIZE: usize = 56;
+
+    /// Decodes the record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadId`], [`Error::UnknownQueryItem`],
+    /// [`Error::ReservedNotZero`].
+    pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        check_zero(record, 28, 32)?;
+        check_zero(record, 52, 56)?;
+        Ok(QueryArgs {
+            hid: get_hid(record, 0)?,
+            item: QueryItem::from_raw(get_u32(record, 24))?,
+            value: get_u64(record, 32),
+            data_ptr: get_u64(record, 40),
+            data_len: get_u32(record, 48),
+        })
+    }
+
+    /// Encodes the record.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_hid(&mut record, 0, &self.hid);
+        put_u32(&mut record, 24, self.item as u32);
+        put_u64(&mut record, 32, self.value);
+        put_u64(&mut record, 40, self.data_ptr);
+        put_u32(&mut record, 48, self.data_len);
+        record
+    }
+}
+
+/// `struct hdmabuf_list`, the argument of [`IOCTL_LIST`].
+///
+/// ```text
+/// offset size  field        dir
+///      0    8  entries_ptr  in   user address of an array of ListEntry
+///      8    4  capacity     in   entries the array holds
+///     12    4  count        out  entries that exist (may exceed capacity)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListArgs {
+    /// User address of the entry array.
+    pub entries_ptr: u64,
+    /// Entries the array holds.
+    pub capacity: u32,
+    /// Output: entries that exist; `min(count, capacity)` were written.
+    pub count: u32,
+}
+
+impl ListArgs {
+    /// Record size.
+    pub const SIZE: usize = 16;
+
+    /// Decodes the record.
+    pub fn decode(record: &[u8; Self::SIZE]) -> Self {
+        ListArgs {
+            entries_ptr: get_u64(record, 0),
+            capacity: get_u32(record, 8),
+            count: get_u32(record, 12),
+        }
+    }
+
+    /// Encodes the record.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_u64(&mut record, 0, self.entries_ptr);
+        put_u32(&mut record, 8, self.capacity);
+        put_u32(&mut record, 12, self.count);
+        record
+    }
+}
+
+/// Kind of a listed buffer: exported by this domain.
+pub const KIND_EXPORTED: u32 = 0;
+/// Kind of a listed buffer: imported from a peer.
+pub const KIND_IMPORTED: u32 = 1;
+
+/// [`ListEntry::state`] bit: the importer maps the buffer.
+pub const STATE_BUSY: u32 = 1 << 0;
+/// [`ListEntry::state`] bit: unexported.
+pub const STATE_UNEXPORTED: u32 = 1 << 1;
+/// [`ListEntry::state`] bit: a delayed unexport is pending.
+pub const STATE_DELAYED_UNEXPORT: u32 = 1 << 2;
+/// [`ListEntry::state`] bit: shared read-write.
+pub const STATE_RW: u32 = 1 << 3;
+
+/// `struct hdmabuf_list_entry`, one element written by [`IOCTL_LIST`].
+///
+/// ```text
+/// offset size  field       meaning
+///      0   24  hid         the buffer
+///     24    8  size        bytes
+///     32    4  peer_domid  the importer (exported) or exporter (imported)
+///     36    4  kind        KIND_EXPORTED or KIND_IMPORTED
+///     40    4  state       STATE_* bits
+///     44    4  reserved    zero
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The buffer.
+    pub hid: HyperDmabufId,
+    /// Size in bytes.
+    pub size: u64,
+    /// The other domain.
+    pub peer: DomId,
+    /// [`KIND_EXPORTED`] or [`KIND_IMPORTED`].
+    pub kind: u32,
+    /// `STATE_*` bits.
+    pub state: u32,
+}
+
+impl ListEntry {
+    /// Record size.
+    pub const SIZE: usize = 48;
+
+    /// Decodes an entry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadId`], [`Error::BadDomId`], [`Error::ReservedNotZero`].
+    pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        check_zero(record, 44, 48)?;
+        Ok(ListEntry {
+            hid: get_hid(record, 0)?,
+            size: get_u64(record, 24),
+            peer: DomId::new(get_u32(record, 32))?,
+            kind: get_u32(record, 36),
+            state: get_u32(record, 40),
+        })
+    }
+
+    /// Encodes an entry.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_hid(&mut record, 0, &self.hid);
+        put_u64(&mut record, 24, self.size);
+        put_u32(&mut record, 32, u32::from(self.peer.get()));
+        put_u32(&mut record, 36, self.kind);
+        put_u32(&mut record, 40, self.state);
+        record
+    }
+}
+
+/// Kinds of [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventType {
+    /// Importer side: a peer exported a buffer to this domain.
+    NewExport = 1,
+    /// Importer side: the exporter changed a buffer's private data.
+    Update = 2,
+    /// Importer side: the exporter revoked a buffer; no new imports.
+    Unexport = 3,
+    /// Exporter side: the importer mapped a buffer.
+    Mapped = 4,
+    /// Exporter side: the importer released its mapping.
+    Released = 5,
+    /// Exporter side: an unexport finished; every grant has ended.
+    GrantsEnded = 6,
+    /// A peer domain connected.
+    PeerConnected = 7,
+    /// A peer domain disconnected (closed, destroyed); its buffers are gone.
+    PeerDisconnected = 8,
+}
+
+impl EventType {
+    /// Decodes an event type.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownEvent`].
+    pub const fn from_raw(raw: u32) -> Result<Self, Error> {
+        Ok(match raw {
+            1 => EventType::NewExport,
+            2 => EventType::Update,
+            3 => EventType::Unexport,
+            4 => EventType::Mapped,
+            5 => EventType::Released,
+            6 => EventType::GrantsEnded,
+            7 => EventType::PeerConnected,
+            8 => EventType::PeerDisconnected,
+            other => return Err(Error::UnknownEvent(other)),
+        })
+    }
+}
+
+/// `struct hdmabuf_event`, one record returned by `read()` on the device.
+/// A read returns whole records only; a buffer smaller than one record
+/// fails with `EINVAL`.
+///
+/// ```text
+/// offset size  field       meaning
+///      0    4  type        EventType
+///      4    4  peer_domid  the other domain
+///      8   24  hid         the buffer (zero for peer events)
+///     32    8  size        buffer size in bytes
+///     40    4  flags       export flags (EXPORT_RW)
+///     44    4  priv_len    bytes of priv used
+///     48  192  priv        private data (NewExport, Update)
+///    240    4  lost        events dropped before this one (queue full)
+///    244   12  reserved    zero
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventType,
+    /// The other domain.
+    pub peer: DomId,
+    /// The buffer, if the event is about one.
+    pub hid: Option<HyperDmabufId>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Export flags.
+    pub flags: ExportFlags,
+    /// Private data.
+    pub priv_data: PrivData,
+    /// Events dropped before this one because the queue was full.
+    pub lost: u32,
+}
+
+impl Event {
+    /// Record size.
+    pub const SIZE: usize = 256;
+    const PRIV: usize = 48;
+    const LOST: usize = Self::PRIV + MAX_PRIV_LEN;
+
+    /// Encodes the record.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_u32(&mut record, 0, self.kind as u32);
+        put_u32(&mut record, 4, u32::from(self.peer.get()));
+        if let Some(hid) = &self.hid {
+            put_hid(&mut record, 8, hid);
+        }
+        put_u64(&mut record, 32, self.size);
+        put_u32(&mut record, 40, self.flags.bits());
+        put_u32(&mut record, 44, self.priv_data.len() as u32);
+        record[Self::PRIV..Self::LOST].copy_from_slice(self.priv_data.area());
+        put_u32(&mut record, Self::LOST, self.lost);
+        record
+    }
+
+    /// Decodes a record read from the device.
+    ///
+    /// # Errors
+    ///
+    /// Any field this version does not define.
+    pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        check_zero(record, Self::LOST + 4, Self::SIZE)?;
+        let hid = if record[8..32].iter().all(|&b| b == 0) {
+            None
+        } else {
+            Some(get_hid(record, 8)?)
+        };
+        Ok(Event {
+            kind: EventType::from_raw(get_u32(record, 0))?,
+            peer: DomId::new(get_u32(record, 4))?,
+            hid,
+            size: get_u64(record, 32),
+            flags: ExportFlags::from_bits(get_u32(record, 40))?,
+            priv_data: PrivData::decode(
+                get_u32(record, 44),
+                &record[Self::PRIV..Self::LOST],
+                Self::PRIV,
+            )?,
+            lost: get_u32(record, Self::LOST),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::KEY_LEN;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ioctl_numbers_are_stable() {
+        // These values are ABI: changing one breaks every binary built
+        // against the old header.
+        assert_eq!(IOCTL_EXPORT, 0xc0e8_b901);
+        assert_eq!(IOCTL_IMPORT, 0xc028_b902);
+        assert_eq!(IOCTL_UNEXPORT, 0xc020_b903);
+        assert_eq!(IOCTL_QUERY, 0xc038_b904);
+        assert_eq!(IOCTL_LIST, 0xc010_b905);
+    }
+
+    fn hid() -> HyperDmabufId {
+        HyperDmabufId::new(0x1234, [7; KEY_LEN]).unwrap()
+    }
+
+    #[test]
+    fn export_checks() {
+        let args = ExportArgs {
+            dmabuf_fd: 5,
+            remote: DomId::new(3).unwrap(),
+            flags: ExportFlags::WRITABLE,
+            priv_data: PrivData::new(b"frame 1").unwrap(),
+            hid: Some(hid()),
+        };
+        let record = args.encode();
+        assert_eq!(
+            ExportArgs::decode_in(&record).unwrap(),
+            ExportArgs { hid: None, ..args }
+        );
+        assert_eq!(ExportArgs::decode_out(&record).unwrap(), hid());
+
+        let mut bad = record;
+        put_u32(&mut bad, 4, 0x7ff0);
+        assert_eq!(ExportArgs::decode_in(&bad), Err(Error::BadDomId(0x7ff0)));
+        let mut bad = record;
+        put_u32(&mut bad, 8, 2);
+        assert_eq!(ExportArgs::decode_in(&bad), Err(Error::UnknownFlags(2)));
+        let mut bad = record;
+        put_u32(&mut bad, 12, 200);
+        assert_eq!(ExportArgs::decode_in(&bad), Err(Error::PrivTooLong(200)));
+        let mut bad = record;
+        bad[16 + 10] = 1;
+        assert_eq!(
+            ExportArgs::decode_in(&bad),
+            Err(Error::ReservedNotZero { offset: 26 })
+        );
+    }
+
+    #[test]
+    fn unexport_and_query_checks() {
+        let mut record = UnexportArgs {
+            hid: hid(),
+            delay_ms: 5,
+        }
+        .encode();
+        assert_eq!(UnexportArgs::decode(&record).unwrap().delay_ms, 5);
+        put_u32(&mut record, 24, MAX_UNEXPORT_DELAY_MS + 1);
+        assert_eq!(
+            UnexportArgs::decode(&record),
+            Err(Error::DelayTooLong(MAX_UNEXPORT_DELAY_MS + 1))
+        );
+        record[29] = 1;
+        assert!(matches!(
+            UnexportArgs::decode(&record),
+            Err(Error::ReservedNotZero { offset: 29 })
+        ));
+
+        let query = QueryArgs {
+            hid: hid(),
+            item: QueryItem::Priv,
+            value: 0,
+            data_ptr: 0x7fff_0000,
+            data_len: 192,
+        };
+        let mut record = query.encode();
+        assert_eq!(QueryArgs::decode(&record).unwrap(), query);
+        put_u32(&mut record, 24, 11);
+        assert_eq!(QueryArgs::decode(&record), Err(Error::UnknownQueryItem(11)));
+    }
+
+    proptest! {
+        #[test]
+        fn event_round_trip(kind in 1u32..=8, peer in 0u32..0x7ff0, size in any::<u64>(), rw in any::<bool>(),
+                            data in proptest::collection::vec(any::<u8>(), 0..=MAX_PRIV_LEN), lost in any::<u32>(), with_hid in any::<bool>()) {
+            let event = Event {
+                kind: EventType::from_raw(kind).unwrap(),
+                peer: DomId::new(peer).unwrap(),
+                hid: with_hid.then(hid),
+                size,
+                flags: if rw { ExportFlags::WRITABLE } else { ExportFlags::default() },
+                priv_data: PrivData::new(&data).unwrap(),
+                lost,
+            };
+            prop_assert_eq!(Event::decode(&event.encode()), Ok(event));
+        }
+
+        /// Whatever bytes user space passes, decoding refuses or accepts
+        /// without panicking.
+        #[test]
+        fn arbitrary_records(bytes in proptest::collection::vec(any::<u8>(), 256)) {
+            let _ = ExportArgs::decode_in(bytes[..ExportArgs::SIZE].try_into().unwrap());
+            let _ = ImportArgs::decode_in(bytes[..ImportArgs::SIZE].try_into().unwrap());
+            let _ = UnexportArgs::decode(bytes[..UnexportArgs::SIZE].try_into().unwrap());
+            let _ = QueryArgs::decode(bytes[..QueryArgs::SIZE].try_into().unwrap());
+            let _ = ListArgs::decode(bytes[..ListArgs::SIZE].try_into().unwrap());
+            let _ = ListEntry::decode(bytes[..ListEntry::SIZE].try_into().unwrap());
+            let _ = Event::decode(bytes[..Event::SIZE].try_into().unwrap());
+        }
+    }
+}

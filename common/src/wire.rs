@@ -1,0 +1,658 @@
+//! The messages carried on the shared rings.
+//!
+//! Each end of a connection sends requests on its own ring and answers the
+//! peer's requests on the peer's ring (see [`super::ring`]). Every request
+//! and every response fills one fixed-size slot of [`SLOT_SIZE`] bytes;
+//! all fields are little-endian and sit at fixed offsets; every byte that
+//! is not a defined field is reserved and must be zero. A request carries a
+//! `req_id` chosen by its sender, echoed in the response together with a
+//! [`Status`].
+//!
+//! The exporter's domain is never in a payload: the receiver knows which
+//! peer sent a message from the ring it arrived on.
+//!
+//! Request layout (offsets in bytes):
+//!
+//! ```text
+//!  0         1         2         3        4
+//! +---------+---------+---------+---------+
+//! |                req_id                 | 0
+//! +---------+---------+---------+---------+
+//! |   op    |          reserved           | 4
+//! +---------+---------+---------+---------+
+//! |        payload, by operation          | 8
+//! +---------+---------+---------+---------+
+//! |                  ...                  | 252
+//! +---------+---------+---------+---------+
+//! ```
+//!
+//! Response layout:
+//!
+//! ```text
+//! +---------+---------+---------+---------+
+//! |                req_id                 | 0
+//! +---------+---------+---------+---------+
+//! |   op    |          reserved           | 4
+//! +---------+---------+---------+---------+
+//! |                status                 | 8
+//! +---------+---------+---------+---------+
+//! |               reserved                | 12 .. 255
+//! +---------+---------+---------+---------+
+//! ```
+
+use super::bytes::{check_zero, get_i32, get_u32, get_u64, put_i32, put_u32, put_u64};
+use super::error::Error;
+use super::id::HyperDmabufId;
+use super::limits::{pages_for_bytes, MAX_PRIV_LEN};
+use super::xen::{GrantRef, Status};
+
+/// Size of one ring slot: every request and every response.
+pub const SLOT_SIZE: usize = 256;
+
+/// One ring slot, copied out of (or about to be copied into) a ring.
+pub type Slot = [u8; SLOT_SIZE];
+
+/// Operation codes. Codes 0x00 and 0x80..=0xff are reserved for future
+/// versions; a receiver answers unknown codes with
+/// [`Status::NotSupported`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// The sender exports a new buffer to the receiver.
+    Export = 0x01,
+    /// The sender replaces the private data of a buffer it exported.
+    Update = 0x02,
+    /// The sender revokes a buffer it exported; the receiver stops new
+    /// imports and answers once it holds no mapping ([`Status::Ok`]) or
+    /// with [`Status::Busy`], and then sends [`Op::Release`] when the last
+    /// mapping is gone.
+    Unexport = 0x03,
+    /// The sender, an importer, no longer maps the buffer.
+    Release = 0x04,
+    /// The sender, an importer, has mapped the buffer.
+    Mapped = 0x05,
+}
+
+impl Op {
+    /// Decodes an operation code.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownOp`] for a code this version does not define.
+    pub const fn from_wire(raw: u8) -> Result<Self, Error> {
+        Ok(match raw {
+            0x01 => Op::Export,
+            0x02 => Op::Update,
+            0x03 => Op::Unexport,
+            0x04 => Op::Release,
+            0x05 => Op::Mapped,
+            other => return Err(Error::UnknownOp(other)),
+        })
+    }
+}
+
+/// Flags of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportFlags(u32);
+
+impl ExportFlags {
+    /// The importer may map the pages writable (the grants are read-write).
+    pub const WRITABLE: ExportFlags = ExportFlags(1 << 0);
+    /// Every flag this version defines.
+    pub const ALL: ExportFlags = ExportFlags(1 << 0);
+
+    /// Decodes flags.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownFlags`] if undefined bits are set.
+    pub const fn from_bits(bits: u32) -> Result<Self, Error> {
+        if bits & !Self::ALL.0 != 0 {
+            Err(Error::UnknownFlags(bits & !Self::ALL.0))
+        } else {
+            Ok(ExportFlags(bits))
+        }
+    }
+
+    /// The raw bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: ExportFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// Private data attached to an export: opaque to the drivers, passed from
+/// the exporter's user space to the importer's.
+///
+/// # Invariants
+///
+/// `len <= MAX_PRIV_LEN` and the bytes past `len` are zero.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PrivData {
+    len: u8,
+    bytes: [u8; MAX_PRIV_LEN],
+}
+
+// `len` is stored in a u8.
+const _: () = assert!(MAX_PRIV_LEN <= u8::MAX as usize);
+
+impl PrivData {
+    /// No private data.
+    pub const EMPTY: PrivData = PrivData {
+        len: 0,
+        bytes: [0; MAX_PRIV_LEN],
+    };
+
+    /// Copies `data`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PrivTooLong`] if `data` is longer than [`MAX_PRIV_LEN`].
+    pub fn new(data: &[u8]) -> Result<Self, Error> {
+        if data.len() > MAX_PRIV_LEN {
+            return Err(Error::PrivTooLong(saturating_u32(data.len())));
+        }
+        let mut bytes = [0u8; MAX_PRIV_LEN];
+        bytes[..data.len()].copy_from_slice(data);
+        // INVARIANT: length checked, the tail of `bytes` is zero.
+        Ok(PrivData {
+            len: data.len() as u8,
+            bytes,
+        })
+    }
+
+    /// Decodes a length and a [`MAX_PRIV_LEN`]-byte area.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PrivTooLong`] for a length over the maximum,
+    /// [`Error::ReservedNotZero`] if the area has bytes past the length.
+    pub(crate) fn decode(len: u32, area: &[u8], area_offset: usize) -> Result<Self, Error> {
+        if len as usize > MAX_PRIV_LEN {
+            return Err(Error::PrivTooLong(len));
+        }
+        let len = len as usize;
+        check_zero(area, len, MAX_PRIV_LEN).map_err(|e| match e {
+            Error::ReservedNotZero { offset } => Error::ReservedNotZero {
+                offset: offset + area_offset,
+            },
+            other => other,
+        })?;
+        PrivData::new(&area[..len])
+    }
+
+    /// The data.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether there is no data.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole zero-padded area, as stored in records.
+    pub(crate) fn area(&self) -> &[u8; MAX_PRIV_LEN] {
+        &self.bytes
+    }
+}
+
+impl core::fmt::Debug for PrivData {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PrivData({} bytes)", self.len)
+    }
+}
+
+pub(crate) fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A new export, as announced to the importer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Export {
+    /// The buffer's id.
+    pub hid: HyperDmabufId,
+    /// Size of the buffer in bytes; the data pages are `ceil(size / 4096)`.
+    pub size: u64,
+    /// Grant reference of the root page of the buffer's page directory.
+    pub dir_gref: GrantRef,
+    /// Flags of the export.
+    pub flags: ExportFlags,
+    /// Private data for the importer's user space.
+    pub priv_data: PrivData,
+}
+
+/// The body of a request, by operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// [`Op::Export`].
+    Export(Export),
+    /// [`Op::Update`]: new private data for an exported buffer.
+    Update {
+        /// The buffer.
+        hid: HyperDmabufId,
+        /// Its new private data.
+        priv_data: PrivData,
+    },
+    /// [`Op::Unexport`].
+    Unexport(HyperDmabufId),
+    /// [`Op::Release`].
+    Release(HyperDmabufId),
+    /// [`Op::Mapped`].
+    Mapped(HyperDmabufId),
+}
+
+impl Message {
+    /// The operation code of this message.
+    pub const fn op(&self) -> Op {
+        match self {
+            Message::Export(_) => Op::Export,
+            Message::Update { .. } => Op::Update,
+            Message::Unexport(_) => Op::Unexport,
+            Message::Release(_) => Op::Release,
+            Message::Mapped(_) => Op::Mapped,
+        }
+    }
+
+    /// The buffer the message is about.
+    pub const fn hid(&self) -> &HyperDmabufId {
+        match self {
+            Message::Export(export) => &export.hid,
+            Message::Update { hid, .. }
+            | Message::Unexport(hid)
+            | Message::Release(hid)
+            | Message::Mapped(hid) => hid,
+        }
+    }
+}
+
+// Request field offsets. EXPORT uses all of them; UPDATE keeps the private
+// data at the same place and reserves the rest; the other operations carry
+// only the id.
+const REQ_ID: usize = 0;
+const REQ_OP: usize = 4;
+const REQ_HID: usize = 8;
+const REQ_SIZE: usize = 32;
+const REQ_NR_PAGES: usize = 40;
+const REQ_DIR_GREF: usize = 44;
+const REQ_FLAGS: usize = 48;
+const REQ_PRIV_LEN: usize = 52;
+const REQ_PRIV: usize = 56;
+const REQ_END: usize = REQ_PRIV + MAX_PRIV_LEN;
+const _: () = assert!(REQ_END <= SLOT_SIZE);
+const HID_END: usize = REQ_HID + HyperDmabufId::WIRE_SIZE;
+const _: () = assert!(HID_END == REQ_SIZE);
+
+// Response field offsets.
+const RSP_STATUS: usize = 8;
+const RSP_END: usize = 12;
+
+/// A request: what one end asks of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the sender, echoed in the response.
+    pub req_id: u32,
+    /// What is asked.
+    pub message: Message,
+}
+
+impl Request {
+    /// Encodes into a slot; every reserved byte is zero.
+    pub fn encode(&self) -> Slot {
+        let mut slot = [0u8; SLOT_SIZE];
+        put_u32(&mut slot, REQ_ID, self.req_id);
+        slot[REQ_OP] = self.message.op() as u8;
+        slot[REQ_HID..HID_END].copy_from_slice(&self.message.hid().encode());
+        match &self.message {
+            Message::Export(export) => {
+                put_u64(&mut slot, REQ_SIZE, export.size);
+                // An `Export` that went through `decode` or was built by the
+                // driver has a size whose page count fits; saturate instead
+                // of panicking for one built by hand, so that the receiver
+                // refuses it.
+                let pages = pages_for_bytes(export.size).unwrap_or(u32::MAX);
+                put_u32(&mut slot, REQ_NR_PAGES, pages);
+                put_u32(&mut slot, REQ_DIR_GREF, export.dir_gref.get());
+                put_u32(&mut slot, REQ_FLAGS, export.flags.bits());
+                put_priv(&mut slot, &export.priv_data);
+            }
+            Message::Update { priv_data, .. } => put_priv(&mut slot, priv_data),
+            Message::Unexport(_) | Message::Release(_) | Message::Mapped(_) => {}
+        }
+        slot
+    }
+
+    /// Decodes a slot copied out of a ring, rejecting anything this version
+    /// does not define. `max_buffer_bytes` is the largest buffer the
+    /// receiver accepts.
+    ///
+    /// # Errors
+    ///
+    /// Any of the validation errors; [`Status::from`] gives the status to
+    /// answer with. The `req_id` is in the slot's first four bytes even
+    /// when decoding fails, see [`request_id`].
+    pub fn decode(slot: &Slot, max_buffer_bytes: u64) -> Result<Self, Error> {
+        let req_id = request_id(slot);
+        let op = Op::from_wire(slot[REQ_OP])?;
+        check_zero(slot, REQ_OP + 1, REQ_HID)?;
+        let mut hid_bytes = [0u8; HyperDmabufId::WIRE_SIZE];
+        hid_bytes.copy_from_slice(&slot[REQ_HID..HID_END]);
+        let hid = HyperDmabufId::decode(&hid_bytes)?;
+        let message = match op {
+            Op::Export => {
+                let size = get_u64(slot, REQ_SIZE);
+                if size == 0 {
+                    return Err(Error::EmptyBuffer);
+                }
+                if size > max_buffer_bytes {
+                    return Err(Error::BufferTooLarge {
+                        size,
+                        max: max_buffer_bytes,
+                    });
+                }
+                let found = get_u32(slot, REQ_NR_PAGES);
+                let expected = pages_for_bytes(size).ok_or(Error::BufferTooLarge {
+                    size,
+                    max: max_buffer_bytes,
+                })?;
+                if found != expected {
+                    return Err(Error::CountMismatch { expected, found });
+                }
+                let dir_gref = GrantRef::new(get_u32(slot, REQ_DIR_GREF))?;
+                let flags = ExportFlags::from_bits(get_u32(slot, REQ_FLAGS))?;
+                let priv_data = get_priv(slot)?;
+                Message::Export(Export {
+                    hid,
+                    size,
+                    dir_gref,
+                    flags,
+                    priv_data,
+                })
+            }
+            Op::Update => {
+                check_zero(slot, REQ_SIZE, REQ_PRIV_LEN)?;
+                let priv_data = get_priv(slot)?;
+                Message::Update { hid, priv_data }
+            }
+            Op::Unexport | Op::Release | Op::Mapped => {
+                check_zero(slot, HID_END, SLOT_SIZE)?;
+                match op {
+                    Op::Unexport => Message::Unexport(hid),
+                    Op::Release => Message::Release(hid),
+                    _ => Message::Mapped(hid),
+                }
+            }
+        };
+        Ok(Request { req_id, message })
+    }
+}
+
+/// The `req_id` of a request slot, readable even when the rest of the slot
+/// is invalid, so that the receiver can answer with an error status.
+pub fn request_id(slot: &Slot) -> u32 {
+    get_u32(slot, REQ_ID)
+}
+
+/// The raw operation byte of a request slot, echoed in an error response.
+pub fn request_op(slot: &Slot) -> u8 {
+    slot[REQ_OP]
+}
+
+fn put_priv(slot: &mut Slot, priv_data: &PrivData) {
+    put_u32(slot, REQ_PRIV_LEN, saturating_u32(priv_data.len()));
+    slot[REQ_PRIV..REQ_END].copy_from_slice(priv_data.area());
+}
+
+fn get_priv(slot: &Slot) -> Result<PrivData, Error> {
+    let priv_data = PrivData::decode(
+        get_u32(slot, REQ_PRIV_LEN),
+        &slot[REQ_PRIV..REQ_END],
+        REQ_PRIV,
+    )?;
+    check_zero(slot, REQ_END, SLOT_SIZE)?;
+    Ok(priv_data)
+}
+
+/// A response: the outcome of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// The `req_id` of the request answered.
+    pub req_id: u32,
+    /// The operation byte of the request answered, echoed as received (an
+    /// unknown operation is answered with its own code).
+    pub op: u8,
+    /// The outcome.
+    pub status: Status,
+}
+
+impl Response {
+    /// Encodes into a slot.
+    pub fn encode(&self) -> Slot {
+        let mut slot = [0u8; SLOT_SIZE];
+        put_u32(&mut slot, REQ_ID, self.req_id);
+        slot[REQ_OP] = self.op;
+        put_i32(&mut slot, RSP_STATUS, self.status.to_wire());
+        slot
+    }
+
+    /// Decodes a slot copied out of a ring.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownOp`], [`Error::ReservedNotZero`] or
+    /// [`Error::BadStatus`]. Whether `req_id` names an outstanding request
+    /// is for the caller to check.
+    pub fn decode(slot: &Slot) -> Result<Self, Error> {
+        let op = Op::from_wire(slot[REQ_OP])?;
+        check_zero(slot, REQ_OP + 1, RSP_STATUS)?;
+        let status = Status::from_wire(get_i32(slot, RSP_STATUS))?;
+        check_zero(slot, RSP_END, SLOT_SIZE)?;
+        Ok(Response {
+            req_id: get_u32(slot, REQ_ID),
+            op: op as u8,
+            status,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::KEY_LEN;
+    use crate::limits::DEFAULT_MAX_BUFFER_BYTES;
+    use proptest::prelude::*;
+
+    const MAX: u64 = DEFAULT_MAX_BUFFER_BYTES;
+
+    fn hid_strategy() -> impl Strategy<Value = HyperDmabufId> {
+        (1u64.., any::<[u8; KEY_LEN]>()).prop_map(|(id, key)| HyperDmabufId::new(id, key).unwrap())
+    }
+
+    fn priv_strategy() -> impl Strategy<Value = PrivData> {
+        proptest::collection::vec(any::<u8>(), 0..=MAX_PRIV_LEN)
+            .prop_map(|v| PrivData::new(&v).unwrap())
+    }
+
+    fn message_strategy() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (
+                hid_strategy(),
+                1..=MAX,
+                8u32..,
+                any::<bool>(),
+                priv_strategy()
+            )
+                .prop_map(|(hid, size, gref, rw, priv_data)| Message::Export(Export {
+                    hid,
+                    size,
+                    dir_gref: GrantRef::new(gref).unwrap(),
+                    flags: if rw {
+                        ExportFlags::WRITABLE
+                    } else {
+                        ExportFlags::default()
+                    },
+                    priv_data,
+                })),
+            (hid_strategy(), priv_strategy())
+                .prop_map(|(hid, priv_data)| Message::Update { hid, priv_data }),
+            hid_strategy().prop_map(Message::Unexport),
+            hid_strategy().prop_map(Message::Release),
+            hid_strategy().prop_map(Message::Mapped),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn request_round_trip(req_id in any::<u32>(), message in message_strategy()) {
+            let request = Request { req_id, message };
+            prop_assert_eq!(Request::decode(&request.encode(), MAX), Ok(request));
+        }
+
+        #[test]
+        fn response_round_trip(req_id in any::<u32>(), op in 1u8..=5, status in prop::sample::select(&[0, -1, -2, -7, -12, -16, -17, -22, -28, -95][..])) {
+            let response = Response { req_id, op, status: Status::from_wire(status).unwrap() };
+            prop_assert_eq!(Response::decode(&response.encode()), Ok(response));
+        }
+
+        /// Any slot a hostile peer writes decodes to a value or an error,
+        /// and a value re-encodes to exactly the bytes received: nothing is
+        /// accepted that this version would not itself send.
+        #[test]
+        fn arbitrary_slots_are_canonical_or_refused(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE)) {
+            let mut slot = [0u8; SLOT_SIZE];
+            slot.copy_from_slice(&bytes);
+            if let Ok(request) = Request::decode(&slot, MAX) {
+                prop_assert_eq!(request.encode(), slot);
+            }
+            if let Ok(response) = Response::decode(&slot) {
+                prop_assert_eq!(response.encode(), slot);
+            }
+        }
+
+        /// Flipping any single byte of a valid request either still decodes
+        /// to a canonical request or is refused; never a panic.
+        #[test]
+        fn single_byte_corruption(req_id in any::<u32>(), message in message_strategy(), at in 0..SLOT_SIZE, value in any::<u8>()) {
+            let mut slot = Request { req_id, message }.encode();
+            slot[at] = value;
+            if let Ok(request) = Request::decode(&slot, MAX) {
+                prop_assert_eq!(request.encode(), slot);
+            }
+        }
+    }
+
+    fn export(size: u64) -> Request {
+        Request {
+            req_id: 9,
+            message: Message::Export(Export {
+                hid: HyperDmabufId::new(1, [3; KEY_LEN]).unwrap(),
+                size,
+                dir_gref: GrantRef::new(100).unwrap(),
+                flags: ExportFlags::default(),
+                priv_data: PrivData::new(b"meta").unwrap(),
+            }),
+        }
+    }
+
+    #[test]
+    fn export_checks() {
+        let mut slot = export(4096 * 3 + 1).encode();
+        assert_eq!(get_u32(&slot, REQ_NR_PAGES), 4);
+        put_u32(&mut slot, REQ_NR_PAGES, 3);
+        assert_eq!(
+            Request::decode(&slot, MAX),
+            Err(Error::CountMismatch {
+                expected: 4,
+                found: 3
+            })
+        );
+
+        let slot = export(MAX + 1).encode();
+        assert!(matches!(
+            Request::decode(&slot, MAX),
+            Err(Error::BufferTooLarge { .. })
+        ));
+
+        let mut slot = export(4096).encode();
+        put_u64(&mut slot, REQ_SIZE, 0);
+        assert_eq!(Request::decode(&slot, MAX), Err(Error::EmptyBuffer));
+
+        let mut slot = export(4096).encode();
+        put_u32(&mut slot, REQ_DIR_GREF, 7);
+        assert_eq!(Request::decode(&slot, MAX), Err(Error::InvalidGref(7)));
+
+        let mut slot = export(4096).encode();
+        put_u32(&mut slot, REQ_FLAGS, 6);
+        assert_eq!(Request::decode(&slot, MAX), Err(Error::UnknownFlags(6)));
+
+        let mut slot = export(4096).encode();
+        put_u32(&mut slot, REQ_PRIV_LEN, 193);
+        assert_eq!(Request::decode(&slot, MAX), Err(Error::PrivTooLong(193)));
+
+        // Private bytes past the declared length are reserved.
+        let mut slot = export(4096).encode();
+        slot[REQ_PRIV + 4] = 1;
+        assert_eq!(
+            Request::decode(&slot, MAX),
+            Err(Error::ReservedNotZero {
+                offset: REQ_PRIV + 4
+            })
+        );
+
+        let mut slot = export(4096).encode();
+        slot[SLOT_SIZE - 1] = 1;
+        assert_eq!(
+            Request::decode(&slot, MAX),
+            Err(Error::ReservedNotZero {
+                offset: SLOT_SIZE - 1
+            })
+        );
+
+        let mut slot = export(4096).encode();
+        slot[REQ_OP] = 0x80;
+        assert_eq!(Request::decode(&slot, MAX), Err(Error::UnknownOp(0x80)));
+        assert_eq!(request_id(&slot), 9);
+        assert_eq!(Status::from(Error::UnknownOp(0x80)), Status::NotSupported);
+    }
+
+    #[test]
+    fn update_reserves_export_fields() {
+        let hid = HyperDmabufId::new(5, [1; KEY_LEN]).unwrap();
+        let mut slot = Request {
+            req_id: 1,
+            message: Message::Update {
+                hid,
+                priv_data: PrivData::EMPTY,
+            },
+        }
+        .encode();
+        put_u64(&mut slot, REQ_SIZE, 4096);
+        assert_eq!(
+            Request::decode(&slot, MAX),
+            Err(Error::ReservedNotZero {
+                offset: REQ_SIZE + 1
+            })
+        );
+    }
+
+    #[test]
+    fn response_rejects_unknown_status() {
+        let mut slot = Response {
+            req_id: 1,
+            op: 1,
+            status: Status::Ok,
+        }
+        .encode();
+        put_i32(&mut slot, RSP_STATUS, -5);
+        assert_eq!(Response::decode(&slot), Err(Error::BadStatus(-5)));
+    }
+}
