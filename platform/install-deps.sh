@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install the host toolchain the embedded Xen platform needs, idempotently.
+#
+# Debian bookworm packages (after `apt-get update`, only when something is
+# missing) and bindgen-cli through `cargo install`. Nothing from Xen is
+# installed on the host: platform/fetch-xen.sh unpacks Xen into the cache.
+#
+# Prints what it does; a second run only checks and says "ok".
+set -euo pipefail
+
+BINDGEN_VERSION=0.69.5
+PKGS=(
+    linux-source-6.12
+    rustc-web rust-web-src
+    clang-19 libclang-19-dev llvm-19 lld-19
+    bc bison flex libelf-dev libssl-dev cpio kmod
+    qemu-system-x86 busybox-static
+    build-essential pkg-config zstd xz-utils
+)
+
+say() { printf '[deps] %s\n' "$*"; }
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]})); then
+    SUDO=
+    [[ $(id -u) -eq 0 ]] || SUDO=sudo
+    say "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    say "Debian packages: ok (${#PKGS[@]} present)"
+fi
+
+BINDGEN="${CARGO_HOME:-$HOME/.cargo}/bin/bindgen"
+if [[ -x $BINDGEN ]] && [[ $("$BINDGEN" --version 2>/dev/null) == "bindgen $BINDGEN_VERSION" ]]; then
+    say "bindgen-cli $BINDGEN_VERSION: ok"
+else
+    say "installing bindgen-cli $BINDGEN_VERSION with cargo (about 2 minutes)"
+    # bindgen-cli is an ordinary host tool: build it with whatever cargo is
+    # on PATH (rustup's or Debian's), locked to its published lock file.
+    LIBCLANG_PATH=/usr/lib/llvm-19/lib cargo install --locked bindgen-cli --version "$BINDGEN_VERSION"
+fi
+
+if [[ ! -d /usr/lib/rustlib/src/rust/library ]] && ! ls -d /usr/lib/rust-*/lib/rustlib/src/rust/library >/dev/null 2>&1; then
+    say "warning: rust-src of /usr/bin/rustc not found"
+fi
+say "done"
