@@ -1,0 +1,832 @@
+//! The XenBus state machines of both ends, as pure logic.
+//!
+//! A machine is told what happened ([`FrontendMachine::on_peer_state`],
+//! `on_local_error`, `on_remove`, ...) and answers with an ordered list of
+//! [`Action`]s for the driver to execute. It never touches xenstore, never
+//! allocates, never panics: every pair (our state, peer state) has a
+//! defined answer — a list of actions, nothing ("ignore"), or a protocol
+//! error, which moves the device to Closing with a log line.
+//!
+//! # Driver contract
+//!
+//! * The driver delivers events one at a time, and executes the whole
+//!   action list of one event, in order, before it delivers the next (one
+//!   work queue per device).
+//! * `on_peer_state` gets the peer's state as read *when the event is
+//!   handled* (watches coalesce: intermediate states may be missed, and
+//!   the tables are built so that missing one is harmless). An absent
+//!   `state` node is [`XenbusState::Unknown`]; a malformed one (see
+//!   [`super::schema::read_state`]) is reported with `on_local_error`.
+//! * If an action fails, the driver stops executing the list and calls
+//!   `on_local_error`, then executes what that returns.
+//! * [`Action::Teardown`] is idempotent: it releases whatever the session
+//!   holds (all of it, part of it after a failed setup, or nothing).
+//!
+//! # State diagrams
+//!
+//! Normal connection (Linux's `xenbus_switch_state` writes each state):
+//!
+//! ```text
+//!         Frontend                               Backend
+//!
+//!    Initialising (toolstack)               Initialising (toolstack)
+//!         |                                      |  PublishBackendNodes
+//!    start(): Initialising                       V
+//!         |                                   InitWait
+//!         |  sees InitWait:                      |
+//!         |  ReadBackendNodes,                   |
+//!         |  AllocRingsAndPublish (one txn)      |
+//!         V                                      |
+//!    Initialised  ------------------------->     |  sees Initialised:
+//!         |                                      |  MapRingsAndBind
+//!         |                                      V
+//!         |  sees Connected: Connect         Connected
+//!         V
+//!     Connected
+//! ```
+//!
+//! Close (either end's `on_local_error`, protocol error or removal; the
+//! toolstack's removal writes backend `online` = 0 and `state` = 5):
+//!
+//! ```text
+//!         Frontend                               Backend
+//!
+//!     Connected                               Connected
+//!         |  sees Closing:                       |  (error or remove:
+//!         |  Teardown                            |   Teardown)
+//!         V                                      V
+//!      Closing                                Closing
+//!         |                                      |
+//!         V                                      |  sees Closed:
+//!       Closed  -------------------------->      V
+//!         |                                    Closed
+//!         |                                      |  online = 1 and no
+//!         |                                      |  error: PublishBackendNodes
+//!         |  sees InitWait, no error of          V
+//!         |  our own: reconnect as above      InitWait
+//!         V
+//!    Initialised ...
+//! ```
+//!
+//! Recovery after peer loss:
+//!
+//! ```text
+//!   Backend lost (state Unknown/absent,     Frontend lost (state Initialising
+//!   Initialising, InitWait or Closed        after a reload, Closed, Unknown or
+//!   while we are Initialised/Connected):    Reconfiguring while we are
+//!                                           Connected):
+//!         Frontend                               Backend
+//!     Connected                               Connected
+//!         |                                      |  Teardown
+//!         V                                      |  online = 1: PublishBackendNodes
+//!    Reconfiguring                               V
+//!         |  Teardown                         InitWait  (online = 0: Closed)
+//!         V
+//!    Initialising
+//!         |  sees InitWait: reconnect
+//!         V
+//!    Initialised ...
+//! ```
+//!
+//! The full tables are in the documentation of
+//! [`FrontendMachine::on_peer_state`] and [`BackendMachine::on_peer_state`].
+
+use core::fmt;
+
+use super::state::XenbusState;
+
+/// One step for the driver to execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Write our `state` node (`xenbus_switch_state`).
+    SwitchState(XenbusState),
+    /// Backend: read the toolstack's configuration
+    /// ([`super::schema::read_toolstack_config`]) and publish the backend
+    /// nodes ([`super::schema::publish_backend`]).
+    PublishBackendNodes,
+    /// Frontend: read and validate the backend nodes
+    /// ([`super::schema::read_backend_config`]) and choose the session
+    /// parameters ([`super::schema::negotiate`]).
+    ReadBackendNodes,
+    /// Frontend: allocate and grant both rings of `2^ring-page-order`
+    /// pages, allocate one unbound event channel for the backend, and
+    /// publish them in one transaction
+    /// ([`super::schema::publish_frontend`]).
+    AllocRingsAndPublish,
+    /// Backend: read and validate the frontend nodes
+    /// ([`super::schema::read_frontend_rings`]), map both rings, bind the
+    /// event channel and start serving the rings.
+    MapRingsAndBind,
+    /// Frontend: start using the rings (the backend is Connected).
+    Connect,
+    /// Both: stop using the rings and release everything the session
+    /// holds: unmap (backend) or end foreign access to (frontend) the ring
+    /// pages, unbind the event channel, fail outstanding requests, tear
+    /// down buffers shared with the peer as the revocation rules say,
+    /// remove the frontend nodes ([`super::schema::clear_frontend`]).
+    /// Idempotent.
+    Teardown,
+    /// Before releasing: wait, for a bounded time, until the peer's state
+    /// says it released what it mapped (see
+    /// [`FrontendMachine::peer_released`] and
+    /// [`BackendMachine::peer_released`]), reading the peer's `state`
+    /// node directly (no watch events arrive during removal). On timeout,
+    /// go on: the release must then defer freeing pages the peer may
+    /// still map.
+    AwaitPeerRelease,
+    /// The peer broke the protocol: log it (then the list moves the device
+    /// to Closing).
+    LogProtocolError {
+        /// Our state when it happened.
+        ours: XenbusState,
+        /// The peer's state that was not allowed.
+        peer: XenbusState,
+    },
+}
+
+/// Most actions one event produces.
+pub const MAX_ACTIONS: usize = 8;
+
+/// An ordered list of at most [`MAX_ACTIONS`] actions.
+///
+/// # Invariants
+///
+/// `len <= MAX_ACTIONS`. No transition pushes more than 6 actions, so
+/// [`Actions::overflowed`] is always false; tests and the fuzz target
+/// check it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    items: [Action; MAX_ACTIONS],
+    len: usize,
+    overflowed: bool,
+}
+
+impl Actions {
+    /// An empty list ("ignore").
+    pub const fn new() -> Self {
+        Self {
+            items: [Action::Teardown; MAX_ACTIONS],
+            len: 0,
+            overflowed: false,
+        }
+    }
+
+    fn push(&mut self, a: Action) {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = a;
+                // INVARIANT: the slot existed, so len + 1 <= MAX_ACTIONS.
+                self.len += 1;
+            }
+            None => self.overflowed = true,
+        }
+    }
+
+    /// The actions, in execution order.
+    pub fn as_slice(&self) -> &[Action] {
+        self.items.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Whether the event is to be ignored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of actions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether an action was dropped for lack of room (a bug of this
+    /// crate; never true).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// Whether the list reports a protocol error of the peer.
+    pub fn is_protocol_error(&self) -> bool {
+        self.as_slice()
+            .iter()
+            .any(|a| matches!(a, Action::LogProtocolError { .. }))
+    }
+
+    /// The last state the list switches to, if any.
+    pub fn final_switch(&self) -> Option<XenbusState> {
+        self.as_slice().iter().rev().find_map(|a| match a {
+            Action::SwitchState(s) => Some(*s),
+            _ => None,
+        })
+    }
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Actions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Actions {
+    type Item = &'a Action;
+    type IntoIter = core::slice::Iter<'a, Action>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+/// The states the frontend rests in between events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Front {
+    Initialising,
+    Initialised,
+    Connected,
+    Closing,
+    Closed,
+}
+
+impl Front {
+    fn xenbus(self) -> XenbusState {
+        match self {
+            Self::Initialising => XenbusState::Initialising,
+            Self::Initialised => XenbusState::Initialised,
+            Self::Connected => XenbusState::Connected,
+            Self::Closing => XenbusState::Closing,
+            Self::Closed => XenbusState::Closed,
+        }
+    }
+}
+
+/// The frontend's XenBus state machine.
+///
+/// # Invariants
+///
+/// Between events the frontend is in Initialising, Initialised,
+/// Connected, Closing or Closed (Reconfiguring only appears inside one
+/// action list). Once the action list of an event has run, the session
+/// holds rings only in Initialised and Connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontendMachine {
+    state: Front,
+    peer: XenbusState,
+    started: bool,
+    /// Set by a local or protocol error: do not reconnect on our own.
+    failed: bool,
+    removed: bool,
+}
+
+impl Default for FrontendMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrontendMachine {
+    /// A machine for a device the toolstack created (state Initialising).
+    pub const fn new() -> Self {
+        Self {
+            state: Front::Initialising,
+            peer: XenbusState::Unknown,
+            started: false,
+            failed: false,
+            removed: false,
+        }
+    }
+
+    /// Our state.
+    pub fn state(&self) -> XenbusState {
+        self.state.xenbus()
+    }
+
+    /// The backend state last delivered.
+    pub fn peer(&self) -> XenbusState {
+        self.peer
+    }
+
+    /// Whether an error stopped the device (it stays Closed until the
+    /// driver instance is removed and probed again).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Whether [`Self::on_remove`] was called; every later event is
+    /// ignored.
+    pub fn removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Whether a backend in state `peer` holds no mapping of our pages
+    /// (for [`Action::AwaitPeerRelease`]): Unknown, Initialising,
+    /// InitWait, Closing or Closed. The backend releases before it enters
+    /// Closing.
+    pub fn peer_released(peer: XenbusState) -> bool {
+        matches!(
+            peer,
+            XenbusState::Unknown
+                | XenbusState::Initialising
+                | XenbusState::InitWait
+                | XenbusState::Closing
+                | XenbusState::Closed
+        )
+    }
+
+    /// The driver instance starts (probe): `[SwitchState(Initialising)]`,
+    /// followed by the answer to the backend state delivered so far (so a
+    /// backend already in InitWait is answered at once). Calling it again
+    /// does nothing.
+    pub fn start(&mut self) -> Actions {
+        let mut acts = Actions::new();
+        if self.started || self.removed {
+            return acts;
+        }
+        self.started = true;
+        acts.push(Action::SwitchState(XenbusState::Initialising));
+        self.state = Front::Initialising;
+        self.step(self.peer, &mut acts);
+        acts
+    }
+
+    /// The backend's `state` changed (or its watch fired) and now reads
+    /// `peer`.
+    ///
+    /// Before [`Self::start`] and after [`Self::on_remove`] the state is
+    /// only recorded. Otherwise (rows: our state; `ERR` is a protocol
+    /// error: `[LogProtocolError, Teardown, SwitchState(Closing)]`, then
+    /// no reconnection; `ign` is no action):
+    ///
+    /// ```text
+    /// backend ->    Unknown Initialising InitWait Initialised Connected Closing Closed Reconfiguring Reconfigured
+    /// Initialising  ign     ign          CONNECT  ERR         ign       CLOSED  ign    ERR           ERR
+    /// Initialised   RECOVER RECOVER      ign      ERR         UP        CLOSE   RECOV  ERR           ERR
+    /// Connected     RECOVER RECOVER      RECOV+C  ERR         ign       CLOSE   RECOV  ERR           ERR
+    /// Closing       DONE    DONE         DONE     ign         ign       DONE    DONE   ign           ign
+    /// Closed        ign     ign          CONNECT* ign         ign       ign     ign    ign           ign
+    ///
+    /// CONNECT  = ReadBackendNodes, AllocRingsAndPublish, SwitchState(Initialised)
+    /// CONNECT* = CONNECT unless an error stopped the device, else ign
+    /// UP       = Connect, SwitchState(Connected)
+    /// CLOSE    = Teardown, SwitchState(Closing), SwitchState(Closed)
+    /// CLOSED   = SwitchState(Closing), SwitchState(Closed)     (nothing held)
+    /// RECOVER  = SwitchState(Reconfiguring), Teardown, SwitchState(Initialising)
+    /// RECOV+C  = RECOVER, then CONNECT
+    /// DONE     = SwitchState(Closed)                           (already torn down)
+    /// ```
+    ///
+    /// Why: the backend never writes Initialised or Reconfiguring/
+    /// Reconfigured; in Initialising a Connected or Closing/Closed backend
+    /// is still finishing with a previous frontend instance and will come
+    /// to InitWait; an InitWait seen while Initialised is our own publish
+    /// racing with the watch (a restarted backend that only shows InitWait
+    /// finds our rings still published and connects to them).
+    pub fn on_peer_state(&mut self, peer: XenbusState) -> Actions {
+        let mut acts = Actions::new();
+        self.peer = peer;
+        if self.started && !self.removed {
+            self.step(peer, &mut acts);
+        }
+        acts
+    }
+
+    fn step(&mut self, peer: XenbusState, acts: &mut Actions) {
+        use XenbusState as S;
+        match (self.state, peer) {
+            (Front::Initialising, S::InitWait) => self.connect(acts),
+            (Front::Initialising, S::Closing) => {
+                acts.push(Action::SwitchState(S::Closing));
+                acts.push(Action::SwitchState(S::Closed));
+                self.state = Front::Closed;
+            }
+            (
+                Front::Initialising,
+                S::Unknown | S::Initialising | S::Connected | S::Closed,
+            ) => {}
+            (Front::Initialising, S::Initialised | S::Reconfiguring | S::Reconfigured) => {
+                self.protocol_error(peer, acts)
+            }
+
+            (Front::Initialised, S::Unknown | S::Initialising | S::Closed) => self.recover(acts),
+            (Front::Initialised, S::InitWait) => {}
+            (Front::Initialised, S::Connected) => {
+                acts.push(Action::Connect);
+                acts.push(Action::SwitchState(S::Connected));
+                self.state = Front::Connected;
+            }
+            (Front::Connected, S::Unknown | S::Initialising | S::Closed) => self.recover(acts),
+            (Front::Connected, S::InitWait) => {
+                self.recover(acts);
+                self.connect(acts);
+            }
+            (Front::Connected, S::Connected) => {}
+            (Front::Initialised | Front::Connected, S::Closing) => {
+                acts.push(Action::Teardown);
+                acts.push(Action::SwitchState(S::Closing));
+                acts.push(Action::SwitchState(S::Closed));
+                self.state = Front::Closed;
+            }
+            (
+                Front::Initialised | Front::Connected,
+                S::Initialised | S::Reconfiguring | S::Reconfigured,
+            ) => self.protocol_error(peer, acts),
+
+            (
+                Front::Closing,
+                S::Unknown | S::Initialising | S::InitWait | S::Closing | S::Closed,
+            ) => {
+                acts.push(Action::SwitchState(S::Closed));
+                self.state = Front::Closed;
+            }
+            (
+                Front::Closing,
+                S::Initialised | S::Connected | S::Reconfiguring | S::Reconfigured,
+            ) => {}
+
+            (Front::Closed, S::InitWait) if !self.failed => self.connect(acts),
+            (Front::Closed, _) => {}
+        }
+    }
+
+    fn connect(&mut self, acts: &mut Actions) {
+        acts.push(Action::ReadBackendNodes);
+        acts.push(Action::AllocRingsAndPublish);
+        acts.push(Action::SwitchState(XenbusState::Initialised));
+        self.state = Front::Initialised;
+    }
+
+    fn recover(&mut self, acts: &mut Actions) {
+        acts.push(Action::SwitchState(XenbusState::Reconfiguring));
+        acts.push(Action::Teardown);
+        acts.push(Action::SwitchState(XenbusState::Initialising));
+        self.state = Front::Initialising;
+    }
+
+    fn protocol_error(&mut self, peer: XenbusState, acts: &mut Actions) {
+        acts.push(Action::LogProtocolError {
+            ours: self.state(),
+            peer,
+        });
+        self.close_on_error(acts);
+    }
+
+    fn close_on_error(&mut self, acts: &mut Actions) {
+        self.failed = true;
+        match self.state {
+            Front::Initialising | Front::Initialised | Front::Connected => {
+                acts.push(Action::Teardown);
+                acts.push(Action::SwitchState(XenbusState::Closing));
+                self.state = Front::Closing;
+            }
+            Front::Closing | Front::Closed => {}
+        }
+    }
+
+    /// An action failed, or the driver found an error of its own (for
+    /// example a malformed backend `state`, or a bad backend node in
+    /// [`Action::ReadBackendNodes`]): `[Teardown, SwitchState(Closing)]`
+    /// from Initialising, Initialised or Connected, nothing from Closing or
+    /// Closed. The device then stays down: it does not reconnect on the
+    /// next backend InitWait.
+    pub fn on_local_error(&mut self) -> Actions {
+        let mut acts = Actions::new();
+        if !self.removed {
+            self.close_on_error(&mut acts);
+        }
+        acts
+    }
+
+    /// The device is being removed (driver unbind, module unload, or the
+    /// toolstack deleted the frontend directory):
+    ///
+    /// * Initialising: `[SwitchState(Closed)]`;
+    /// * Initialised, Connected: `[SwitchState(Closing), AwaitPeerRelease,
+    ///   Teardown, SwitchState(Closed)]`;
+    /// * Closing: `[AwaitPeerRelease, SwitchState(Closed)]`;
+    /// * Closed: nothing.
+    ///
+    /// Every later event is ignored.
+    pub fn on_remove(&mut self) -> Actions {
+        let mut acts = Actions::new();
+        if self.removed {
+            return acts;
+        }
+        self.removed = true;
+        match self.state {
+            Front::Initialising => acts.push(Action::SwitchState(XenbusState::Closed)),
+            Front::Initialised | Front::Connected => {
+                acts.push(Action::SwitchState(XenbusState::Closing));
+                acts.push(Action::AwaitPeerRelease);
+                acts.push(Action::Teardown);
+                acts.push(Action::SwitchState(XenbusState::Closed));
+            }
+            Front::Closing => {
+                acts.push(Action::AwaitPeerRelease);
+                acts.push(Action::SwitchState(XenbusState::Closed));
+            }
+            Front::Closed => {}
+        }
+        self.state = Front::Closed;
+        acts
+    }
+}
+
+/// The states the backend rests in between events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Back {
+    Initialising,
+    InitWait,
+    Connected,
+    Closing,
+    Closed,
+}
+
+impl Back {
+    fn xenbus(self) -> XenbusState {
+        match self {
+            Self::Initialising => XenbusState::Initialising,
+            Self::InitWait => XenbusState::InitWait,
+            Self::Connected => XenbusState::Connected,
+            Self::Closing => XenbusState::Closing,
+            Self::Closed => XenbusState::Closed,
+        }
+    }
+}
+
+/// The backend's XenBus state machine.
+///
+/// # Invariants
+///
+/// Between events the backend is in Initialising (before
+/// [`Self::start`]), InitWait, Connected, Closing or Closed. Once the
+/// action list of an event has run, the session holds mappings only in
+/// Connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendMachine {
+    state: Back,
+    peer: XenbusState,
+    online: bool,
+    started: bool,
+    /// Set by a local or protocol error; cleared when a new frontend
+    /// instance appears (frontend Initialising).
+    failed: bool,
+    removed: bool,
+}
+
+impl Default for BackendMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackendMachine {
+    /// A machine for a device the toolstack created (state Initialising).
+    pub const fn new() -> Self {
+        Self {
+            state: Back::Initialising,
+            peer: XenbusState::Unknown,
+            online: true,
+            started: false,
+            failed: false,
+            removed: false,
+        }
+    }
+
+    /// Our state.
+    pub fn state(&self) -> XenbusState {
+        self.state.xenbus()
+    }
+
+    /// The frontend state last delivered.
+    pub fn peer(&self) -> XenbusState {
+        self.peer
+    }
+
+    /// Whether an error stopped the device (until a new frontend
+    /// instance appears).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Whether [`Self::on_remove`] was called; every later event is
+    /// ignored.
+    pub fn removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Whether a frontend in state `peer` holds no mapping of our pages
+    /// (for [`Action::AwaitPeerRelease`]): Unknown, Initialising or Closed.
+    /// (A frontend in Closing may still be on its way to Teardown.)
+    pub fn peer_released(peer: XenbusState) -> bool {
+        matches!(
+            peer,
+            XenbusState::Unknown | XenbusState::Initialising | XenbusState::Closed
+        )
+    }
+
+    /// The driver instance starts (probe): `[PublishBackendNodes,
+    /// SwitchState(InitWait)]`, followed by the answer to the frontend
+    /// state delivered so far. Calling it again does nothing.
+    pub fn start(&mut self) -> Actions {
+        let mut acts = Actions::new();
+        if self.started || self.removed {
+            return acts;
+        }
+        self.started = true;
+        self.rewait(&mut acts);
+        self.step(self.peer, &mut acts);
+        acts
+    }
+
+    /// The frontend's `state` changed (or its watch fired) and now reads
+    /// `peer`; `online` is the current value of our `online` node
+    /// ([`super::schema::read_online`]).
+    ///
+    /// Before [`Self::start`] and after [`Self::on_remove`] the state is
+    /// only recorded. Otherwise (rows: our state; `ERR` is a protocol
+    /// error: `[LogProtocolError, Teardown, SwitchState(Closing)]`; `ign`
+    /// is no action):
+    ///
+    /// ```text
+    /// frontend ->  Unknown Initialising InitWait Initialised Connected Closing Closed   Reconfiguring Reconfigured
+    /// InitWait     ign     NEW          ERR      MAP         ign       CLOSING OFF      ign           ERR
+    /// Connected    DROP    NEW+DROP     ERR      ERR         ign       CLOSING DROP     DROP          ERR
+    /// Closing      DONE    NEW+DONE     ign      ign         ign       ign     DONE     ign           ign
+    /// Closed       ign     NEW+REWAIT   ign      ign         ign       ign     ign      ign           ign
+    ///
+    /// MAP     = MapRingsAndBind, SwitchState(Connected)
+    /// CLOSING = Teardown (Connected only), SwitchState(Closing)
+    /// OFF     = SwitchState(Closed) if online = 0, else ign
+    /// DROP    = Teardown, then REWAIT if possible, else SwitchState(Closed)
+    /// DONE    = SwitchState(Closed), then REWAIT if possible
+    /// REWAIT  = PublishBackendNodes, SwitchState(InitWait)
+    ///           -- "possible": online = 1 and no error stopped the device
+    /// NEW     = a new frontend instance: clears the error latch
+    /// ```
+    ///
+    /// Why: the frontend never writes InitWait or Reconfigured; a
+    /// frontend Connected while we are InitWait belongs to an earlier
+    /// backend instance and will recover through Reconfiguring; Initialised
+    /// while we are Connected cannot happen without our InitWait first.
+    pub fn on_peer_state(&mut self, peer: XenbusState, online: bool) -> Actions {
+        let mut acts = Actions::new();
+        self.peer = peer;
+        self.online = online;
+        if self.started && !self.removed {
+            self.step(peer, &mut acts);
+        }
+        acts
+    }
+
+    fn step(&mut self, peer: XenbusState, acts: &mut Actions) {
+        use XenbusState as S;
+        if peer == S::Initialising {
+            // A new frontend instance gets a new chance.
+            self.failed = false;
+        }
+        match (self.state, peer) {
+            // Not started: `start` answers the recorded state later.
+            (Back::Initialising, _) => {}
+
+            (Back::InitWait, S::Unknown | S::Initialising | S::Connected | S::Reconfiguring) => {}
+            (Back::InitWait, S::Initialised) => {
+                acts.push(Action::MapRingsAndBind);
+                acts.push(Action::SwitchState(S::Connected));
+                self.state = Back::Connected;
+            }
+            (Back::InitWait, S::Closing) => {
+                acts.push(Action::SwitchState(S::Closing));
+                self.state = Back::Closing;
+            }
+            (Back::InitWait, S::Closed) => {
+                if !self.online {
+                    acts.push(Action::SwitchState(S::Closed));
+                    self.state = Back::Closed;
+                }
+            }
+            (Back::InitWait, S::InitWait | S::Reconfigured) => self.protocol_error(peer, acts),
+
+            (Back::Connected, S::Unknown | S::Initialising | S::Closed | S::Reconfiguring) => {
+                acts.push(Action::Teardown);
+                if !self.rewait(acts) {
+                    acts.push(Action::SwitchState(S::Closed));
+                    self.state = Back::Closed;
+                }
+            }
+            (Back::Connected, S::Connected) => {}
+            (Back::Connected, S::Closing) => {
+                acts.push(Action::Teardown);
+                acts.push(Action::SwitchState(S::Closing));
+                self.state = Back::Closing;
+            }
+            (Back::Connected, S::InitWait | S::Initialised | S::Reconfigured) => {
+                self.protocol_error(peer, acts)
+            }
+
+            (Back::Closing, S::Unknown | S::Initialising | S::Closed) => {
+                acts.push(Action::SwitchState(S::Closed));
+                self.state = Back::Closed;
+                self.rewait(acts);
+            }
+            (
+                Back::Closing,
+                S::InitWait
+                | S::Initialised
+                | S::Connected
+                | S::Closing
+                | S::Reconfiguring
+                | S::Reconfigured,
+            ) => {}
+
+            (Back::Closed, S::Initialising) => {
+                self.rewait(acts);
+            }
+            (Back::Closed, _) => {}
+        }
+    }
+
+    /// Goes back to InitWait if `online` and no error stopped the device;
+    /// returns whether it did.
+    fn rewait(&mut self, acts: &mut Actions) -> bool {
+        if !self.online || self.failed {
+            return false;
+        }
+        acts.push(Action::PublishBackendNodes);
+        acts.push(Action::SwitchState(XenbusState::InitWait));
+        self.state = Back::InitWait;
+        true
+    }
+
+    fn protocol_error(&mut self, peer: XenbusState, acts: &mut Actions) {
+        acts.push(Action::LogProtocolError {
+            ours: self.state(),
+            peer,
+        });
+        self.close_on_error(acts);
+    }
+
+    fn close_on_error(&mut self, acts: &mut Actions) {
+        self.failed = true;
+        match self.state {
+            Back::Initialising | Back::InitWait | Back::Connected => {
+                acts.push(Action::Teardown);
+                acts.push(Action::SwitchState(XenbusState::Closing));
+                self.state = Back::Closing;
+            }
+            Back::Closing | Back::Closed => {}
+        }
+    }
+
+    /// An action failed, or the driver found an error of its own (for
+    /// example a malformed frontend `state` or a bad frontend node in
+    /// [`Action::MapRingsAndBind`]): `[Teardown, SwitchState(Closing)]`
+    /// from Initialising, InitWait or Connected, nothing from Closing or
+    /// Closed. The device does not go back to InitWait until a new
+    /// frontend instance appears (frontend Initialising).
+    pub fn on_local_error(&mut self) -> Actions {
+        let mut acts = Actions::new();
+        if !self.removed {
+            self.close_on_error(&mut acts);
+        }
+        acts
+    }
+
+    /// The device is being removed (driver unbind, module unload, or the
+    /// toolstack deleted the backend directory):
+    ///
+    /// * Initialising, InitWait: `[SwitchState(Closed)]` (nothing mapped);
+    /// * Connected: `[Teardown, SwitchState(Closing), AwaitPeerRelease,
+    ///   SwitchState(Closed)]` (we unmap first; the wait lets the frontend
+    ///   unmap what we granted to it before we end access);
+    /// * Closing: `[AwaitPeerRelease, SwitchState(Closed)]`;
+    /// * Closed: nothing.
+    ///
+    /// Every later event is ignored.
+    pub fn on_remove(&mut self) -> Actions {
+        let mut acts = Actions::new();
+        if self.removed {
+            return acts;
+        }
+        self.removed = true;
+        match self.state {
+            Back::Initialising | Back::InitWait => {
+                acts.push(Action::SwitchState(XenbusState::Closed))
+            }
+            Back::Connected => {
+                acts.push(Action::Teardown);
+                acts.push(Action::SwitchState(XenbusState::Closing));
+                acts.push(Action::AwaitPeerRelease);
+                acts.push(Action::SwitchState(XenbusState::Closed));
+            }
+            Back::Closing => {
+                acts.push(Action::AwaitPeerRelease);
+                acts.push(Action::SwitchState(XenbusState::Closed));
+            }
+            Back::Closed => {}
+        }
+        self.state = Back::Closed;
+        acts
+    }
+}
