@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod bytes;
+pub mod channel;
 pub mod error;
 pub mod id;
 pub mod limits;

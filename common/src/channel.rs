@@ -1,0 +1,565 @@
+//! The protocol logic of one connection: what each end does with every
+//! message, independent of how grants are mapped or buffers stored.
+//!
+//! A [`Channel`] joins the two rings of a connection to one peer domain:
+//! it sends our requests on our ring ([`Requester`]) and answers the
+//! peer's on the peer's ring ([`Responder`]). It owns the per-buffer
+//! protocol state machines ([`ExportState`], [`ImportState`]) and drives
+//! them from messages; everything that touches real resources — ending a
+//! grant, mapping a buffer, queueing an event for user space, waking a
+//! waiting ioctl — goes through the [`Host`] trait. The kernel modules
+//! implement `Host` over grant tables and dma-bufs, the two-domain
+//! simulation over a simulated grant table, so both run this same code.
+//!
+//! The life-cycle of a buffer exported by A to B:
+//!
+//! ```text
+//!  A (exporter)                               B (importer)
+//!  export ioctl: grant pages, build directory
+//!  Announcing ---- EXPORT(hid, size, dir) ---> Known, event NewExport
+//!  Exported   <--- Ok ------------------------
+//!                                             import ioctl: map directory and
+//!                                             pages in one batch each
+//!  busy       <--- MAPPED(hid) --------------- Mapped (users hold the dma-buf)
+//!  unexport ioctl (after delay_ms)
+//!  Revoking  ----- UNEXPORT(hid) ------------> Revoked, event Unexport
+//!            <---- Busy (still mapped) ------- (users still hold it)
+//!  AwaitingRelease                             last user gone: unmap
+//!            <---- RELEASE(hid) -------------- forgotten
+//!  end foreign access, event GrantsEnded
+//! ```
+//!
+//! If B holds no mapping when the UNEXPORT arrives it answers `Ok` and A
+//! ends access at once. If B never answers, A ends access anyway when the
+//! connection closes; ending access on a page the peer still maps is
+//! deferred by the grant layer until the peer unmaps it (as Linux does
+//! since XSA-396), so no page is ever freed under a mapping.
+//!
+//! The peer is untrusted: a request that does not decode is answered with
+//! an error status and reported through [`Host::protocol_error`]; a
+//! response that names no outstanding request, or a ring the peer
+//! overflowed, is a fatal [`Error`] after which the caller closes the
+//! connection.
+
+use super::error::Error;
+use super::id::HyperDmabufId;
+use super::ring::{Requester, Responder};
+use super::shmem::SharedMem;
+use super::uapi::{Event, EventType};
+use super::wire::{
+    request_id, request_op, Export, ExportFlags, Message, Op, PrivData, Request, Response, Slot,
+    SLOT_SIZE,
+};
+use super::xen::{DomId, Status};
+
+/// Largest ring this code drives (16 pages of 256-byte slots).
+pub const MAX_OUTSTANDING: usize = 128;
+
+/// Requests of the peer answered per [`Channel::process`] call, so that a
+/// flooding peer cannot keep the handler busy forever.
+pub const PROCESS_BUDGET: u32 = 64;
+
+/// Where an export stands, as seen by its exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportPhase {
+    /// EXPORT sent, no answer yet.
+    Announcing,
+    /// The peer accepted the export.
+    Exported,
+    /// UNEXPORT sent, no answer yet.
+    Revoking,
+    /// The peer still maps the buffer and will send RELEASE.
+    AwaitingRelease,
+}
+
+/// Protocol state of one buffer this domain exports to the channel's peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportState {
+    phase: ExportPhase,
+    peer_maps: bool,
+}
+
+impl ExportState {
+    /// The state of an export about to be announced.
+    pub const fn new() -> Self {
+        ExportState {
+            phase: ExportPhase::Announcing,
+            peer_maps: false,
+        }
+    }
+
+    /// The phase.
+    pub const fn phase(&self) -> ExportPhase {
+        self.phase
+    }
+
+    /// Whether the peer said it maps the buffer (QUERY's "busy").
+    pub const fn peer_maps(&self) -> bool {
+        self.peer_maps
+    }
+
+    /// Whether an unexport has started.
+    pub const fn unexported(&self) -> bool {
+        matches!(
+            self.phase,
+            ExportPhase::Revoking | ExportPhase::AwaitingRelease
+        )
+    }
+}
+
+impl Default for ExportState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Protocol state of one buffer the channel's peer exported to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportState {
+    /// What the exporter announced.
+    pub export: Export,
+    mapped: bool,
+    revoked: bool,
+}
+
+impl ImportState {
+    /// The state of a newly announced buffer.
+    pub const fn new(export: Export) -> Self {
+        ImportState {
+            export,
+            mapped: false,
+            revoked: false,
+        }
+    }
+
+    /// Whether this domain maps the buffer.
+    pub const fn mapped(&self) -> bool {
+        self.mapped
+    }
+
+    /// Whether the exporter revoked it (no new imports).
+    pub const fn revoked(&self) -> bool {
+        self.revoked
+    }
+}
+
+/// What a [`Channel`] needs from its environment.
+///
+/// The channel calls these while the caller holds whatever lock protects
+/// the connection; none of them may call back into the channel.
+pub trait Host {
+    /// Our export of `hid` to this peer, if it exists.
+    fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportState>;
+
+    /// Ends the export of `hid`: end foreign access to its data and
+    /// directory pages (deferred for any page the peer still maps), drop
+    /// the export and post [`EventType::GrantsEnded`].
+    fn end_export(&mut self, hid: &HyperDmabufId);
+
+    /// The import of `hid` from this peer, if it exists.
+    fn import_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportState>;
+
+    /// Records a new import announced by the peer.
+    ///
+    /// # Errors
+    ///
+    /// The status to answer: [`Status::NoSpace`] past the host's limit on
+    /// imports from one peer, [`Status::NoMemory`].
+    fn add_import(&mut self, import: ImportState) -> Result<(), Status>;
+
+    /// Forgets an import that is not mapped.
+    fn remove_import(&mut self, hid: &HyperDmabufId);
+
+    /// Queues an event for user space.
+    fn post_event(&mut self, event: Event);
+
+    /// Wakes whoever waits for the request sent with `token`.
+    fn complete(&mut self, token: u64, status: Status);
+
+    /// Reports a request from the peer that was refused (for counters and
+    /// one log line).
+    fn protocol_error(&mut self, error: Error);
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    req_id: u32,
+    op: Op,
+    hid: HyperDmabufId,
+    token: Option<u64>,
+}
+
+/// What a [`Channel::process`] pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// The peer must be sent an event-channel notification.
+    pub notify: bool,
+    /// Work is left (budget exhausted); call `process` again.
+    pub more: bool,
+}
+
+/// Settings of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Largest buffer accepted from the peer.
+    pub max_buffer_bytes: u64,
+    /// Whether the peer may export read-write buffers to us.
+    pub allow_rw: bool,
+}
+
+/// The protocol logic of one connection.
+///
+/// # Invariants
+///
+/// Every `Some` entry of `pending` is a request pushed on `requests` whose
+/// response has not been consumed, stored at `req_id % pending.len()`.
+pub struct Channel<M> {
+    peer: DomId,
+    config: ChannelConfig,
+    requests: Requester<M>,
+    answers: Responder<M>,
+    pending: [Option<Pending>; MAX_OUTSTANDING],
+    next_req_id: u32,
+    notify_pending: bool,
+}
+
+impl<M: SharedMem> Channel<M> {
+    /// Joins our ring (`ours`, where we request) and the peer's (`theirs`,
+    /// where we answer), both initialised with
+    /// [`super::ring::init_shared`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RingTooSmall`], or [`Error::BadRingOrder`] for a ring of
+    /// more than [`MAX_OUTSTANDING`] slots.
+    pub fn new(peer: DomId, config: ChannelConfig, ours: M, theirs: M) -> Result<Self, Error> {
+        let requests = Requester::new(ours)?;
+        if requests.size() as usize > MAX_OUTSTANDING {
+            return Err(Error::BadRingOrder(requests.size()));
+        }
+        Ok(Channel {
+            peer,
+            config,
+            requests,
+            answers: Responder::new(theirs)?,
+            pending: [None; MAX_OUTSTANDING],
+            next_req_id: 1,
+            notify_pending: false,
+        })
+    }
+
+    /// The peer domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    /// The connection's settings.
+    pub fn config(&self) -> &ChannelConfig {
+        &self.config
+    }
+
+    /// Requests sent and not answered.
+    pub fn outstanding(&self) -> usize {
+        self.pending.iter().filter(|p| p.is_some()).count()
+    }
+
+    /// Sends a request. `token` is handed back to [`Host::complete`] with
+    /// the peer's status.
+    ///
+    /// Returns whether the peer must be notified now (the caller may also
+    /// batch several sends and notify once).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RingFull`] when every slot is in use; wait for responses.
+    pub fn send(&mut self, message: Message, token: Option<u64>) -> Result<bool, Error> {
+        let req_id = self.next_req_id;
+        let index = req_id as usize % MAX_OUTSTANDING;
+        if self.requests.free_slots() == 0 || self.pending[index].is_some() {
+            return Err(Error::RingFull);
+        }
+        self.requests.push(&Request { req_id, message }.encode())?;
+        // INVARIANT: pushed above, stored at its index.
+        self.pending[index] = Some(Pending {
+            req_id,
+            op: message.op(),
+            hid: *message.hid(),
+            token,
+        });
+        self.next_req_id = req_id.wrapping_add(1);
+        Ok(self.requests.publish())
+    }
+
+    /// Announces a new export (the caller created `state` with
+    /// [`ExportState::new`] and keeps it where [`Host::export_mut`] finds
+    /// it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`].
+    pub fn announce(&mut self, export: Export, token: Option<u64>) -> Result<bool, Error> {
+        self.send(Message::Export(export), token)
+    }
+
+    /// Starts the revocation of an export. Returns whether to notify.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`]; [`Error::BadId`] if the export is unknown.
+    pub fn revoke(
+        &mut self,
+        host: &mut impl Host,
+        hid: &HyperDmabufId,
+        token: Option<u64>,
+    ) -> Result<bool, Error> {
+        let state = host.export_mut(hid).ok_or(Error::BadId)?;
+        if state.unexported() {
+            return Ok(false);
+        }
+        let notify = self.send(Message::Unexport(*hid), token)?;
+        if let Some(state) = host.export_mut(hid) {
+            state.phase = ExportPhase::Revoking;
+        }
+        Ok(notify)
+    }
+
+    /// Tells the exporter that this domain now maps an imported buffer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`]; [`Error::BadId`] if the import is unknown or
+    /// revoked.
+    pub fn import_mapped(
+        &mut self,
+        host: &mut impl Host,
+        hid: &HyperDmabufId,
+    ) -> Result<bool, Error> {
+        let state = host.import_mut(hid).ok_or(Error::BadId)?;
+        if state.revoked {
+            return Err(Error::BadId);
+        }
+        state.mapped = true;
+        self.send(Message::Mapped(*hid), None)
+    }
+
+    /// Tells the exporter that this domain unmapped an imported buffer
+    /// (its last user released it), and forgets the buffer if it was
+    /// revoked meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`]; [`Error::BadId`] if the import is unknown.
+    pub fn import_unmapped(
+        &mut self,
+        host: &mut impl Host,
+        hid: &HyperDmabufId,
+    ) -> Result<bool, Error> {
+        let state = host.import_mut(hid).ok_or(Error::BadId)?;
+        state.mapped = false;
+        let revoked = state.revoked;
+        if revoked {
+            host.remove_import(hid);
+        }
+        self.send(Message::Release(*hid), None)
+    }
+
+    /// Handles everything the peer sent: responses to our requests, then
+    /// up to [`PROCESS_BUDGET`] of its requests, each answered.
+    ///
+    /// # Errors
+    ///
+    /// A fatal protocol violation (ring overflow, a response to nothing);
+    /// the caller must close the connection.
+    pub fn process(&mut self, host: &mut impl Host) -> Result<Progress, Error> {
+        let mut slot: Slot = [0u8; SLOT_SIZE];
+        while self.requests.pop(&mut slot)? {
+            self.on_response(host, &slot)?;
+        }
+        let mut answered = 0;
+        while answered < PROCESS_BUDGET && self.answers.pop(&mut slot)? {
+            let response = self.on_request(host, &slot);
+            self.answers.push(&response.encode())?;
+            answered += 1;
+        }
+        let mut progress = Progress::default();
+        if answered > 0 {
+            progress.notify = self.answers.publish();
+        }
+        progress.notify |= core::mem::take(&mut self.notify_pending);
+        progress.more = if answered == PROCESS_BUDGET {
+            self.answers.pending()? > 0
+        } else {
+            // About to sleep: re-arm both event indices, then look once more.
+            let more_requests = self.answers.final_check()?;
+            let more_responses = self.requests.final_check()?;
+            more_requests || more_responses
+        };
+        Ok(progress)
+    }
+
+    fn on_response(&mut self, host: &mut impl Host, slot: &Slot) -> Result<(), Error> {
+        let response = Response::decode(slot)?;
+        let index = response.req_id as usize % MAX_OUTSTANDING;
+        let pending = match self.pending[index] {
+            Some(p) if p.req_id == response.req_id && p.op as u8 == response.op => p,
+            _ => return Err(Error::UnexpectedResponse(response.req_id)),
+        };
+        self.pending[index] = None;
+        let status = response.status;
+        match pending.op {
+            Op::Export => {
+                if let Some(state) = host.export_mut(&pending.hid) {
+                    if status == Status::Ok {
+                        if state.phase == ExportPhase::Announcing {
+                            state.phase = ExportPhase::Exported;
+                        }
+                    } else if state.phase == ExportPhase::Announcing {
+                        // The peer refused the export; it has no reason to
+                        // map the pages, and if it did anyway the grant
+                        // layer defers the end of access.
+                        host.end_export(&pending.hid);
+                    }
+                }
+            }
+            Op::Unexport => {
+                if let Some(state) = host.export_mut(&pending.hid) {
+                    if status == Status::Busy {
+                        state.phase = ExportPhase::AwaitingRelease;
+                    } else {
+                        host.end_export(&pending.hid);
+                    }
+                }
+            }
+            Op::Update | Op::Release | Op::Mapped => {}
+        }
+        if let Some(token) = pending.token {
+            host.complete(token, status);
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, host: &mut impl Host, slot: &Slot) -> Response {
+        let req_id = request_id(slot);
+        let op = request_op(slot);
+        let status = match Request::decode(slot, self.config.max_buffer_bytes) {
+            Ok(request) => self.dispatch(host, request.message),
+            Err(error) => {
+                host.protocol_error(error);
+                Status::from(error)
+            }
+        };
+        Response { req_id, op, status }
+    }
+
+    fn dispatch(&mut self, host: &mut impl Host, message: Message) -> Status {
+        let peer = self.peer;
+        match message {
+            Message::Export(export) => {
+                if export.flags.contains(ExportFlags::WRITABLE) && !self.config.allow_rw {
+                    return Status::PermissionDenied;
+                }
+                if host.import_mut(&export.hid).is_some() {
+                    return Status::Exists;
+                }
+                if let Err(status) = host.add_import(ImportState::new(export)) {
+                    return status;
+                }
+                host.post_event(event(EventType::NewExport, peer, &export, export.priv_data));
+                Status::Ok
+            }
+            Message::Update { hid, priv_data } => match host.import_mut(&hid) {
+                Some(state) if !state.revoked => {
+                    state.export.priv_data = priv_data;
+                    let export = state.export;
+                    host.post_event(event(EventType::Update, peer, &export, priv_data));
+                    Status::Ok
+                }
+                _ => Status::NoSuchBuffer,
+            },
+            Message::Unexport(hid) => {
+                let Some(state) = host.import_mut(&hid) else {
+                    return Status::NoSuchBuffer;
+                };
+                if state.revoked {
+                    // A replay: answer as the first time.
+                    return Status::Busy;
+                }
+                state.revoked = true;
+                let export = state.export;
+                let mapped = state.mapped;
+                if !mapped {
+                    host.remove_import(&hid);
+                }
+                host.post_event(event(EventType::Unexport, peer, &export, PrivData::EMPTY));
+                if mapped {
+                    Status::Busy
+                } else {
+                    Status::Ok
+                }
+            }
+            Message::Mapped(hid) => match host.export_mut(&hid) {
+                Some(state) => {
+                    state.peer_maps = true;
+                    host.post_event(buffer_event(EventType::Mapped, peer, hid));
+                    Status::Ok
+                }
+                None => Status::NoSuchBuffer,
+            },
+            Message::Release(hid) => match host.export_mut(&hid) {
+                Some(state) => {
+                    state.peer_maps = false;
+                    let awaiting = state.phase == ExportPhase::AwaitingRelease;
+                    host.post_event(buffer_event(EventType::Released, peer, hid));
+                    if awaiting {
+                        host.end_export(&hid);
+                    }
+                    Status::Ok
+                }
+                None => Status::NoSuchBuffer,
+            },
+        }
+    }
+
+    /// The connection is gone (peer closed or died): fails every waiting
+    /// request with [`Status::NoSuchBuffer`]. The caller then ends every
+    /// export to this peer and revokes every import from it.
+    pub fn disconnect(&mut self, host: &mut impl Host) {
+        for entry in self.pending.iter_mut() {
+            if let Some(pending) = entry.take() {
+                if let Some(token) = pending.token {
+                    host.complete(token, Status::NoSuchBuffer);
+                }
+            }
+        }
+    }
+
+    /// Marks that a notification is owed to the peer at the next
+    /// [`Channel::process`] (used when a send was batched).
+    pub fn want_notify(&mut self) {
+        self.notify_pending = true;
+    }
+}
+
+fn event(kind: EventType, peer: DomId, export: &Export, priv_data: PrivData) -> Event {
+    Event {
+        kind,
+        peer,
+        hid: Some(export.hid),
+        size: export.size,
+        flags: export.flags,
+        priv_data,
+        lost: 0,
+    }
+}
+
+fn buffer_event(kind: EventType, peer: DomId, hid: HyperDmabufId) -> Event {
+    Event {
+        kind,
+        peer,
+        hid: Some(hid),
+        size: 0,
+        flags: ExportFlags::default(),
+        priv_data: PrivData::EMPTY,
+        lost: 0,
+    }
+}
