@@ -52,7 +52,11 @@ pub fn check_value_parsers(data: &[u8]) -> Result<(), &'static str> {
         if s == XenbusState::Unknown {
             return Err("parse_state accepted Unknown");
         }
-        canonical(data, s.as_u32().into(), "parse_state accepted a non-canonical value")?;
+        canonical(
+            data,
+            s.as_u32().into(),
+            "parse_state accepted a non-canonical value",
+        )?;
     }
     if let Ok(g) = parse::parse_gref(data) {
         if g < parse::GNTTAB_NR_RESERVED_ENTRIES {
@@ -64,7 +68,11 @@ pub fn check_value_parsers(data: &[u8]) -> Result<(), &'static str> {
         if p == 0 {
             return Err("parse_evtchn accepted port 0");
         }
-        canonical(data, p.into(), "parse_evtchn accepted a non-canonical value")?;
+        canonical(
+            data,
+            p.into(),
+            "parse_evtchn accepted a non-canonical value",
+        )?;
     }
     if let Ok(d) = parse::parse_domid(data) {
         if d >= parse::DOMID_FIRST_RESERVED {
@@ -138,8 +146,7 @@ impl<'a> SliceStore<'a> {
         };
         let mut rest = data.get(1..).unwrap_or(&[]);
         while let [node, more @ ..] = rest {
-            let (name, index, more) = match FUZZ_NODES.get(usize::from(*node) % FUZZ_NODES.len())
-            {
+            let (name, index, more) = match FUZZ_NODES.get(usize::from(*node) % FUZZ_NODES.len()) {
                 Some(&"") | None => match more {
                     [sel, tail @ ..] => {
                         let prefix = if sel & 0x80 != 0 {
@@ -285,7 +292,9 @@ pub fn check_schema_readers(data: &[u8]) -> Result<(), &'static str> {
         }
     }
     if schema::read_state(&mut store, FUZZ_DIR) == Ok(XenbusState::Unknown)
-        && store.lookup("/local/domain/1/device/hyper_dmabuf/0/state").is_some()
+        && store
+            .lookup("/local/domain/1/device/hyper_dmabuf/0/state")
+            .is_some()
     {
         return Err("read_state turned a present value into Unknown");
     }
@@ -354,9 +363,8 @@ pub fn check_machines(data: &[u8]) -> Result<(), &'static str> {
                 9 | 10 => front.start(),
                 11 | 12 => front.on_local_error(),
                 13 => front.on_remove(),
-                _ => front.on_peer_state(
-                    XenbusState::from_u32(code % 9).unwrap_or(XenbusState::Unknown),
-                ),
+                _ => front
+                    .on_peer_state(XenbusState::from_u32(code % 9).unwrap_or(XenbusState::Unknown)),
             };
             fh.apply(&acts, front.state(), &front_holding)?;
         } else {
@@ -373,4 +381,77 @@ pub fn check_machines(data: &[u8]) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn slice_store_serves_decoded_nodes() {
+        // Node 1 (`ring-page-order`) = "0"; node 9 selector 0x81
+        // (`back-ring-ref1`) = "12".
+        let data = [0u8, 1, 1, b'0', 9, 0x81, 2, b'1', b'2'];
+        let s = SliceStore::decode(&data);
+        assert_eq!(
+            s.lookup("/local/domain/1/device/hyper_dmabuf/0/ring-page-order"),
+            Some(&b"0"[..])
+        );
+        assert_eq!(
+            s.lookup("/local/domain/1/device/hyper_dmabuf/0/back-ring-ref1"),
+            Some(&b"12"[..])
+        );
+        assert_eq!(
+            s.lookup("/local/domain/1/device/hyper_dmabuf/0/version"),
+            None
+        );
+    }
+
+    #[test]
+    fn valid_frontend_input_is_accepted() {
+        // version 1, order 0, ring-ref0 = 8, back-ring-ref0 = 9, port 3.
+        let data = [
+            0u8, 0, 1, b'1', 1, 1, b'0', 9, 0x00, 1, b'8', 9, 0x80, 1, b'9', 2, 1, b'3',
+        ];
+        let mut s = SliceStore::decode(&data);
+        let offered = BackendConfig {
+            max_ring_page_order: 4,
+            max_buffer_size: 1,
+            feature_rw: false,
+        };
+        let r = schema::read_frontend_rings(&mut s, FUZZ_DIR, &offered).unwrap();
+        assert_eq!((r.ring_refs(), r.back_ring_refs()), (&[8][..], &[9][..]));
+        assert_eq!(check_schema_readers(&data), Ok(()));
+    }
+
+    #[test]
+    fn machine_oracle_on_known_sequences() {
+        // Front start, backend start, the normal connection, then chaos.
+        assert_eq!(
+            check_machines(&[9, 0x29, 2, 0x33, 4, 0x24, 0, 0x21, 13, 0x2d]),
+            Ok(())
+        );
+        assert_eq!(check_machines(&[]), Ok(()));
+    }
+
+    proptest! {
+        #[test]
+        fn schema_readers_oracle(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert_eq!(check_schema_readers(&data), Ok(()));
+        }
+
+        #[test]
+        fn machines_oracle(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert_eq!(check_machines(&data), Ok(()));
+        }
+
+        #[test]
+        fn value_oracle(data in proptest::collection::vec(any::<u8>(), 0..80)) {
+            prop_assert_eq!(check_value_parsers(&data), Ok(()));
+        }
+    }
 }

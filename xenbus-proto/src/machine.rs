@@ -401,10 +401,7 @@ impl FrontendMachine {
                 acts.push(Action::SwitchState(S::Closed));
                 self.state = Front::Closed;
             }
-            (
-                Front::Initialising,
-                S::Unknown | S::Initialising | S::Connected | S::Closed,
-            ) => {}
+            (Front::Initialising, S::Unknown | S::Initialising | S::Connected | S::Closed) => {}
             (Front::Initialising, S::Initialised | S::Reconfiguring | S::Reconfigured) => {
                 self.protocol_error(peer, acts)
             }
@@ -828,5 +825,447 @@ impl BackendMachine {
         }
         self.state = Back::Closed;
         acts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::vec::Vec;
+
+    use super::*;
+    use XenbusState as S;
+
+    /// Peer states in the column order of the tables.
+    const COLS: [S; 9] = S::ALL;
+
+    fn front_in(state: S, failed: bool) -> FrontendMachine {
+        let mut m = FrontendMachine::new();
+        let _ = m.start();
+        match (state, failed) {
+            (S::Initialising, false) => {}
+            (S::Initialised, false) => {
+                let _ = m.on_peer_state(S::InitWait);
+            }
+            (S::Connected, false) => {
+                let _ = m.on_peer_state(S::InitWait);
+                let _ = m.on_peer_state(S::Connected);
+            }
+            (S::Closing, true) => {
+                let _ = m.on_peer_state(S::InitWait);
+                let _ = m.on_local_error();
+            }
+            (S::Closed, false) => {
+                let _ = m.on_peer_state(S::InitWait);
+                let _ = m.on_peer_state(S::Closing);
+            }
+            (S::Closed, true) => {
+                let _ = m.on_peer_state(S::InitWait);
+                let _ = m.on_local_error();
+                let _ = m.on_peer_state(S::Closed);
+            }
+            _ => unreachable!("test setup"),
+        }
+        assert_eq!((m.state(), m.failed()), (state, failed));
+        m
+    }
+
+    fn expand(code: &str, ours: S, peer: S) -> Vec<Action> {
+        use Action::*;
+        let connect = [
+            ReadBackendNodes,
+            AllocRingsAndPublish,
+            SwitchState(S::Initialised),
+        ];
+        let recover = [
+            SwitchState(S::Reconfiguring),
+            Teardown,
+            SwitchState(S::Initialising),
+        ];
+        match code {
+            "ign" => Vec::new(),
+            "ERR" if ours == S::Initialising || ours == S::Initialised || ours == S::Connected => {
+                std::vec![
+                    LogProtocolError { ours, peer },
+                    Teardown,
+                    SwitchState(S::Closing)
+                ]
+            }
+            "CONNECT" => connect.to_vec(),
+            "UP" => std::vec![Connect, SwitchState(S::Connected)],
+            "CLOSE" => std::vec![Teardown, SwitchState(S::Closing), SwitchState(S::Closed)],
+            "CLOSED" => std::vec![SwitchState(S::Closing), SwitchState(S::Closed)],
+            "RECOVER" => recover.to_vec(),
+            "RECOV+C" => recover.iter().chain(&connect).copied().collect(),
+            "DONE" => std::vec![SwitchState(S::Closed)],
+            other => panic!("unknown table code {other}"),
+        }
+    }
+
+    /// The frontend table of the documentation, row by row.
+    const FRONT_TABLE: [(S, bool, [&str; 9]); 6] = [
+        (
+            S::Initialising,
+            false,
+            [
+                "ign", "ign", "CONNECT", "ERR", "ign", "CLOSED", "ign", "ERR", "ERR",
+            ],
+        ),
+        (
+            S::Initialised,
+            false,
+            [
+                "RECOVER", "RECOVER", "ign", "ERR", "UP", "CLOSE", "RECOVER", "ERR", "ERR",
+            ],
+        ),
+        (
+            S::Connected,
+            false,
+            [
+                "RECOVER", "RECOVER", "RECOV+C", "ERR", "ign", "CLOSE", "RECOVER", "ERR", "ERR",
+            ],
+        ),
+        (
+            S::Closing,
+            true,
+            [
+                "DONE", "DONE", "DONE", "ign", "ign", "DONE", "DONE", "ign", "ign",
+            ],
+        ),
+        (
+            S::Closed,
+            false,
+            [
+                "ign", "ign", "CONNECT", "ign", "ign", "ign", "ign", "ign", "ign",
+            ],
+        ),
+        (
+            S::Closed,
+            true,
+            [
+                "ign", "ign", "ign", "ign", "ign", "ign", "ign", "ign", "ign",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn frontend_table_matches_documentation() {
+        for (ours, failed, row) in FRONT_TABLE {
+            for (peer, code) in COLS.iter().zip(row) {
+                let mut m = front_in(ours, failed);
+                let acts = m.on_peer_state(*peer);
+                assert!(!acts.overflowed());
+                assert_eq!(
+                    acts.as_slice(),
+                    &expand(code, ours, *peer)[..],
+                    "frontend {ours} (failed {failed}) sees {peer}"
+                );
+                if let Some(s) = acts.final_switch() {
+                    assert_eq!(m.state(), s);
+                }
+                if acts.is_protocol_error() {
+                    assert!(m.failed());
+                }
+            }
+        }
+    }
+
+    fn back_in(state: S, failed: bool, online: bool) -> BackendMachine {
+        let mut m = BackendMachine::new();
+        let _ = m.start();
+        match (state, failed) {
+            (S::InitWait, false) => {}
+            (S::Connected, false) => {
+                let _ = m.on_peer_state(S::Initialised, true);
+            }
+            (S::Closing, false) => {
+                let _ = m.on_peer_state(S::Initialised, true);
+                let _ = m.on_peer_state(S::Closing, true);
+            }
+            (S::Closing, true) => {
+                let _ = m.on_peer_state(S::Initialised, true);
+                let _ = m.on_local_error();
+            }
+            (S::Closed, false) => {
+                let _ = m.on_peer_state(S::Closed, false);
+            }
+            (S::Closed, true) => {
+                let _ = m.on_local_error();
+                let _ = m.on_peer_state(S::Closed, true);
+            }
+            _ => unreachable!("test setup"),
+        }
+        assert_eq!((m.state(), m.failed()), (state, failed));
+        // The `online` value for the event under test.
+        m.online = online;
+        m
+    }
+
+    fn expand_back(code: &str, ours: S, peer: S, failed: bool, online: bool) -> Vec<Action> {
+        use Action::*;
+        let rewait_possible = online && (!failed || peer == S::Initialising);
+        let rewait = || {
+            if rewait_possible {
+                std::vec![PublishBackendNodes, SwitchState(S::InitWait)]
+            } else {
+                Vec::new()
+            }
+        };
+        match code {
+            "ign" => Vec::new(),
+            "ERR" => std::vec![
+                LogProtocolError { ours, peer },
+                Teardown,
+                SwitchState(S::Closing)
+            ],
+            "MAP" => std::vec![MapRingsAndBind, SwitchState(S::Connected)],
+            "CLOSING" if ours == S::Connected => std::vec![Teardown, SwitchState(S::Closing)],
+            "CLOSING" => std::vec![SwitchState(S::Closing)],
+            "OFF" if !online => std::vec![SwitchState(S::Closed)],
+            "OFF" => Vec::new(),
+            "DROP" => {
+                let mut v = std::vec![Teardown];
+                let r = rewait();
+                if r.is_empty() {
+                    v.push(SwitchState(S::Closed));
+                }
+                v.extend(r);
+                v
+            }
+            "DONE" => {
+                let mut v = std::vec![SwitchState(S::Closed)];
+                v.extend(rewait());
+                v
+            }
+            "REWAIT" => rewait(),
+            other => panic!("unknown table code {other}"),
+        }
+    }
+
+    /// The backend table of the documentation (NEW is implied by the
+    /// Initialising column).
+    const BACK_TABLE: [(S, bool, [&str; 9]); 6] = [
+        (
+            S::InitWait,
+            false,
+            [
+                "ign", "ign", "ERR", "MAP", "ign", "CLOSING", "OFF", "ign", "ERR",
+            ],
+        ),
+        (
+            S::Connected,
+            false,
+            [
+                "DROP", "DROP", "ERR", "ERR", "ign", "CLOSING", "DROP", "DROP", "ERR",
+            ],
+        ),
+        (
+            S::Closing,
+            false,
+            [
+                "DONE", "DONE", "ign", "ign", "ign", "ign", "DONE", "ign", "ign",
+            ],
+        ),
+        (
+            S::Closing,
+            true,
+            [
+                "DONE", "DONE", "ign", "ign", "ign", "ign", "DONE", "ign", "ign",
+            ],
+        ),
+        (
+            S::Closed,
+            false,
+            [
+                "ign", "REWAIT", "ign", "ign", "ign", "ign", "ign", "ign", "ign",
+            ],
+        ),
+        (
+            S::Closed,
+            true,
+            [
+                "ign", "REWAIT", "ign", "ign", "ign", "ign", "ign", "ign", "ign",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn backend_table_matches_documentation() {
+        for (ours, failed, row) in BACK_TABLE {
+            for online in [false, true] {
+                for (peer, code) in COLS.iter().zip(row) {
+                    let mut m = back_in(ours, failed, online);
+                    let acts = m.on_peer_state(*peer, online);
+                    assert!(!acts.overflowed());
+                    assert_eq!(
+                        acts.as_slice(),
+                        &expand_back(code, ours, *peer, failed, online)[..],
+                        "backend {ours} (failed {failed}, online {online}) sees {peer}"
+                    );
+                    if let Some(s) = acts.final_switch() {
+                        assert_eq!(m.state(), s);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn events_before_start_are_recorded_and_answered_by_start() {
+        let mut f = FrontendMachine::new();
+        assert!(f.on_peer_state(S::InitWait).is_empty());
+        let acts = f.start();
+        assert_eq!(
+            acts.as_slice(),
+            &[
+                Action::SwitchState(S::Initialising),
+                Action::ReadBackendNodes,
+                Action::AllocRingsAndPublish,
+                Action::SwitchState(S::Initialised)
+            ]
+        );
+        assert!(f.start().is_empty());
+
+        let mut b = BackendMachine::new();
+        assert!(b.on_peer_state(S::Initialised, true).is_empty());
+        let acts = b.start();
+        assert_eq!(
+            acts.as_slice(),
+            &[
+                Action::PublishBackendNodes,
+                Action::SwitchState(S::InitWait),
+                Action::MapRingsAndBind,
+                Action::SwitchState(S::Connected)
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_paths() {
+        let mut f = front_in(S::Connected, false);
+        assert_eq!(
+            f.on_remove().as_slice(),
+            &[
+                Action::SwitchState(S::Closing),
+                Action::AwaitPeerRelease,
+                Action::Teardown,
+                Action::SwitchState(S::Closed)
+            ]
+        );
+        assert!(f.on_remove().is_empty());
+        for p in COLS {
+            assert!(f.on_peer_state(p).is_empty());
+        }
+        assert!(f.on_local_error().is_empty());
+        assert!(f.start().is_empty());
+        assert_eq!(f.state(), S::Closed);
+
+        let mut b = back_in(S::Connected, false, true);
+        assert_eq!(
+            b.on_remove().as_slice(),
+            &[
+                Action::Teardown,
+                Action::SwitchState(S::Closing),
+                Action::AwaitPeerRelease,
+                Action::SwitchState(S::Closed)
+            ]
+        );
+        for p in COLS {
+            assert!(b.on_peer_state(p, true).is_empty());
+        }
+        assert_eq!(b.state(), S::Closed);
+
+        assert_eq!(
+            FrontendMachine::new().on_remove().as_slice(),
+            &[Action::SwitchState(S::Closed)]
+        );
+        assert_eq!(
+            front_in(S::Closing, true).on_remove().as_slice(),
+            &[Action::AwaitPeerRelease, Action::SwitchState(S::Closed)]
+        );
+        assert!(front_in(S::Closed, false).on_remove().is_empty());
+        assert_eq!(
+            back_in(S::InitWait, false, true).on_remove().as_slice(),
+            &[Action::SwitchState(S::Closed)]
+        );
+        assert_eq!(
+            back_in(S::Closing, true, true).on_remove().as_slice(),
+            &[Action::AwaitPeerRelease, Action::SwitchState(S::Closed)]
+        );
+        assert!(back_in(S::Closed, false, true).on_remove().is_empty());
+    }
+
+    #[test]
+    fn local_errors() {
+        for s in [S::Initialising, S::Initialised, S::Connected] {
+            let mut f = front_in(s, false);
+            assert_eq!(
+                f.on_local_error().as_slice(),
+                &[Action::Teardown, Action::SwitchState(S::Closing)]
+            );
+            assert!(f.failed());
+            // A failed frontend does not reconnect by itself.
+            let _ = f.on_peer_state(S::Closed);
+            assert!(f.on_peer_state(S::InitWait).is_empty());
+        }
+        assert!(front_in(S::Closed, false).on_local_error().is_empty());
+        for s in [S::InitWait, S::Connected] {
+            let mut b = back_in(s, false, true);
+            assert_eq!(
+                b.on_local_error().as_slice(),
+                &[Action::Teardown, Action::SwitchState(S::Closing)]
+            );
+            // No re-wait after an error of our own ...
+            let acts = b.on_peer_state(S::Closed, true);
+            assert_eq!(acts.as_slice(), &[Action::SwitchState(S::Closed)]);
+            // ... until a new frontend instance appears.
+            let acts = b.on_peer_state(S::Initialising, true);
+            assert_eq!(acts.final_switch(), Some(S::InitWait));
+            assert!(!b.failed());
+        }
+        let mut b = BackendMachine::new();
+        assert_eq!(
+            b.on_local_error().as_slice(),
+            &[Action::Teardown, Action::SwitchState(S::Closing)]
+        );
+    }
+
+    #[test]
+    fn peer_released_sets() {
+        let front_ok: Vec<S> = COLS
+            .into_iter()
+            .filter(|s| FrontendMachine::peer_released(*s))
+            .collect();
+        assert_eq!(
+            front_ok,
+            [
+                S::Unknown,
+                S::Initialising,
+                S::InitWait,
+                S::Closing,
+                S::Closed
+            ]
+        );
+        let back_ok: Vec<S> = COLS
+            .into_iter()
+            .filter(|s| BackendMachine::peer_released(*s))
+            .collect();
+        assert_eq!(back_ok, [S::Unknown, S::Initialising, S::Closed]);
+    }
+
+    #[test]
+    fn actions_container() {
+        let mut a = Actions::new();
+        assert!(a.is_empty());
+        for _ in 0..MAX_ACTIONS {
+            a.push(Action::Teardown);
+        }
+        assert!(!a.overflowed());
+        a.push(Action::Connect);
+        assert!(a.overflowed());
+        assert_eq!(a.len(), MAX_ACTIONS);
+        assert_eq!(a.as_slice().last(), Some(&Action::Teardown));
+        assert_eq!((&a).into_iter().count(), MAX_ACTIONS);
     }
 }

@@ -410,3 +410,272 @@ impl Decimal {
         Self::u64(u64::from(v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use proptest::prelude::*;
+    use std::string::String;
+    use std::vec::Vec;
+
+    use super::*;
+
+    #[test]
+    fn u32_good() {
+        assert_eq!(parse_u32(b"0"), Ok(0));
+        assert_eq!(parse_u32(b"7"), Ok(7));
+        assert_eq!(parse_u32(b"4096"), Ok(4096));
+        assert_eq!(parse_u32(b"4294967295"), Ok(u32::MAX));
+    }
+
+    #[test]
+    fn u32_hostile() {
+        assert_eq!(parse_u32(b""), Err(ValueError::Empty));
+        assert_eq!(parse_u32(b"+1"), Err(ValueError::NotDecimal { offset: 0 }));
+        assert_eq!(parse_u32(b"-1"), Err(ValueError::NotDecimal { offset: 0 }));
+        assert_eq!(parse_u32(b" 1"), Err(ValueError::NotDecimal { offset: 0 }));
+        assert_eq!(parse_u32(b"1 "), Err(ValueError::NotDecimal { offset: 1 }));
+        assert_eq!(parse_u32(b"1\n"), Err(ValueError::NotDecimal { offset: 1 }));
+        assert_eq!(parse_u32(b"1\0"), Err(ValueError::NotDecimal { offset: 1 }));
+        assert_eq!(
+            parse_u32(b"0x10"),
+            Err(ValueError::NotDecimal { offset: 1 })
+        );
+        assert_eq!(parse_u32(b"1e3"), Err(ValueError::NotDecimal { offset: 1 }));
+        assert_eq!(
+            parse_u32(b"\xff"),
+            Err(ValueError::NotDecimal { offset: 0 })
+        );
+        assert_eq!(parse_u32(b"01"), Err(ValueError::LeadingZero));
+        assert_eq!(parse_u32(b"00"), Err(ValueError::LeadingZero));
+        assert_eq!(parse_u32(b"0000000000"), Err(ValueError::LeadingZero));
+        assert_eq!(parse_u32(b"4294967296"), Err(ValueError::Overflow));
+        assert_eq!(parse_u32(b"9999999999"), Err(ValueError::Overflow));
+        assert_eq!(
+            parse_u32(b"10000000000"),
+            Err(ValueError::TooLong { max: MAX_U32_LEN })
+        );
+        // The length is checked before the bytes are looked at.
+        assert_eq!(
+            parse_u32(&[b'1'; 4096]),
+            Err(ValueError::TooLong { max: MAX_U32_LEN })
+        );
+    }
+
+    #[test]
+    fn u64_good_and_hostile() {
+        assert_eq!(parse_u64(b"18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_u64(b"1073741824"), Ok(1 << 30));
+        assert_eq!(
+            parse_u64(b"18446744073709551616"),
+            Err(ValueError::Overflow)
+        );
+        assert_eq!(
+            parse_u64(b"99999999999999999999"),
+            Err(ValueError::Overflow)
+        );
+        assert_eq!(
+            parse_u64(b"100000000000000000000"),
+            Err(ValueError::TooLong { max: MAX_U64_LEN })
+        );
+        assert_eq!(parse_u64(b"012"), Err(ValueError::LeadingZero));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_u32_in(b"4", 0, 4), Ok(4));
+        assert_eq!(
+            parse_u32_in(b"5", 0, 4),
+            Err(ValueError::OutOfRange {
+                value: 5,
+                min: 0,
+                max: 4
+            })
+        );
+        assert_eq!(parse_u64_in(b"1", 1, u64::MAX), Ok(1));
+        assert!(parse_u64_in(b"0", 1, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn bool_nodes() {
+        assert_eq!(parse_bool(b"0"), Ok(false));
+        assert_eq!(parse_bool(b"1"), Ok(true));
+        for bad in [&b"2"[..], b"00", b"01", b"true", b"", b"1 ", b"y"] {
+            assert!(parse_bool(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn state_nodes() {
+        for s in XenbusState::ALL.iter().skip(1) {
+            let text = Decimal::u64(s.as_u32().into());
+            assert_eq!(parse_state(text.as_bytes()), Ok(*s));
+        }
+        for bad in [&b"0"[..], b"9", b"10", b"4294967295", b"04", b"-1", b""] {
+            assert!(parse_state(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grefs_ports_domids() {
+        for r in 0..GNTTAB_NR_RESERVED_ENTRIES {
+            let text = Decimal::u64(r.into());
+            assert!(parse_gref(text.as_bytes()).is_err());
+        }
+        assert_eq!(parse_gref(b"8"), Ok(8));
+        assert_eq!(parse_gref(b"4294967295"), Ok(u32::MAX));
+        assert!(parse_evtchn(b"0").is_err());
+        assert_eq!(parse_evtchn(b"1"), Ok(1));
+        assert_eq!(parse_domid(b"0"), Ok(0));
+        assert_eq!(parse_domid(b"32751"), Ok(0x7fef));
+        assert!(parse_domid(b"32752").is_err());
+        assert!(parse_domid(b"65535").is_err());
+        assert!(parse_domid(b"65536").is_err());
+    }
+
+    #[test]
+    fn versions_good() {
+        assert_eq!(parse_versions(b"1").map(|v| v.contains(1)), Ok(true));
+        let v = parse_versions(b"1,2,30").unwrap();
+        assert_eq!(v.as_slice(), &[1, 2, 30]);
+        assert_eq!(v.highest_common(&[1, 2]), Some(2));
+        assert_eq!(v.highest_common(&[7]), None);
+        assert!(parse_versions(b"1,2,3,4,5,6,7,8").is_ok());
+    }
+
+    #[test]
+    fn versions_hostile() {
+        assert_eq!(parse_versions(b""), Err(ValueError::Empty));
+        assert_eq!(parse_versions(b","), Err(ValueError::EmptyItem));
+        assert_eq!(parse_versions(b"1,,2"), Err(ValueError::EmptyItem));
+        assert_eq!(parse_versions(b",1"), Err(ValueError::EmptyItem));
+        assert_eq!(parse_versions(b"1,"), Err(ValueError::EmptyItem));
+        assert_eq!(parse_versions(b"2,1"), Err(ValueError::NotIncreasing));
+        assert_eq!(parse_versions(b"1,1"), Err(ValueError::NotIncreasing));
+        assert!(matches!(
+            parse_versions(b"0"),
+            Err(ValueError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            parse_versions(b"1, 2"),
+            Err(ValueError::NotDecimal { offset: 0 })
+        );
+        assert_eq!(parse_versions(b"01"), Err(ValueError::LeadingZero));
+        assert_eq!(
+            parse_versions(b"1,2,3,4,5,6,7,8,9"),
+            Err(ValueError::TooManyItems { max: MAX_VERSIONS })
+        );
+        assert_eq!(
+            parse_versions(&[b'1'; MAX_VERSIONS_LEN + 1]),
+            Err(ValueError::TooLong {
+                max: MAX_VERSIONS_LEN
+            })
+        );
+        assert!(Versions::new(&[]).is_err());
+        assert!(Versions::new(&[
+            u32::MAX - 7,
+            u32::MAX - 6,
+            u32::MAX - 5,
+            u32::MAX - 4,
+            u32::MAX - 3,
+            u32::MAX - 2,
+            u32::MAX - 1
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn fixed_buf_overflow_is_an_error() {
+        use core::fmt::Write;
+        let mut b = FixedBuf::<4>::new();
+        assert!(b.write_str("abcd").is_ok());
+        assert!(b.write_str("e").is_err());
+        assert_eq!(b.as_str(), "abcd");
+        b.clear();
+        assert_eq!(b.as_str(), "");
+    }
+
+    #[test]
+    fn error_display() {
+        let e = ValueError::OutOfRange {
+            value: 9,
+            min: 1,
+            max: 8,
+        };
+        assert_eq!(std::format!("{e}"), "9 outside 1..=8");
+    }
+
+    proptest! {
+        #[test]
+        fn u32_round_trip(v in any::<u32>()) {
+            prop_assert_eq!(parse_u32(Decimal::u64(v.into()).as_bytes()), Ok(v));
+        }
+
+        #[test]
+        fn u64_round_trip(v in any::<u64>()) {
+            prop_assert_eq!(parse_u64(Decimal::u64(v).as_bytes()), Ok(v));
+        }
+
+        #[test]
+        fn u32_rejects_above_max(v in (u64::from(u32::MAX) + 1)..) {
+            prop_assert!(parse_u32(Decimal::u64(v).as_bytes()).is_err());
+        }
+
+        #[test]
+        fn leading_zeros_rejected(v in any::<u32>(), zeros in 1usize..4) {
+            let mut s = String::new();
+            for _ in 0..zeros {
+                s.push('0');
+            }
+            s.push_str(&std::format!("{v}"));
+            prop_assert!(parse_u64(s.as_bytes()).is_err());
+            prop_assert!(parse_u32(s.as_bytes()).is_err());
+        }
+
+        #[test]
+        fn versions_round_trip(mut items in proptest::collection::btree_set(1u32.., 1..=MAX_VERSIONS)) {
+            let items: Vec<u32> = core::mem::take(&mut items).into_iter().collect();
+            match Versions::new(&items) {
+                Ok(v) => {
+                    let text = std::format!("{v}");
+                    prop_assert_eq!(parse_versions(text.as_bytes()), Ok(v));
+                    prop_assert_eq!(v.as_slice(), &items[..]);
+                }
+                // Only lists whose text is too long may be refused.
+                Err(e) => prop_assert_eq!(e, ValueError::TooLong { max: MAX_VERSIONS_LEN }),
+            }
+        }
+
+        #[test]
+        fn state_round_trip(v in 1u32..=8) {
+            let s = parse_state(Decimal::u64(v.into()).as_bytes()).unwrap();
+            prop_assert_eq!(s.as_u32(), v);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = parse_u32(&data);
+            let _ = parse_u64(&data);
+            let _ = parse_bool(&data);
+            let _ = parse_state(&data);
+            let _ = parse_gref(&data);
+            let _ = parse_evtchn(&data);
+            let _ = parse_domid(&data);
+            let _ = parse_versions(&data);
+            prop_assert_eq!(super::super::fuzz::check_value_parsers(&data), Ok(()));
+        }
+
+        #[test]
+        fn near_miss_text_never_panics(s in "[0-9,+ x-]{0,40}") {
+            prop_assert_eq!(super::super::fuzz::check_value_parsers(s.as_bytes()), Ok(()));
+        }
+
+        #[test]
+        fn huge_values_refused_by_length(n in 65usize..100_000) {
+            let data = std::vec![b'1'; n];
+            prop_assert!(parse_u64(&data).is_err());
+            prop_assert!(parse_versions(&data).is_err());
+        }
+    }
+}

@@ -100,9 +100,7 @@
 use core::fmt::Write;
 
 use super::error::{Error, ValueError};
-use super::parse::{
-    self, Decimal, FixedBuf, ValueBuf, Versions, MAX_VERSIONS_LEN,
-};
+use super::parse::{self, Decimal, FixedBuf, ValueBuf, Versions, MAX_VERSIONS_LEN};
 use super::state::XenbusState;
 use super::store::{with_transaction, NodePath, Perm, PermKind, Store, Txn, TRANSACTION_TRIES};
 
@@ -258,8 +256,10 @@ fn write_u64<S: Store + ?Sized>(
 /// [`Error::Value`] for a malformed value (including `"0"`), which the
 /// driver treats as a protocol error of the peer; store errors.
 pub fn read_state<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<XenbusState, Error> {
-    Ok(read_opt(store, Txn::NONE, dir, NODE_STATE, None, parse::parse_state)?
-        .unwrap_or(XenbusState::Unknown))
+    Ok(
+        read_opt(store, Txn::NONE, dir, NODE_STATE, None, parse::parse_state)?
+            .unwrap_or(XenbusState::Unknown),
+    )
 }
 
 /// Writes the `state` node of `dir`.
@@ -285,8 +285,15 @@ pub fn write_state<S: Store + ?Sized>(
 ///
 /// [`Error::Value`] for anything but `"0"` or `"1"`; store errors.
 pub fn read_online<S: Store + ?Sized>(store: &mut S, backend_dir: &str) -> Result<bool, Error> {
-    Ok(read_opt(store, Txn::NONE, backend_dir, NODE_ONLINE, None, parse::parse_bool)?
-        .unwrap_or(false))
+    Ok(read_opt(
+        store,
+        Txn::NONE,
+        backend_dir,
+        NODE_ONLINE,
+        None,
+        parse::parse_bool,
+    )?
+    .unwrap_or(false))
 }
 
 /// The device parameters the backend publishes.
@@ -422,7 +429,13 @@ pub fn publish_backend<S: Store + ?Sized>(
             NODE_MAX_RING_PAGE_ORDER,
             config.max_ring_page_order.into(),
         )?;
-        write_u64(s, txn, backend_dir, NODE_MAX_BUFFER_SIZE, config.max_buffer_size)?;
+        write_u64(
+            s,
+            txn,
+            backend_dir,
+            NODE_MAX_BUFFER_SIZE,
+            config.max_buffer_size,
+        )?;
         write_node(
             s,
             txn,
@@ -453,24 +466,29 @@ pub fn read_backend_config<S: Store + ?Sized>(
     backend_dir: &str,
 ) -> Result<BackendOffer, Error> {
     with_transaction(store, TRANSACTION_TRIES, |s, txn| {
-        let versions = read_req(s, txn, backend_dir, NODE_VERSIONS, None, parse::parse_versions)?;
-        let max_ring_page_order = read_req(
+        let versions = read_req(
             s,
             txn,
             backend_dir,
-            NODE_MAX_RING_PAGE_ORDER,
+            NODE_VERSIONS,
             None,
-            |v| parse::parse_u32_in(v, 0, MAX_RING_PAGE_ORDER),
+            parse::parse_versions,
         )?;
-        let max_buffer_size = read_req(
+        let max_ring_page_order =
+            read_req(s, txn, backend_dir, NODE_MAX_RING_PAGE_ORDER, None, |v| {
+                parse::parse_u32_in(v, 0, MAX_RING_PAGE_ORDER)
+            })?;
+        let max_buffer_size = read_req(s, txn, backend_dir, NODE_MAX_BUFFER_SIZE, None, |v| {
+            parse::parse_u64_in(v, 1, u64::MAX)
+        })?;
+        let feature_rw = read_req(
             s,
             txn,
             backend_dir,
-            NODE_MAX_BUFFER_SIZE,
+            NODE_FEATURE_RW,
             None,
-            |v| parse::parse_u64_in(v, 1, u64::MAX),
+            parse::parse_bool,
         )?;
-        let feature_rw = read_req(s, txn, backend_dir, NODE_FEATURE_RW, None, parse::parse_bool)?;
         Ok(BackendOffer {
             versions,
             config: BackendConfig {
@@ -725,7 +743,12 @@ fn read_refs<S: Store + ?Sized>(
         let value = read_opt(store, txn, dir, prefix, index, parse::parse_gref)?;
         match (i < pages, value) {
             (true, Some(g)) => *slot = g,
-            (true, None) => return Err(Error::Missing { node: prefix, index }),
+            (true, None) => {
+                return Err(Error::Missing {
+                    node: prefix,
+                    index,
+                })
+            }
             (false, Some(_)) => {
                 return Err(Error::ExtraNode {
                     node: prefix,
@@ -784,7 +807,14 @@ pub fn read_frontend_rings<S: Store + ?Sized>(
             back_ring_refs: [0; MAX_RING_PAGES],
             event_channel: 0,
         };
-        read_refs(s, txn, frontend_dir, NODE_RING_REF, pages, &mut rings.ring_refs)?;
+        read_refs(
+            s,
+            txn,
+            frontend_dir,
+            NODE_RING_REF,
+            pages,
+            &mut rings.ring_refs,
+        )?;
         read_refs(
             s,
             txn,
@@ -835,7 +865,9 @@ pub struct DeviceSpec {
 pub fn create_device<S: Store + ?Sized>(store: &mut S, spec: &DeviceSpec) -> Result<(), Error> {
     if spec.front >= parse::DOMID_FIRST_RESERVED
         || spec.back >= parse::DOMID_FIRST_RESERVED
-        || spec.max_ring_page_order.is_some_and(|o| o > MAX_RING_PAGE_ORDER)
+        || spec
+            .max_ring_page_order
+            .is_some_and(|o| o > MAX_RING_PAGE_ORDER)
         || spec.max_buffer_size == Some(0)
     {
         return Err(Error::InvalidArgument);

@@ -394,9 +394,9 @@ impl Store for MemStore {
             return Err(Error::Again);
         }
         let conflict = t.touched.iter().any(|p| {
-            self.changed_at
-                .iter()
-                .any(|(c, &g)| g > t.start_generation && (is_at_or_below(c, p) || is_at_or_below(p, c)))
+            self.changed_at.iter().any(|(c, &g)| {
+                g > t.start_generation && (is_at_or_below(c, p) || is_at_or_below(p, c))
+            })
         });
         if conflict {
             return Err(Error::Again);
@@ -442,7 +442,10 @@ mod tests {
         assert_eq!(s.read(Txn::NONE, "/a/b/c", &mut buf), Ok(Some(1)));
         assert_eq!(s.read(Txn::NONE, "/a/b/d", &mut buf), Ok(None));
         s.write(Txn::NONE, "/a/b/c", b"12345").unwrap();
-        assert_eq!(s.read(Txn::NONE, "/a/b/c", &mut buf), Err(Error::ValueTooLong));
+        assert_eq!(
+            s.read(Txn::NONE, "/a/b/c", &mut buf),
+            Err(Error::ValueTooLong)
+        );
         s.remove(Txn::NONE, "/a/b").unwrap();
         assert_eq!(s.get("/a/b/c"), None);
         assert_eq!(s.get("/a"), Some(&b""[..]));
