@@ -24,3 +24,7 @@ help:
 	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 include $(sort $(wildcard mk/*.mk))
+
+# Runs after every prerequisite collected from mk/*.mk has passed.
+test:
+	@awk '{p += $$1; f += $$2} END {printf "make test: %d passed, %d failed\n", p, f}' $(COUNTS_DIR)/* 
