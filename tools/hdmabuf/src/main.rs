@@ -1,0 +1,504 @@
+//! `hdmabuf`: share dma-bufs between Xen domains from the command line.
+//!
+//! Exit status: 0 success, 1 an operation failed (the message says why and
+//! what to do), 2 bad usage, 3 verification found different bytes, 4 a
+//! wait timed out.
+
+mod buffer;
+mod device;
+mod pattern;
+mod sys;
+
+use clap::{Parser, Subcommand};
+use device::{dmabuf_sync, Device};
+use hyper_dmabuf_common::id::HyperDmabufId;
+use hyper_dmabuf_common::uapi::{self, Event, EventType, QueryItem, DEVICE_PATH};
+use hyper_dmabuf_common::wire::PrivData;
+use hyper_dmabuf_common::xen::DomId;
+use serde_json::{json, Value};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Share dma-bufs between Xen domains through /dev/xen/hyper_dmabuf.
+#[derive(Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Exit status: 0 ok, 1 failure, 2 usage, 3 verification mismatch, 4 timeout."
+)]
+struct Cli {
+    /// Print machine-readable JSON (one object per line) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The device node.
+    #[arg(long, global = true, default_value = DEVICE_PATH)]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a buffer filled with a test pattern and export it to a domain;
+    /// stays running while the buffer is shared (closing the device
+    /// unexports it).
+    Export {
+        /// The domain to share with.
+        #[arg(long, short)]
+        domain: u32,
+        /// Buffer size (bytes, or with K/M/G suffix); rounded up to pages.
+        #[arg(long, short, default_value = "1M", value_parser = parse_size)]
+        size: u64,
+        /// Seed of the test pattern.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Let the importer map the buffer writable.
+        #[arg(long)]
+        rw: bool,
+        /// Private data for the importer (at most 192 bytes).
+        #[arg(long, default_value = "")]
+        r#priv: String,
+        /// Give up (unexport and exit) after this many seconds; by default
+        /// wait until someone unexports the buffer.
+        #[arg(long)]
+        hold: Option<u64>,
+        /// After an importer released it, verify the buffer holds the
+        /// pattern of this seed (what a read-write importer wrote).
+        #[arg(long)]
+        expect_seed: Option<u64>,
+    },
+    /// Import a buffer, map it and check or write its bytes.
+    Import {
+        /// The buffer id, as printed by `export` or `watch`.
+        id: HyperDmabufId,
+        /// Map writable (the export must be read-write).
+        #[arg(long)]
+        rw: bool,
+        /// Verify the bytes hold the test pattern of this seed.
+        #[arg(long)]
+        verify: Option<u64>,
+        /// Write the test pattern of this seed (needs --rw).
+        #[arg(long, requires = "rw")]
+        write: Option<u64>,
+        /// Keep the buffer imported this many seconds before releasing it.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// Print events as they arrive.
+    Watch {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds (exit status 4 if --count was not reached).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Show what is known about a buffer.
+    Query {
+        /// The buffer id.
+        id: HyperDmabufId,
+    },
+    /// List the buffers this domain exports and imports.
+    List,
+    /// Revoke a buffer this domain exported.
+    Unexport {
+        /// The buffer id.
+        id: HyperDmabufId,
+        /// Start the revocation after this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u32,
+    },
+}
+
+/// Why the tool stopped.
+enum Failure {
+    Error(String),
+    Mismatch(String),
+    Timeout(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let (code, message) = match failure {
+                Failure::Error(m) => (1, m),
+                Failure::Mismatch(m) => (3, m),
+                Failure::Timeout(m) => (4, m),
+            };
+            if cli.json {
+                println!("{}", json!({ "error": message, "exit": code }));
+            } else {
+                eprintln!("hdmabuf: {message}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let out = Output { json: cli.json };
+    match &cli.command {
+        Command::Export {
+            domain,
+            size,
+            seed,
+            rw,
+            r#priv,
+            hold,
+            expect_seed,
+        } => {
+            let domain = DomId::new(*domain)
+                .map_err(|e| Failure::Error(format!("--domain {domain}: {e}")))?;
+            let priv_data = PrivData::new(r#priv.as_bytes())
+                .map_err(|e| Failure::Error(format!("--priv: {e}")))?;
+            let dev = Device::open(&cli.device)?;
+            let buf = buffer::create_udmabuf(*size, |bytes| pattern::fill(*seed, bytes))
+                .map_err(|e| Failure::Error(format!("creating a {size}-byte udmabuf: {e}")))?;
+            let hid = dev.export(buf.dmabuf.as_fd(), domain, *rw, priv_data)?;
+            out.line(
+                format!("exported {hid} ({} bytes, seed {seed}) to domain {domain}", buf.size),
+                json!({ "exported": hid.to_string(), "size": buf.size, "seed": seed, "domain": domain.get(), "rw": rw }),
+            );
+            let deadline = hold.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut released = false;
+            loop {
+                let Some(event) = dev.next_event(wait_ms(deadline))? else {
+                    // Held long enough: revoke and wait for the end of it.
+                    dev.unexport(&hid, 0)?;
+                    out.line(
+                        format!("unexporting {hid}"),
+                        json!({ "unexporting": hid.to_string() }),
+                    );
+                    wait_for(
+                        &dev,
+                        &out,
+                        &hid,
+                        EventType::GrantsEnded,
+                        Duration::from_secs(30),
+                    )?;
+                    break;
+                };
+                out.event(&event);
+                if event.hid.as_ref().is_some_and(|h| h.matches(&hid)) {
+                    match event.kind {
+                        EventType::Released => released = true,
+                        EventType::GrantsEnded => break,
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(expect) = expect_seed {
+                if !released {
+                    return Err(Failure::Error(
+                        "the buffer was never released by an importer".into(),
+                    ));
+                }
+                let len = usize::try_from(buf.size)?;
+                let map = sys::Mapping::new(buf.memfd.as_fd(), len, false)?;
+                check_pattern(&out, *expect, map.as_slice())?;
+            }
+            Ok(())
+        }
+        Command::Import {
+            id,
+            rw,
+            verify,
+            write,
+            hold,
+        } => {
+            let dev = Device::open(&cli.device)?;
+            let started = Instant::now();
+            let (fd, size) = dev.import(id, *rw)?;
+            let import_us = started.elapsed().as_micros();
+            let len = usize::try_from(size)?;
+            let mut map = sys::Mapping::new(fd.as_fd(), len, *rw)
+                .map_err(|e| Failure::Error(format!("mapping the imported buffer: {e}")))?;
+            out.line(
+                format!("imported {id}: {size} bytes in {import_us} us"),
+                json!({ "imported": id.to_string(), "size": size, "import_us": import_us }),
+            );
+            dmabuf_sync(fd.as_fd(), true, write.is_some())?;
+            let checked = verify.map(|seed| check_pattern(&out, seed, map.as_slice()));
+            if let (Some(seed), Some(bytes)) = (write, map.as_mut_slice()) {
+                pattern::fill(*seed, bytes);
+                out.line(
+                    format!("wrote pattern {seed}"),
+                    json!({ "wrote_seed": seed }),
+                );
+            }
+            dmabuf_sync(fd.as_fd(), false, write.is_some())?;
+            std::thread::sleep(Duration::from_secs(*hold));
+            checked.transpose()?;
+            Ok(())
+        }
+        Command::Watch { count, timeout } => {
+            let dev = Device::open(&cli.device)?;
+            let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                match dev.next_event(wait_ms(deadline))? {
+                    Some(event) => {
+                        out.event(&event);
+                        seen += 1;
+                    }
+                    None if count.is_some() => {
+                        return Err(Failure::Timeout(format!(
+                            "{seen} of {} events before the timeout",
+                            count.unwrap_or(0)
+                        )))
+                    }
+                    None => break,
+                }
+            }
+            Ok(())
+        }
+        Command::Query { id } => {
+            let dev = Device::open(&cli.device)?;
+            let mut fields = serde_json::Map::new();
+            for (name, item) in QUERY_ITEMS {
+                fields.insert(name.to_string(), json!(dev.query(id, item)?));
+            }
+            let data = dev.query_priv(id)?;
+            fields.insert("priv".into(), json!(String::from_utf8_lossy(&data)));
+            if out.json {
+                println!("{}", Value::Object(fields));
+            } else {
+                for (name, value) in &fields {
+                    println!("{name:>18}: {value}");
+                }
+            }
+            Ok(())
+        }
+        Command::List => {
+            let dev = Device::open(&cli.device)?;
+            let entries = dev.list()?;
+            if out.json {
+                let list: Vec<Value> = entries.iter().map(list_json).collect();
+                println!("{}", json!({ "buffers": list }));
+            } else if entries.is_empty() {
+                println!("no buffers");
+            } else {
+                println!(
+                    "{:<49} {:>8} {:>6} {:>12}  state",
+                    "id", "kind", "peer", "size"
+                );
+                for e in &entries {
+                    let kind = if e.kind == uapi::KIND_IMPORTED {
+                        "imported"
+                    } else {
+                        "exported"
+                    };
+                    println!(
+                        "{:<49} {kind:>8} {:>6} {:>12}  {}",
+                        e.hid.to_string(),
+                        e.peer,
+                        e.size,
+                        state_words(e.state)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Unexport { id, delay_ms } => {
+            let dev = Device::open(&cli.device)?;
+            dev.unexport(id, *delay_ms)?;
+            out.line(
+                format!("unexport of {id} scheduled in {delay_ms} ms"),
+                json!({ "unexport": id.to_string(), "delay_ms": delay_ms }),
+            );
+            Ok(())
+        }
+    }
+}
+
+const QUERY_ITEMS: [(&str, QueryItem); 9] = [
+    ("type", QueryItem::Type),
+    ("exporter", QueryItem::Exporter),
+    ("importer", QueryItem::Importer),
+    ("size", QueryItem::Size),
+    ("busy", QueryItem::Busy),
+    ("unexported", QueryItem::Unexported),
+    ("delayed_unexported", QueryItem::DelayedUnexported),
+    ("priv_size", QueryItem::PrivSize),
+    ("flags", QueryItem::Flags),
+];
+
+fn check_pattern(out: &Output, seed: u64, bytes: &[u8]) -> Result<(), Failure> {
+    match pattern::first_mismatch(seed, bytes) {
+        None => {
+            out.line(
+                format!("verified {} bytes (seed {seed})", bytes.len()),
+                json!({ "verified": bytes.len(), "seed": seed }),
+            );
+            Ok(())
+        }
+        Some(at) => Err(Failure::Mismatch(format!(
+            "byte {at} (page {}) differs from the pattern of seed {seed}",
+            at / 4096
+        ))),
+    }
+}
+
+fn wait_for(
+    dev: &Device,
+    out: &Output,
+    hid: &HyperDmabufId,
+    kind: EventType,
+    limit: Duration,
+) -> Result<Event, Failure> {
+    let deadline = Some(Instant::now() + limit);
+    loop {
+        let Some(event) = dev.next_event(wait_ms(deadline))? else {
+            return Err(Failure::Timeout(format!(
+                "no {kind:?} event for {hid} within {} s",
+                limit.as_secs()
+            )));
+        };
+        out.event(&event);
+        if event.kind == kind && event.hid.as_ref().is_some_and(|h| h.matches(hid)) {
+            return Ok(event);
+        }
+    }
+}
+
+fn wait_ms(deadline: Option<Instant>) -> i32 {
+    match deadline {
+        None => -1,
+        Some(d) => i32::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+            .unwrap_or(i32::MAX),
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "m" | "MiB" => 20,
+        "G" | "g" | "GiB" => 30,
+        _ => return Err(format!("unknown unit {unit:?}: use K, M or G")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    value
+        .checked_mul(1 << shift)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{text:?} is zero or too large"))
+}
+
+fn state_words(state: u32) -> String {
+    let words: Vec<&str> = [
+        (uapi::STATE_BUSY, "busy"),
+        (uapi::STATE_UNEXPORTED, "unexported"),
+        (uapi::STATE_DELAYED_UNEXPORT, "delayed-unexport"),
+        (uapi::STATE_RW, "rw"),
+    ]
+    .iter()
+    .filter(|(bit, _)| state & bit != 0)
+    .map(|(_, word)| *word)
+    .collect();
+    if words.is_empty() {
+        "-".into()
+    } else {
+        words.join(",")
+    }
+}
+
+fn list_json(e: &uapi::ListEntry) -> Value {
+    json!({
+        "id": e.hid.to_string(),
+        "kind": if e.kind == uapi::KIND_IMPORTED { "imported" } else { "exported" },
+        "peer": e.peer.get(),
+        "size": e.size,
+        "state": state_words(e.state),
+    })
+}
+
+/// Human or JSON output.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn line(&self, text: String, value: Value) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    fn event(&self, event: &Event) {
+        let hid = event.hid.map(|h| h.to_string());
+        let priv_text = String::from_utf8_lossy(event.priv_data.as_bytes()).into_owned();
+        let value = json!({
+            "event": format!("{:?}", event.kind),
+            "peer": event.peer.get(),
+            "id": hid,
+            "size": event.size,
+            "rw": event.flags.bits() & uapi::EXPORT_RW != 0,
+            "priv": priv_text,
+            "lost": event.lost,
+        });
+        let text = format!(
+            "{:?} from domain {}{}{}{}",
+            event.kind,
+            event.peer,
+            hid.as_deref()
+                .map(|h| format!(" id {h}"))
+                .unwrap_or_default(),
+            if event.size > 0 {
+                format!(" size {}", event.size)
+            } else {
+                String::new()
+            },
+            if priv_text.is_empty() {
+                String::new()
+            } else {
+                format!(" priv {priv_text:?}")
+            },
+        );
+        self.line(text, value);
+        if event.lost > 0 && !self.json {
+            println!(
+                "  ({} earlier events were lost: the queue was full)",
+                event.lost
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3X").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
