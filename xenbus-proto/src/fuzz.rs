@@ -353,7 +353,11 @@ pub fn check_machines(data: &[u8]) -> Result<(), &'static str> {
     let mut front = FrontendMachine::new();
     let mut back = BackendMachine::new();
     let (mut fh, mut bh) = (Held::default(), Held::default());
-    let front_holding = [XenbusState::Initialised, XenbusState::Connected];
+    let front_holding = [
+        XenbusState::Initialised,
+        XenbusState::Connected,
+        XenbusState::Closing,
+    ];
     let back_holding = [XenbusState::Connected];
     for &b in data {
         let online = b & 0x10 != 0;
@@ -370,7 +374,8 @@ pub fn check_machines(data: &[u8]) -> Result<(), &'static str> {
         } else {
             let acts = match code {
                 9 | 10 => back.start(),
-                11 | 12 => back.on_local_error(),
+                11 => back.on_local_error(),
+                12 => back.on_online_changed(online),
                 13 => back.on_remove(),
                 _ => back.on_peer_state(
                     XenbusState::from_u32(code % 9).unwrap_or(XenbusState::Unknown),

@@ -45,28 +45,52 @@
 //!     Connected
 //! ```
 //!
-//! Close (either end's `on_local_error`, protocol error or removal; the
-//! toolstack's removal writes backend `online` = 0 and `state` = 5):
+//! Close started by the backend (its error, its removal, or the
+//! toolstack's removal, which writes backend `online` = 0 and `state` = 5):
 //!
 //! ```text
 //!         Frontend                               Backend
 //!
 //!     Connected                               Connected
-//!         |  sees Closing:                       |  (error or remove:
-//!         |  Teardown                            |   Teardown)
-//!         V                                      V
-//!      Closing                                Closing
-//!         |                                      |
-//!         V                                      |  sees Closed:
+//!         |                                      |  Teardown (unmap)
+//!         |  sees Closing:                       V
+//!         |  Teardown (end access)            Closing
+//!         V                                      |
+//!      Closing                                   |
+//!         V                                      |  sees Closed
 //!       Closed  -------------------------->      V
 //!         |                                    Closed
-//!         |                                      |  online = 1 and no
-//!         |                                      |  error: PublishBackendNodes
+//!         |                                      |  online = 1 and no error
+//!         |                                      |  of its own: PublishBackendNodes
 //!         |  sees InitWait, no error of          V
-//!         |  our own: reconnect as above      InitWait
+//!         |  our own: reconnect               InitWait
 //!         V
 //!    Initialised ...
 //! ```
+//!
+//! Close started by the frontend (its error, or its removal):
+//!
+//! ```text
+//!         Frontend                               Backend
+//!
+//!     Connected                               Connected
+//!         |                                      |
+//!         V                                      |  sees Closing:
+//!      Closing  -------------------------->      |  Teardown (unmap)
+//!         |                                      V
+//!         |  sees Closing:                    Closing
+//!         |  Teardown (end access)               |
+//!         V                                      |  sees Closed
+//!       Closed  -------------------------->      V
+//!                                              Closed
+//!                                                |  online = 1 and no error:
+//!                                                V  PublishBackendNodes
+//!                                             InitWait  (a reloaded frontend
+//!                                                        connects from here)
+//! ```
+//!
+//! The frontend ends access to its ring pages only once the backend says
+//! it unmapped them (or is gone): no page is freed while the peer maps it.
 //!
 //! Recovery after peer loss:
 //!
@@ -119,6 +143,11 @@ pub enum Action {
     MapRingsAndBind,
     /// Frontend: start using the rings (the backend is Connected).
     Connect,
+    /// Frontend: stop using the rings (mask the event channel, fail the
+    /// outstanding requests, accept no new ones) but keep the pages
+    /// granted: the backend may still map them. [`Action::Teardown`]
+    /// follows once the backend released them.
+    Disconnect,
     /// Both: stop using the rings and release everything the session
     /// holds: unmap (backend) or end foreign access to (frontend) the ring
     /// pages, unbind the event channel, fail outstanding requests, tear
@@ -269,7 +298,8 @@ impl Front {
 /// Between events the frontend is in Initialising, Initialised,
 /// Connected, Closing or Closed (Reconfiguring only appears inside one
 /// action list). Once the action list of an event has run, the session
-/// holds rings only in Initialised and Connected.
+/// holds rings only in Initialised, Connected and Closing (where it waits
+/// for the backend to unmap them before [`Action::Teardown`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrontendMachine {
     state: Front,
@@ -355,13 +385,11 @@ impl FrontendMachine {
     /// `peer`.
     ///
     /// Before [`Self::start`] and after [`Self::on_remove`] the state is
-    /// only recorded. Otherwise (rows: our state; `ERR` is a protocol
-    /// error: `[LogProtocolError, Teardown, SwitchState(Closing)]`, then
-    /// no reconnection; `ign` is no action):
+    /// only recorded. Otherwise (rows: our state; `ign` is no action):
     ///
     /// ```text
     /// backend ->    Unknown Initialising InitWait Initialised Connected Closing Closed Reconfiguring Reconfigured
-    /// Initialising  ign     ign          CONNECT  ERR         ign       CLOSED  ign    ERR           ERR
+    /// Initialising  ign     ign          CONNECT  ERR         ign       ign     ign    ERR           ERR
     /// Initialised   RECOVER RECOVER      ign      ERR         UP        CLOSE   RECOV  ERR           ERR
     /// Connected     RECOVER RECOVER      RECOV+C  ERR         ign       CLOSE   RECOV  ERR           ERR
     /// Closing       DONE    DONE         DONE     ign         ign       DONE    DONE   ign           ign
@@ -371,18 +399,26 @@ impl FrontendMachine {
     /// CONNECT* = CONNECT unless an error stopped the device, else ign
     /// UP       = Connect, SwitchState(Connected)
     /// CLOSE    = Teardown, SwitchState(Closing), SwitchState(Closed)
-    /// CLOSED   = SwitchState(Closing), SwitchState(Closed)     (nothing held)
     /// RECOVER  = SwitchState(Reconfiguring), Teardown, SwitchState(Initialising)
     /// RECOV+C  = RECOVER, then CONNECT
-    /// DONE     = SwitchState(Closed)                           (already torn down)
+    /// DONE     = Teardown, SwitchState(Closed)
+    /// ERR      = LogProtocolError, Disconnect, SwitchState(Closing), and no
+    ///            reconnection (Teardown waits for DONE: the backend may
+    ///            still map our pages)
     /// ```
     ///
     /// Why: the backend never writes Initialised or Reconfiguring/
-    /// Reconfigured; in Initialising a Connected or Closing/Closed backend
-    /// is still finishing with a previous frontend instance and will come
-    /// to InitWait; an InitWait seen while Initialised is our own publish
-    /// racing with the watch (a restarted backend that only shows InitWait
-    /// finds our rings still published and connects to them).
+    /// Reconfigured. In Initialising we hold nothing, and a Connected,
+    /// Closing or Closed backend is still finishing with an earlier
+    /// frontend instance: it will come to InitWait when it sees our
+    /// Initialising (or Closed, if the toolstack is removing the device:
+    /// the backend then answers the toolstack itself, see
+    /// [`BackendMachine::on_online_changed`]). An InitWait seen while
+    /// Initialised is our own publish racing with the watch (a restarted
+    /// backend that only shows InitWait finds our rings still published and
+    /// connects to them). In Closing we wait for the backend to release
+    /// (Closing, Closed, InitWait, Initialising or gone) before we end
+    /// access to our pages.
     pub fn on_peer_state(&mut self, peer: XenbusState) -> Actions {
         let mut acts = Actions::new();
         self.peer = peer;
@@ -396,12 +432,10 @@ impl FrontendMachine {
         use XenbusState as S;
         match (self.state, peer) {
             (Front::Initialising, S::InitWait) => self.connect(acts),
-            (Front::Initialising, S::Closing) => {
-                acts.push(Action::SwitchState(S::Closing));
-                acts.push(Action::SwitchState(S::Closed));
-                self.state = Front::Closed;
-            }
-            (Front::Initialising, S::Unknown | S::Initialising | S::Connected | S::Closed) => {}
+            (
+                Front::Initialising,
+                S::Unknown | S::Initialising | S::Connected | S::Closing | S::Closed,
+            ) => {}
             (Front::Initialising, S::Initialised | S::Reconfiguring | S::Reconfigured) => {
                 self.protocol_error(peer, acts)
             }
@@ -434,6 +468,7 @@ impl FrontendMachine {
                 Front::Closing,
                 S::Unknown | S::Initialising | S::InitWait | S::Closing | S::Closed,
             ) => {
+                acts.push(Action::Teardown);
                 acts.push(Action::SwitchState(S::Closed));
                 self.state = Front::Closed;
             }
@@ -473,7 +508,14 @@ impl FrontendMachine {
         self.failed = true;
         match self.state {
             Front::Initialising | Front::Initialised | Front::Connected => {
-                acts.push(Action::Teardown);
+                // Our pages are released only once the backend no longer
+                // maps them: now if it already says so, else when it
+                // answers our Closing (see the Closing row).
+                if Self::peer_released(self.peer) {
+                    acts.push(Action::Teardown);
+                } else {
+                    acts.push(Action::Disconnect);
+                }
                 acts.push(Action::SwitchState(XenbusState::Closing));
                 self.state = Front::Closing;
             }
@@ -483,10 +525,12 @@ impl FrontendMachine {
 
     /// An action failed, or the driver found an error of its own (for
     /// example a malformed backend `state`, or a bad backend node in
-    /// [`Action::ReadBackendNodes`]): `[Teardown, SwitchState(Closing)]`
-    /// from Initialising, Initialised or Connected, nothing from Closing or
-    /// Closed. The device then stays down: it does not reconnect on the
-    /// next backend InitWait.
+    /// [`Action::ReadBackendNodes`]). From Initialising, Initialised or
+    /// Connected: `[Teardown, SwitchState(Closing)]` if the backend's last
+    /// state says it maps nothing ([`Self::peer_released`]), else
+    /// `[Disconnect, SwitchState(Closing)]` and the Teardown comes when the
+    /// backend answers. Nothing from Closing or Closed. The device then stays
+    /// down: it does not reconnect on the next backend InitWait.
     pub fn on_local_error(&mut self) -> Actions {
         let mut acts = Actions::new();
         if !self.removed {
@@ -501,7 +545,7 @@ impl FrontendMachine {
     /// * Initialising: `[SwitchState(Closed)]`;
     /// * Initialised, Connected: `[SwitchState(Closing), AwaitPeerRelease,
     ///   Teardown, SwitchState(Closed)]`;
-    /// * Closing: `[AwaitPeerRelease, SwitchState(Closed)]`;
+    /// * Closing: `[AwaitPeerRelease, Teardown, SwitchState(Closed)]`;
     /// * Closed: nothing.
     ///
     /// Every later event is ignored.
@@ -521,6 +565,7 @@ impl FrontendMachine {
             }
             Front::Closing => {
                 acts.push(Action::AwaitPeerRelease);
+                acts.push(Action::Teardown);
                 acts.push(Action::SwitchState(XenbusState::Closed));
             }
             Front::Closed => {}
@@ -790,6 +835,31 @@ impl BackendMachine {
         acts
     }
 
+    /// Our `online` node changed and now reads `online` (the driver
+    /// watches it).
+    ///
+    /// The toolstack removes a device by writing `online` = 0 and then our
+    /// `state` = 5 itself, and waits for `state` = 6. A connected frontend
+    /// sees that Closing and closes, and we follow it to Closed. A frontend
+    /// that maps nothing (Unknown, Initialising or Closed) will not move,
+    /// so we answer at once: `[Teardown, SwitchState(Closed)]` (Teardown
+    /// only from Connected). Otherwise, and when `online` is 1, nothing.
+    pub fn on_online_changed(&mut self, online: bool) -> Actions {
+        let mut acts = Actions::new();
+        self.online = online;
+        if online || !self.started || self.removed || !Self::peer_released(self.peer) {
+            return acts;
+        }
+        if self.state == Back::Connected {
+            acts.push(Action::Teardown);
+        }
+        // Written even if we already are Closed: the toolstack overwrote
+        // our state with Closing.
+        acts.push(Action::SwitchState(XenbusState::Closed));
+        self.state = Back::Closed;
+        acts
+    }
+
     /// The device is being removed (driver unbind, module unload, or the
     /// toolstack deleted the backend directory):
     ///
@@ -885,20 +955,18 @@ mod tests {
         ];
         match code {
             "ign" => Vec::new(),
-            "ERR" if ours == S::Initialising || ours == S::Initialised || ours == S::Connected => {
-                std::vec![
-                    LogProtocolError { ours, peer },
-                    Teardown,
-                    SwitchState(S::Closing)
-                ]
-            }
+            // The bad peer state is never one that releases our pages.
+            "ERR" => std::vec![
+                LogProtocolError { ours, peer },
+                Disconnect,
+                SwitchState(S::Closing)
+            ],
             "CONNECT" => connect.to_vec(),
             "UP" => std::vec![Connect, SwitchState(S::Connected)],
             "CLOSE" => std::vec![Teardown, SwitchState(S::Closing), SwitchState(S::Closed)],
-            "CLOSED" => std::vec![SwitchState(S::Closing), SwitchState(S::Closed)],
             "RECOVER" => recover.to_vec(),
             "RECOV+C" => recover.iter().chain(&connect).copied().collect(),
-            "DONE" => std::vec![SwitchState(S::Closed)],
+            "DONE" => std::vec![Teardown, SwitchState(S::Closed)],
             other => panic!("unknown table code {other}"),
         }
     }
@@ -909,7 +977,7 @@ mod tests {
             S::Initialising,
             false,
             [
-                "ign", "ign", "CONNECT", "ERR", "ign", "CLOSED", "ign", "ERR", "ERR",
+                "ign", "ign", "CONNECT", "ERR", "ign", "ign", "ign", "ERR", "ERR",
             ],
         ),
         (
@@ -1182,7 +1250,11 @@ mod tests {
         );
         assert_eq!(
             front_in(S::Closing, true).on_remove().as_slice(),
-            &[Action::AwaitPeerRelease, Action::SwitchState(S::Closed)]
+            &[
+                Action::AwaitPeerRelease,
+                Action::Teardown,
+                Action::SwitchState(S::Closed)
+            ]
         );
         assert!(front_in(S::Closed, false).on_remove().is_empty());
         assert_eq!(
@@ -1200,11 +1272,21 @@ mod tests {
     fn local_errors() {
         for s in [S::Initialising, S::Initialised, S::Connected] {
             let mut f = front_in(s, false);
-            assert_eq!(
-                f.on_local_error().as_slice(),
+            // A Connected backend may map our pages: Teardown waits.
+            let expected: &[Action] = if s == S::Connected {
+                &[Action::Disconnect, Action::SwitchState(S::Closing)]
+            } else {
                 &[Action::Teardown, Action::SwitchState(S::Closing)]
-            );
+            };
+            assert_eq!(f.on_local_error().as_slice(), expected);
             assert!(f.failed());
+            if s == S::Connected {
+                assert_eq!(f.on_peer_state(S::Connected).as_slice(), &[] as &[Action]);
+                assert_eq!(
+                    f.on_peer_state(S::Closing).as_slice(),
+                    &[Action::Teardown, Action::SwitchState(S::Closed)]
+                );
+            }
             // A failed frontend does not reconnect by itself.
             let _ = f.on_peer_state(S::Closed);
             assert!(f.on_peer_state(S::InitWait).is_empty());
@@ -1229,6 +1311,29 @@ mod tests {
             b.on_local_error().as_slice(),
             &[Action::Teardown, Action::SwitchState(S::Closing)]
         );
+    }
+
+    #[test]
+    fn toolstack_offline() {
+        // The frontend never loaded: answer the toolstack at once.
+        let mut b = back_in(S::InitWait, false, true);
+        assert_eq!(
+            b.on_online_changed(false).as_slice(),
+            &[Action::SwitchState(S::Closed)]
+        );
+        assert_eq!(b.state(), S::Closed);
+        // No re-wait for a new frontend while offline.
+        assert!(b.on_peer_state(S::Initialising, false).is_empty());
+        // A connected frontend answers the toolstack's Closing itself.
+        let mut b = back_in(S::Connected, false, true);
+        assert!(b.on_online_changed(false).is_empty());
+        assert_eq!(
+            b.on_peer_state(S::Closed, false).as_slice(),
+            &[Action::Teardown, Action::SwitchState(S::Closed)]
+        );
+        // Going online does nothing; before start nothing either.
+        assert!(b.on_online_changed(true).is_empty());
+        assert!(BackendMachine::new().on_online_changed(false).is_empty());
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn parse_decimal(s: &[u8], max_len: usize) -> Result<u64, ValueError> {
     }
     // Checked after the digits so that "0x1" reports NotDecimal, the more
     // useful message, rather than LeadingZero.
-    if s.len() > 1 && s[0] == b'0' {
+    if s.len() > 1 && s.first() == Some(&b'0') {
         return Err(ValueError::LeadingZero);
     }
     Ok(value)

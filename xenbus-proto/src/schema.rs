@@ -68,7 +68,7 @@
 //! # Backend nodes (published before InitWait)
 //!
 //! * `versions` — Values: `<list of uint32_t>`, comma-separated, strictly
-//!   increasing, at most [`MAX_VERSIONS`] items and [`MAX_VERSIONS_LEN`]
+//!   increasing, at most [`parse::MAX_VERSIONS`] items and [`parse::MAX_VERSIONS_LEN`]
 //!   bytes. The protocol versions the backend speaks. This document
 //!   describes version `1` ([`PROTOCOL_VERSION`]).
 //! * `max-ring-page-order` — Values: `<uint32_t>` 0..=[`MAX_RING_PAGE_ORDER`].
