@@ -21,6 +21,18 @@
 //!   `on_local_error`, then executes what that returns.
 //! * [`Action::Teardown`] is idempotent: it releases whatever the session
 //!   holds (all of it, part of it after a failed setup, or nothing).
+//! * Each driver watches the peer's `state` node; the backend driver also
+//!   watches its own `online` node and calls
+//!   [`BackendMachine::on_online_changed`], and passes the current
+//!   `online` with every [`BackendMachine::on_peer_state`].
+//! * Probe calls `start`; removal (unbind, module unload, directory
+//!   deleted) calls `on_remove`, whose [`Action::AwaitPeerRelease`] polls
+//!   the peer's `state` because no watch fires during removal.
+//! * A machine never reconnects by itself after an error of its own or a
+//!   protocol error of its peer ("failed"): the frontend stays down until
+//!   its driver instance is probed again; the backend until a new frontend
+//!   instance writes Initialising. This bounds the work a broken or
+//!   hostile peer can cause to one handshake per peer restart.
 //!
 //! # State diagrams
 //!
