@@ -18,12 +18,13 @@ PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common libxenmisc4.17
       libxenhypfs1 libyajl2)
 
 versions() {
-    local p v
-    for p in "${PKGS[@]}"; do
-        v=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ { print $2 }')
-        [[ -n $v && $v != "(none)" ]] || return 1
-        printf '%s=%s\n' "$p" "$v"
-    done
+    # One apt-cache call for all packages (one per package takes seconds).
+    local out
+    out=$(apt-cache policy "${PKGS[@]}" 2>/dev/null | awk '
+        /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1) }
+        /^  Candidate:/ { if ($2 != "(none)") print pkg "=" $2 }')
+    [[ $(grep -c . <<<"$out") -eq ${#PKGS[@]} ]] || return 1
+    echo "$out"
 }
 
 if ! vers=$(versions); then
