@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Which kind of Xen domain this kernel runs in, and the load-time banner
+//! both modules print. Shared by `hyper_dmabuf_front` and
+//! `hyper_dmabuf_back` (mounted by path).
+
+use core::fmt;
+use kernel::c_str;
+use kernel::prelude::*;
+
+use super::common;
+use crate::ffi;
+
+/// How the domain is virtualised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Virt {
+    /// Paravirtualised (PV).
+    Pv,
+    /// PVH: an HVM container without emulated devices.
+    Pvh,
+    /// Fully virtualised HVM.
+    Hvm,
+}
+
+/// The role of this domain: initial domain or guest, and its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Role {
+    /// True in dom0 (`xen_initial_domain()`).
+    pub(crate) initial: bool,
+    /// How the domain is virtualised.
+    pub(crate) virt: Virt,
+}
+
+impl Role {
+    /// Detects the role of the running kernel.
+    ///
+    /// # Errors
+    ///
+    /// `ENODEV` when the kernel does not run on Xen.
+    pub(crate) fn detect() -> Result<Self> {
+        if !ffi::xen_domain() {
+            return Err(ENODEV);
+        }
+        let virt = if ffi::xen_pv_domain() {
+            Virt::Pv
+        } else if ffi::xen_hvm_domain() && ffi::xen_pvh_domain() {
+            Virt::Pvh
+        } else if ffi::xen_hvm_domain() {
+            Virt::Hvm
+        } else {
+            return Err(ENODEV);
+        };
+        Ok(Role {
+            initial: ffi::xen_initial_domain(),
+            virt,
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dom = if self.initial { "dom0" } else { "domU" };
+        let virt = match self.virt {
+            Virt::Pv => "PV",
+            Virt::Pvh => "PVH",
+            Virt::Hvm => "HVM",
+        };
+        write!(f, "{dom} {virt}")
+    }
+}
+
+/// Detects the role, logs it with proof that the shared protocol core and
+/// the generated bindings are compiled in, and honours `inject_warn`.
+///
+/// # Errors
+///
+/// `ENODEV` when the kernel does not run on Xen.
+pub(crate) fn announce() -> Result<Role> {
+    let role = Role::detect()?;
+    pr_info!("role: {}\n", role);
+
+    // A 1080p XRGB8888 frame, the typical buffer of the demo.
+    let frame_bytes: u64 = 1920 * 1080 * 4;
+    let pages = common::limits::pages_for_bytes(frame_bytes).unwrap_or(0);
+    pr_info!(
+        "protocol core: XEN_PAGE_SIZE {}, a 1080p frame needs {} grants, sample error \"{}\"\n",
+        common::limits::XEN_PAGE_SIZE,
+        pages,
+        common::Error::RingFull
+    );
+    pr_info!(
+        "xenbus binding: state {} is {}\n",
+        ffi::XENBUS_STATE_CONNECTED,
+        ffi::xenbus_strstate(ffi::XENBUS_STATE_CONNECTED)
+    );
+
+    if ffi::inject_warn_requested() {
+        ffi::warn(c_str!("hyper_dmabuf: injected warning (inject_warn=1)"));
+    }
+    Ok(role)
+}
