@@ -1,0 +1,362 @@
+//! `hdmabuf-vmtest`: the VM test runner of hyper-dmabuf.
+//!
+//! Boots Xen 4.17 with a PV dom0 under QEMU (TCG), lets dom0 create the
+//! PV/PVH domUs a scenario names with `xl`, runs the scenario in each
+//! domain, and checks every log (Xen's serial output, dom0's console, each
+//! guest's console) with a hard time limit per step. See the library's
+//! `monitor` module for the steps and `scenario` for the scenario files.
+//!
+//! ```text
+//! hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--counts FILE] [-v] SCENARIO...
+//! hdmabuf-vmtest shell --images DIR
+//! hdmabuf-vmtest list [--scenarios DIR]
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use hdmabuf_vmtest::monitor::{self, Monitor, Source};
+use hdmabuf_vmtest::qemu;
+use hdmabuf_vmtest::scenario::{self, Scenario};
+
+/// Lines of a log shown with a failure (the whole log is in the out dir).
+const SHOW_LINES: usize = 250;
+
+struct Options {
+    images: Option<PathBuf>,
+    scenarios: PathBuf,
+    out: PathBuf,
+    qemu: String,
+    verbose: bool,
+    counts: Option<PathBuf>,
+    names: Vec<String>,
+}
+
+fn usage() -> String {
+    "usage: hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--qemu BIN]\n\
+     \x20                          [--counts FILE] [-v] SCENARIO...\n\
+     \x20      hdmabuf-vmtest shell --images DIR\n\
+     \x20      hdmabuf-vmtest list [--scenarios DIR]"
+        .to_string()
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut o = Options {
+        images: None,
+        scenarios: root.join("scenarios"),
+        out: root.join("../../target/vmtest"),
+        qemu: "qemu-system-x86_64".to_string(),
+        verbose: std::env::var_os("HDM_VM_VERBOSE").is_some_and(|v| v == "1"),
+        counts: None,
+        names: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n{}", usage()))
+        };
+        match a.as_str() {
+            "--images" => o.images = Some(PathBuf::from(value()?)),
+            "--scenarios" => o.scenarios = PathBuf::from(value()?),
+            "--out" => o.out = PathBuf::from(value()?),
+            "--qemu" => o.qemu = value()?,
+            "--counts" => o.counts = Some(PathBuf::from(value()?)),
+            "-v" | "--verbose" => o.verbose = true,
+            s if s.starts_with('-') => return Err(format!("unknown option {s}\n{}", usage())),
+            s => o.names.push(s.to_string()),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let opts = match parse_args(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd.as_str() {
+        "run" => run_all(&opts),
+        "shell" => shell(&opts),
+        "list" => list(&opts),
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("hdmabuf-vmtest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn images(opts: &Options) -> Result<qemu::Images, String> {
+    let dir = opts
+        .images
+        .as_ref()
+        .ok_or_else(|| format!("--images is required\n{}", usage()))?;
+    qemu::Images::in_dir(dir)
+}
+
+fn list(opts: &Options) -> Result<bool, String> {
+    for name in scenario::list(&opts.scenarios)? {
+        let s = scenario::load(&opts.scenarios, &name)?;
+        let kind = if s.expect_fail.is_some() {
+            " (expected to fail)"
+        } else {
+            ""
+        };
+        println!("{:<20} {}{kind}", s.name, s.description);
+    }
+    Ok(true)
+}
+
+fn shell(opts: &Options) -> Result<bool, String> {
+    let images = images(opts)?;
+    eprintln!("[vm] booting Xen + dom0 with a shell on the console; Ctrl-a x quits QEMU");
+    let status = qemu::command(&opts.qemu, &images, "hdm.shell=1", true)
+        .status()
+        .map_err(|e| format!("cannot start QEMU: {e}"))?;
+    Ok(status.success())
+}
+
+fn run_all(opts: &Options) -> Result<bool, String> {
+    let images = images(opts)?;
+    if opts.names.is_empty() {
+        return Err(format!("no scenario named\n{}", usage()));
+    }
+    let scenarios: Vec<Scenario> = opts
+        .names
+        .iter()
+        .map(|n| scenario::load(&opts.scenarios, n))
+        .collect::<Result<_, _>>()?;
+    let (mut passed, mut failed) = (0, 0);
+    for s in &scenarios {
+        if run_one(opts, &images, s)? {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("[vm] {passed} passed, {failed} failed");
+    if let Some(path) = &opts.counts {
+        // `make test` adds up "<passed> <failed>" files of every stage.
+        if let Some(dir) = path.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        fs::write(path, format!("{passed} {failed}\n"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(failed == 0)
+}
+
+fn say(s: &Scenario, msg: &str) {
+    println!("[vm] {}: {msg}", s.name);
+}
+
+/// Boots the platform for scenario `s`; true if it passed (for a negative
+/// scenario: if it failed as expected).
+fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<bool, String> {
+    let out = opts.out.join(&s.name);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut serial = fs::File::create(out.join("serial.log")).map_err(|e| e.to_string())?;
+
+    let domus: Vec<String> = s
+        .domains
+        .iter()
+        .map(|d| format!("{} ({})", d.name, d.kind))
+        .collect();
+    say(
+        s,
+        &format!(
+            "booting Xen + dom0, domUs: {}",
+            if domus.is_empty() {
+                "none".into()
+            } else {
+                domus.join(", ")
+            }
+        ),
+    );
+    let cmd = qemu::command(
+        &opts.qemu,
+        images,
+        &format!("hdm.scenario={}", s.file_name),
+        false,
+    );
+    let (mut child, rx) = qemu::spawn(cmd)?;
+    let t0 = Instant::now();
+    let mut m = Monitor::new(s);
+    let mut eof = false;
+
+    loop {
+        let now = t0.elapsed();
+        m.tick(now);
+        for n in m.news.drain(..) {
+            say(s, &n);
+        }
+        if m.should_stop(now) || eof {
+            break;
+        }
+        let wait = m
+            .next_deadline()
+            .map_or(Duration::from_secs(1), |d| d.saturating_sub(now))
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        match rx.recv_timeout(wait) {
+            Ok(qemu::Event::Line(line)) => {
+                let _ = writeln!(serial, "{line}");
+                if opts.verbose {
+                    println!("  | {line}");
+                }
+                m.line(t0.elapsed(), &line);
+            }
+            Ok(qemu::Event::Eof) | Err(RecvTimeoutError::Disconnected) => eof = true,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+    // Collect what is left, then stop QEMU if it still runs.
+    let status = match child.try_wait() {
+        Ok(Some(st)) => st.to_string(),
+        _ if eof => child
+            .wait()
+            .map(|st| st.to_string())
+            .unwrap_or_else(|e| e.to_string()),
+        _ => {
+            let _ = child.kill();
+            let st = child
+                .wait()
+                .map(|st| st.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            format!("killed by the runner, {st}")
+        }
+    };
+    while let Ok(qemu::Event::Line(line)) = rx.recv_timeout(Duration::from_millis(200)) {
+        let _ = writeln!(serial, "{line}");
+        m.line(t0.elapsed(), &line);
+    }
+    if m.failure.is_none() {
+        m.exited(t0.elapsed(), &status, &s.expect_log);
+    }
+    for n in m.news.drain(..) {
+        say(s, &n);
+    }
+    write_logs(&out, &m);
+    let total = t0.elapsed().as_secs_f64();
+
+    match (&m.failure, &s.expect_fail) {
+        (None, None) => {
+            say(
+                s,
+                &format!("PASS ({total:.1} s, logs in {})", out.display()),
+            );
+            Ok(true)
+        }
+        (Some(f), None) => {
+            report_failure(s, &m, f, &out);
+            say(s, &format!("FAIL ({total:.1} s)"));
+            Ok(false)
+        }
+        (Some(f), Some(e)) if f.step == e.step && f.reason.contains(&e.text) => {
+            say(
+                s,
+                &format!("expected failure observed: step `{}`: {}", f.step, f.reason),
+            );
+            print_log(s, &m, &f.log, 40);
+            say(s, &format!("PASS (negative test, {total:.1} s)"));
+            Ok(true)
+        }
+        (Some(f), Some(e)) => {
+            report_failure(s, &m, f, &out);
+            say(
+                s,
+                &format!("FAIL: expected step `{}` to fail with `{}`", e.step, e.text),
+            );
+            Ok(false)
+        }
+        (None, Some(e)) => {
+            say(
+                s,
+                &format!(
+                    "FAIL: the run passed, but step `{}` should have failed with `{}`",
+                    e.step, e.text
+                ),
+            );
+            Ok(false)
+        }
+    }
+}
+
+fn log_file(source: &Source) -> String {
+    match source {
+        Source::Xen => "xen.log".into(),
+        Source::Dom0 => "dom0.log".into(),
+        Source::Guest(g) => format!("guest-{g}.log"),
+    }
+}
+
+fn write_logs(out: &Path, m: &Monitor) {
+    for (source, lines) in &m.logs {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        let _ = fs::write(out.join(log_file(source)), text);
+    }
+    let timings: String = m
+        .timings
+        .iter()
+        .map(|t| format!("{:<16} {:7.1} s\n", t.step, t.took.as_secs_f64()))
+        .collect();
+    let _ = fs::write(out.join("timings.txt"), timings);
+}
+
+fn print_log(s: &Scenario, m: &Monitor, source: &Source, max: usize) {
+    // A failure during boot is best read in the interleaved serial log.
+    let (title, lines) = match source {
+        Source::Dom0 | Source::Xen => ("serial (Xen + dom0)".to_string(), &m.serial),
+        g => (format!("{g} console"), m.logs.get(g).unwrap_or(&m.serial)),
+    };
+    let skip = lines.len().saturating_sub(max);
+    say(
+        s,
+        &format!(
+            "---- {title}, last {} of {} lines ----",
+            lines.len() - skip,
+            lines.len()
+        ),
+    );
+    for l in &lines[skip..] {
+        println!("  | {l}");
+    }
+    say(s, &format!("---- end of {title} ----"));
+}
+
+fn report_failure(s: &Scenario, m: &Monitor, f: &monitor::Failure, out: &Path) {
+    say(
+        s,
+        &format!(
+            "step `{}` FAILED after {:.1} s: {}",
+            f.step,
+            f.at.as_secs_f64(),
+            f.reason
+        ),
+    );
+    for later in &m.later_failures {
+        say(s, &format!("  then: {later}"));
+    }
+    print_log(s, m, &f.log, SHOW_LINES);
+    say(s, &format!("all logs: {}", out.display()));
+}

@@ -1,0 +1,127 @@
+//! Starting QEMU with Xen, dom0's kernel and initramfs, and reading its
+//! serial line.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+
+/// The boot images made by `platform/build-images.sh`.
+#[derive(Clone, Debug)]
+pub struct Images {
+    /// Xen hypervisor (multiboot ELF).
+    pub xen: PathBuf,
+    /// The platform kernel.
+    pub bzimage: PathBuf,
+    /// dom0's initramfs.
+    pub dom0_initrd: PathBuf,
+}
+
+impl Images {
+    /// The images in `dir`.
+    pub fn in_dir(dir: &Path) -> Result<Self, String> {
+        let images = Images {
+            xen: dir.join("xen"),
+            bzimage: dir.join("bzImage"),
+            dom0_initrd: dir.join("dom0.cpio.gz"),
+        };
+        for p in [&images.xen, &images.bzimage, &images.dom0_initrd] {
+            if !p.is_file() {
+                return Err(format!("{} missing: run `make images`", p.display()));
+            }
+            if p.to_string_lossy().contains(',') {
+                return Err(format!(
+                    "{}: QEMU cannot take a comma in a module path",
+                    p.display()
+                ));
+            }
+        }
+        Ok(images)
+    }
+}
+
+/// Xen's command line.
+pub const XEN_CMDLINE: &str =
+    "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all";
+
+/// The QEMU command that boots Xen with dom0; `dom0_args` is appended to
+/// dom0's kernel command line. `interactive` keeps QEMU's monitor on the
+/// serial multiplexer (Ctrl-a x quits).
+pub fn command(qemu: &str, images: &Images, dom0_args: &str, interactive: bool) -> Command {
+    let mut c = Command::new(qemu);
+    c.args([
+        "-machine",
+        "q35",
+        "-cpu",
+        "qemu64,+svm,+npt",
+        "-m",
+        "3072",
+        "-smp",
+        "2",
+    ]);
+    c.args(["-display", "none", "-nodefaults", "-no-reboot"]);
+    if interactive {
+        c.args(["-serial", "mon:stdio"]);
+    } else {
+        c.args(["-serial", "stdio", "-monitor", "none"]);
+    }
+    c.arg("-kernel").arg(&images.xen);
+    c.args(["-append", XEN_CMDLINE]);
+    let modules = format!(
+        "{} console=hvc0 earlyprintk=xen rdinit=/init {dom0_args},{}",
+        images.bzimage.display(),
+        images.dom0_initrd.display()
+    );
+    c.arg("-initrd").arg(modules);
+    c
+}
+
+/// What the reader threads send.
+#[derive(Debug)]
+pub enum Event {
+    /// One serial line, line ending and carriage returns removed.
+    Line(String),
+    /// QEMU's stdout closed.
+    Eof,
+}
+
+/// Starts QEMU with its stdout and stderr read line by line into a channel.
+pub fn spawn(mut cmd: Command) -> Result<(Child, Receiver<Event>), String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().ok_or("QEMU stdout not captured")?;
+    let stderr = child.stderr.take().ok_or("QEMU stderr not captured")?;
+    let tx2 = tx.clone();
+    thread::spawn(move || {
+        read_lines(stdout, |l| tx.send(Event::Line(l)).is_ok());
+        let _ = tx.send(Event::Eof);
+    });
+    thread::spawn(move || {
+        read_lines(stderr, |l| {
+            tx2.send(Event::Line(format!("qemu: {l}"))).is_ok()
+        });
+    });
+    Ok((child, rx))
+}
+
+fn read_lines(r: impl Read, mut send: impl FnMut(String) -> bool) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line: String = text.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+                if !send(line) {
+                    return;
+                }
+            }
+        }
+    }
+}

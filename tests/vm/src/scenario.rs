@@ -1,0 +1,253 @@
+//! Scenario files: plain shell scripts under `tests/vm/scenarios/` with a
+//! header of `# hdm: KEY = VALUE` lines.
+//!
+//! Keys (all optional):
+//!
+//! * `description` — one line shown by `list`.
+//! * `domains` — the domUs to create, space separated, each `TYPE` or
+//!   `NAME:TYPE` with TYPE `pv` or `pvh` (config `/etc/xen/TYPE.cfg`).
+//! * `timeout` — seconds each phase of the script may run (default 120).
+//! * `boot-timeout` — seconds Xen + dom0, and each domU, may take to come
+//!   up (default 120).
+//! * `expect-log` — `DOMAIN: TEXT`: after the run, the log of DOMAIN
+//!   (`dom0`, `xen` or a domU name) must contain TEXT. Repeatable.
+//! * `expect-fail` — `STEP: TEXT`: the run is a negative test: it passes
+//!   only if it fails in STEP with TEXT in the failure reason.
+//! * `extra.NAME` — extra kernel command line for domU NAME (read by
+//!   dom0's init, not by the runner).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How a domU is virtualised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainType {
+    /// Paravirtualised guest.
+    Pv,
+    /// PVH guest.
+    Pvh,
+}
+
+impl fmt::Display for DomainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DomainType::Pv => "pv",
+            DomainType::Pvh => "pvh",
+        })
+    }
+}
+
+/// One domU a scenario creates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainSpec {
+    /// Domain name (xl `name=`), also the prefix of its console lines.
+    pub name: String,
+    /// PV or PVH.
+    pub kind: DomainType,
+}
+
+/// A check on a log after the run: the log of `domain` contains `text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectLog {
+    /// `xen`, `dom0` or a domU name.
+    pub domain: String,
+    /// Fixed text one line must contain.
+    pub text: String,
+}
+
+/// The failure a negative scenario must produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectFail {
+    /// Name of the step that must fail.
+    pub step: String,
+    /// Text the failure reason must contain.
+    pub text: String,
+}
+
+/// A parsed scenario file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// Scenario name: the file name without `.sh`.
+    pub name: String,
+    /// File name inside the scenarios directory (and `/hdm/scenarios/`).
+    pub file_name: String,
+    /// One line of description.
+    pub description: String,
+    /// DomUs to create, in order.
+    pub domains: Vec<DomainSpec>,
+    /// Time limit of each scenario phase.
+    pub timeout: Duration,
+    /// Time limit for Xen + dom0, and each domU, to come up.
+    pub boot_timeout: Duration,
+    /// Checks on the logs after a successful run.
+    pub expect_log: Vec<ExpectLog>,
+    /// Set for a negative test.
+    pub expect_fail: Option<ExpectFail>,
+}
+
+/// Finds scenario `name` (`smoke` or `smoke.sh`) in `dir` and parses it.
+pub fn load(dir: &Path, name: &str) -> Result<Scenario, String> {
+    let file = if name.ends_with(".sh") {
+        name.to_string()
+    } else {
+        format!("{name}.sh")
+    };
+    let path: PathBuf = dir.join(&file);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("scenario {}: {e}", path.display()))?;
+    parse(&file, &text).map_err(|e| format!("scenario {}: {e}", path.display()))
+}
+
+/// Lists the scenario file names in `dir`, sorted.
+pub fn list(dir: &Path) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".sh") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn seconds(key: &str, value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "`{key}` needs a positive number of seconds, got `{value}`"
+        )),
+    }
+}
+
+fn split_colon(key: &str, value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+            Ok((a.trim().to_string(), b.trim().to_string()))
+        }
+        _ => Err(format!("`{key}` needs `NAME: TEXT`, got `{value}`")),
+    }
+}
+
+/// Parses the header of scenario file `file_name` with contents `text`.
+pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
+    let mut s = Scenario {
+        name: file_name.trim_end_matches(".sh").to_string(),
+        file_name: file_name.to_string(),
+        description: String::new(),
+        domains: Vec::new(),
+        timeout: Duration::from_secs(120),
+        boot_timeout: Duration::from_secs(120),
+        expect_log: Vec::new(),
+        expect_fail: None,
+    };
+    for (n, line) in text.lines().enumerate() {
+        let Some(rest) = line.strip_prefix("# hdm:") else {
+            continue;
+        };
+        let Some((key, value)) = rest.split_once('=') else {
+            return Err(format!("line {}: `# hdm:` line without `=`", n + 1));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "description" => s.description = value.to_string(),
+            "domains" => {
+                for spec in value.split_whitespace() {
+                    let (name, kind) = spec.split_once(':').unwrap_or((spec, spec));
+                    let kind = match kind {
+                        "pv" => DomainType::Pv,
+                        "pvh" => DomainType::Pvh,
+                        _ => {
+                            return Err(format!("line {}: unknown domain type in `{spec}`", n + 1))
+                        }
+                    };
+                    if name == "dom0" || name == "xen" || s.domains.iter().any(|d| d.name == name) {
+                        return Err(format!(
+                            "line {}: domain name `{name}` reserved or repeated",
+                            n + 1
+                        ));
+                    }
+                    s.domains.push(DomainSpec {
+                        name: name.to_string(),
+                        kind,
+                    });
+                }
+            }
+            "timeout" => s.timeout = seconds(key, value)?,
+            "boot-timeout" => s.boot_timeout = seconds(key, value)?,
+            "expect-log" => {
+                let (domain, text) = split_colon(key, value)?;
+                s.expect_log.push(ExpectLog { domain, text });
+            }
+            "expect-fail" => {
+                let (step, text) = split_colon(key, value)?;
+                s.expect_fail = Some(ExpectFail { step, text });
+            }
+            k if k.starts_with("extra.") => {}
+            _ => return Err(format!("line {}: unknown key `{key}`", n + 1)),
+        }
+    }
+    for e in &s.expect_log {
+        if e.domain != "dom0" && e.domain != "xen" && !s.domains.iter().any(|d| d.name == e.domain)
+        {
+            return Err(format!("expect-log names unknown domain `{}`", e.domain));
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_header() {
+        let s = parse(
+            "smoke.sh",
+            "#!/bin/sh\n# hdm: domains = pv guest2:pvh\n# hdm: timeout = 30\n\
+             # hdm: expect-log = guest2: role: domU PVH\n# hdm: extra.pv = a=b\n\
+             # hdm: expect-fail = create pv: did not come up\necho hi\n",
+        )
+        .unwrap();
+        assert_eq!(s.name, "smoke");
+        assert_eq!(
+            s.domains,
+            vec![
+                DomainSpec {
+                    name: "pv".into(),
+                    kind: DomainType::Pv
+                },
+                DomainSpec {
+                    name: "guest2".into(),
+                    kind: DomainType::Pvh
+                },
+            ]
+        );
+        assert_eq!(s.timeout, Duration::from_secs(30));
+        assert_eq!(s.boot_timeout, Duration::from_secs(120));
+        assert_eq!(s.expect_log[0].text, "role: domU PVH");
+        assert_eq!(s.expect_fail.unwrap().step, "create pv");
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        assert!(parse("a.sh", "# hdm: colour = red\n").is_err());
+        assert!(parse("a.sh", "# hdm: domains = hvm\n").is_err());
+        assert!(parse("a.sh", "# hdm: domains = pv pv\n").is_err());
+        assert!(parse("a.sh", "# hdm: timeout = 0\n").is_err());
+        assert!(parse("a.sh", "# hdm: expect-log = nobody: x\n").is_err());
+    }
+
+    #[test]
+    fn repo_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let names = list(&dir).unwrap();
+        assert!(names.iter().any(|n| n == "smoke.sh"));
+        for n in names {
+            load(&dir, &n).unwrap();
+        }
+    }
+}
