@@ -1,0 +1,4 @@
+//! Fuzz target `xenbus_machines`: see `hdmabuf_fuzz::xenstore`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hdmabuf_fuzz::xenstore::run_machines(data));

@@ -1,0 +1,4 @@
+//! Fuzz target `xenstore_schema`: see `hdmabuf_fuzz::xenstore`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hdmabuf_fuzz::xenstore::run_schema(data));

@@ -1,0 +1,315 @@
+//! The `wire` target: the decoders of ring messages, [`Request::decode`]
+//! and [`Response::decode`], on slots a hostile peer wrote.
+//!
+//! An input is a sequence of [`WireOp`]s, each one slot: raw bytes, or a
+//! valid message built from a few fields and then patched byte by byte
+//! (which reaches the deep checks faster than raw bytes do).
+//!
+//! Oracles: no panic; an accepted slot is canonical (re-encoding the
+//! decoded message gives the same 256 bytes, so nothing is accepted that
+//! this version would not send itself) and within the receiver's limits;
+//! a refused request maps to an error status, never to `Ok`; a message
+//! this crate encodes from valid fields always decodes back to itself.
+
+use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
+use hyper_dmabuf_common::limits::{
+    pages_for_bytes, DEFAULT_MAX_BUFFER_BYTES, GNTTAB_NR_RESERVED_ENTRIES, MAX_PRIV_LEN,
+    PGDIR_MAX_BUFFER_BYTES,
+};
+use hyper_dmabuf_common::wire::{
+    request_id, Export, ExportFlags, Message, Op, PrivData, Request, Response, Slot, SLOT_SIZE,
+};
+use hyper_dmabuf_common::xen::{GrantRef, Status};
+
+use crate::input::{decode_all, Reader, Writer};
+
+/// The receiver limits a [`WireOp`] selects with its `max` byte.
+pub const MAX_PRESETS: [u64; 7] = [
+    DEFAULT_MAX_BUFFER_BYTES,
+    4096,
+    8 << 20,
+    PGDIR_MAX_BUFFER_BYTES,
+    u64::MAX,
+    0,
+    1,
+];
+
+/// The receiver limit selected by `sel`.
+pub fn max_preset(sel: u8) -> u64 {
+    MAX_PRESETS[usize::from(sel) % MAX_PRESETS.len()]
+}
+
+/// Every status, for [`status_from_byte`].
+const STATUSES: [Status; 10] = [
+    Status::Ok,
+    Status::PermissionDenied,
+    Status::NoSuchBuffer,
+    Status::TooLarge,
+    Status::NoMemory,
+    Status::Busy,
+    Status::Exists,
+    Status::Invalid,
+    Status::NoSpace,
+    Status::NotSupported,
+];
+
+/// A status selected by a byte of input.
+pub fn status_from_byte(b: u8) -> Status {
+    STATUSES[usize::from(b) % STATUSES.len()]
+}
+
+/// A valid id derived from `tag`.
+pub fn sample_hid(tag: u32) -> HyperDmabufId {
+    let mut key = [0u8; KEY_LEN];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = (tag.rotate_left(i as u32 * 3) as u8) ^ (i as u8);
+    }
+    HyperDmabufId::new(u64::from(tag) | 1 << 40, key).expect("number is not zero")
+}
+
+/// A valid request derived from `tag`, accepted under the default limit:
+/// each of the five operations, with sizes from one byte to 16 MiB,
+/// private data of 0..=192 bytes and both flag settings.
+pub fn sample_request(tag: u32, req_id: u32) -> Request {
+    let hid = sample_hid(tag >> 3);
+    let priv_len = (tag >> 4) as usize % (MAX_PRIV_LEN + 1);
+    let priv_bytes: Vec<u8> = (0..priv_len).map(|i| (i as u8) ^ (tag as u8)).collect();
+    let priv_data = PrivData::new(&priv_bytes).expect("length bounded");
+    let message = match tag % 5 {
+        0 => Message::Export(Export {
+            hid,
+            size: u64::from(tag >> 8) % (16 << 20) + 1,
+            dir_gref: GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES + (tag >> 12))
+                .expect("above the reserved entries"),
+            flags: if tag & 8 != 0 {
+                ExportFlags::WRITABLE
+            } else {
+                ExportFlags::default()
+            },
+            priv_data,
+        }),
+        1 => Message::Update { hid, priv_data },
+        2 => Message::Unexport(hid),
+        3 => Message::Release(hid),
+        _ => Message::Mapped(hid),
+    };
+    Request { req_id, message }
+}
+
+/// One slot to decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireOp {
+    /// Decode raw bytes as a request under the limit `max` selects.
+    RawRequest {
+        /// Selects the receiver's limit ([`max_preset`]).
+        max: u8,
+        /// The slot.
+        slot: Vec<u8>,
+    },
+    /// Decode raw bytes as a response.
+    RawResponse {
+        /// The slot.
+        slot: Vec<u8>,
+    },
+    /// Encode a request from fields, patch bytes of the slot, decode.
+    Patched {
+        /// Selects the receiver's limit.
+        max: u8,
+        /// Selects the message ([`sample_request`]).
+        tag: u32,
+        /// Its size, if it is an export (0 keeps the sample's).
+        size: u64,
+        /// `(offset, value)` pairs written into the encoded slot.
+        patches: Vec<(u8, u8)>,
+    },
+    /// Encode a response from raw fields and decode it.
+    BuiltResponse {
+        /// Echoed request id.
+        req_id: u32,
+        /// Echoed operation byte.
+        op: u8,
+        /// Raw status value.
+        status: i32,
+    },
+}
+
+impl WireOp {
+    /// Reads one operation.
+    pub fn decode(r: &mut Reader<'_>) -> Self {
+        match r.u8() % 4 {
+            0 => WireOp::RawRequest {
+                max: r.u8(),
+                slot: r.bytes(SLOT_SIZE).to_vec(),
+            },
+            1 => WireOp::RawResponse {
+                slot: r.bytes(SLOT_SIZE).to_vec(),
+            },
+            2 => {
+                let max = r.u8();
+                let tag = r.u32();
+                let size = r.u64();
+                let n = r.u8() % 8;
+                let patches = (0..n).map(|_| (r.u8(), r.u8())).collect();
+                WireOp::Patched {
+                    max,
+                    tag,
+                    size,
+                    patches,
+                }
+            }
+            _ => WireOp::BuiltResponse {
+                req_id: r.u32(),
+                op: r.u8(),
+                status: r.u32() as i32,
+            },
+        }
+    }
+
+    /// Writes one operation. Raw slots are written in full (256 bytes).
+    pub fn encode(&self, w: &mut Writer) {
+        match self {
+            WireOp::RawRequest { max, slot } => {
+                w.u8(0).u8(*max).bytes(&padded(slot));
+            }
+            WireOp::RawResponse { slot } => {
+                w.u8(1).bytes(&padded(slot));
+            }
+            WireOp::Patched {
+                max,
+                tag,
+                size,
+                patches,
+            } => {
+                w.u8(2)
+                    .u8(*max)
+                    .u32(*tag)
+                    .u64(*size)
+                    .u8(patches.len() as u8);
+                for (at, v) in patches {
+                    w.u8(*at).u8(*v);
+                }
+            }
+            WireOp::BuiltResponse { req_id, op, status } => {
+                w.u8(3).u32(*req_id).u8(*op).u32(*status as u32);
+            }
+        }
+    }
+}
+
+fn padded(bytes: &[u8]) -> Slot {
+    let mut slot = [0u8; SLOT_SIZE];
+    let n = bytes.len().min(SLOT_SIZE);
+    slot[..n].copy_from_slice(&bytes[..n]);
+    slot
+}
+
+/// Encodes a sequence of operations.
+pub fn encode(ops: &[WireOp]) -> Vec<u8> {
+    let mut w = Writer::new();
+    for op in ops {
+        op.encode(&mut w);
+    }
+    w.finish()
+}
+
+/// The `wire` target.
+pub fn run(data: &[u8]) {
+    let mut r = Reader::new(data);
+    for op in decode_all(&mut r, WireOp::decode) {
+        match op {
+            WireOp::RawRequest { max, slot } => {
+                check_request(&padded(&slot), max_preset(max));
+            }
+            WireOp::RawResponse { slot } => check_response(&padded(&slot)),
+            WireOp::Patched {
+                max,
+                tag,
+                size,
+                patches,
+            } => {
+                let mut request = sample_request(tag, tag.rotate_left(7));
+                if let Message::Export(export) = &mut request.message {
+                    if size != 0 {
+                        export.size = size;
+                    }
+                }
+                let max = max_preset(max);
+                let mut slot = request.encode();
+                if patches.is_empty() {
+                    // Unpatched: a message we encode from valid fields is
+                    // accepted exactly when its size is within the limit.
+                    let fits = match request.message {
+                        Message::Export(e) => e.size <= max && pages_for_bytes(e.size).is_some(),
+                        _ => true,
+                    };
+                    let decoded = Request::decode(&slot, max);
+                    if fits {
+                        assert_eq!(decoded, Ok(request), "encoded request does not round-trip");
+                    } else {
+                        assert!(decoded.is_err(), "oversized export accepted");
+                    }
+                }
+                for (at, value) in patches {
+                    slot[usize::from(at)] = value;
+                }
+                check_request(&slot, max);
+            }
+            WireOp::BuiltResponse { req_id, op, status } => {
+                let slot = {
+                    let mut slot = [0u8; SLOT_SIZE];
+                    slot[..4].copy_from_slice(&req_id.to_le_bytes());
+                    slot[4] = op;
+                    slot[8..12].copy_from_slice(&status.to_le_bytes());
+                    slot
+                };
+                let valid = Op::from_wire(op).is_ok() && Status::from_wire(status).is_ok();
+                let decoded = Response::decode(&slot);
+                if valid {
+                    let expected = Response {
+                        req_id,
+                        op,
+                        status: Status::from_wire(status).expect("checked"),
+                    };
+                    assert_eq!(decoded, Ok(expected), "valid response refused");
+                    assert_eq!(expected.encode(), slot, "response encoding");
+                } else {
+                    assert!(decoded.is_err(), "response with bad op or status accepted");
+                }
+                check_response(&slot);
+            }
+        }
+    }
+}
+
+/// Decodes `slot` as a request under `max` and checks the result.
+pub fn check_request(slot: &Slot, max: u64) {
+    match Request::decode(slot, max) {
+        Ok(request) => {
+            assert_eq!(&request.encode(), slot, "accepted a non-canonical request");
+            assert_eq!(request.req_id, request_id(slot));
+            if let Message::Export(export) = request.message {
+                assert!(export.size > 0 && export.size <= max, "size out of limits");
+                assert!(export.dir_gref.get() >= GNTTAB_NR_RESERVED_ENTRIES);
+                assert!(export.priv_data.len() <= MAX_PRIV_LEN);
+            }
+        }
+        Err(error) => {
+            assert_ne!(
+                Status::from(error),
+                Status::Ok,
+                "{error:?} answered with Ok"
+            );
+        }
+    }
+}
+
+/// Decodes `slot` as a response and checks the result.
+pub fn check_response(slot: &Slot) {
+    if let Ok(response) = Response::decode(slot) {
+        assert_eq!(
+            &response.encode(),
+            slot,
+            "accepted a non-canonical response"
+        );
+    }
+}

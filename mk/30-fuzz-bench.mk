@@ -1,0 +1,101 @@
+# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, on the stable
+# toolchain) and the host benchmarks. See fuzz/README.md.
+#
+#   make fuzz            every fuzz target for FUZZ_SECONDS each (600)
+#   make fuzz-smoke      seed corpus, regression replay, then every target
+#                        for FUZZ_SMOKE_SECONDS each (20); `make test` runs it
+#   make fuzz-coverage   per-function edge coverage of the corpus
+#   make fuzz-check      fmt and clippy of the fuzz workspace
+#   make bench-host      ring and page-directory benchmarks (not tests)
+#
+# FUZZ_TARGETS selects targets (default: all). A crash leaves its input in
+# fuzz/artifacts/<target>/; copy it to fuzz/regressions/<target>/ to keep it
+# as a regression test (fuzz/README.md).
+
+CARGO ?= cargo
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_TARGETS ?= ring_responder ring_requester channel wire pgdir uapi \
+	xenstore_values xenstore_schema xenbus_machines
+# libFuzzer options added to every run (e.g. FUZZ_ARGS=-jobs=2).
+FUZZ_ARGS ?=
+
+# cargo-fuzz is installed once, pinned, into the cache (not ~/.cargo).
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TOOLS := $(HDMABUF_CACHE)/cargo-tools
+CARGO_FUZZ_STAMP := $(FUZZ_TOOLS)/.cargo-fuzz-$(CARGO_FUZZ_VERSION)
+# No sanitizer: every fuzzed crate forbids unsafe code, so AddressSanitizer
+# (nightly-only) would find nothing that Rust's own checks miss; overflow
+# and debug assertions stay on. This keeps fuzzing on the stable toolchain.
+CARGO_FUZZ_FLAGS := --sanitizer none --debug-assertions
+FUZZ_LOGS := target/fuzz-logs
+FUZZ_COUNTS := $(or $(COUNTS_DIR),target/test-counts)
+WITH_FUZZ := PATH="$(FUZZ_TOOLS)/bin:$$PATH"
+
+.PHONY: fuzz fuzz-smoke fuzz-build fuzz-seeds fuzz-coverage fuzz-check \
+	fuzz-tools bench bench-host
+
+bench: bench-host
+
+fuzz-tools: $(CARGO_FUZZ_STAMP)
+$(CARGO_FUZZ_STAMP):
+	@echo "[fuzz] installing cargo-fuzz $(CARGO_FUZZ_VERSION) into $(FUZZ_TOOLS) (once)"
+	@mkdir -p $(FUZZ_TOOLS)
+	@$(CARGO) install --locked --quiet --version $(CARGO_FUZZ_VERSION) \
+	  --root $(FUZZ_TOOLS) cargo-fuzz
+	@touch $@
+
+# The harness crate's tests write the seed corpus and replay the
+# regressions (fuzz/harness/tests/).
+fuzz-seeds:
+	@echo "[fuzz] harness tests: seed corpus -> fuzz/corpus/, regressions replay"
+	@mkdir -p $(FUZZ_COUNTS); log=$$(mktemp); status=0; \
+	  $(CARGO) test -q --manifest-path fuzz/Cargo.toml -p hyper-dmabuf-fuzz-harness \
+	    >"$$log" 2>&1 || status=$$?; \
+	  grep -vE '^(running [0-9]+ tests?|test result: ok.*|[.i]*|)$$' "$$log" || true; \
+	  passed=$$(awk '/^test result:/ {for (i = 2; i <= NF; i++) if ($$i ~ /^passed;?$$/) p += $$(i-1)} END {print p + 0}' "$$log"); \
+	  failed=$$(awk '/^test result:/ {for (i = 2; i <= NF; i++) if ($$i ~ /^failed;?$$/) f += $$(i-1)} END {print f + 0}' "$$log"); \
+	  rm -f "$$log"; echo "$$passed $$failed" > $(FUZZ_COUNTS)/fuzz-harness; \
+	  echo "[fuzz] harness: $$passed passed, $$failed failed"; exit $$status
+
+fuzz-build: fuzz-tools
+	@echo "[fuzz] cargo fuzz build $(CARGO_FUZZ_FLAGS)"
+	@cd fuzz && $(WITH_FUZZ) $(CARGO) fuzz build $(CARGO_FUZZ_FLAGS)
+
+# $(1): seconds per target, $(2): counts file name.
+define fuzz_run
+	@mkdir -p $(FUZZ_LOGS) $(FUZZ_COUNTS); passed=0; failed=0; bad=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  log=$(FUZZ_LOGS)/$$t.log; \
+	  if (cd fuzz && $(WITH_FUZZ) $(CARGO) fuzz run $(CARGO_FUZZ_FLAGS) $$t -- \
+	        -max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	        $(FUZZ_ARGS)) >"$$log" 2>&1; then \
+	    passed=$$((passed + 1)); \
+	    echo "[fuzz] $$t: ok, $$(grep -E '^#[0-9]+' "$$log" | tail -1 | sed -E 's/^#([0-9]+)[[:space:]]+[A-Z]+[[:space:]]+/\1 execs, /')"; \
+	  else \
+	    failed=$$((failed + 1)); bad="$$bad $$t"; \
+	    echo "[fuzz] $$t: FAILED (log: $$log)"; \
+	    grep -E "panicked at|Test unit written to|^thread" "$$log" | head -5 | sed 's/^/    /'; \
+	  fi; \
+	done; \
+	echo "$$passed $$failed" > $(FUZZ_COUNTS)/$(2); \
+	echo "[fuzz] targets: $$passed passed, $$failed failed"; \
+	if [ -n "$$bad" ]; then \
+	  echo "[fuzz] keep each crash as a regression: cp fuzz/artifacts/<target>/crash-* fuzz/regressions/<target>/"; \
+	  exit 1; \
+	fi
+endef
+
+fuzz-smoke: fuzz-seeds fuzz-build
+	@echo "[fuzz] smoke: $(FUZZ_SMOKE_SECONDS) s per target"
+	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS),fuzz-smoke)
+
+fuzz: fuzz-seeds fuzz-build
+	@echo "[fuzz] $(FUZZ_SECONDS) s per target"
+	$(call fuzz_run,$(FUZZ_SECONDS),fuzz)
+
+fuzz-check:
+	@echo "[fuzz] cargo fmt --check, clippy -D warnings (fuzz workspace)"
+	@$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all --check
+	@$(CARGO) clippy -q --manifest-path fuzz/Cargo.toml --workspace --all-targets -- -D warnings
