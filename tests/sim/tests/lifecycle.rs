@@ -1,0 +1,259 @@
+//! The whole life-cycle of a buffer, in both directions: export →
+//! notification → import → map → bytes compared both ways → unexport
+//! handshake (Busy → RELEASE, or Ok at once) → grants ended → zero.
+
+mod common;
+
+use common::{assert_same_bytes, events_about, export};
+use hyper_dmabuf_common::channel::ExportPhase;
+use hyper_dmabuf_common::uapi::EventType;
+use hyper_dmabuf_common::xen::Status;
+use hyper_dmabuf_sim::{DriverError, Side, World, WorldConfig};
+
+fn full_lifecycle(exporter: Side) {
+    let mut w = World::new(WorldConfig::default());
+    w.check();
+    let importer = exporter.other();
+    let (e_id, i_id) = (w.id(exporter), w.id(importer));
+    let size = 3 * 4096 + 100;
+
+    // Export: every page granted, plus one directory page.
+    let mut s = export(&mut w, exporter, size, true, 1);
+    let grants = w.hv.counters(e_id).grants - w.ring_baseline(exporter).grants;
+    assert_eq!(grants, 4 + 1, "4 data pages and the root");
+    assert_eq!(
+        w.dom(exporter).export_state(&s.hid).unwrap().phase(),
+        ExportPhase::Announcing
+    );
+    w.pump();
+    w.check();
+    assert_eq!(w.dom(exporter).completion(s.token), Some(Status::Ok));
+    assert_eq!(
+        w.dom(exporter).export_state(&s.hid).unwrap().phase(),
+        ExportPhase::Exported
+    );
+
+    // Notification: the importer's user space sees the export, with its
+    // size and private data; nothing is mapped yet.
+    let events = w.split(importer).0.take_events();
+    let new = events
+        .iter()
+        .find(|e| e.kind == EventType::NewExport)
+        .expect("NewExport event");
+    assert!(new.hid.unwrap().matches(&s.hid));
+    assert_eq!((new.size, new.peer), (size as u64, e_id));
+    assert_eq!(new.priv_data.as_bytes(), &1u64.to_le_bytes());
+    let ring_maps = w.hv.maps_of(i_id, e_id);
+    assert_eq!(ring_maps, w.ring_baseline(importer).maps);
+
+    // Import read-write: one map call for the root, one for the data.
+    let calls = w.hv.map_calls;
+    let (dom, hv) = w.split(importer);
+    dom.import(hv, &s.hid, true).unwrap();
+    assert_eq!(w.hv.map_calls - calls, 2);
+    assert_eq!(
+        w.hv.maps_of(i_id, e_id) - ring_maps,
+        4,
+        "directory unmapped, data mapped"
+    );
+    w.pump();
+    w.check();
+    assert!(w.dom(exporter).export_state(&s.hid).unwrap().peer_maps());
+    let events = w.split(exporter).0.take_events();
+    assert_eq!(events_about(&events, EventType::Mapped, &s.hid), 1);
+
+    // Zero copy, both ways.
+    assert_same_bytes(&w, &s);
+    w.dom(importer)
+        .write_import(&s.hid, 4090, b"written by the importer")
+        .unwrap();
+    assert_eq!(
+        w.dom(exporter).read_buffer(&w.hv, s.buf, 4090, 23),
+        b"written by the importer"
+    );
+    w.dom(exporter)
+        .write_buffer(&w.hv, s.buf, size - 5, b"tail!");
+    s.bytes[4090..4090 + 23].copy_from_slice(b"written by the importer");
+    s.bytes[size - 5..].copy_from_slice(b"tail!");
+    assert_eq!(
+        w.dom(importer).read_import(&s.hid, size - 5, 5).unwrap(),
+        b"tail!"
+    );
+
+    // A second user of the same import costs no map call.
+    let calls = w.hv.map_calls;
+    let (dom, hv) = w.split(importer);
+    dom.import(hv, &s.hid, false).unwrap();
+    assert_eq!(w.hv.map_calls, calls);
+    assert_eq!(w.dom(importer).users(&s.hid), 2);
+
+    // Unexport while mapped: Busy, the grants stay.
+    let (dom, hv) = w.split(exporter);
+    let token = dom.unexport(hv, &s.hid).unwrap();
+    w.pump();
+    w.check();
+    assert_eq!(w.dom(exporter).completion(token), Some(Status::Busy));
+    assert_eq!(
+        w.dom(exporter).export_state(&s.hid).unwrap().phase(),
+        ExportPhase::AwaitingRelease
+    );
+    let events = w.split(importer).0.take_events();
+    assert_eq!(events_about(&events, EventType::Unexport, &s.hid), 1);
+    assert!(w.dom(importer).import_state(&s.hid).unwrap().revoked());
+    assert_eq!(
+        w.hv.counters(e_id).grants - w.ring_baseline(exporter).grants,
+        5
+    );
+    // The mapping still works; a new import of the revoked buffer is refused
+    // (even by a user that would share the existing mapping).
+    assert_same_bytes(&w, &s);
+    let (dom, hv) = w.split(importer);
+    assert_eq!(dom.import(hv, &s.hid, false), Err(DriverError::Revoked));
+
+    // First user goes: still mapped, nothing sent.
+    let (dom, hv) = w.split(importer);
+    dom.release(hv, &s.hid).unwrap();
+    w.pump();
+    assert!(w.dom(exporter).export_state(&s.hid).is_some());
+    // Last user goes: unmap, RELEASE, grants ended.
+    let (dom, hv) = w.split(importer);
+    dom.release(hv, &s.hid).unwrap();
+    w.pump();
+    w.check();
+    assert!(w.dom(exporter).export_state(&s.hid).is_none());
+    assert!(w.dom(importer).import_state(&s.hid).is_none());
+    let events = w.split(exporter).0.take_events();
+    assert_eq!(events_about(&events, EventType::Released, &s.hid), 1);
+    assert_eq!(events_about(&events, EventType::GrantsEnded, &s.hid), 1);
+    w.assert_idle(exporter);
+    w.assert_idle(importer);
+    // The exporter's buffer is its own again and still holds the bytes.
+    assert_eq!(
+        w.dom(exporter).read_buffer(&w.hv, s.buf, 4090, 23),
+        b"written by the importer"
+    );
+
+    // Unexport while not mapped: Ok at once, grants ended.
+    let t = export(&mut w, exporter, 1, false, 2);
+    w.pump();
+    let (dom, hv) = w.split(exporter);
+    let token = dom.unexport(hv, &t.hid).unwrap();
+    w.pump();
+    w.check();
+    assert_eq!(w.dom(exporter).completion(token), Some(Status::Ok));
+    assert!(w.dom(exporter).export_state(&t.hid).is_none());
+    assert!(w.dom(importer).import_state(&t.hid).is_none());
+    let events = w.split(importer).0.take_events();
+    assert_eq!(events_about(&events, EventType::Unexport, &t.hid), 1);
+    let events = w.split(exporter).0.take_events();
+    assert_eq!(events_about(&events, EventType::GrantsEnded, &t.hid), 1);
+    w.assert_idle(exporter);
+    w.assert_idle(importer);
+    w.finish();
+}
+
+#[test]
+fn back_to_front_lifecycle() {
+    full_lifecycle(Side::Back);
+}
+
+#[test]
+fn front_to_back_lifecycle() {
+    full_lifecycle(Side::Front);
+}
+
+/// Read-only exports cannot be mapped or written writable; the grants are
+/// read-only in the hypervisor too.
+#[test]
+fn read_only_export_stays_read_only() {
+    for exporter in [Side::Back, Side::Front] {
+        let mut w = World::new(WorldConfig::default());
+        let importer = exporter.other();
+        let s = export(&mut w, exporter, 10_000, false, 3);
+        w.pump();
+        let (dom, hv) = w.split(importer);
+        assert_eq!(dom.import(hv, &s.hid, true), Err(DriverError::NotWritable));
+        assert_eq!(
+            w.hv.maps_of(w.id(importer), w.id(exporter)),
+            w.ring_baseline(importer).maps
+        );
+        let (dom, hv) = w.split(importer);
+        dom.import(hv, &s.hid, false).unwrap();
+        assert_same_bytes(&w, &s);
+        assert_eq!(
+            w.dom(importer).write_import(&s.hid, 0, b"x"),
+            Err(DriverError::NotWritable)
+        );
+        w.pump();
+        w.check();
+        w.finish();
+    }
+}
+
+/// Without `feature-rw` a read-write export is refused locally, and one
+/// forced onto the ring is refused by the peer.
+#[test]
+fn read_write_needs_the_feature() {
+    let mut w = World::new(WorldConfig {
+        feature_rw: false,
+        ..WorldConfig::default()
+    });
+    let (dom, hv) = w.split(Side::Front);
+    let buf = dom.create_buffer(hv, 100);
+    assert_eq!(
+        dom.export(hv, buf, true, hyper_dmabuf_common::wire::PrivData::EMPTY),
+        Err(DriverError::NotWritable)
+    );
+    w.check();
+    w.finish();
+}
+
+/// An update of the private data reaches the importer; an update of a
+/// revoked buffer is refused.
+#[test]
+fn update_reaches_the_importer() {
+    let mut w = World::new(WorldConfig::default());
+    let s = export(&mut w, Side::Back, 5000, false, 4);
+    w.pump();
+    w.split(Side::Front).0.take_events();
+    let new = hyper_dmabuf_common::wire::PrivData::new(b"new metadata").unwrap();
+    let (dom, hv) = w.split(Side::Back);
+    let token = dom.update(hv, &s.hid, new).unwrap();
+    w.pump();
+    assert_eq!(w.dom(Side::Back).completion(token), Some(Status::Ok));
+    let events = w.split(Side::Front).0.take_events();
+    let ev = events.iter().find(|e| e.kind == EventType::Update).unwrap();
+    assert_eq!(ev.priv_data.as_bytes(), b"new metadata");
+    assert_eq!(
+        w.dom(Side::Front)
+            .import_state(&s.hid)
+            .unwrap()
+            .export
+            .priv_data
+            .as_bytes(),
+        b"new metadata"
+    );
+    w.finish();
+}
+
+/// A two-level directory (more than 4 MiB) costs three map calls: root,
+/// all leaves, all data pages.
+#[test]
+fn two_level_import_is_three_batches() {
+    let mut w = World::new(WorldConfig::default());
+    let size = (4 << 20) + 4096 * 3 + 1;
+    let s = export(&mut w, Side::Front, size, false, 5);
+    w.pump();
+    let calls = w.hv.map_calls;
+    let (dom, hv) = w.split(Side::Back);
+    dom.import(hv, &s.hid, false).unwrap();
+    assert_eq!(w.hv.map_calls - calls, 3);
+    assert_eq!(
+        w.hv.maps_of(w.id(Side::Back), w.id(Side::Front)),
+        size.div_ceil(4096) + w.ring_pages() * 2
+    );
+    assert_same_bytes(&w, &s);
+    w.pump();
+    w.check();
+    w.finish();
+}
