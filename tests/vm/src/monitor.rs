@@ -8,7 +8,7 @@
 //!
 //! | step          | from                        | to                          | limit        |
 //! |---------------|-----------------------------|-----------------------------|--------------|
-//! | `boot`        | QEMU start                  | `ready dom0`                | boot-timeout |
+//! | `boot`        | QEMU start                  | `ready dom0`                | dom0-boot-timeout |
 //! | `dom0 main`   | `begin dom0 main`           | `end dom0 main rc=N`        | timeout      |
 //! | `create NAME` | `create NAME TYPE`          | `@[NAME] begin NAME main`   | boot-timeout |
 //! | `NAME`        | `@[NAME] begin NAME main`   | `@[NAME] end NAME main rc=N`| timeout      |
@@ -167,7 +167,12 @@ impl Monitor {
             logs: BTreeMap::new(),
             news: Vec::new(),
         };
-        m.start(Duration::ZERO, "boot", scenario.boot_timeout, Source::Dom0);
+        m.start(
+            Duration::ZERO,
+            "boot",
+            scenario.dom0_boot_timeout,
+            Source::Dom0,
+        );
         m
     }
 
@@ -451,7 +456,7 @@ mod tests {
         parse(
             "t.sh",
             "# hdm: domains = pv\n# hdm: timeout = 10\n# hdm: boot-timeout = 20\n\
-             # hdm: expect-log = pv: role: domU PV\n",
+             # hdm: dom0-boot-timeout = 20\n# hdm: expect-log = pv: role: domU PV\n",
         )
         .unwrap()
     }

@@ -7,8 +7,9 @@
 //! * `domains` — the domUs to create, space separated, each `TYPE` or
 //!   `NAME:TYPE` with TYPE `pv` or `pvh` (config `/etc/xen/TYPE.cfg`).
 //! * `timeout` — seconds each phase of the script may run (default 120).
-//! * `boot-timeout` — seconds Xen + dom0, and each domU, may take to come
-//!   up (default 120).
+//! * `boot-timeout` — seconds each domU may take to come up (default 120).
+//! * `dom0-boot-timeout` — seconds Xen + dom0 may take to come up
+//!   (default 180).
 //! * `expect-log` — `DOMAIN: TEXT`: after the run, the log of DOMAIN
 //!   (`dom0`, `xen` or a domU name) must contain TEXT. Repeatable.
 //! * `expect-fail` — `STEP: TEXT`: the run is a negative test: it passes
@@ -78,8 +79,10 @@ pub struct Scenario {
     pub domains: Vec<DomainSpec>,
     /// Time limit of each scenario phase.
     pub timeout: Duration,
-    /// Time limit for Xen + dom0, and each domU, to come up.
+    /// Time limit for each domU to come up.
     pub boot_timeout: Duration,
+    /// Time limit for Xen + dom0 to come up.
+    pub dom0_boot_timeout: Duration,
     /// Checks on the logs after a successful run.
     pub expect_log: Vec<ExpectLog>,
     /// Set for a negative test.
@@ -141,6 +144,7 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
         domains: Vec::new(),
         timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(120),
+        dom0_boot_timeout: Duration::from_secs(180),
         expect_log: Vec::new(),
         expect_fail: None,
     };
@@ -178,6 +182,7 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
             }
             "timeout" => s.timeout = seconds(key, value)?,
             "boot-timeout" => s.boot_timeout = seconds(key, value)?,
+            "dom0-boot-timeout" => s.dom0_boot_timeout = seconds(key, value)?,
             "expect-log" => {
                 let (domain, text) = split_colon(key, value)?;
                 s.expect_log.push(ExpectLog { domain, text });
