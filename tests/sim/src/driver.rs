@@ -332,6 +332,9 @@ pub struct Domain {
     pub conn: Option<Conn>,
     /// The rings and port of a stopped connection, until teardown.
     detached: Option<(RingHold, u32)>,
+    /// A test drives this domain as a hostile peer: its tables are not
+    /// checked.
+    pub hostile: bool,
 }
 
 fn unmap_all(hv: &mut Hypervisor, me: DomId, handles: &[MapHandle]) {
@@ -357,6 +360,7 @@ impl Domain {
             t: Tables::default(),
             conn: None,
             detached: None,
+            hostile: false,
         }
     }
 
@@ -610,6 +614,11 @@ impl Domain {
     /// The protocol state of an export.
     pub fn export_state(&self, hid: &HyperDmabufId) -> Option<ExportState> {
         self.t.exports.get(&hid.encode()).map(|e| e.state)
+    }
+
+    /// The grant references of an export's data pages, in order.
+    pub fn export_grants(&self, hid: &HyperDmabufId) -> Option<Vec<GrantRef>> {
+        self.t.exports.get(&hid.encode()).map(|e| e.data.clone())
     }
 
     /// The ids of every live export.
