@@ -99,3 +99,13 @@ fuzz-check:
 	@echo "[fuzz] cargo fmt --check, clippy -D warnings (fuzz workspace)"
 	@$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all --check
 	@$(CARGO) clippy -q --manifest-path fuzz/Cargo.toml --workspace --all-targets -- -D warnings
+
+# Host benchmarks: ring push+publish+pop against memcpy, page-directory
+# encode/decode at 8 MiB, 256 MiB and 1 GiB. Prints a table and writes
+# target/bench/host.json. BENCH_HOST_ARGS=--quick for a fast look.
+BENCH_HOST_ARGS ?=
+bench-host:
+	@echo "[bench] host benchmarks (release build, one core)"
+	@$(CARGO) build -q --release -p hyper-dmabuf-hostbench
+	@taskset -c 0 true 2>/dev/null && pin="taskset -c 0" || pin=""; \
+	  $$pin target/release/hostbench --out target/bench/host.json $(BENCH_HOST_ARGS)
