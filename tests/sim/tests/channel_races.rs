@@ -1,0 +1,264 @@
+//! Interleavings the single-threaded pump cannot produce by itself, and
+//! ring sizes it does not use by default: each found a problem in
+//! `common/src/channel.rs`. The tests that fail on the current code are
+//! `#[ignore]`d with the reason; each has a passing control that shows the
+//! set-up is right.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU32;
+
+use hyper_dmabuf_common::channel::{
+    Channel, ChannelConfig, ExportPhase, ExportState, Host, ImportState,
+};
+use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
+use hyper_dmabuf_common::ring::init_shared;
+use hyper_dmabuf_common::shmem::SharedMem;
+use hyper_dmabuf_common::uapi::Event;
+use hyper_dmabuf_common::wire::{Export, ExportFlags, PrivData};
+use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
+use hyper_dmabuf_common::Error;
+use hyper_dmabuf_sim::{Side, World, WorldConfig};
+
+type Hook = Rc<RefCell<Option<Box<dyn FnOnce()>>>>;
+
+/// Ring memory whose reads of the request producer (`req_prod`, offset 0)
+/// can run a hook first: the peer acting at that exact instant, as it can
+/// on another CPU.
+#[derive(Clone)]
+struct Hooked {
+    mem: Rc<[AtomicU32]>,
+    hook: Hook,
+}
+
+impl Hooked {
+    fn new(mem: &Rc<[AtomicU32]>, hook: &Hook) -> Self {
+        Hooked {
+            mem: mem.clone(),
+            hook: hook.clone(),
+        }
+    }
+}
+
+impl SharedMem for Hooked {
+    fn len(&self) -> usize {
+        self.mem[..].len()
+    }
+    fn read_u32(&self, offset: usize) -> u32 {
+        self.mem[..].read_u32(offset)
+    }
+    fn write_u32(&self, offset: usize, value: u32) {
+        self.mem[..].write_u32(offset, value)
+    }
+    fn load_acquire_u32(&self, offset: usize) -> u32 {
+        if offset == 0 {
+            let hook = self.hook.borrow_mut().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        self.mem[..].load_acquire_u32(offset)
+    }
+    fn store_release_u32(&self, offset: usize, value: u32) {
+        self.mem[..].store_release_u32(offset, value)
+    }
+    fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        self.mem[..].read_bytes(offset, dst)
+    }
+    fn write_bytes(&self, offset: usize, src: &[u8]) {
+        self.mem[..].write_bytes(offset, src)
+    }
+}
+
+/// The smallest honest host: tables and records, no resources.
+#[derive(Default)]
+struct TestHost {
+    exports: HashMap<[u8; 24], ExportState>,
+    imports: HashMap<[u8; 24], ImportState>,
+    ended: Vec<HyperDmabufId>,
+}
+
+impl Host for TestHost {
+    fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportState> {
+        self.exports.get_mut(&hid.encode())
+    }
+    fn end_export(&mut self, hid: &HyperDmabufId) {
+        if self.exports.remove(&hid.encode()).is_some() {
+            self.ended.push(*hid);
+        }
+    }
+    fn import_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportState> {
+        self.imports.get_mut(&hid.encode())
+    }
+    fn add_import(&mut self, import: ImportState) -> Result<(), Status> {
+        self.imports.insert(import.export.hid.encode(), import);
+        Ok(())
+    }
+    fn remove_import(&mut self, hid: &HyperDmabufId) {
+        self.imports.remove(&hid.encode());
+    }
+    fn post_event(&mut self, _event: Event) {}
+    fn complete(&mut self, _token: u64, _status: Status) {}
+    fn protocol_error(&mut self, error: Error) {
+        panic!("honest peers sent a malformed request: {error}");
+    }
+}
+
+type End = (Channel<Hooked>, TestHost);
+
+const CONFIG: ChannelConfig = ChannelConfig {
+    max_buffer_bytes: 1 << 30,
+    allow_rw: true,
+};
+
+fn ring() -> Rc<[AtomicU32]> {
+    let mem: Rc<[AtomicU32]> = (0..1024).map(|_| AtomicU32::new(0)).collect();
+    init_shared(&mem[..]).unwrap();
+    mem
+}
+
+/// Exporter E and importer I with one export of E mapped by I and an
+/// UNEXPORT of it sent by E, not yet seen by I. `hook` is run by E's
+/// first read of I's request producer.
+fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
+    let (e_id, i_id) = (DomId::new(1).unwrap(), DomId::new(2).unwrap());
+    let (mem_e, mem_i) = (ring(), ring());
+    let none: Hook = Rc::default();
+    let e_chan = Channel::new(
+        i_id,
+        CONFIG,
+        Hooked::new(&mem_e, &none),
+        Hooked::new(&mem_i, hook),
+    )
+    .unwrap();
+    let i_chan = Channel::new(
+        e_id,
+        CONFIG,
+        Hooked::new(&mem_i, &none),
+        Hooked::new(&mem_e, &none),
+    )
+    .unwrap();
+    let mut e: End = (e_chan, TestHost::default());
+    let i = Rc::new(RefCell::new((i_chan, TestHost::default())));
+    let hid = HyperDmabufId::new(42, [7; KEY_LEN]).unwrap();
+    let export = Export {
+        hid,
+        size: 4096,
+        dir_gref: GrantRef::new(8).unwrap(),
+        flags: ExportFlags::default(),
+        priv_data: PrivData::EMPTY,
+    };
+    e.1.exports.insert(hid.encode(), ExportState::new());
+    e.0.announce(export, None).unwrap();
+    let run_i = |i: &Rc<RefCell<End>>| {
+        let (c, h) = &mut *i.borrow_mut();
+        c.process(h).unwrap();
+    };
+    run_i(&i);
+    e.0.process(&mut e.1).unwrap();
+    {
+        let (c, h) = &mut *i.borrow_mut();
+        c.import_mapped(h, &hid).unwrap();
+    }
+    e.0.process(&mut e.1).unwrap();
+    assert!(e.1.exports[&hid.encode()].peer_maps());
+    e.0.revoke(&mut e.1, &hid, None).unwrap();
+    (e, i, hid)
+}
+
+/// I answers the UNEXPORT with Busy (it maps the buffer), then its last
+/// user lets go and it sends RELEASE.
+fn importer_answers_then_releases(i: &Rc<RefCell<End>>, hid: HyperDmabufId) {
+    let (c, h) = &mut *i.borrow_mut();
+    c.process(h).unwrap();
+    assert!(h.imports[&hid.encode()].revoked());
+    c.import_unmapped(h, &hid).unwrap();
+}
+
+fn settle(e: &mut End, i: &Rc<RefCell<End>>) {
+    for _ in 0..8 {
+        e.0.process(&mut e.1).unwrap();
+        let (c, h) = &mut *i.borrow_mut();
+        c.process(h).unwrap();
+    }
+}
+
+/// Control: the importer acts between two passes of the exporter; the
+/// Busy answer is consumed before the RELEASE and the grants end.
+#[test]
+fn release_after_busy_ends_the_export() {
+    let hook: Hook = Rc::default();
+    let (mut e, i, hid) = revoking_pair(&hook);
+    importer_answers_then_releases(&i, hid);
+    settle(&mut e, &i);
+    assert_eq!(e.1.ended, vec![hid]);
+}
+
+/// The same messages, but the importer acts while the exporter is inside
+/// `process`, after it drained its responses and before it reads the
+/// importer's requests (two CPUs, or the exporter's handler preempted
+/// there). The exporter then consumes RELEASE while its export is still
+/// `Revoking` (ignored: `peer_maps = false`, no end), and the Busy answer
+/// afterwards moves it to `AwaitingRelease`, where it waits for a RELEASE
+/// that was already consumed: the grants are never ended while the
+/// connection lives.
+#[test]
+#[ignore = "channel.rs bug: a RELEASE consumed before its Busy answer leaves the export AwaitingRelease forever"]
+fn release_consumed_before_busy_still_ends_the_export() {
+    let hook: Hook = Rc::default();
+    let (mut e, i, hid) = revoking_pair(&hook);
+    let i2 = i.clone();
+    *hook.borrow_mut() = Some(Box::new(move || importer_answers_then_releases(&i2, hid)));
+    settle(&mut e, &i);
+    assert!(hook.borrow().is_none(), "the interleaving happened");
+    let phase = e.1.exports.get(&hid.encode()).map(|s| s.phase());
+    assert_eq!(
+        e.1.ended,
+        vec![hid],
+        "export left in {phase:?} after the importer released it"
+    );
+    assert_ne!(phase, Some(ExportPhase::AwaitingRelease));
+}
+
+/// Exactly [`PROCESS_BUDGET`](hyper_dmabuf_common::channel::PROCESS_BUDGET)
+/// requests at once, then one more: with a ring of 64 slots (order 3) a
+/// full ring is exactly the budget.
+fn budget_burst(ring_page_order: u32, burst: usize) {
+    let mut w = World::new(WorldConfig {
+        ring_page_order,
+        ..WorldConfig::default()
+    });
+    let mut tokens = Vec::new();
+    for _ in 0..burst {
+        let (dom, hv) = w.split(Side::Front);
+        let buf = dom.create_buffer(hv, 1);
+        tokens.push(dom.export(hv, buf, false, PrivData::EMPTY).unwrap().1);
+    }
+    w.pump();
+    let (dom, hv) = w.split(Side::Front);
+    let buf = dom.create_buffer(hv, 1);
+    tokens.push(dom.export(hv, buf, false, PrivData::EMPTY).unwrap().1);
+    // Pumps until quiescent; panics on a request nobody will ever answer.
+    w.pump();
+    for token in tokens {
+        assert_eq!(w.dom(Side::Front).completion(token), Some(Status::Ok));
+    }
+    w.finish();
+}
+
+/// Control: 63 requests, one short of the budget.
+#[test]
+fn burst_below_the_budget_is_served() {
+    budget_burst(3, 63);
+}
+
+/// When a pass answers exactly `PROCESS_BUDGET` requests and none is
+/// left, `process` returns `more = false` without re-arming `req_event`
+/// (the `final_check` calls are skipped on that branch), so the peer's
+/// next request is published without a notification and never handled.
+#[test]
+#[ignore = "channel.rs bug: a pass that answers exactly PROCESS_BUDGET requests skips final_check; the next request is never noticed"]
+fn burst_of_exactly_the_budget_is_served() {
+    budget_burst(3, 64);
+}
