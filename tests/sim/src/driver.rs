@@ -824,7 +824,18 @@ impl Domain {
             };
             let sent = match item {
                 Outgoing::Announce(export, token) => conn.chan.announce(export, Some(token)),
-                Outgoing::Revoke(hid, token) => conn.chan.revoke(&mut ctx, &hid, Some(token)),
+                Outgoing::Revoke(hid, token) => {
+                    // `revoke` answers Ok(false) both for "sent, no
+                    // notification needed" and for "already unexported,
+                    // nothing sent"; only in the first case will the token
+                    // ever complete, so tell them apart here.
+                    if ctx.export_mut(&hid).is_some_and(|s| s.unexported()) {
+                        conn.outbox.pop_front();
+                        ctx.complete(token, Status::Ok);
+                        continue;
+                    }
+                    conn.chan.revoke(&mut ctx, &hid, Some(token))
+                }
                 Outgoing::Update(hid, priv_data, token) => conn
                     .chan
                     .send(Message::Update { hid, priv_data }, Some(token)),
