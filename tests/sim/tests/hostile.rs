@@ -315,3 +315,50 @@ fn hostile_frontend() {
 fn hostile_backend() {
     hostile_peer(Side::Back);
 }
+
+/// A response to a request that was never made is fatal: the victim closes
+/// the connection, fails its waiting request, ends its export, and is
+/// clean once the attacker is gone.
+#[test]
+fn forged_response_is_fatal() {
+    for attacker in [Side::Back, Side::Front] {
+        let mut at = Attack::new(attacker);
+        let victim = at.victim;
+        let (dom, hv) = at.w.split(victim);
+        let buf = dom.create_buffer(hv, 3 * 4096);
+        let (hid, token) = dom.export(hv, buf, false, PrivData::EMPTY).unwrap();
+        at.w.pump();
+        let asked = at.raw.answer_all(&mut at.w.hv, Status::Ok);
+        // answer_all answered the real request; now a forged one follows.
+        assert_eq!(asked.unwrap().len(), 1);
+        let (dom, hv) = at.w.split(victim);
+        let token2 = dom.unexport(hv, &hid).unwrap();
+        at.w.pump();
+        let mut slot: Slot = [0u8; 256];
+        assert!(at.raw.rsp.pop(&mut slot).unwrap());
+        let forged = hyper_dmabuf_common::wire::Response {
+            req_id: 0xdead,
+            op: slot[4],
+            status: Status::Ok,
+        };
+        at.raw.rsp.push(&forged.encode()).unwrap();
+        at.raw.rsp.publish();
+        let (a, port) = (at.raw.id, at.raw.port);
+        at.w.hv.notify(a, port);
+        at.w.pump();
+        assert!(matches!(
+            at.w.fatal_errors[..],
+            [(side, Error::UnexpectedResponse(0xdead))] if side == victim
+        ));
+        assert_eq!(at.w.dom(victim).completion(token), Some(Status::Ok));
+        assert_eq!(
+            at.w.dom(victim).completion(token2),
+            Some(Status::NoSuchBuffer)
+        );
+        assert!(at.w.dom(victim).export_state(&hid).is_none());
+        at.assert_no_leaked_maps();
+        at.w.check();
+        at.w.kill(attacker);
+        at.w.finish();
+    }
+}

@@ -257,3 +257,38 @@ fn two_level_import_is_three_batches() {
     w.check();
     w.finish();
 }
+
+/// An export the importer refuses (its import table is full) is ended at
+/// once by the exporter: the waiting request completes with the refusal
+/// and no grant stays.
+#[test]
+fn refused_export_is_ended() {
+    use hyper_dmabuf_sim::driver::MAX_IMPORTS_PER_PEER;
+    let mut w = World::new(WorldConfig::default());
+    let mut shared = Vec::new();
+    for i in 0..MAX_IMPORTS_PER_PEER as u64 + 1 {
+        shared.push(export(&mut w, Side::Front, 100, false, i));
+        if i % 16 == 0 {
+            w.pump();
+        }
+    }
+    w.pump();
+    w.check();
+    let last = shared.last().unwrap();
+    assert_eq!(
+        w.dom(Side::Front).completion(last.token),
+        Some(Status::NoSpace)
+    );
+    assert!(w.dom(Side::Front).export_state(&last.hid).is_none());
+    let events = w.split(Side::Front).0.take_events();
+    assert_eq!(events_about(&events, EventType::GrantsEnded, &last.hid), 1);
+    assert_eq!(
+        w.dom(Side::Front).stats().exports,
+        MAX_IMPORTS_PER_PEER,
+        "the others stay exported"
+    );
+    for s in &shared[..MAX_IMPORTS_PER_PEER] {
+        assert_eq!(w.dom(Side::Front).completion(s.token), Some(Status::Ok));
+    }
+    w.finish();
+}
