@@ -642,6 +642,17 @@ impl Domain {
             .collect()
     }
 
+    /// The imports this domain maps through its live connection (orphans
+    /// excluded).
+    pub fn mapped_imports(&self) -> Vec<HyperDmabufId> {
+        self.t
+            .imports
+            .values()
+            .filter(|e| e.mapping.is_some())
+            .map(|e| e.state.export.hid)
+            .collect()
+    }
+
     /// Users holding the mapping of an import (or of an orphan).
     pub fn users(&self, hid: &HyperDmabufId) -> u32 {
         let key = hid.encode();

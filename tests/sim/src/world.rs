@@ -787,6 +787,22 @@ impl World {
             }
         }
         assert_eq!(self.store.open_transactions(), 0, "leaked transaction");
+        // Between two honest, live, connected ends, an export lives as long
+        // as its importer maps it: grants are never ended under a mapping.
+        let honest = [Side::Back, Side::Front]
+            .iter()
+            .all(|&s| self.alive(s) && self.hv.alive(self.id(s)) && !self.dom(s).hostile);
+        if honest && self.connected() {
+            for side in [Side::Back, Side::Front] {
+                for hid in self.dom(side).mapped_imports() {
+                    assert!(
+                        self.dom(side.other()).export_state(&hid).is_some(),
+                        "{:?} ended an export that {side:?} still maps",
+                        side.other()
+                    );
+                }
+            }
+        }
     }
 
     /// What the connection itself holds: the frontend grants (and owns)
