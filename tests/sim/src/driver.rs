@@ -720,12 +720,25 @@ impl Domain {
             me,
             peer,
         };
-        let notify = conn
-            .chan
-            .import_mapped(&mut ctx, hid)
-            .expect("a slot is free and the import is known");
-        if notify {
-            hv.notify(me, conn.port);
+        match conn.chan.import_mapped(&mut ctx, hid) {
+            Ok(true) => hv.notify(me, conn.port),
+            Ok(false) => {}
+            Err(_) => {
+                // Only a peer answering out of order can leave no request
+                // id free while ring slots are: undo the mapping. (The
+                // channel already marked the import mapped; a later
+                // UNEXPORT is then answered Busy and the connection's end
+                // settles it.)
+                let m = self
+                    .t
+                    .imports
+                    .get_mut(&hid.encode())
+                    .and_then(|e| e.mapping.take());
+                if let Some(m) = m {
+                    unmap_all(hv, me, &m.handles);
+                }
+                return Err(DriverError::Again);
+            }
         }
         Ok(())
     }
@@ -852,6 +865,11 @@ impl Domain {
                     .send(Message::Update { hid, priv_data }, Some(token)),
                 Outgoing::Unmapped(hid) => conn.chan.import_unmapped(&mut ctx, &hid),
             };
+            if sent == Err(Error::RingFull) {
+                // Only a peer answering out of order can hold every request
+                // id while ring slots are free: wait for its answers.
+                break;
+            }
             conn.outbox.pop_front();
             match sent {
                 Ok(true) => hv.notify(me, conn.port),
@@ -863,7 +881,7 @@ impl Domain {
                         ctx.complete(token, Status::NoSuchBuffer);
                     }
                 }
-                Err(e) => panic!("send with a free slot failed: {e}"),
+                Err(e) => panic!("send failed: {e}"),
             }
         }
     }
