@@ -706,7 +706,7 @@ impl BackendMachine {
     /// ```text
     /// frontend ->  Unknown Initialising InitWait Initialised Connected Closing Closed   Reconfiguring Reconfigured
     /// InitWait     ign     NEW          ERR      MAP         ign       CLOSING OFF      ign           ERR
-    /// Connected    DROP    NEW+DROP     ERR      ERR         ign       CLOSING DROP     DROP          ERR
+    /// Connected    DROP    NEW+DROP     ERR      ign         ign       CLOSING DROP     DROP          ERR
     /// Closing      DONE    NEW+DONE     ign      ign         ign       ign     DONE     ign           ign
     /// Closed       ign     NEW+REWAIT   ign      ign         ign       ign     ign      ign           ign
     ///
@@ -723,7 +723,8 @@ impl BackendMachine {
     /// Why: the frontend never writes InitWait or Reconfigured; a
     /// frontend Connected while we are InitWait belongs to an earlier
     /// backend instance and will recover through Reconfiguring; Initialised
-    /// while we are Connected cannot happen without our InitWait first.
+    /// while we are Connected is the frontend that has not yet seen our
+    /// Connected (a watch can deliver its state twice).
     pub fn on_peer_state(&mut self, peer: XenbusState, online: bool) -> Actions {
         let mut acts = Actions::new();
         self.peer = peer;
@@ -769,15 +770,13 @@ impl BackendMachine {
                     self.state = Back::Closed;
                 }
             }
-            (Back::Connected, S::Connected) => {}
+            (Back::Connected, S::Initialised | S::Connected) => {}
             (Back::Connected, S::Closing) => {
                 acts.push(Action::Teardown);
                 acts.push(Action::SwitchState(S::Closing));
                 self.state = Back::Closing;
             }
-            (Back::Connected, S::InitWait | S::Initialised | S::Reconfigured) => {
-                self.protocol_error(peer, acts)
-            }
+            (Back::Connected, S::InitWait | S::Reconfigured) => self.protocol_error(peer, acts),
 
             (Back::Closing, S::Unknown | S::Initialising | S::Closed) => {
                 acts.push(Action::SwitchState(S::Closed));
@@ -1137,7 +1136,7 @@ mod tests {
             S::Connected,
             false,
             [
-                "DROP", "DROP", "ERR", "ERR", "ign", "CLOSING", "DROP", "DROP", "ERR",
+                "DROP", "DROP", "ERR", "ign", "ign", "CLOSING", "DROP", "DROP", "ERR",
             ],
         ),
         (

@@ -15,7 +15,6 @@ use hyper_dmabuf_xenbus_proto::{BackendMachine, XenbusState};
 /// Initialised) and once from the write itself, before the frontend saw
 /// the backend Connected.
 #[test]
-#[ignore = "xenbus-proto: a repeated frontend Initialised while Connected is a protocol error (Connected/Initialised = ERR)"]
 fn backend_tolerates_a_repeated_initialised() {
     let mut b = BackendMachine::new();
     let _ = b.start();
