@@ -695,8 +695,9 @@ impl World {
             id,
             port: conn.port,
             req: Requester::new(ours.clone()).expect("ring checked at connect"),
-            rsp: Responder::new(theirs).expect("ring checked at connect"),
+            rsp: Responder::new(theirs.clone()).expect("ring checked at connect"),
             ours,
+            theirs,
         }
     }
 
@@ -899,9 +900,16 @@ pub struct RawPeer {
     pub rsp: Responder<Window>,
     /// The ring it requests on, for writing its header by hand.
     pub ours: Window,
+    /// The ring the victim requests on.
+    theirs: Window,
 }
 
 impl RawPeer {
+    /// The ring the victim requests on, for writing its header by hand.
+    pub fn rsp_window(&self) -> Window {
+        self.theirs.clone()
+    }
+
     /// Pushes a raw request slot, publishes it and notifies.
     ///
     /// # Errors

@@ -362,3 +362,35 @@ fn forged_response_is_fatal() {
         at.w.finish();
     }
 }
+
+/// A responder that claims more responses than requests were made is
+/// fatal for the requester.
+#[test]
+fn response_overflow_is_fatal() {
+    for attacker in [Side::Back, Side::Front] {
+        let mut at = Attack::new(attacker);
+        let victim = at.victim;
+        let (dom, hv) = at.w.split(victim);
+        let buf = dom.create_buffer(hv, 4096);
+        let (hid, token) = dom.export(hv, buf, false, PrivData::EMPTY).unwrap();
+        at.w.pump();
+        // rsp_prod (offset 8) of the victim's request ring, far ahead.
+        let theirs = at.raw.rsp_window();
+        theirs.write_u32(8, 77);
+        let (a, port) = (at.raw.id, at.raw.port);
+        at.w.hv.notify(a, port);
+        at.w.pump();
+        assert!(matches!(
+            at.w.fatal_errors[..],
+            [(side, Error::RingOverflow { .. })] if side == victim
+        ));
+        assert_eq!(
+            at.w.dom(victim).completion(token),
+            Some(Status::NoSuchBuffer)
+        );
+        assert!(at.w.dom(victim).export_state(&hid).is_none());
+        at.w.check();
+        at.w.kill(attacker);
+        at.w.finish();
+    }
+}

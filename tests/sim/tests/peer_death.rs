@@ -254,3 +254,51 @@ fn both_die() {
         assert!(w.hv.totals().is_zero(), "{:?}", w.hv.totals());
     }
 }
+
+/// The toolstack removes the device (or a module is unloaded) while
+/// buffers are mapped both ways: both ends close through XenBus, each
+/// ends its exports deferred (the peer's users still map them), each
+/// keeps its users' mappings; once the users let go nothing is left, and
+/// the same two domains connect again.
+#[test]
+fn device_removal_while_mapped() {
+    let mut w = World::new(WorldConfig::default());
+    let a = export(&mut w, Side::Back, 4 * 4096, false, 1);
+    let b = export(&mut w, Side::Front, 3 * 4096 + 5, true, 2);
+    w.pump();
+    import(&mut w, &a).unwrap();
+    import(&mut w, &b).unwrap();
+    w.pump();
+    w.disconnect();
+    w.check();
+    assert!(!w.connected());
+    for (s, mine, theirs) in [(Side::Back, &a, &b), (Side::Front, &b, &a)] {
+        let st = w.dom(s).stats();
+        assert_eq!((st.exports, st.imports, st.orphans), (0, 0, 1), "{s:?}");
+        let c = w.hv.counters(w.id(s));
+        let my_pages = mine.bytes.len().div_ceil(4096);
+        let their_pages = theirs.bytes.len().div_ceil(4096);
+        // Its grants wait on the peer's users; it maps the peer's pages for
+        // its own users; rings and ports are gone.
+        assert_eq!(
+            (c.grants, c.deferred, c.maps, c.ports),
+            (my_pages, my_pages, their_pages, 0),
+            "{s:?}"
+        );
+        assert_same_bytes(&w, theirs);
+    }
+    for s in [&a, &b] {
+        release(&mut w, s.exporter.other(), s);
+    }
+    w.check();
+    for s in [Side::Back, Side::Front] {
+        w.assert_idle(s);
+    }
+    w.connect();
+    let c = export(&mut w, Side::Back, 5000, false, 3);
+    w.pump();
+    import(&mut w, &c).unwrap();
+    assert_same_bytes(&w, &c);
+    w.pump();
+    w.finish();
+}
