@@ -4,9 +4,10 @@
 //! and the driver reads the peer's state when it handles each event; so
 //! the same peer state can be handled twice. The simulation coalesces the
 //! events of one batch (as xenbus-proto's own simulation does) and, like
-//! `xenbus_switch_state`, never rewrites an unchanged state; without both,
-//! the backend closed the device on the second delivery of the frontend's
-//! Initialised.
+//! `xenbus_switch_state`, never rewrites an unchanged state. Without both,
+//! the backend used to close the device on the second delivery of the
+//! frontend's Initialised; xenbus-proto now ignores it, and this is the
+//! regression test.
 
 use hyper_dmabuf_xenbus_proto::{BackendMachine, XenbusState};
 
