@@ -20,17 +20,19 @@
 //!  Exported   <--- Ok ------------------------
 //!                                             import ioctl: map directory and
 //!                                             pages in one batch each
-//!  busy       <--- MAPPED(hid) --------------- Mapped (users hold the dma-buf)
+//!  busy       <--- MAPPED(hid, epoch e) ------- Mapped (users hold the dma-buf)
 //!  unexport ioctl (after delay_ms)
 //!  Revoking  ----- UNEXPORT(hid) ------------> Revoked, event Unexport
-//!            <---- Busy (still mapped) ------- (users still hold it)
-//!  AwaitingRelease                             last user gone: unmap
-//!            <---- RELEASE(hid) -------------- forgotten
+//!            <---- Busy(e) (still mapped) ---- (users still hold it)
+//!  AwaitingRelease(e)                          last user gone: unmap
+//!            <---- RELEASE(hid, e) ----------- forgotten
 //!  end foreign access, event GrantsEnded
 //! ```
 //!
 //! If B holds no mapping when the UNEXPORT arrives it answers `Ok` and A
-//! ends access at once. If B never answers, A ends access anyway when the
+//! ends access at once. MAPPED and RELEASE travel on B's ring, the answer
+//! to UNEXPORT on A's, so A may see them in either order; the mapping
+//! epoch ([`MapEpoch`]) tells A which RELEASE ends which mapping. If B never answers, A ends access anyway when the
 //! connection closes; ending access on a page the peer still maps is
 //! deferred by the grant layer until the peer unmaps it (as Linux does
 //! since XSA-396), so no page is ever freed under a mapping.
@@ -47,8 +49,8 @@ use super::ring::{Requester, Responder};
 use super::shmem::SharedMem;
 use super::uapi::{Event, EventType};
 use super::wire::{
-    request_id, request_op, Export, ExportFlags, Message, Op, PrivData, Request, Response, Slot,
-    SLOT_SIZE,
+    request_id, request_op, Export, ExportFlags, MapEpoch, Message, Op, PrivData, Request,
+    Response, Slot, SLOT_SIZE,
 };
 use super::xen::{DomId, Status};
 
@@ -68,15 +70,19 @@ pub enum ExportPhase {
     Exported,
     /// UNEXPORT sent, no answer yet.
     Revoking,
-    /// The peer still maps the buffer and will send RELEASE.
-    AwaitingRelease,
+    /// The peer still maps the buffer and will send the RELEASE of this
+    /// epoch.
+    AwaitingRelease(MapEpoch),
 }
 
 /// Protocol state of one buffer this domain exports to the channel's peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportState {
     phase: ExportPhase,
-    peer_maps: bool,
+    /// Latest epoch the peer said it mapped.
+    mapped: Option<MapEpoch>,
+    /// Latest epoch the peer said it released.
+    released: Option<MapEpoch>,
 }
 
 impl ExportState {
@@ -84,7 +90,8 @@ impl ExportState {
     pub const fn new() -> Self {
         ExportState {
             phase: ExportPhase::Announcing,
-            peer_maps: false,
+            mapped: None,
+            released: None,
         }
     }
 
@@ -93,17 +100,26 @@ impl ExportState {
         self.phase
     }
 
-    /// Whether the peer said it maps the buffer (QUERY's "busy").
-    pub const fn peer_maps(&self) -> bool {
-        self.peer_maps
+    /// Whether the peer said it maps the buffer (QUERY's "busy"): its
+    /// latest MAPPED is newer than its latest RELEASE.
+    pub fn peer_maps(&self) -> bool {
+        match (self.mapped, self.released) {
+            (Some(mapped), Some(released)) => mapped > released,
+            (mapped, _) => mapped.is_some(),
+        }
     }
 
     /// Whether an unexport has started.
     pub const fn unexported(&self) -> bool {
         matches!(
             self.phase,
-            ExportPhase::Revoking | ExportPhase::AwaitingRelease
+            ExportPhase::Revoking | ExportPhase::AwaitingRelease(_)
         )
+    }
+
+    /// Whether the peer has released mapping `epoch` (or a later one).
+    fn released(&self, epoch: MapEpoch) -> bool {
+        self.released.is_some_and(|released| released >= epoch)
     }
 }
 
@@ -120,6 +136,8 @@ pub struct ImportState {
     pub export: Export,
     mapped: bool,
     revoked: bool,
+    /// Epoch of the current (or last) mapping.
+    epoch: Option<MapEpoch>,
 }
 
 impl ImportState {
@@ -129,6 +147,7 @@ impl ImportState {
             export,
             mapped: false,
             revoked: false,
+            epoch: None,
         }
     }
 
@@ -324,43 +343,56 @@ impl<M: SharedMem> Channel<M> {
     }
 
     /// Tells the exporter that this domain now maps an imported buffer.
+    /// On error nothing changed and nothing was sent.
     ///
     /// # Errors
     ///
-    /// As [`Channel::send`]; [`Error::BadId`] if the import is unknown or
-    /// revoked.
+    /// As [`Channel::send`]; [`Error::BadId`] if the import is unknown,
+    /// revoked or already mapped.
     pub fn import_mapped(
         &mut self,
         host: &mut impl Host,
         hid: &HyperDmabufId,
     ) -> Result<bool, Error> {
         let state = host.import_mut(hid).ok_or(Error::BadId)?;
-        if state.revoked {
+        if state.revoked || state.mapped {
             return Err(Error::BadId);
         }
-        state.mapped = true;
-        self.send(Message::Mapped(*hid), None)
+        let epoch = state.epoch.map_or(MapEpoch::FIRST, MapEpoch::next);
+        let notify = self.send(Message::Mapped { hid: *hid, epoch }, None)?;
+        if let Some(state) = host.import_mut(hid) {
+            state.mapped = true;
+            state.epoch = Some(epoch);
+        }
+        Ok(notify)
     }
 
     /// Tells the exporter that this domain unmapped an imported buffer
     /// (its last user released it), and forgets the buffer if it was
-    /// revoked meanwhile.
+    /// revoked meanwhile. On error nothing changed and nothing was sent:
+    /// retry once the ring has room.
     ///
     /// # Errors
     ///
-    /// As [`Channel::send`]; [`Error::BadId`] if the import is unknown.
+    /// As [`Channel::send`]; [`Error::BadId`] if the import is unknown or
+    /// not mapped.
     pub fn import_unmapped(
         &mut self,
         host: &mut impl Host,
         hid: &HyperDmabufId,
     ) -> Result<bool, Error> {
         let state = host.import_mut(hid).ok_or(Error::BadId)?;
-        state.mapped = false;
-        let revoked = state.revoked;
-        if revoked {
-            host.remove_import(hid);
+        let (true, Some(epoch)) = (state.mapped, state.epoch) else {
+            return Err(Error::BadId);
+        };
+        let notify = self.send(Message::Release { hid: *hid, epoch }, None)?;
+        if let Some(state) = host.import_mut(hid) {
+            state.mapped = false;
+            if state.revoked {
+                host.remove_import(hid);
+            }
         }
-        self.send(Message::Release(*hid), None)
+        Ok(notify)
     }
 
     /// Handles everything the peer sent: responses to our requests, then
@@ -386,8 +418,8 @@ impl<M: SharedMem> Channel<M> {
             progress.notify = self.answers.publish();
         }
         progress.notify |= core::mem::take(&mut self.notify_pending);
-        progress.more = if answered == PROCESS_BUDGET {
-            self.answers.pending()? > 0
+        progress.more = if answered == PROCESS_BUDGET && self.answers.pending()? > 0 {
+            true
         } else {
             // About to sleep: re-arm both event indices, then look once more.
             let more_requests = self.answers.final_check()?;
@@ -423,10 +455,13 @@ impl<M: SharedMem> Channel<M> {
             }
             Op::Unexport => {
                 if let Some(state) = host.export_mut(&pending.hid) {
-                    if status == Status::Busy {
-                        state.phase = ExportPhase::AwaitingRelease;
-                    } else {
-                        host.end_export(&pending.hid);
+                    match response.map_epoch {
+                        // Still mapped, unless that mapping's RELEASE
+                        // overtook this answer.
+                        Some(epoch) if status == Status::Busy && !state.released(epoch) => {
+                            state.phase = ExportPhase::AwaitingRelease(epoch);
+                        }
+                        _ => host.end_export(&pending.hid),
                     }
                 }
             }
@@ -441,14 +476,49 @@ impl<M: SharedMem> Channel<M> {
     fn on_request(&mut self, host: &mut impl Host, slot: &Slot) -> Response {
         let req_id = request_id(slot);
         let op = request_op(slot);
-        let status = match Request::decode(slot, self.config.max_buffer_bytes) {
-            Ok(request) => self.dispatch(host, request.message),
+        let (status, map_epoch) = match Request::decode(slot, self.config.max_buffer_bytes) {
+            Ok(request) => match request.message {
+                Message::Unexport(hid) => Self::on_unexport(host, self.peer, &hid),
+                message => (self.dispatch(host, message), None),
+            },
             Err(error) => {
                 host.protocol_error(error);
-                Status::from(error)
+                (Status::from(error), None)
             }
         };
-        Response { req_id, op, status }
+        Response {
+            req_id,
+            op,
+            status,
+            map_epoch,
+        }
+    }
+
+    /// The importer's side of UNEXPORT: answers Ok if nothing is mapped
+    /// (and forgets the buffer), Busy with the live mapping's epoch if it
+    /// is.
+    fn on_unexport(
+        host: &mut impl Host,
+        peer: DomId,
+        hid: &HyperDmabufId,
+    ) -> (Status, Option<MapEpoch>) {
+        let Some(state) = host.import_mut(hid) else {
+            return (Status::NoSuchBuffer, None);
+        };
+        let first_time = !state.revoked;
+        state.revoked = true;
+        let export = state.export;
+        let live = if state.mapped { state.epoch } else { None };
+        if live.is_none() {
+            host.remove_import(hid);
+        }
+        if first_time {
+            host.post_event(event(EventType::Unexport, peer, &export, PrivData::EMPTY));
+        }
+        match live {
+            Some(epoch) => (Status::Busy, Some(epoch)),
+            None => (Status::Ok, None),
+        }
     }
 
     fn dispatch(&mut self, host: &mut impl Host, message: Message) -> Status {
@@ -476,41 +546,22 @@ impl<M: SharedMem> Channel<M> {
                 }
                 _ => Status::NoSuchBuffer,
             },
-            Message::Unexport(hid) => {
-                let Some(state) = host.import_mut(&hid) else {
-                    return Status::NoSuchBuffer;
-                };
-                if state.revoked {
-                    // A replay: answer as the first time.
-                    return Status::Busy;
-                }
-                state.revoked = true;
-                let export = state.export;
-                let mapped = state.mapped;
-                if !mapped {
-                    host.remove_import(&hid);
-                }
-                host.post_event(event(EventType::Unexport, peer, &export, PrivData::EMPTY));
-                if mapped {
-                    Status::Busy
-                } else {
-                    Status::Ok
-                }
-            }
-            Message::Mapped(hid) => match host.export_mut(&hid) {
+            // Handled by `on_unexport`, which also answers an epoch.
+            Message::Unexport(hid) => Self::on_unexport(host, peer, &hid).0,
+            Message::Mapped { hid, epoch } => match host.export_mut(&hid) {
                 Some(state) => {
-                    state.peer_maps = true;
+                    state.mapped = state.mapped.max(Some(epoch));
                     host.post_event(buffer_event(EventType::Mapped, peer, hid));
                     Status::Ok
                 }
                 None => Status::NoSuchBuffer,
             },
-            Message::Release(hid) => match host.export_mut(&hid) {
+            Message::Release { hid, epoch } => match host.export_mut(&hid) {
                 Some(state) => {
-                    state.peer_maps = false;
-                    let awaiting = state.phase == ExportPhase::AwaitingRelease;
+                    state.released = state.released.max(Some(epoch));
+                    let done = matches!(state.phase, ExportPhase::AwaitingRelease(awaited) if epoch >= awaited);
                     host.post_event(buffer_event(EventType::Released, peer, hid));
-                    if awaiting {
+                    if done {
                         host.end_export(&hid);
                     }
                     Status::Ok

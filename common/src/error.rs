@@ -84,6 +84,8 @@ pub enum Error {
     BadStatus(i32),
     /// A `hyper_dmabuf_id` is malformed (id zero).
     BadId,
+    /// A mapping epoch is zero, or present where none belongs.
+    BadEpoch,
     /// A domain id is one of Xen's reserved ids or does not fit 16 bits.
     BadDomId(u32),
     /// An unexport delay longer than [`super::uapi::MAX_UNEXPORT_DELAY_MS`].
@@ -148,6 +150,7 @@ impl fmt::Display for Error {
             Error::UnexpectedResponse(id) => write!(f, "response to unknown request {id}"),
             Error::BadStatus(status) => write!(f, "undefined status code {status}"),
             Error::BadId => write!(f, "malformed hyper_dmabuf_id"),
+            Error::BadEpoch => write!(f, "bad mapping epoch"),
             Error::BadDomId(domid) => write!(f, "{domid} is not a valid domain id"),
             Error::DelayTooLong(ms) => write!(f, "unexport delay of {ms} ms is too long"),
             Error::UnknownQueryItem(item) => write!(f, "unknown query item {item}"),

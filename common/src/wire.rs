@@ -63,13 +63,14 @@ pub enum Op {
     /// The sender replaces the private data of a buffer it exported.
     Update = 0x02,
     /// The sender revokes a buffer it exported; the receiver stops new
-    /// imports and answers once it holds no mapping ([`Status::Ok`]) or
-    /// with [`Status::Busy`], and then sends [`Op::Release`] when the last
-    /// mapping is gone.
+    /// imports and answers [`Status::Ok`] if it holds no mapping, or
+    /// [`Status::Busy`] with the epoch of its live mapping, and then sends
+    /// [`Op::Release`] of that epoch when the mapping is gone.
     Unexport = 0x03,
-    /// The sender, an importer, no longer maps the buffer.
+    /// The sender, an importer, no longer maps the buffer (mapping epoch
+    /// given).
     Release = 0x04,
-    /// The sender, an importer, has mapped the buffer.
+    /// The sender, an importer, has mapped the buffer (a new mapping epoch).
     Mapped = 0x05,
 }
 
@@ -246,9 +247,64 @@ pub enum Message {
     /// [`Op::Unexport`].
     Unexport(HyperDmabufId),
     /// [`Op::Release`].
-    Release(HyperDmabufId),
+    Release {
+        /// The buffer.
+        hid: HyperDmabufId,
+        /// The mapping epoch released.
+        epoch: MapEpoch,
+    },
     /// [`Op::Mapped`].
-    Mapped(HyperDmabufId),
+    Mapped {
+        /// The buffer.
+        hid: HyperDmabufId,
+        /// The epoch of the new mapping.
+        epoch: MapEpoch,
+    },
+}
+
+/// Counts the times an importer mapped one buffer: its first mapping is
+/// epoch 1, each new mapping after a release the next one.
+///
+/// MAPPED and RELEASE travel on the importer's ring while its answer to
+/// UNEXPORT travels on the exporter's, so the exporter can see them in
+/// either order. The epoch says which mapping each message is about: the
+/// exporter ends the export only once it has seen the RELEASE of the
+/// epoch the UNEXPORT answer named, never on a stale one.
+///
+/// # Invariants
+///
+/// Never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MapEpoch(u32);
+
+impl MapEpoch {
+    /// The first mapping.
+    pub const FIRST: MapEpoch = MapEpoch(1);
+
+    /// Checks a raw epoch from the wire.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadEpoch`] for zero.
+    pub const fn new(raw: u32) -> Result<Self, Error> {
+        if raw == 0 {
+            Err(Error::BadEpoch)
+        } else {
+            // INVARIANT: checked above.
+            Ok(MapEpoch(raw))
+        }
+    }
+
+    /// The raw value.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The epoch after this one (saturating: four billion mappings of one
+    /// buffer do not happen, and saturation keeps the order).
+    pub const fn next(self) -> MapEpoch {
+        MapEpoch(self.0.saturating_add(1))
+    }
 }
 
 impl Message {
@@ -258,8 +314,8 @@ impl Message {
             Message::Export(_) => Op::Export,
             Message::Update { .. } => Op::Update,
             Message::Unexport(_) => Op::Unexport,
-            Message::Release(_) => Op::Release,
-            Message::Mapped(_) => Op::Mapped,
+            Message::Release { .. } => Op::Release,
+            Message::Mapped { .. } => Op::Mapped,
         }
     }
 
@@ -269,8 +325,8 @@ impl Message {
             Message::Export(export) => &export.hid,
             Message::Update { hid, .. }
             | Message::Unexport(hid)
-            | Message::Release(hid)
-            | Message::Mapped(hid) => hid,
+            | Message::Release { hid, .. }
+            | Message::Mapped { hid, .. } => hid,
         }
     }
 }
@@ -291,10 +347,13 @@ const REQ_END: usize = REQ_PRIV + MAX_PRIV_LEN;
 const _: () = assert!(REQ_END <= SLOT_SIZE);
 const HID_END: usize = REQ_HID + HyperDmabufId::WIRE_SIZE;
 const _: () = assert!(HID_END == REQ_SIZE);
+// MAPPED and RELEASE carry their epoch right after the id.
+const REQ_EPOCH: usize = HID_END;
 
 // Response field offsets.
 const RSP_STATUS: usize = 8;
-const RSP_END: usize = 12;
+const RSP_EPOCH: usize = 12;
+const RSP_END: usize = 16;
 
 /// A request: what one end asks of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +385,10 @@ impl Request {
                 put_priv(&mut slot, &export.priv_data);
             }
             Message::Update { priv_data, .. } => put_priv(&mut slot, priv_data),
-            Message::Unexport(_) | Message::Release(_) | Message::Mapped(_) => {}
+            Message::Release { epoch, .. } | Message::Mapped { epoch, .. } => {
+                put_u32(&mut slot, REQ_EPOCH, epoch.get())
+            }
+            Message::Unexport(_) => {}
         }
         slot
     }
@@ -383,12 +445,17 @@ impl Request {
                 let priv_data = get_priv(slot)?;
                 Message::Update { hid, priv_data }
             }
-            Op::Unexport | Op::Release | Op::Mapped => {
+            Op::Unexport => {
                 check_zero(slot, HID_END, SLOT_SIZE)?;
-                match op {
-                    Op::Unexport => Message::Unexport(hid),
-                    Op::Release => Message::Release(hid),
-                    _ => Message::Mapped(hid),
+                Message::Unexport(hid)
+            }
+            Op::Release | Op::Mapped => {
+                let epoch = MapEpoch::new(get_u32(slot, REQ_EPOCH))?;
+                check_zero(slot, REQ_EPOCH + 4, SLOT_SIZE)?;
+                if op == Op::Release {
+                    Message::Release { hid, epoch }
+                } else {
+                    Message::Mapped { hid, epoch }
                 }
             }
         };
@@ -432,6 +499,10 @@ pub struct Response {
     pub op: u8,
     /// The outcome.
     pub status: Status,
+    /// For UNEXPORT answered [`Status::Busy`]: the epoch of the mapping
+    /// the importer still holds, whose RELEASE will follow. `None` for
+    /// every other answer (zero on the wire).
+    pub map_epoch: Option<MapEpoch>,
 }
 
 impl Response {
@@ -441,6 +512,11 @@ impl Response {
         put_u32(&mut slot, REQ_ID, self.req_id);
         slot[REQ_OP] = self.op;
         put_i32(&mut slot, RSP_STATUS, self.status.to_wire());
+        put_u32(
+            &mut slot,
+            RSP_EPOCH,
+            self.map_epoch.map_or(0, MapEpoch::get),
+        );
         slot
     }
 
@@ -448,18 +524,29 @@ impl Response {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownOp`], [`Error::ReservedNotZero`] or
-    /// [`Error::BadStatus`]. Whether `req_id` names an outstanding request
-    /// is for the caller to check.
+    /// [`Error::UnknownOp`], [`Error::ReservedNotZero`],
+    /// [`Error::BadStatus`], or [`Error::BadEpoch`] for an epoch that is
+    /// missing from a Busy answer to UNEXPORT or present anywhere else.
+    /// Whether `req_id` names an outstanding request is for the caller to
+    /// check.
     pub fn decode(slot: &Slot) -> Result<Self, Error> {
         let op = Op::from_wire(slot[REQ_OP])?;
         check_zero(slot, REQ_OP + 1, RSP_STATUS)?;
         let status = Status::from_wire(get_i32(slot, RSP_STATUS))?;
+        let raw_epoch = get_u32(slot, RSP_EPOCH);
+        let map_epoch = if op == Op::Unexport && status == Status::Busy {
+            Some(MapEpoch::new(raw_epoch)?)
+        } else if raw_epoch != 0 {
+            return Err(Error::BadEpoch);
+        } else {
+            None
+        };
         check_zero(slot, RSP_END, SLOT_SIZE)?;
         Ok(Response {
             req_id: get_u32(slot, REQ_ID),
             op: op as u8,
             status,
+            map_epoch,
         })
     }
 }
@@ -505,8 +592,14 @@ mod tests {
             (hid_strategy(), priv_strategy())
                 .prop_map(|(hid, priv_data)| Message::Update { hid, priv_data }),
             hid_strategy().prop_map(Message::Unexport),
-            hid_strategy().prop_map(Message::Release),
-            hid_strategy().prop_map(Message::Mapped),
+            (hid_strategy(), 1u32..).prop_map(|(hid, e)| Message::Release {
+                hid,
+                epoch: MapEpoch::new(e).unwrap()
+            }),
+            (hid_strategy(), 1u32..).prop_map(|(hid, e)| Message::Mapped {
+                hid,
+                epoch: MapEpoch::new(e).unwrap()
+            }),
         ]
     }
 
@@ -518,8 +611,10 @@ mod tests {
         }
 
         #[test]
-        fn response_round_trip(req_id in any::<u32>(), op in 1u8..=5, status in prop::sample::select(&[0, -1, -2, -7, -12, -16, -17, -22, -28, -95][..])) {
-            let response = Response { req_id, op, status: Status::from_wire(status).unwrap() };
+        fn response_round_trip(req_id in any::<u32>(), op in 1u8..=5, status in prop::sample::select(&[0, -1, -2, -7, -12, -16, -17, -22, -28, -95][..]), epoch in 1u32..) {
+            let status = Status::from_wire(status).unwrap();
+            let map_epoch = (op == Op::Unexport as u8 && status == Status::Busy).then(|| MapEpoch::new(epoch).unwrap());
+            let response = Response { req_id, op, status, map_epoch };
             prop_assert_eq!(Response::decode(&response.encode()), Ok(response));
         }
 
@@ -650,9 +745,44 @@ mod tests {
             req_id: 1,
             op: 1,
             status: Status::Ok,
+            map_epoch: None,
         }
         .encode();
         put_i32(&mut slot, RSP_STATUS, -5);
         assert_eq!(Response::decode(&slot), Err(Error::BadStatus(-5)));
+    }
+
+    #[test]
+    fn epochs_are_checked() {
+        let hid = HyperDmabufId::new(5, [1; KEY_LEN]).unwrap();
+        let mut slot = Request {
+            req_id: 1,
+            message: Message::Mapped {
+                hid,
+                epoch: MapEpoch::FIRST,
+            },
+        }
+        .encode();
+        put_u32(&mut slot, REQ_EPOCH, 0);
+        assert_eq!(Request::decode(&slot, MAX), Err(Error::BadEpoch));
+
+        // Busy to UNEXPORT must name the epoch; nothing else may.
+        let busy = Response {
+            req_id: 1,
+            op: Op::Unexport as u8,
+            status: Status::Busy,
+            map_epoch: None,
+        }
+        .encode();
+        assert_eq!(Response::decode(&busy), Err(Error::BadEpoch));
+        let mut ok = Response {
+            req_id: 1,
+            op: Op::Unexport as u8,
+            status: Status::Ok,
+            map_epoch: None,
+        }
+        .encode();
+        put_u32(&mut ok, RSP_EPOCH, 3);
+        assert_eq!(Response::decode(&ok), Err(Error::BadEpoch));
     }
 }

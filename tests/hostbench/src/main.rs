@@ -56,6 +56,7 @@ fn sample_response() -> Slot {
         req_id: 1,
         op: 1,
         status: Status::Ok,
+        map_epoch: None,
     }
     .encode()
 }
