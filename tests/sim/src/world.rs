@@ -12,7 +12,8 @@
 
 use hyper_dmabuf_common::channel::ChannelConfig;
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
-use hyper_dmabuf_common::wire::{Response, Slot, SLOT_SIZE};
+use hyper_dmabuf_common::wire::{MapEpoch, Op, Response, Slot, SLOT_SIZE};
+use hyper_dmabuf_common::xen::Status;
 use hyper_dmabuf_common::xen::{DomId, GrantRef};
 use hyper_dmabuf_common::Error;
 use hyper_dmabuf_xenbus_mem_store::MemStore;
@@ -936,13 +937,24 @@ impl RawPeer {
         let mut slot: Slot = [0u8; SLOT_SIZE];
         while self.req.pop(&mut slot)? {
             let word = |at: usize| [slot[at], slot[at + 1], slot[at + 2], slot[at + 3]];
-            if let Some(offset) = slot[5..8].iter().chain(&slot[12..]).position(|&b| b != 0) {
+            if let Some(offset) = slot[5..8].iter().chain(&slot[16..]).position(|&b| b != 0) {
                 return Err(Error::ReservedNotZero { offset });
             }
+            let status = Status::from_wire(i32::from_le_bytes(word(8)))?;
+            let raw_epoch = u32::from_le_bytes(word(12));
+            // Only a Busy answer to UNEXPORT names a mapping epoch.
+            let map_epoch = if slot[4] == Op::Unexport as u8 && status == Status::Busy {
+                Some(MapEpoch::new(raw_epoch)?)
+            } else if raw_epoch != 0 {
+                return Err(Error::BadEpoch);
+            } else {
+                None
+            };
             out.push(Response {
                 req_id: u32::from_le_bytes(word(0)),
                 op: slot[4],
-                status: hyper_dmabuf_common::xen::Status::from_wire(i32::from_le_bytes(word(8)))?,
+                status,
+                map_epoch,
             });
         }
         Ok(out)
@@ -954,11 +966,7 @@ impl RawPeer {
     /// # Errors
     ///
     /// A ring the victim overflowed.
-    pub fn answer_all(
-        &mut self,
-        hv: &mut Hypervisor,
-        status: hyper_dmabuf_common::xen::Status,
-    ) -> Result<Vec<Slot>, Error> {
+    pub fn answer_all(&mut self, hv: &mut Hypervisor, status: Status) -> Result<Vec<Slot>, Error> {
         let mut out = Vec::new();
         let mut slot: Slot = [0u8; SLOT_SIZE];
         while self.rsp.pop(&mut slot)? {
@@ -966,6 +974,7 @@ impl RawPeer {
                 req_id: hyper_dmabuf_common::wire::request_id(&slot),
                 op: hyper_dmabuf_common::wire::request_op(&slot),
                 status,
+                map_epoch: None,
             };
             self.rsp.push(&response.encode())?;
             out.push(slot);

@@ -1,8 +1,8 @@
 //! Interleavings the single-threaded pump cannot produce by itself, and
 //! ring sizes it does not use by default: each found a problem in
-//! `common/src/channel.rs`. The tests that fail on the current code are
-//! `#[ignore]`d with the reason; each has a passing control that shows the
-//! set-up is right.
+//! `common/src/channel.rs` (fixed by mapping epochs and a re-armed event
+//! index), and each is kept as a regression test beside a control that
+//! shows the set-up is right.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -199,12 +199,11 @@ fn release_after_busy_ends_the_export() {
 /// `process`, after it drained its responses and before it reads the
 /// importer's requests (two CPUs, or the exporter's handler preempted
 /// there). The exporter then consumes RELEASE while its export is still
-/// `Revoking` (ignored: `peer_maps = false`, no end), and the Busy answer
-/// afterwards moves it to `AwaitingRelease`, where it waits for a RELEASE
-/// that was already consumed: the grants are never ended while the
-/// connection lives.
+/// `Revoking`, and the Busy answer after it. Before mapping epochs the
+/// RELEASE was ignored and Busy moved the export to `AwaitingRelease` for
+/// good; now the Busy names the epoch already released and the export
+/// ends.
 #[test]
-#[ignore = "channel.rs bug: a RELEASE consumed before its Busy answer leaves the export AwaitingRelease forever"]
 fn release_consumed_before_busy_still_ends_the_export() {
     let hook: Hook = Rc::default();
     let (mut e, i, hid) = revoking_pair(&hook);
@@ -218,7 +217,7 @@ fn release_consumed_before_busy_still_ends_the_export() {
         vec![hid],
         "export left in {phase:?} after the importer released it"
     );
-    assert_ne!(phase, Some(ExportPhase::AwaitingRelease));
+    assert!(!matches!(phase, Some(ExportPhase::AwaitingRelease(_))));
 }
 
 /// Exactly [`PROCESS_BUDGET`](hyper_dmabuf_common::channel::PROCESS_BUDGET)
@@ -254,11 +253,10 @@ fn burst_below_the_budget_is_served() {
 }
 
 /// When a pass answers exactly `PROCESS_BUDGET` requests and none is
-/// left, `process` returns `more = false` without re-arming `req_event`
-/// (the `final_check` calls are skipped on that branch), so the peer's
-/// next request is published without a notification and never handled.
+/// left, `process` used to return `more = false` without re-arming
+/// `req_event`, so the peer's next request was published without a
+/// notification and never handled (the pump reports a lost wake-up).
 #[test]
-#[ignore = "channel.rs bug: a pass that answers exactly PROCESS_BUDGET requests skips final_check; the next request is never noticed"]
 fn burst_of_exactly_the_budget_is_served() {
     budget_burst(3, 64);
 }
@@ -310,13 +308,12 @@ fn release_then_remap_then_unexport_exporter_first() {
     stale_release(Side::Back);
 }
 
-/// With the importer's handler first, the exporter ends the export on
-/// the stale RELEASE although the importer maps the buffer again: the
-/// grants end deferred (memory stays safe only thanks to the grant
-/// layer), user space is told GrantsEnded while the peer still maps the
-/// pages, and the later MAPPED and RELEASE are answered NoSuchBuffer.
+/// With the importer's handler first, the exporter sees Busy, then the
+/// RELEASE of the first mapping. Before mapping epochs it ended the
+/// export on that stale RELEASE although the importer mapped the buffer
+/// again (grants ended deferred, GrantsEnded posted under a live
+/// mapping); now only the RELEASE of the epoch the Busy named ends it.
 #[test]
-#[ignore = "channel.rs bug: a RELEASE sent before a re-map is taken as the answer to a later Busy; the export ends while still mapped"]
 fn release_then_remap_then_unexport_importer_first() {
     stale_release(Side::Front);
 }

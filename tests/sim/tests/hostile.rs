@@ -6,11 +6,12 @@
 mod common;
 
 use common::pattern;
+use hyper_dmabuf_common::channel::ExportPhase;
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::pgdir::{encode_root, Layout};
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::EventType;
-use hyper_dmabuf_common::wire::{Export, ExportFlags, Message, PrivData, Request, Slot};
+use hyper_dmabuf_common::wire::{Export, ExportFlags, MapEpoch, Message, PrivData, Request, Slot};
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_common::Error;
 use hyper_dmabuf_sim::hv::MapStatus;
@@ -114,15 +115,30 @@ fn hostile_peer(attacker: Side) {
     assert!(events.iter().any(|e| e.kind == EventType::NewExport));
 
     // Malformed requests: refused and reported.
-    let mut bad_op = at.slot(Message::Release(hid(1)));
+    let mut bad_op = at.slot(Message::Release {
+        hid: hid(1),
+        epoch: MapEpoch::FIRST,
+    });
     bad_op[4] = 0x80;
     assert_eq!(at.ask(bad_op), Status::NotSupported);
-    let mut zero_op = at.slot(Message::Release(hid(1)));
+    let mut zero_op = at.slot(Message::Release {
+        hid: hid(1),
+        epoch: MapEpoch::FIRST,
+    });
     zero_op[4] = 0;
     assert_eq!(at.ask(zero_op), Status::NotSupported);
-    let mut zero_id = at.slot(Message::Release(hid(1)));
+    let mut zero_id = at.slot(Message::Release {
+        hid: hid(1),
+        epoch: MapEpoch::FIRST,
+    });
     zero_id[8..16].fill(0);
     assert_eq!(at.ask(zero_id), Status::Invalid);
+    let mut zero_epoch = at.slot(Message::Mapped {
+        hid: hid(1),
+        epoch: MapEpoch::FIRST,
+    });
+    zero_epoch[32..36].fill(0);
+    assert_eq!(at.ask(zero_epoch), Status::Invalid);
     let mut reserved = at.slot(Message::Unexport(hid(1)));
     reserved[200] = 1;
     assert_eq!(at.ask(reserved), Status::Invalid);
@@ -143,9 +159,10 @@ fn hostile_peer(attacker: Side) {
     pages[40] ^= 1;
     assert_eq!(at.ask(pages), Status::Invalid);
     let errors = at.w.dom(victim).protocol_errors().to_vec();
-    assert_eq!(errors.len(), 7, "{errors:?}");
+    assert_eq!(errors.len(), 8, "{errors:?}");
     assert!(matches!(errors[0], Error::UnknownOp(0x80)));
     assert!(matches!(errors[2], Error::BadId));
+    assert!(matches!(errors[3], Error::BadEpoch));
 
     // Well-formed requests about the wrong things: refused, not reported.
     let s = at.slot(Message::Export(good));
@@ -155,13 +172,19 @@ fn hostile_peer(attacker: Side) {
         priv_data: PrivData::EMPTY,
     });
     assert_eq!(at.ask(s), Status::NoSuchBuffer, "UPDATE of an unknown id");
-    let s = at.slot(Message::Release(hid(99)));
+    let s = at.slot(Message::Release {
+        hid: hid(99),
+        epoch: MapEpoch::FIRST,
+    });
     assert_eq!(at.ask(s), Status::NoSuchBuffer, "RELEASE of nothing");
-    let s = at.slot(Message::Mapped(hid(99)));
+    let s = at.slot(Message::Mapped {
+        hid: hid(99),
+        epoch: MapEpoch::FIRST,
+    });
     assert_eq!(at.ask(s), Status::NoSuchBuffer, "MAPPED of nothing");
     let s = at.slot(Message::Unexport(hid(99)));
     assert_eq!(at.ask(s), Status::NoSuchBuffer, "UNEXPORT of nothing");
-    assert_eq!(at.w.dom(victim).protocol_errors().len(), 7);
+    assert_eq!(at.w.dom(victim).protocol_errors().len(), 8);
 
     // The victim still imports the good buffer, and the revocation
     // handshake works against raw slots, replays included.
@@ -340,6 +363,7 @@ fn forged_response_is_fatal() {
             req_id: 0xdead,
             op: slot[4],
             status: Status::Ok,
+            map_epoch: None,
         };
         at.raw.rsp.push(&forged.encode()).unwrap();
         at.raw.rsp.publish();
@@ -393,4 +417,77 @@ fn response_overflow_is_fatal() {
         at.w.kill(attacker);
         at.w.finish();
     }
+}
+
+/// A hostile importer answering UNEXPORT by hand: a Busy naming the epoch
+/// it mapped holds the export until the RELEASE of that epoch; a Busy
+/// without an epoch is malformed and fatal.
+#[test]
+fn busy_answers_from_a_hostile_importer() {
+    for attacker in [Side::Back, Side::Front] {
+        let mut at = Attack::new(attacker);
+        let victim = at.victim;
+        let mut hids = Vec::new();
+        for _ in 0..2 {
+            let (dom, hv) = at.w.split(victim);
+            let buf = dom.create_buffer(hv, 4096);
+            hids.push(dom.export(hv, buf, false, PrivData::EMPTY).unwrap().0);
+        }
+        at.w.pump();
+        at.raw.answer_all(&mut at.w.hv, Status::Ok).unwrap();
+        at.w.pump();
+        let s = at.slot(Message::Mapped {
+            hid: hids[0],
+            epoch: MapEpoch::FIRST,
+        });
+        assert_eq!(at.ask(s), Status::Ok);
+
+        // UNEXPORT of the mapped one: Busy(1) keeps it.
+        let (dom, hv) = at.w.split(victim);
+        dom.unexport(hv, &hids[0]).unwrap();
+        at.w.pump();
+        answer_next(&mut at, Status::Busy, MapEpoch::new(1).ok());
+        assert!(matches!(
+            at.w.dom(victim).export_state(&hids[0]).unwrap().phase(),
+            ExportPhase::AwaitingRelease(_)
+        ));
+        let s = at.slot(Message::Release {
+            hid: hids[0],
+            epoch: MapEpoch::FIRST,
+        });
+        assert_eq!(at.ask(s), Status::Ok);
+        assert!(at.w.dom(victim).export_state(&hids[0]).is_none());
+        assert!(at.w.fatal_errors.is_empty());
+
+        // A Busy with epoch zero does not decode: fatal.
+        let (dom, hv) = at.w.split(victim);
+        dom.unexport(hv, &hids[1]).unwrap();
+        at.w.pump();
+        answer_next(&mut at, Status::Busy, None);
+        assert!(matches!(
+            at.w.fatal_errors[..],
+            [(side, Error::BadEpoch)] if side == victim
+        ));
+        assert!(at.w.dom(victim).export_state(&hids[1]).is_none());
+        at.w.check();
+        at.w.kill(attacker);
+        at.w.finish();
+    }
+}
+
+/// Answers the victim's next request by hand and lets the victim run.
+fn answer_next(at: &mut Attack, status: Status, map_epoch: Option<MapEpoch>) {
+    let mut slot: Slot = [0u8; 256];
+    assert!(at.raw.rsp.pop(&mut slot).unwrap());
+    let response = hyper_dmabuf_common::wire::Response {
+        req_id: u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]),
+        op: slot[4],
+        status,
+        map_epoch,
+    };
+    at.raw.rsp.push(&response.encode()).unwrap();
+    at.raw.rsp.publish();
+    let (a, port) = (at.raw.id, at.raw.port);
+    at.w.hv.notify(a, port);
+    at.w.pump();
 }
