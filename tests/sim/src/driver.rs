@@ -725,10 +725,8 @@ impl Domain {
             Ok(false) => {}
             Err(_) => {
                 // Only a peer answering out of order can leave no request
-                // id free while ring slots are: undo the mapping. (The
-                // channel already marked the import mapped; a later
-                // UNEXPORT is then answered Busy and the connection's end
-                // settles it.)
+                // id free while ring slots are: undo the mapping (the
+                // channel changed nothing and sent nothing).
                 let m = self
                     .t
                     .imports
