@@ -601,6 +601,35 @@ impl World {
 
     // ---- messages ----
 
+    /// Runs the event handler of one side once, if its port is notified
+    /// or it asked to run again (the other side does not run: a test
+    /// chooses the order in which the two CPUs get to their rings).
+    /// Returns whether it ran.
+    pub fn step(&mut self, side: Side) -> bool {
+        let Some(node) = self.nodes[side.index()].as_mut() else {
+            return false;
+        };
+        let dom = &mut node.dom;
+        dom.flush(&mut self.hv);
+        let Some(conn) = dom.conn.as_ref() else {
+            return false;
+        };
+        if conn.hijacked || !(self.hv.take_pending(dom.id, conn.port) || conn.more) {
+            return false;
+        }
+        if let Err(e) = dom.process(&mut self.hv) {
+            self.fatal_errors.push((side, e));
+            let acts = match self.xb(side) {
+                Some(Xb::Back { machine, .. }) => machine.on_local_error(),
+                Some(Xb::Front { machine, .. }) => machine.on_local_error(),
+                None => Actions::new(),
+            };
+            self.exec(side, acts);
+            self.settle();
+        }
+        true
+    }
+
     /// Runs both drivers' event handlers until no notification is pending
     /// and no handler asked to run again; a fatal protocol error closes
     /// the connection through XenBus.

@@ -14,15 +14,43 @@ use proptest::test_runner::RngSeed;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Export { back: bool, size: usize, rw: bool },
-    Import { pick: usize, rw: bool },
-    Touch { pick: usize, at: usize },
-    Release { pick: usize },
-    Unexport { pick: usize },
-    Update { pick: usize },
-    CloseBuffer { pick: usize },
+    Export {
+        back: bool,
+        size: usize,
+        rw: bool,
+    },
+    Import {
+        pick: usize,
+        rw: bool,
+    },
+    Touch {
+        pick: usize,
+        at: usize,
+    },
+    Release {
+        pick: usize,
+    },
+    Unexport {
+        pick: usize,
+    },
+    Update {
+        pick: usize,
+    },
+    CloseBuffer {
+        pick: usize,
+    },
     Pump,
-    KillRestart { back: bool },
+    /// One handler pass of one side only.
+    Step {
+        back: bool,
+    },
+    /// The last user releases a mapping and maps the buffer again at once.
+    Remap {
+        pick: usize,
+    },
+    KillRestart {
+        back: bool,
+    },
 }
 
 fn side(back: bool) -> Side {
@@ -47,7 +75,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(|pick| Op::Unexport { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Update { pick }),
         1 => any::<usize>().prop_map(|pick| Op::CloseBuffer { pick }),
-        4 => Just(Op::Pump),
+        3 => Just(Op::Pump),
+        3 => any::<bool>().prop_map(|back| Op::Step { back }),
+        2 => any::<usize>().prop_map(|pick| Op::Remap { pick }),
         1 => any::<bool>().prop_map(|back| Op::KillRestart { back }),
     ]
 }
@@ -187,6 +217,28 @@ impl Run {
             Op::Pump => {
                 w.pump();
             }
+            Op::Step { back } => {
+                w.step(side(back));
+            }
+            Op::Remap { pick } => {
+                if self.held.is_empty() {
+                    return;
+                }
+                let h = &self.held[pick % self.held.len()];
+                let (importer, hid) = (h.importer, h.hid);
+                if w.dom(importer).users(&hid) != 1 {
+                    return;
+                }
+                let (dom, hv) = w.split(importer);
+                dom.release(hv, &hid).unwrap();
+                match dom.import(hv, &hid, false) {
+                    Ok(()) => {}
+                    Err(DriverError::NoSuchBuffer | DriverError::Revoked | DriverError::Again) => {
+                        self.held.swap_remove(pick % self.held.len());
+                    }
+                    Err(e) => panic!("re-import failed: {e:?}"),
+                }
+            }
             Op::KillRestart { back } => {
                 let s = side(back);
                 w.kill(s);
@@ -249,8 +301,8 @@ impl Run {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 48,
-        rng_seed: RngSeed::Fixed(0x5eed_0003),
+        cases: 64,
+        rng_seed: RngSeed::Fixed(0x5eed_0001),
         ..ProptestConfig::default()
     })]
 
