@@ -31,6 +31,10 @@ CARGO_FUZZ_FLAGS := --sanitizer none --debug-assertions
 FUZZ_LOGS := target/fuzz-logs
 FUZZ_COUNTS := $(or $(COUNTS_DIR),target/test-counts)
 WITH_FUZZ := PATH="$(FUZZ_TOOLS)/bin:$$PATH"
+# Runs use the binaries `fuzz-build` made, so that every target of one run
+# is the same build and nothing is recompiled between targets.
+FUZZ_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+FUZZ_BIN := fuzz/target/$(FUZZ_TRIPLE)/release
 
 .PHONY: fuzz fuzz-smoke fuzz-build fuzz-seeds fuzz-coverage fuzz-check \
 	fuzz-tools bench bench-host
@@ -66,11 +70,11 @@ fuzz-build: fuzz-tools
 define fuzz_run
 	@mkdir -p $(FUZZ_LOGS) $(FUZZ_COUNTS); passed=0; failed=0; bad=""; \
 	for t in $(FUZZ_TARGETS); do \
-	  mkdir -p fuzz/corpus/$$t; \
+	  mkdir -p fuzz/corpus/$$t fuzz/artifacts/$$t; \
 	  log=$(FUZZ_LOGS)/$$t.log; \
-	  if (cd fuzz && $(WITH_FUZZ) $(CARGO) fuzz run $(CARGO_FUZZ_FLAGS) $$t -- \
+	  if $(FUZZ_BIN)/$$t -artifact_prefix=fuzz/artifacts/$$t/ \
 	        -max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-	        $(FUZZ_ARGS)) >"$$log" 2>&1; then \
+	        $(FUZZ_ARGS) fuzz/corpus/$$t >"$$log" 2>&1; then \
 	    passed=$$((passed + 1)); \
 	    echo "[fuzz] $$t: ok, $$(grep -E '^#[0-9]+' "$$log" | tail -1 | sed -E 's/^#([0-9]+)[[:space:]]+[A-Z]+[[:space:]]+/\1 execs, /')"; \
 	  else \
@@ -94,6 +98,37 @@ fuzz-smoke: fuzz-seeds fuzz-build
 fuzz: fuzz-seeds fuzz-build
 	@echo "[fuzz] $(FUZZ_SECONDS) s per target"
 	$(call fuzz_run,$(FUZZ_SECONDS),fuzz)
+
+# Source-based line coverage of the corpus (rustc -Cinstrument-coverage is
+# stable). The rustup llvm-tools component cannot be fetched here, so the
+# llvm-profdata/llvm-cov of Debian's llvm-19 (or newer) are used; they read
+# what rustc 1.95 (LLVM 22) writes. Report in target/fuzz-coverage/.
+FUZZ_LLVM_BIN ?= $(firstword $(wildcard /usr/lib/llvm-22/bin /usr/lib/llvm-21/bin \
+	/usr/lib/llvm-20/bin /usr/lib/llvm-19/bin))
+FUZZ_COV_DIR := target/fuzz-coverage
+FUZZ_COV_BIN := fuzz/target/x86_64-unknown-linux-gnu/coverage/x86_64-unknown-linux-gnu/release
+fuzz-coverage: fuzz-seeds fuzz-tools
+	@llvm="$(FUZZ_LLVM_BIN)"; \
+	if [ -z "$$llvm" ]; then \
+	  echo "[fuzz] no llvm >= 19 found: apt-get install -y llvm-19"; \
+	  apt-get install -y -qq llvm-19 >/dev/null; llvm=/usr/lib/llvm-19/bin; \
+	fi; \
+	mkdir -p $(FUZZ_COV_DIR); objects=""; profiles=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "[fuzz] coverage of $$t over fuzz/corpus/$$t"; \
+	  (cd fuzz && $(WITH_FUZZ) $(CARGO) fuzz coverage --sanitizer none \
+	     --llvm-path "$$llvm" $$t) >$(FUZZ_COV_DIR)/$$t.log 2>&1 \
+	    || { echo "[fuzz] coverage of $$t failed: $(FUZZ_COV_DIR)/$$t.log"; exit 1; }; \
+	  objects="$$objects -object $(FUZZ_COV_BIN)/$$t"; \
+	  profiles="$$profiles fuzz/coverage/$$t/coverage.profdata"; \
+	done; \
+	"$$llvm/llvm-profdata" merge -sparse $$profiles -o $(FUZZ_COV_DIR)/all.profdata; \
+	filter='--ignore-filename-regex=(/rustc/|/\.cargo/|/fuzz/)'; \
+	"$$llvm/llvm-cov" report $$objects -instr-profile=$(FUZZ_COV_DIR)/all.profdata "$$filter" \
+	  | tee $(FUZZ_COV_DIR)/report.txt; \
+	"$$llvm/llvm-cov" show $$objects -instr-profile=$(FUZZ_COV_DIR)/all.profdata "$$filter" \
+	  -format=html -output-dir=$(FUZZ_COV_DIR)/html >/dev/null; \
+	echo "[fuzz] coverage: $(FUZZ_COV_DIR)/report.txt, $(FUZZ_COV_DIR)/html/index.html"
 
 fuzz-check:
 	@echo "[fuzz] cargo fmt --check, clippy -D warnings (fuzz workspace)"

@@ -34,7 +34,7 @@ use hyper_dmabuf_common::wire::{request_id, request_op, Request, Response, Slot}
 use hyper_dmabuf_common::Error;
 
 use crate::input::{decode_all, Reader, Writer};
-use crate::wire::{sample_request, status_from_byte};
+use crate::wire::{response, sample_epoch, sample_request, status_from_byte};
 
 /// Which end the targeted hostile operations aim at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,12 +346,8 @@ pub fn run(data: &[u8], focus: Focus) {
             RingOp::RspPush { status } => {
                 let owed = rsp.unanswered() > 0;
                 let (req_id, op_byte) = model.to_answer.front().copied().unwrap_or((0, 0));
-                let response = Response {
-                    req_id,
-                    op: op_byte,
-                    status: status_from_byte(status),
-                }
-                .encode();
+                let epoch = sample_epoch(u32::from(status) << 8);
+                let response = response(req_id, op_byte, status_from_byte(status), epoch).encode();
                 match rsp.push(&response) {
                     Ok(()) => {
                         assert!(owed, "responder answered a request it never consumed");

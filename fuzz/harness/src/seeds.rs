@@ -14,7 +14,7 @@ use hyper_dmabuf_common::uapi::{
     Event, EventType, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, QueryItem,
     UnexportArgs, IMPORT_RW,
 };
-use hyper_dmabuf_common::wire::{ExportFlags, PrivData, Response, SLOT_SIZE};
+use hyper_dmabuf_common::wire::{ExportFlags, PrivData, SLOT_SIZE};
 use hyper_dmabuf_common::xen::DomId;
 
 use crate::channel::{self, ChannelOp};
@@ -286,11 +286,12 @@ fn wire_seeds() -> Vec<Seed> {
     out.push(seed("wire", "requests", wire::encode(&requests)));
     let responses: Vec<WireOp> = (0..10u8)
         .map(|i| WireOp::RawResponse {
-            slot: Response {
-                req_id: u32::from(i) * 77,
-                op: i % 5 + 1,
-                status: wire::status_from_byte(i),
-            }
+            slot: wire::response(
+                u32::from(i) * 77,
+                i % 5 + 1,
+                wire::status_from_byte(i),
+                wire::sample_epoch(u32::from(i) << 8),
+            )
             .encode()
             .to_vec(),
         })
@@ -316,16 +317,25 @@ fn wire_seeds() -> Vec<Seed> {
             req_id: 1,
             op: 1,
             status: 0,
+            epoch: 0,
         },
         WireOp::BuiltResponse {
             req_id: 2,
             op: 0x80,
             status: -95,
+            epoch: 0,
         },
         WireOp::BuiltResponse {
             req_id: 3,
             op: 3,
-            status: -5,
+            status: -16,
+            epoch: 2,
+        },
+        WireOp::BuiltResponse {
+            req_id: 4,
+            op: 3,
+            status: -16,
+            epoch: 0,
         },
     ];
     out.push(seed("wire", "built-responses", wire::encode(&built)));

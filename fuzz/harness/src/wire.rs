@@ -17,7 +17,8 @@ use hyper_dmabuf_common::limits::{
     PGDIR_MAX_BUFFER_BYTES,
 };
 use hyper_dmabuf_common::wire::{
-    request_id, Export, ExportFlags, Message, Op, PrivData, Request, Response, Slot, SLOT_SIZE,
+    request_id, Export, ExportFlags, MapEpoch, Message, Op, PrivData, Request, Response, Slot,
+    SLOT_SIZE,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 
@@ -90,10 +91,33 @@ pub fn sample_request(tag: u32, req_id: u32) -> Request {
         }),
         1 => Message::Update { hid, priv_data },
         2 => Message::Unexport(hid),
-        3 => Message::Release(hid),
-        _ => Message::Mapped(hid),
+        3 => Message::Release {
+            hid,
+            epoch: sample_epoch(tag),
+        },
+        _ => Message::Mapped {
+            hid,
+            epoch: sample_epoch(tag),
+        },
     };
     Request { req_id, message }
+}
+
+/// A mapping epoch derived from `tag` (1..=16).
+pub fn sample_epoch(tag: u32) -> MapEpoch {
+    MapEpoch::new(1 + (tag >> 8) % 16).expect("not zero")
+}
+
+/// The response a well-behaved receiver sends: a Busy answer to UNEXPORT
+/// names a mapping epoch (here `epoch`), no other answer does.
+pub fn response(req_id: u32, op: u8, status: Status, epoch: MapEpoch) -> Response {
+    let busy_unexport = op == Op::Unexport as u8 && status == Status::Busy;
+    Response {
+        req_id,
+        op,
+        status,
+        map_epoch: busy_unexport.then_some(epoch),
+    }
 }
 
 /// One slot to decode.
@@ -130,6 +154,8 @@ pub enum WireOp {
         op: u8,
         /// Raw status value.
         status: i32,
+        /// Raw mapping epoch.
+        epoch: u32,
     },
 }
 
@@ -161,6 +187,7 @@ impl WireOp {
                 req_id: r.u32(),
                 op: r.u8(),
                 status: r.u32() as i32,
+                epoch: r.u32(),
             },
         }
     }
@@ -189,8 +216,13 @@ impl WireOp {
                     w.u8(*at).u8(*v);
                 }
             }
-            WireOp::BuiltResponse { req_id, op, status } => {
-                w.u8(3).u32(*req_id).u8(*op).u32(*status as u32);
+            WireOp::BuiltResponse {
+                req_id,
+                op,
+                status,
+                epoch,
+            } => {
+                w.u8(3).u32(*req_id).u8(*op).u32(*status as u32).u32(*epoch);
             }
         }
     }
@@ -254,26 +286,43 @@ pub fn run(data: &[u8]) {
                 }
                 check_request(&slot, max);
             }
-            WireOp::BuiltResponse { req_id, op, status } => {
+            WireOp::BuiltResponse {
+                req_id,
+                op,
+                status,
+                epoch,
+            } => {
                 let slot = {
                     let mut slot = [0u8; SLOT_SIZE];
                     slot[..4].copy_from_slice(&req_id.to_le_bytes());
                     slot[4] = op;
                     slot[8..12].copy_from_slice(&status.to_le_bytes());
+                    slot[12..16].copy_from_slice(&epoch.to_le_bytes());
                     slot
                 };
-                let valid = Op::from_wire(op).is_ok() && Status::from_wire(status).is_ok();
                 let decoded = Response::decode(&slot);
-                if valid {
-                    let expected = Response {
-                        req_id,
-                        op,
-                        status: Status::from_wire(status).expect("checked"),
-                    };
-                    assert_eq!(decoded, Ok(expected), "valid response refused");
-                    assert_eq!(expected.encode(), slot, "response encoding");
-                } else {
-                    assert!(decoded.is_err(), "response with bad op or status accepted");
+                // Valid: a known op and status, and an epoch exactly when
+                // the answer is Busy to UNEXPORT.
+                let expected = match (Op::from_wire(op), Status::from_wire(status)) {
+                    (Ok(_), Ok(status)) => {
+                        let r = response(req_id, op, status, MapEpoch::FIRST);
+                        match (r.map_epoch, MapEpoch::new(epoch)) {
+                            (Some(_), Ok(epoch)) => Some(Response {
+                                map_epoch: Some(epoch),
+                                ..r
+                            }),
+                            (None, _) if epoch == 0 => Some(r),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match expected {
+                    Some(expected) => {
+                        assert_eq!(decoded, Ok(expected), "valid response refused");
+                        assert_eq!(expected.encode(), slot, "response encoding");
+                    }
+                    None => assert!(decoded.is_err(), "invalid response accepted"),
                 }
                 check_response(&slot);
             }

@@ -5,8 +5,8 @@
 //! (`fuzz/artifacts/<target>/crash-*`) to `fuzz/regressions/<target>/`
 //! with a name that says what it was, fix the bug, run `cargo test`.
 //! Inputs that still fail because of a known, reported defect live under
-//! `fuzz/regressions/known/<target>/` and have an `#[ignore]`d test of
-//! their own below.
+//! `fuzz/regressions/known/<target>/` (skipped here) with an `#[ignore]`d
+//! test of their own that says what is wrong, until the fix lands.
 
 use std::path::{Path, PathBuf};
 
