@@ -280,12 +280,7 @@ impl World {
             self.nodes[side.index()].as_mut().expect("alive").xb = Some(xb);
         }
         for side in [Side::Back, Side::Front] {
-            let acts = match self.xb(side) {
-                Some(Xb::Back { machine, .. }) => machine.start(),
-                Some(Xb::Front { machine, .. }) => machine.start(),
-                None => Actions::new(),
-            };
-            self.exec(side, acts);
+            self.probe(side);
         }
         self.settle();
         assert!(
@@ -295,6 +290,19 @@ impl World {
             self.store.log().iter().rev().take(12).collect::<Vec<_>>()
         );
         self.pump();
+    }
+
+    /// Probes the driver instance of `side`: its watch on the peer's
+    /// state fires once when registered (as xenstored does), which the
+    /// machine records, then `start` answers it.
+    fn probe(&mut self, side: Side) {
+        self.deliver(side);
+        let acts = match self.xb(side) {
+            Some(Xb::Back { machine, .. }) => machine.start(),
+            Some(Xb::Front { machine, .. }) => machine.start(),
+            None => Actions::new(),
+        };
+        self.exec(side, acts);
     }
 
     fn xb(&mut self, side: Side) -> Option<&mut Xb> {
@@ -788,6 +796,51 @@ impl World {
         }
         self.store.take_events();
         self.spec = None;
+    }
+
+    /// Unloads and reloads the driver of `side` (`rmmod` and `modprobe`)
+    /// while both domains live and the device stays: the instance is
+    /// removed (`on_remove`), the peer follows through XenBus, a new
+    /// instance probes and connects again. The domain's user space keeps
+    /// its buffers and its mappings.
+    pub fn reload(&mut self, side: Side) {
+        let acts = match self.xb(side) {
+            Some(Xb::Back { machine, .. }) => machine.on_remove(),
+            Some(Xb::Front { machine, .. }) => machine.on_remove(),
+            None => return,
+        };
+        self.exec(side, acts);
+        if let Some(node) = self.nodes[side.index()].as_mut() {
+            node.dom.teardown(&mut self.hv);
+            if let Some(Xb::Front {
+                pending: Some(p), ..
+            }) = node.xb.take()
+            {
+                release_pending(&mut self.hv, node.dom.id, p);
+            }
+        }
+        self.settle();
+        self.pump();
+        let xb = match side {
+            Side::Back => Xb::Back {
+                machine: BackendMachine::new(),
+                config: None,
+            },
+            Side::Front => Xb::Front {
+                machine: FrontendMachine::new(),
+                negotiated: None,
+                pending: None,
+            },
+        };
+        self.nodes[side.index()].as_mut().expect("alive").xb = Some(xb);
+        self.probe(side);
+        self.settle();
+        assert!(
+            self.connected(),
+            "no reconnection after reloading {side:?}: {:?}",
+            self.xenbus_errors
+        );
+        self.pump();
     }
 
     /// Boots a new domain at `side` (a new domain id, a fresh driver) and

@@ -302,3 +302,42 @@ fn device_removal_while_mapped() {
     w.pump();
     w.finish();
 }
+
+/// Either driver is unloaded and loaded again while buffers are mapped
+/// both ways: the peer follows through XenBus, exports end (deferred
+/// while still mapped), users keep their mappings, the device reconnects
+/// by itself, and after the users let go every counter is zero.
+#[test]
+fn driver_reload_while_mapped() {
+    for side in [Side::Back, Side::Front] {
+        let mut w = World::new(WorldConfig::default());
+        let a = export(&mut w, Side::Back, 2 * 4096, false, 1);
+        let b = export(&mut w, Side::Front, 4096 + 1, true, 2);
+        w.pump();
+        import(&mut w, &a).unwrap();
+        import(&mut w, &b).unwrap();
+        w.pump();
+        w.reload(side);
+        w.check();
+        assert!(w.connected(), "reload of {side:?}");
+        for s in [Side::Back, Side::Front] {
+            let st = w.dom(s).stats();
+            assert_eq!((st.exports, st.imports, st.orphans), (0, 0, 1), "{s:?}");
+        }
+        assert_same_bytes(&w, &a);
+        assert_same_bytes(&w, &b);
+        for s in [&a, &b] {
+            release(&mut w, s.exporter.other(), s);
+        }
+        w.check();
+        w.assert_idle(Side::Back);
+        w.assert_idle(Side::Front);
+        // The new connection carries buffers again.
+        let c = export(&mut w, side, 3000, false, 3);
+        w.pump();
+        import(&mut w, &c).unwrap();
+        assert_same_bytes(&w, &c);
+        w.pump();
+        w.finish();
+    }
+}

@@ -51,6 +51,10 @@ enum Op {
     KillRestart {
         back: bool,
     },
+    /// The driver of one side is unloaded and loaded again.
+    Reload {
+        back: bool,
+    },
 }
 
 fn side(back: bool) -> Side {
@@ -79,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<bool>().prop_map(|back| Op::Step { back }),
         2 => any::<usize>().prop_map(|pick| Op::Remap { pick }),
         1 => any::<bool>().prop_map(|back| Op::KillRestart { back }),
+        1 => any::<bool>().prop_map(|back| Op::Reload { back }),
     ]
 }
 
@@ -238,6 +243,12 @@ impl Run {
                     }
                     Err(e) => panic!("re-import failed: {e:?}"),
                 }
+            }
+            Op::Reload { back } => {
+                // Every export of either side ends; users keep their
+                // mappings (now orphans) until they release them.
+                w.reload(side(back));
+                self.live.clear();
             }
             Op::KillRestart { back } => {
                 let s = side(back);
