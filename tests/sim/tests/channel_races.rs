@@ -43,7 +43,7 @@ impl Hooked {
 
 impl SharedMem for Hooked {
     fn len(&self) -> usize {
-        self.mem[..].len()
+        SharedMem::len(&self.mem[..])
     }
     fn read_u32(&self, offset: usize) -> u32 {
         self.mem[..].read_u32(offset)
