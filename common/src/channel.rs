@@ -320,7 +320,9 @@ impl<M: SharedMem> Channel<M> {
         self.send(Message::Export(export), token)
     }
 
-    /// Starts the revocation of an export. Returns whether to notify.
+    /// Starts the revocation of an export. Returns whether to notify. If
+    /// the revocation is already under way nothing is sent and `token` is
+    /// completed at once with [`Status::Ok`].
     ///
     /// # Errors
     ///
@@ -333,6 +335,11 @@ impl<M: SharedMem> Channel<M> {
     ) -> Result<bool, Error> {
         let state = host.export_mut(hid).ok_or(Error::BadId)?;
         if state.unexported() {
+            // Already under way: nothing to send, and a waiter on this
+            // token must not wait for an answer that will never come.
+            if let Some(token) = token {
+                host.complete(token, Status::Ok);
+            }
             return Ok(false);
         }
         let notify = self.send(Message::Unexport(*hid), token)?;
