@@ -282,6 +282,13 @@ impl<M: SharedMem> Channel<M> {
         self.pending.iter().filter(|p| p.is_some()).count()
     }
 
+    /// Whether [`Channel::send`] would find a free slot and request id now
+    /// (so a driver can queue notifications instead of failing them).
+    pub fn can_send(&self) -> bool {
+        let index = self.next_req_id as usize % MAX_OUTSTANDING;
+        self.requests.free_slots() > 0 && self.pending[index].is_none()
+    }
+
     /// Sends a request. `token` is handed back to [`Host::complete`] with
     /// the peer's status.
     ///
@@ -294,7 +301,7 @@ impl<M: SharedMem> Channel<M> {
     pub fn send(&mut self, message: Message, token: Option<u64>) -> Result<bool, Error> {
         let req_id = self.next_req_id;
         let index = req_id as usize % MAX_OUTSTANDING;
-        if self.requests.free_slots() == 0 || self.pending[index].is_some() {
+        if !self.can_send() {
             return Err(Error::RingFull);
         }
         self.requests.push(&Request { req_id, message }.encode())?;
