@@ -4,7 +4,7 @@
 #   make fuzz            every fuzz target for FUZZ_SECONDS each (600)
 #   make fuzz-smoke      seed corpus, regression replay, then every target
 #                        for FUZZ_SMOKE_SECONDS each (20); `make test` runs it
-#   make fuzz-coverage   per-function edge coverage of the corpus
+#   make fuzz-coverage   line coverage of the corpus (llvm-cov), target/fuzz-coverage/
 #   make fuzz-check      fmt and clippy of the fuzz workspace
 #   make bench-host      ring and page-directory benchmarks (not tests)
 #
@@ -33,8 +33,8 @@ FUZZ_COUNTS := $(or $(COUNTS_DIR),target/test-counts)
 WITH_FUZZ := PATH="$(FUZZ_TOOLS)/bin:$$PATH"
 # Runs use the binaries `fuzz-build` made, so that every target of one run
 # is the same build and nothing is recompiled between targets.
-FUZZ_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
-FUZZ_BIN := fuzz/target/$(FUZZ_TRIPLE)/release
+FUZZ_TRIPLE = $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+FUZZ_BIN = fuzz/target/$(FUZZ_TRIPLE)/release
 
 .PHONY: fuzz fuzz-smoke fuzz-build fuzz-seeds fuzz-coverage fuzz-check \
 	fuzz-tools bench bench-host

@@ -2,6 +2,13 @@
 //! shared ring, over simulated shared memory, with a hostile peer that can
 //! write any word of it between any two operations.
 //!
+//! The peer's writes can also land *inside* an operation: a
+//! [`RingOp::Race`] schedules a write that happens after a given number of
+//! further accesses to the shared memory ([`RacyMem`]), e.g. between the
+//! load of a producer index and the copy of the slot it covers, or in the
+//! middle of that copy (a torn slot). This checks the copy-then-validate
+//! rule of Xen's `ring.h` under concurrent writes, deterministically.
+//!
 //! Every connection has two rings and each driver, front or back, is the
 //! [`Requester`] on one of them and the [`Responder`] on the other, so the
 //! two targets together cover the ring consumer of both drivers. They run
@@ -25,11 +32,13 @@
 //!   nothing (about to sleep) is always notified by the next publish of
 //!   new entries (no lost wake-up).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use hyper_dmabuf_common::limits::{DEFAULT_MAX_BUFFER_BYTES, MAX_RING_PAGE_ORDER, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
+use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::wire::{request_id, request_op, Request, Response, Slot};
 use hyper_dmabuf_common::Error;
 
@@ -122,11 +131,21 @@ pub enum RingOp {
         /// The new index.
         value: u32,
     },
+    /// Hostile: the peer writes a word of the ring while the next
+    /// operations run, after `after` more word accesses by either end.
+    Race {
+        /// Word accesses to let pass first.
+        after: u8,
+        /// Word index, modulo the window size.
+        word: u16,
+        /// The value written.
+        value: u32,
+    },
 }
 
 impl RingOp {
     /// Number of operation kinds; a tag byte is taken modulo this.
-    pub const KINDS: u8 = 12;
+    pub const KINDS: u8 = 13;
 
     /// Reads one operation.
     pub fn decode(r: &mut Reader<'_>) -> Self {
@@ -145,7 +164,12 @@ impl RingOp {
             },
             9 => RingOp::SetProd { value: r.u32() },
             10 => RingOp::AddProd { delta: r.u32() },
-            _ => RingOp::SetEvent { value: r.u32() },
+            11 => RingOp::SetEvent { value: r.u32() },
+            _ => RingOp::Race {
+                after: r.u8(),
+                word: r.u16(),
+                value: r.u32(),
+            },
         }
     }
 
@@ -164,6 +188,7 @@ impl RingOp {
             RingOp::SetProd { value } => w.u8(9).u32(value),
             RingOp::AddProd { delta } => w.u8(10).u32(delta),
             RingOp::SetEvent { value } => w.u8(11).u32(value),
+            RingOp::Race { after, word, value } => w.u8(12).u8(after).u16(word).u32(value),
         };
     }
 
@@ -174,6 +199,7 @@ impl RingOp {
                 | RingOp::SetProd { .. }
                 | RingOp::AddProd { .. }
                 | RingOp::SetEvent { .. }
+                | RingOp::Race { .. }
         )
     }
 }
@@ -248,11 +274,12 @@ pub fn run(data: &[u8], focus: Focus) {
     let (setup, ops) = decode(data);
     let order = u32::from(setup.order) % (MAX_RING_PAGE_ORDER + 1);
     let words = (XEN_PAGE_SIZE << order) / 4;
-    let mem: Vec<AtomicU32> = (0..words).map(|_| AtomicU32::new(setup.fill)).collect();
-    let mem = &mem[..];
+    let words: Vec<AtomicU32> = (0..words).map(|_| AtomicU32::new(setup.fill)).collect();
+    let racy = RacyMem::new(&words);
+    let mem = &words[..];
     init_shared(mem).expect("a ring of whole pages always fits");
-    let mut req = Requester::new(mem).expect("geometry checked by init_shared");
-    let mut rsp = Responder::new(mem).expect("geometry checked by init_shared");
+    let mut req = Requester::new(&racy).expect("geometry checked by init_shared");
+    let mut rsp = Responder::new(&racy).expect("geometry checked by init_shared");
     assert_eq!(req.size(), rsp.size());
     let size = req.size();
     let (prod, event) = match focus {
@@ -395,6 +422,9 @@ pub fn run(data: &[u8], focus: Focus) {
                 mem[prod / 4].store(old.wrapping_add(delta), Ordering::Relaxed);
             }
             RingOp::SetEvent { value } => mem[event / 4].store(value, Ordering::Relaxed),
+            RingOp::Race { after, word, value } => {
+                racy.schedule(u32::from(after), usize::from(word) % mem.len(), value);
+            }
         }
         check_invariants(&req, &rsp, size, &counts);
     }
@@ -436,8 +466,8 @@ fn check_response_pop(model: &mut Model, popped: bool, slot: &Slot) {
 }
 
 fn check_invariants(
-    req: &Requester<&[AtomicU32]>,
-    rsp: &Responder<&[AtomicU32]>,
+    req: &Requester<&RacyMem<'_>>,
+    rsp: &Responder<&RacyMem<'_>>,
     size: u32,
     counts: &Counts,
 ) {
@@ -465,5 +495,82 @@ fn check_invariants(
             u64::from(pending) + u64::from(rsp.unanswered()) <= u64::from(size),
             "responder: pending + unanswered > size"
         );
+    }
+}
+
+/// Shared memory whose peer can write in the middle of an operation: a
+/// scheduled write happens after a number of word accesses.
+pub struct RacyMem<'a> {
+    words: &'a [AtomicU32],
+    /// (accesses left, word, value) of the scheduled write.
+    pending: Cell<Option<(u32, usize, u32)>>,
+}
+
+impl<'a> RacyMem<'a> {
+    /// Wraps `words`; nothing is scheduled.
+    pub fn new(words: &'a [AtomicU32]) -> Self {
+        RacyMem {
+            words,
+            pending: Cell::new(None),
+        }
+    }
+
+    /// Writes `value` to `word` after `after` more word accesses
+    /// (replacing a write still scheduled).
+    pub fn schedule(&self, after: u32, word: usize, value: u32) {
+        self.pending.set(Some((after, word, value)));
+    }
+
+    /// Counts one access; performs the scheduled write when it is due.
+    fn tick(&self) {
+        match self.pending.get() {
+            Some((0, word, value)) => {
+                self.words[word].store(value, Ordering::Relaxed);
+                self.pending.set(None);
+            }
+            Some((n, word, value)) => self.pending.set(Some((n - 1, word, value))),
+            None => {}
+        }
+    }
+}
+
+impl SharedMem for RacyMem<'_> {
+    fn len(&self) -> usize {
+        self.words.len() * 4
+    }
+
+    fn read_u32(&self, offset: usize) -> u32 {
+        self.tick();
+        self.words.read_u32(offset)
+    }
+
+    fn write_u32(&self, offset: usize, value: u32) {
+        self.tick();
+        self.words.write_u32(offset, value)
+    }
+
+    fn load_acquire_u32(&self, offset: usize) -> u32 {
+        self.tick();
+        self.words.load_acquire_u32(offset)
+    }
+
+    fn store_release_u32(&self, offset: usize, value: u32) {
+        self.tick();
+        self.words.store_release_u32(offset, value)
+    }
+
+    /// Word by word, so that a scheduled write can tear the copy.
+    fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        for (i, chunk) in dst.chunks_mut(4).enumerate() {
+            self.tick();
+            self.words.read_bytes(offset + 4 * i, chunk);
+        }
+    }
+
+    fn write_bytes(&self, offset: usize, src: &[u8]) {
+        for (i, chunk) in src.chunks(4).enumerate() {
+            self.tick();
+            self.words.write_bytes(offset + 4 * i, chunk);
+        }
     }
 }

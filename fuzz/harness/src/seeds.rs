@@ -118,7 +118,33 @@ fn ring_seeds(target: &'static str) -> Vec<Seed> {
         ring::encode(&setup(0), &ping_pong),
     ));
     // Attacks: producer past the ring, moved backwards, garbage in slots.
-    let attacks: [(&str, Vec<RingOp>); 4] = [
+    let attacks: [(&str, Vec<RingOp>); 5] = [
+        (
+            // Move req_prod between the load of the index and the copy of
+            // the slot, then tear the slot being copied.
+            "race",
+            vec![
+                RingOp::ReqPush { tag: 7 },
+                RingOp::ReqPublish,
+                RingOp::Race {
+                    after: 1,
+                    word: 0,
+                    value: 40,
+                },
+                RingOp::RspPop,
+                RingOp::Race {
+                    after: 5,
+                    word: 16 + 65,
+                    value: 0xffff_ffff,
+                },
+                RingOp::ReqPush { tag: 8 },
+                RingOp::ReqPublish,
+                RingOp::RspPop,
+                RingOp::RspPush { status: 0 },
+                RingOp::RspPublish,
+                RingOp::ReqPop,
+            ],
+        ),
         (
             "overflow",
             vec![
