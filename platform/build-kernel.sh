@@ -72,5 +72,8 @@ done <"$FRAGMENT"
 say "building bzImage and modules with -j2 (cold: about 8 minutes on 2 cores)"
 km -j2 bzImage modules
 touch "$KDIR/.hdm-complete"
+
+# Keep the two newest kernel trees (about 3 GiB each); drop the others.
+ls -1dt "$HDMABUF_CACHE"/kernel/*/ | tail -n +3 | xargs -r rm -rf
 stage_done "built $KDIR/arch/x86/boot/bzImage"
 echo "$KDIR"
