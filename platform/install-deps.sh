@@ -20,6 +20,9 @@ PKGS=(
 
 say() { printf '[deps] %s\n' "$*"; }
 
+# Without a cargo on PATH (rustup's), use Debian's matching the rustc-web.
+command -v cargo >/dev/null || PKGS+=(cargo-web)
+
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
