@@ -12,6 +12,21 @@ HDM_MODDIR=/hdm/modules
 # Marker lines the VM test runner reads: `@@HDM <event> <domain> [detail]`.
 hdm_mark() { echo "@@HDM $*"; }
 
+# Kernel messages printed straight to the console by printk can land in
+# the middle of a line user space is writing there (a marker, a streamed
+# guest line). So only emergencies go to the console directly; the rest is
+# copied from /proc/kmsg by a user-space reader, one whole line per write.
+hdm_forward_kmsg() {
+    # What /proc/kmsg holds now was printed on the console during boot:
+    # drain it first (a read blocks when it is empty), then lower the level.
+    timeout -s KILL 1 cat /proc/kmsg >/dev/null
+    dmesg -n 1
+    (while IFS= read -r l; do echo "${l#<*>}"; done </proc/kmsg) &
+}
+
+# Let the kmsg reader catch up before a marker that closes a step.
+hdm_settle() { sleep 1; }
+
 # Log a line of the scenario (it shows in the domain's log).
 hdm_log() { echo "hdm[$HDM_DOMAIN]: $*"; }
 

@@ -7,7 +7,7 @@
 # hdm: description = runner self-test: a module WARNING in a guest fails the run
 # hdm: domains = pv
 # hdm: timeout = 60
-# hdm: boot-timeout = 120
+# hdm: boot-timeout = 300
 # hdm: expect-fail = pv: WARNING:
 . /hdm/lib.sh
 

@@ -9,7 +9,7 @@
 # hdm: description = modules load, log the domain role and unload in dom0, PV and PVH
 # hdm: domains = pv pvh
 # hdm: timeout = 60
-# hdm: boot-timeout = 120
+# hdm: boot-timeout = 300
 # hdm: expect-log = dom0: hyper_dmabuf_back: role: dom0 PV
 # hdm: expect-log = dom0: hyper_dmabuf_front: frontend unloaded (dom0 PV)
 # hdm: expect-log = pv: hyper_dmabuf_front: role: domU PV
