@@ -6,13 +6,22 @@
 
 #![allow(
     dead_code,
+    improper_ctypes,
     non_camel_case_types,
     non_snake_case,
     non_upper_case_globals,
     unreachable_pub,
+    unknown_lints,
+    unnecessary_transmutes,
     unsafe_op_in_unsafe_fn,
     clippy::all,
     clippy::undocumented_unsafe_blocks
 )]
+
+// Blocklisted in bindgen_parameters and mapped by hand, as the kernel's own
+// bindings do, so that sizes are `usize`/`isize` whatever the C spelling.
+type __kernel_size_t = usize;
+type __kernel_ssize_t = isize;
+type __kernel_ptrdiff_t = isize;
 
 include!("bindings_generated.rs");
