@@ -49,7 +49,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         images: None,
         scenarios: root.join("scenarios"),
-        out: root.ancestors().nth(2).unwrap_or(root).join("target/vmtest"),
+        out: root
+            .ancestors()
+            .nth(2)
+            .unwrap_or(root)
+            .join("target/vmtest"),
         qemu: "qemu-system-x86_64".to_string(),
         verbose: std::env::var_os("HDM_VM_VERBOSE").is_some_and(|v| v == "1"),
         counts: None,
