@@ -5,8 +5,9 @@
 //! reference, as the importer would find them mapped: [`PgdirOp::Build`]
 //! writes a valid directory for a buffer size (so the fuzzer starts from
 //! deep, valid states), the other operations corrupt it — write any word
-//! of any page, alias a page under another reference, drop a page, pick
-//! another root, announce another size, change the limit — and
+//! of any page, alias a page under another reference, drop a page, map a
+//! page short, pick another root, announce another size, change the
+//! limit — and
 //! [`PgdirOp::Decode`] runs the decoder, with output buffers of the right
 //! length or off by a few.
 //!
@@ -90,6 +91,13 @@ pub enum PgdirOp {
         /// Selects the limit ([`max_preset`]).
         max: u8,
     },
+    /// Map only the first `words` words of a page (a short mapping).
+    Truncate {
+        /// Page, by rank.
+        page: u16,
+        /// Words kept, modulo 1024.
+        words: u16,
+    },
     /// Decode.
     Decode {
         /// Added to the right length of the data output (wrapping i8).
@@ -102,7 +110,7 @@ pub enum PgdirOp {
 impl PgdirOp {
     /// Reads one operation.
     pub fn decode(r: &mut Reader<'_>) -> Self {
-        match r.u8() % 8 {
+        match r.u8() % 9 {
             0 => PgdirOp::Build {
                 size: r.u64(),
                 first_gref: r.u32(),
@@ -120,6 +128,10 @@ impl PgdirOp {
             4 => PgdirOp::SetRoot { page: r.u16() },
             5 => PgdirOp::Announce { size: r.u64() },
             6 => PgdirOp::SetMax { max: r.u8() },
+            7 => PgdirOp::Truncate {
+                page: r.u16(),
+                words: r.u16(),
+            },
             _ => PgdirOp::Decode {
                 data_delta: r.u8() as i8,
                 leaves_delta: r.u8() as i8,
@@ -137,10 +149,11 @@ impl PgdirOp {
             PgdirOp::SetRoot { page } => w.u8(4).u16(page),
             PgdirOp::Announce { size } => w.u8(5).u64(size),
             PgdirOp::SetMax { max } => w.u8(6).u8(max),
+            PgdirOp::Truncate { page, words } => w.u8(7).u16(page).u16(words),
             PgdirOp::Decode {
                 data_delta,
                 leaves_delta,
-            } => w.u8(7).u8(data_delta as u8).u8(leaves_delta as u8),
+            } => w.u8(8).u8(data_delta as u8).u8(leaves_delta as u8),
         };
     }
 }
@@ -321,9 +334,10 @@ pub fn run(data: &[u8]) {
             PgdirOp::WriteWord { page, word, value } => {
                 if let Some(gref) = world.rank(page) {
                     let word = usize::from(word) % WORDS;
-                    let cell = &world.pages[&gref][word];
-                    if cell.swap(value, Ordering::Relaxed) != value {
-                        world.pristine = None;
+                    if let Some(cell) = world.pages[&gref].get(word) {
+                        if cell.swap(value, Ordering::Relaxed) != value {
+                            world.pristine = None;
+                        }
                     }
                 }
             }
@@ -357,6 +371,15 @@ pub fn run(data: &[u8]) {
             PgdirOp::SetMax { max } => {
                 world.max = max_preset(max);
                 if world.announced > world.max {
+                    world.pristine = None;
+                }
+            }
+            PgdirOp::Truncate { page, words } => {
+                if let Some(gref) = world.rank(page) {
+                    let keep = usize::from(words) % WORDS;
+                    if let Some(p) = world.pages.get_mut(&gref) {
+                        p.truncate(keep);
+                    }
                     world.pristine = None;
                 }
             }

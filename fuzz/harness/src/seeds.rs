@@ -394,7 +394,7 @@ fn pgdir_seeds() -> Vec<Seed> {
         ];
         out.push(seed("pgdir", format!("valid-{name}"), pgdir::encode(&ops)));
     }
-    let attacks: [(&str, Vec<PgdirOp>); 4] = [
+    let attacks: [(&str, Vec<PgdirOp>); 5] = [
         (
             "swapped-leaves",
             vec![
@@ -445,6 +445,19 @@ fn pgdir_seeds() -> Vec<Seed> {
                     leaves_delta: 0,
                 },
                 PgdirOp::Remove { page: 0 },
+            ],
+        ),
+        (
+            "short-leaf",
+            vec![
+                PgdirOp::Build {
+                    size: 2 * LEAF_ENTRIES as u64 * page - 1,
+                    first_gref: 8,
+                },
+                PgdirOp::Truncate {
+                    page: 0,
+                    words: 100,
+                },
             ],
         ),
     ];
