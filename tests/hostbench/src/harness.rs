@@ -102,7 +102,7 @@ pub fn to_json(results: &[Measurement]) -> String {
     let mut out = String::from("[\n");
     for (i, m) in results.iter().enumerate() {
         out.push_str(&format!(
-            "  {{\"name\": \"{}\", \"size_bytes\": {}, \"metric\": \"{}\", \"ns\": {:.3}, \
+            "  {{\"name\": \"{}\", \"size_bytes\": {}, \"metric\": \"{}\", \"ns_median\": {:.3}, \
              \"ns_p10\": {:.3}, \"ns_p90\": {:.3}, \"spread\": {:.4}, \"reps\": {}, \"batch\": {}}}{}\n",
             m.name.replace('"', "'"),
             m.size_bytes,

@@ -12,7 +12,9 @@
 //! * Page directory: encode and decode for 8 MiB, 256 MiB and 1 GiB
 //!   buffers (2 048, 65 536 and 262 144 grant references).
 //!
-//! Prints a table and writes the records to `target/bench/host.json` (or
+//! Prints a table and writes the records (name, size_bytes, metric,
+//! ns_median, ns_p10, ns_p90, spread = (p90 - p10) / median, reps, batch)
+//! to `target/bench/host.json` (or
 //! the path given with `--out`). `--quick` shortens every measurement;
 //! `--filter ring|wordmem|pgdir` runs one group (and the memcpy baseline),
 //! e.g. under `valgrind --tool=callgrind`.
