@@ -2,7 +2,7 @@
 # toolchain) and the host benchmarks. See fuzz/README.md.
 #
 #   make fuzz            every fuzz target for FUZZ_SECONDS each (600)
-#   make fuzz-smoke      seed corpus, regression replay, then every target
+#   make fuzz-smoke      fuzz-check, seed corpus, regression replay, every target
 #                        for FUZZ_SMOKE_SECONDS each (20); `make test` runs it
 #   make fuzz-coverage   line coverage of the corpus (llvm-cov), target/fuzz-coverage/
 #   make fuzz-check      fmt and clippy of the fuzz workspace
@@ -91,7 +91,7 @@ define fuzz_run
 	fi
 endef
 
-fuzz-smoke: fuzz-seeds fuzz-build
+fuzz-smoke: fuzz-check fuzz-seeds fuzz-build
 	@echo "[fuzz] smoke: $(FUZZ_SMOKE_SECONDS) s per target"
 	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS),fuzz-smoke)
 
