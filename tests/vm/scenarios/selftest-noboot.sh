@@ -7,7 +7,7 @@
 # hdm: description = runner self-test: a guest that never comes up fails the run
 # hdm: domains = pv
 # hdm: timeout = 30
-# hdm: boot-timeout = 30
+# hdm: boot-timeout = 15
 # hdm: extra.pv = hdm.hang=1
 # hdm: expect-fail = create pv: did not come up
 . /hdm/lib.sh

@@ -28,7 +28,19 @@ use crate::scenario::Scenario;
 
 /// Text that fails a run wherever it appears. `panic` is matched without
 /// regard to case (Linux prints `Kernel panic`, Xen `Panic on CPU`).
-pub const FORBIDDEN: &[&str] = &["BUG:", "WARNING:", "Oops", "panic", "domain_crash"];
+/// `Triple fault` is Xen's word for an HVM/PVH guest that crashed too
+/// early to print anything.
+pub const FORBIDDEN: &[&str] = &[
+    "BUG:",
+    "WARNING:",
+    "Oops",
+    "panic",
+    "domain_crash",
+    "Triple fault",
+];
+
+/// Patterns of a crash (as opposed to a warning) in a failure reason.
+const CRASHES: &[&str] = &["Oops", "panic", "domain_crash", "Triple fault", "BUG:"];
 
 /// How long to keep reading after a failure, to catch the rest of a
 /// backtrace, before QEMU is killed.
@@ -131,6 +143,7 @@ pub struct Monitor {
     idle_since: Option<Duration>,
     passed: Vec<String>,
     gone: Vec<String>,
+    domids: Vec<(u32, String)>,
     done: bool,
     exited: bool,
     /// Steps finished so far, in order.
@@ -158,6 +171,7 @@ impl Monitor {
             idle_since: None,
             passed: Vec::new(),
             gone: Vec::new(),
+            domids: Vec::new(),
             done: false,
             exited: false,
             timings: Vec::new(),
@@ -219,6 +233,22 @@ impl Monitor {
         }
     }
 
+    /// The domU a Xen line is about (`d2v0`, `(d2)`, `Dom2`, `Domain 2`).
+    fn xen_line_domain(&self, text: &str) -> Option<Source> {
+        self.domids.iter().find_map(|(id, name)| {
+            let tags = [
+                format!("d{id}v"),
+                format!("(d{id})"),
+                format!(" d{id} "),
+                format!("Dom{id} "),
+                format!("Domain {id} "),
+            ];
+            tags.iter()
+                .any(|t| text.contains(t.as_str()))
+                .then(|| Source::Guest(name.clone()))
+        })
+    }
+
     /// The active step a line of `source` is blamed on.
     fn blame(&self, source: &Source) -> (String, Source) {
         if let Some(s) = self.active.iter().rev().find(|s| &s.source == source) {
@@ -240,7 +270,11 @@ impl Monitor {
             .or_default()
             .push(text.to_string());
         if let Some(p) = forbidden(text) {
-            let (step, log) = self.blame(&source);
+            let about = match source {
+                Source::Xen => self.xen_line_domain(text).unwrap_or(Source::Xen),
+                _ => source.clone(),
+            };
+            let (step, log) = self.blame(&about);
             self.fail(
                 now,
                 &step,
@@ -302,6 +336,11 @@ impl Monitor {
                 let reason = format!("dom0 gave up waiting for {dom} and destroyed it");
                 self.fail(now, dom, reason, Source::Guest(dom.to_string()));
             }
+            (Source::Dom0, "created") => {
+                if let Some(id) = words.get(2).and_then(|w| w.parse().ok()) {
+                    self.domids.push((id, dom.to_string()));
+                }
+            }
             (Source::Dom0, "gone") => {
                 self.gone.push(dom.to_string());
                 self.end(now, &format!("wait {dom}"));
@@ -342,6 +381,23 @@ impl Monitor {
             }
             _ => {}
         }
+    }
+
+    /// If the run failed because something crashed before any scenario
+    /// code ran where it crashed — Xen or dom0 before dom0's init was up,
+    /// or a domU before its init started the scenario — a description of
+    /// it. Timeouts, warnings and failures of scenario code never count.
+    pub fn platform_flake(&self) -> Option<String> {
+        let f = self.failure.as_ref()?;
+        let crashed = CRASHES.iter().any(|c| {
+            if *c == "panic" {
+                f.reason.to_ascii_lowercase().contains(c)
+            } else {
+                f.reason.contains(c)
+            }
+        });
+        let before_scenario = f.step == "boot" || f.step.starts_with("create ");
+        (crashed && before_scenario).then(|| format!("step `{}`: {}", f.step, f.reason))
     }
 
     /// Checks the time limits at `now`.
@@ -609,6 +665,48 @@ mod tests {
         m.tick(s(20));
         m.exited(s(20), "exit status: 0", &sc.expect_log);
         assert_eq!(m.failure, None);
+    }
+
+    #[test]
+    fn crash_before_the_scenario_is_a_platform_flake() {
+        let sc = scenario();
+        let mut m = Monitor::new(&sc);
+        let mut lines = GOOD.to_vec();
+        lines.insert(
+            7,
+            "@[pv] [ 4.4] CPU topo(XEN) d2v0 Triple fault - invoking HVM shutdown",
+        );
+        feed(&mut m, &lines);
+        assert_eq!(m.failure.clone().unwrap().step, "create pv");
+        assert!(m.platform_flake().is_some());
+
+        // Xen's own line about the guest's domid blames the guest's step.
+        let mut m = Monitor::new(&sc);
+        let mut lines = GOOD.to_vec();
+        lines.insert(6, "@@HDM created pv 3");
+        lines.insert(
+            7,
+            "(XEN) d3v0 Triple fault - invoking HVM shutdown action 1",
+        );
+        feed(&mut m, &lines);
+        let f = m.failure.clone().unwrap();
+        assert_eq!(
+            (f.step.as_str(), f.log),
+            ("create pv", Source::Guest("pv".into()))
+        );
+        assert!(m.platform_flake().is_some());
+
+        // A warning, a timeout, or a crash once the scenario runs are real.
+        let mut m = Monitor::new(&sc);
+        let mut lines = GOOD.to_vec();
+        lines.insert(9, "@[pv] Oops: 0000 [#1] SMP");
+        feed(&mut m, &lines);
+        assert_eq!(m.failure.clone().unwrap().step, "pv");
+        assert!(m.platform_flake().is_none());
+        let mut m = Monitor::new(&sc);
+        feed(&mut m, &GOOD[..7]);
+        m.tick(s(100));
+        assert!(m.platform_flake().is_none());
     }
 
     #[test]
