@@ -393,8 +393,11 @@ fn report_failure(s: &Scenario, m: &Monitor, f: &monitor::Failure, out: &Path) {
             f.reason
         ),
     );
-    for later in &m.later_failures {
+    for later in m.later_failures.iter().take(5) {
         say(s, &format!("  then: {later}"));
+    }
+    if m.later_failures.len() > 5 {
+        say(s, &format!("  and {} more", m.later_failures.len() - 5));
     }
     print_log(s, m, &f.log, SHOW_LINES);
     say(s, &format!("all logs: {}", out.display()));
