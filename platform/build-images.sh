@@ -4,7 +4,7 @@
 #   <dir>/xen            the Xen 4.17 hypervisor (multiboot ELF)
 #   <dir>/bzImage        the platform kernel (dom0 and domUs)
 #   <dir>/dom0.cpio.gz   dom0 initramfs: busybox, the Xen user space (xl,
-#                        xenstored, xenconsoled, xen-init-dom0 and their
+#                        xenstored, xenconsoled, xenconsole, xen-init-dom0 and their
 #                        libraries), our modules and tools, the scenarios,
 #                        the xl domU configs, and the domU kernel + initramfs
 #   <dir>/domU.cpio.gz   domU initramfs: busybox, modules, tools, scenarios
@@ -29,7 +29,7 @@ BUSYBOX=/bin/busybox
 SCEN_DIR=$REPO_DIR/tests/vm/scenarios
 KOS=("$REPO_DIR/front/hyper_dmabuf_front.ko" "$REPO_DIR/back/hyper_dmabuf_back.ko")
 read -r -a TOOLS <<<"${HDMABUF_VM_TOOLS:-}"
-XEN_BINS=(xl xenstored xenconsoled xen-init-dom0)
+XEN_BINS=(xl xenstored xenconsoled xenconsole xen-init-dom0)
 
 inputs() {
     printf '%s\n' "$KDIR/arch/x86/boot/bzImage" "$XEN/xen" "$XEN/versions" "$BUSYBOX" \

@@ -19,7 +19,11 @@ hdm_mark() { echo "@@HDM $*"; }
 hdm_forward_kmsg() {
     # What /proc/kmsg holds now was printed on the console during boot:
     # drain it first (a read blocks when it is empty), then lower the level.
-    timeout -s KILL 1 cat /proc/kmsg >/dev/null
+    cat /proc/kmsg >/dev/null 2>&1 &
+    local drain=$!
+    sleep 1
+    kill "$drain" 2>/dev/null
+    wait "$drain" 2>/dev/null
     dmesg -n 1
     (while IFS= read -r l; do echo "${l#<*>}"; done </proc/kmsg) &
 }
