@@ -23,6 +23,9 @@ use hdmabuf_vmtest::monitor::{self, Monitor, Source};
 use hdmabuf_vmtest::qemu;
 use hdmabuf_vmtest::scenario::{self, Scenario};
 
+/// Boots again after a platform crash before the scenario ran.
+const PLATFORM_RETRIES: u32 = 2;
+
 /// Lines of a log shown with a failure (the whole log is in the out dir).
 const SHOW_LINES: usize = 250;
 
@@ -178,15 +181,22 @@ fn say(s: &Scenario, msg: &str) {
 ///
 /// A run that failed because Xen, dom0 or a domU crashed before any of the
 /// scenario's code ran there (see [`monitor::Monitor::platform_flake`]) is
-/// booted once more, and says so: under QEMU TCG an early PVH boot
-/// sometimes triple-faults, which is not what the scenario tests.
-/// `HDM_VM_RETRY=0` turns that off.
+/// booted again, up to [`PLATFORM_RETRIES`] times, and says so: under QEMU
+/// TCG an early PVH boot triple-faults in up to a third of the boots, which
+/// is not what the scenario tests. `HDM_VM_RETRY=N` sets the number of
+/// retries (0: none).
 fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<bool, String> {
     let out = opts.out.join(&s.name);
     let (mut m, mut total) = boot_once(opts, images, s, &out)?;
-    let retry = std::env::var_os("HDM_VM_RETRY").is_none_or(|v| v != "0");
-    if let (Some(flake), true) = (m.platform_flake(), retry) {
-        let kept = opts.out.join(format!("{}.flake", s.name));
+    let retries: u32 = std::env::var("HDM_VM_RETRY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PLATFORM_RETRIES);
+    for attempt in 1..=retries {
+        let Some(flake) = m.platform_flake() else {
+            break;
+        };
+        let kept = opts.out.join(format!("{}.flake{attempt}", s.name));
         let _ = fs::remove_dir_all(&kept);
         let _ = fs::rename(&out, &kept);
         say(
@@ -195,7 +205,12 @@ fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<bool, 
         );
         say(
             s,
-            &format!("logs kept in {}; booting once more", kept.display()),
+            &format!(
+                "logs kept in {}; boot {} of {}",
+                kept.display(),
+                attempt + 1,
+                retries + 1
+            ),
         );
         (m, total) = boot_once(opts, images, s, &out)?;
     }
