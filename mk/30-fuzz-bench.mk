@@ -67,14 +67,26 @@ fuzz-build: fuzz-tools
 	@cd fuzz && $(WITH_FUZZ) $(CARGO) fuzz build $(CARGO_FUZZ_FLAGS)
 
 # $(1): seconds per target, $(2): counts file name.
+# Targets run FUZZ_JOBS at a time (one per core by default): each is
+# single-threaded, so the smoke costs ceil(targets / cores) x its time.
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+
 define fuzz_run
-	@mkdir -p $(FUZZ_LOGS) $(FUZZ_COUNTS); passed=0; failed=0; bad=""; \
+	@mkdir -p $(FUZZ_LOGS) $(FUZZ_COUNTS); running=0; \
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/corpus/$$t fuzz/artifacts/$$t; \
-	  log=$(FUZZ_LOGS)/$$t.log; \
-	  if $(FUZZ_BIN)/$$t -artifact_prefix=fuzz/artifacts/$$t/ \
+	  rm -f $(FUZZ_LOGS)/$$t.status; \
+	  ( $(FUZZ_BIN)/$$t -artifact_prefix=fuzz/artifacts/$$t/ \
 	        -max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-	        $(FUZZ_ARGS) fuzz/corpus/$$t >"$$log" 2>&1; then \
+	        $(FUZZ_ARGS) fuzz/corpus/$$t >$(FUZZ_LOGS)/$$t.log 2>&1; \
+	    echo $$? > $(FUZZ_LOGS)/$$t.status ) & \
+	  running=$$((running + 1)); \
+	  if [ $$running -ge $(FUZZ_JOBS) ]; then wait -n || true; running=$$((running - 1)); fi; \
+	done; \
+	wait; passed=0; failed=0; bad=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  log=$(FUZZ_LOGS)/$$t.log; \
+	  if [ "$$(cat $(FUZZ_LOGS)/$$t.status 2>/dev/null)" = 0 ]; then \
 	    passed=$$((passed + 1)); \
 	    echo "[fuzz] $$t: ok, $$(grep -E '^#[0-9]+' "$$log" | tail -1 | sed -E 's/^#([0-9]+)[[:space:]]+[A-Z]+[[:space:]]+/\1 execs, /')"; \
 	  else \
@@ -92,7 +104,7 @@ define fuzz_run
 endef
 
 fuzz-smoke: fuzz-check fuzz-seeds fuzz-build
-	@echo "[fuzz] smoke: $(FUZZ_SMOKE_SECONDS) s per target"
+	@echo "[fuzz] smoke: $(FUZZ_SMOKE_SECONDS) s per target, $(FUZZ_JOBS) at a time"
 	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS),fuzz-smoke)
 
 fuzz: fuzz-seeds fuzz-build
