@@ -38,7 +38,7 @@ modules: kernel
 modules-clean:
 	@for m in front back; do \
 	  make -C "$$(platform/build-kernel.sh --dir)" -s M="$(CURDIR)/$$m" clean; \
-	  rm -f $$m/bindings_generated.rs; done
+	  rm -f $$m/bindings_generated.rs.inc; done
 
 images: modules xen
 	@HDMABUF_VM_TOOLS="$(HDMABUF_VM_TOOLS)" platform/build-images.sh >/dev/null
