@@ -3,7 +3,7 @@
 #   make deps        install the host toolchain (apt, bindgen-cli), idempotent
 #   make kernel      Linux 6.12 with platform/kernel/hyper-dmabuf.config (cached)
 #   make xen         Xen 4.17 + tools from Debian, unpacked into the cache
-#   make modules     front/ and back/ out of tree against the cached kernel
+#   make modules     hyper_dmabuf.ko (driver/) out of tree against the cached kernel
 #   make images      dom0 + domU initramfs (cached, keyed by their inputs)
 #   make vm-smoke    dom0 + a PV and a PVH domU load the modules
 #   make vm-selftest the runner must fail on a module WARNING and a dead guest
@@ -13,12 +13,13 @@
 #
 # Heavy outputs live in $(HDMABUF_CACHE); every stage prints its time.
 # HDMABUF_VM_TOOLS: host-built binaries to install into every domain's
-# /usr/bin (see platform/build-images.sh).
+# /usr/bin (see platform/build-images.sh); the hdmabuf CLI by default.
 
-.PHONY: deps kernel xen modules modules-clean images vm-runner vm-smoke \
+.PHONY: deps kernel xen modules modules-clean vm-tools images vm-runner vm-smoke \
 	vm-selftest test-vm vm-shell vm-run vm-list
 
 VM_RUNNER := target/release/hdmabuf-vmtest
+HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf
 COUNTS_DIR ?= target/test-counts
 VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
@@ -36,11 +37,13 @@ modules: kernel
 	@platform/build-modules.sh >/dev/null
 
 modules-clean:
-	@for m in front back; do \
-	  make -C "$$(platform/build-kernel.sh --dir)" -s M="$(CURDIR)/$$m" clean; \
-	  rm -f $$m/bindings_generated.rs.inc; done
+	@make -C "$$(platform/build-kernel.sh --dir)" -s M="$(CURDIR)/driver" clean
+	@rm -f driver/bindings_generated.rs.inc
 
-images: modules xen
+vm-tools:
+	@cargo build --release -q -p hdmabuf
+
+images: modules xen vm-tools
 	@HDMABUF_VM_TOOLS="$(HDMABUF_VM_TOOLS)" platform/build-images.sh >/dev/null
 
 vm-runner:

@@ -27,7 +27,7 @@ KDIR=$("$PLATFORM_DIR/build-kernel.sh" --dir)
 XEN=$("$PLATFORM_DIR/fetch-xen.sh" --dir)
 BUSYBOX=/bin/busybox
 SCEN_DIR=$REPO_DIR/tests/vm/scenarios
-KOS=("$REPO_DIR/front/hyper_dmabuf_front.ko" "$REPO_DIR/back/hyper_dmabuf_back.ko")
+KOS=("$REPO_DIR/driver/hyper_dmabuf.ko")
 read -r -a TOOLS <<<"${HDMABUF_VM_TOOLS:-}"
 XEN_BINS=(xl xenstored xenconsoled xenconsole xen-init-dom0)
 

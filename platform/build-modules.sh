@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the kernel modules front/ and back/ out of tree against the cached
-# platform kernel (Kbuild; incremental: Kbuild itself skips what is up to
-# date). Prints the paths of the .ko files.
+# Build hyper_dmabuf.ko (driver/, with front/, back/, common/ and
+# xenbus-proto/ compiled in) out of tree against the cached platform
+# kernel (Kbuild; incremental: Kbuild itself skips what is up to date).
+# Prints the path of the .ko file.
 set -euo pipefail
 STAGE_NAME=modules
 . "$(dirname "$0")/lib.sh"
@@ -9,9 +10,7 @@ STAGE_NAME=modules
 KDIR=$("$PLATFORM_DIR/build-kernel.sh" --dir)
 [[ -f $KDIR/.hdm-complete ]] || die "kernel not built for the current inputs: run 'make kernel' first"
 
-for m in front back; do
-    say "building $m/ against $KDIR"
-    make -C "$KDIR" -s "${KMAKE_VARS[@]}" M="$REPO_DIR/$m" -j2 modules >&2
-done
-stage_done "built $(cd "$REPO_DIR" && ls front/*.ko back/*.ko | tr '\n' ' ')"
-ls "$REPO_DIR"/front/*.ko "$REPO_DIR"/back/*.ko
+say "building driver/ against $KDIR"
+make -C "$KDIR" -s "${KMAKE_VARS[@]}" M="$REPO_DIR/driver" -j2 modules >&2
+stage_done "built driver/hyper_dmabuf.ko"
+ls "$REPO_DIR"/driver/hyper_dmabuf.ko

@@ -15,6 +15,10 @@ use core::fmt;
 pub struct GrantRef(u32);
 
 impl GrantRef {
+    /// The lowest valid reference (the first after Xen's reserved ones):
+    /// a filler for output arrays before they are decoded into.
+    pub const FIRST: GrantRef = GrantRef(GNTTAB_NR_RESERVED_ENTRIES);
+
     /// Checks a raw reference from the wire.
     ///
     /// # Errors

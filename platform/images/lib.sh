@@ -80,3 +80,67 @@ hdm_cmdline() {
 hdm_header() {
     sed -n "s/^# hdm: *$2 *= *//p" "$1"
 }
+
+# --- hyper_dmabuf helpers ------------------------------------------------------
+
+# hdm_load [PARAM=VALUE...]: load hyper_dmabuf.ko; mount debugfs for its
+# counters (/sys/kernel/debug/hyper_dmabuf/stats).
+hdm_load() {
+    grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug
+    hdm_insmod hyper_dmabuf "$@"
+}
+
+HDM_STATS=/sys/kernel/debug/hyper_dmabuf/stats
+
+# hdm_stat NAME: the value of one counter.
+hdm_stat() { awk -v n="$1" '$1 == n { print $2 }' "$HDM_STATS"; }
+
+# hdm_stats: all counters on one line (for logs).
+hdm_stats() { awk '{ printf "%s=%s ", $1, $2 } END { print "" }' "$HDM_STATS"; }
+
+# hdm_wait_stat NAME VALUE [SECONDS]: wait until counter NAME reads VALUE.
+hdm_wait_stat() {
+    local i=0 limit=$((${3:-30} * 10))
+    while [ "$(hdm_stat "$1")" != "$2" ]; do
+        i=$((i + 1))
+        [ $i -le $limit ] || hdm_fail "counter $1 is $(hdm_stat "$1"), not $2, after ${3:-30} s ($(hdm_stats))"
+        sleep 0.1
+    done
+}
+
+# hdm_wait_connected [N] [SECONDS]: wait for N connected devices (default 1).
+hdm_wait_connected() {
+    hdm_wait_stat connections_live "${1:-1}" "${2:-60}"
+    hdm_log "connected: $(hdm_stats)"
+}
+
+# hdm_check_released: every gauge of buffers, grants and mappings is back at
+# zero (the connection itself may stay up).
+hdm_check_released() {
+    local c
+    for c in exports_live imports_live grants_live grants_draining pages_mapped dmabufs_live pages_leaked; do
+        hdm_wait_stat "$c" 0 "${1:-30}"
+    done
+    hdm_log "all released: $(hdm_stats)"
+}
+
+# hdm_watch FILE [SECONDS]: record events as JSON lines in FILE, in the
+# background (the watcher's pid in HDM_WATCH_PID).
+hdm_watch() {
+    hdmabuf --json watch --timeout "${2:-300}" >"$1" 2>&1 &
+    HDM_WATCH_PID=$!
+}
+
+# hdm_wait_event FILE EVENT [MATCH] [SECONDS]: wait until FILE has an event
+# EVENT (e.g. NewExport) whose line also contains MATCH; print its id.
+hdm_wait_event() {
+    local i=0 limit=$((${4:-60} * 10)) line
+    while :; do
+        line=$(grep "\"event\":\"$2\"" "$1" | grep -F -- "${3:-}" | head -n 1)
+        [ -z "$line" ] || break
+        i=$((i + 1))
+        [ $i -le $limit ] || hdm_fail "no $2 event${3:+ matching $3} within ${4:-60} s"
+        sleep 0.1
+    done
+    echo "$line" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
+}

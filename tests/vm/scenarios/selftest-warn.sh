@@ -13,5 +13,5 @@
 
 [ "$HDM_PHASE" = main ] || exit 0
 [ "$HDM_TYPE" = pv ] || exit 0
-hdm_insmod hyper_dmabuf_front inject_warn=1
-hdm_rmmod hyper_dmabuf_front
+hdm_insmod hyper_dmabuf inject_warn=1
+hdm_rmmod hyper_dmabuf

@@ -47,8 +47,14 @@ impl Images {
 /// in `sched_clock_tick` (a CPU running code another CPU was patching with
 /// `text_poke_bp` under QEMU TCG, about one boot in five). Xen still has
 /// two physical CPUs for dom0 and the domUs.
-pub const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M \
-     dom0_max_vcpus=1 loglvl=all guest_loglvl=all";
+///
+/// Sharing a 1 GiB buffer takes 262,144 grants in the exporter and as many
+/// maptrack entries (twice that with a PV user mapping) in the importer:
+/// Xen's defaults (64 grant frames, 1024 maptrack frames) are raised for
+/// dom0 here and for domUs in their xl configs.
+pub const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=2048M,max:2048M \
+     dom0_max_vcpus=1 gnttab_max_frames=2048 gnttab_max_maptrack_frames=4096 \
+     loglvl=all guest_loglvl=all";
 
 /// The QEMU command that boots Xen with dom0; `dom0_args` is appended to
 /// dom0's kernel command line. `interactive` keeps QEMU's monitor on the
@@ -61,7 +67,7 @@ pub fn command(qemu: &str, images: &Images, dom0_args: &str, interactive: bool) 
         "-cpu",
         "qemu64,+svm,+npt",
         "-m",
-        "3072",
+        "6144",
         "-smp",
         "2",
     ]);
@@ -74,7 +80,7 @@ pub fn command(qemu: &str, images: &Images, dom0_args: &str, interactive: bool) 
     c.arg("-kernel").arg(&images.xen);
     c.args(["-append", XEN_CMDLINE]);
     let modules = format!(
-        "{} console=hvc0 earlyprintk=xen rdinit=/init {dom0_args},{}",
+        "{} console=hvc0 earlyprintk=xen rdinit=/init udmabuf.size_limit_mb=2048 {dom0_args},{}",
         images.bzimage.display(),
         images.dom0_initrd.display()
     );

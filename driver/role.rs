@@ -1,14 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Which kind of Xen domain this kernel runs in, and the load-time banner
-//! both modules print. Shared by `hyper_dmabuf_front` and
-//! `hyper_dmabuf_back` (mounted by path).
+//! Which kind of Xen domain this kernel runs in, and the load-time banner.
 
 use core::fmt;
 use kernel::c_str;
 use kernel::prelude::*;
 
-use super::common;
 use crate::ffi;
 
 /// How the domain is virtualised.
@@ -69,8 +66,7 @@ impl fmt::Display for Role {
     }
 }
 
-/// Detects the role, logs it with proof that the shared protocol core and
-/// the generated bindings are compiled in, and honours `inject_warn`.
+/// Detects and logs the role, and honours `inject_warn`.
 ///
 /// # Errors
 ///
@@ -78,23 +74,7 @@ impl fmt::Display for Role {
 pub(crate) fn announce() -> Result<Role> {
     let role = Role::detect()?;
     pr_info!("role: {}\n", role);
-
-    // A 1080p XRGB8888 frame, the typical buffer of the demo.
-    let frame_bytes: u64 = 1920 * 1080 * 4;
-    let pages = common::limits::pages_for_bytes(frame_bytes).unwrap_or(0);
-    pr_info!(
-        "protocol core: XEN_PAGE_SIZE {}, a 1080p frame needs {} grants, sample error \"{}\"\n",
-        common::limits::XEN_PAGE_SIZE,
-        pages,
-        common::Error::RingFull
-    );
-    pr_info!(
-        "xenbus binding: state {} is {}\n",
-        ffi::XENBUS_STATE_CONNECTED,
-        ffi::xenbus_strstate(ffi::XENBUS_STATE_CONNECTED)
-    );
-
-    if ffi::inject_warn_requested() {
+    if ffi::params::inject_warn() {
         ffi::warn(c_str!("hyper_dmabuf: injected warning (inject_warn=1)"));
     }
     Ok(role)

@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The backend role: a `hyper_dmabuf` device in this domain's `backend/`
+//! directory (dom0 or a driver domain). It publishes its limits, maps the
+//! frontend's rings and binds its event channel when the frontend has
+//! published them. `xenbus-proto`'s `BackendMachine` decides every step;
+//! this file carries the steps out.
+
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::str::CString;
+use kernel::sync::{new_mutex, Arc, Mutex};
+
+use super::common::channel::ChannelConfig;
+use super::common::limits::MAX_RING_PAGE_ORDER;
+use super::common::xen::DomId;
+use super::xenbus_proto::schema::{self, BackendConfig, BackendLimits};
+use super::xenbus_proto::{Action, Actions, BackendMachine, XenbusState};
+use crate::conn::{Conn, Link};
+use crate::entry::ConnIrq;
+use crate::ffi::{params, XenbusDev};
+use crate::registry::Driver;
+use crate::xenstore::{self, XenStore};
+
+struct BackState {
+    machine: BackendMachine,
+    offered: Option<BackendConfig>,
+}
+
+/// One backend device.
+#[pin_data]
+pub(crate) struct BackDevice {
+    dev: XenbusDev,
+    conn: Arc<Conn>,
+    #[pin]
+    state: Mutex<BackState>,
+}
+
+impl BackDevice {
+    /// Probe: a connection (not yet connected) registered with the driver.
+    pub(crate) fn probe(driver: &Driver, dev: XenbusDev) -> Result<Arc<Self>> {
+        let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
+        let name = CString::try_from_fmt(kernel::fmt!("{}", dev.nodename()))?;
+        let conn = Conn::new(driver.next_id(), peer, name)?;
+        driver.add_conn(conn.clone())?;
+        let id = conn.id;
+        let device = Arc::pin_init(
+            pin_init!(BackDevice {
+                dev,
+                conn,
+                state <- new_mutex!(BackState {
+                    machine: BackendMachine::default(),
+                    offered: None,
+                }),
+            }),
+            GFP_KERNEL,
+        );
+        if device.is_err() {
+            driver.remove_conn(id);
+        }
+        device
+    }
+
+    fn online(&self) -> bool {
+        let Ok((ours, _)) = xenstore::dirs(&self.dev) else {
+            return false;
+        };
+        schema::read_online(&mut XenStore, ours).unwrap_or(false)
+    }
+
+    /// Publishes our limits and waits for the frontend.
+    pub(crate) fn start(&self, driver: &Driver) {
+        let mut st = self.state.lock();
+        let peer = xenstore::peer_state(&self.dev).unwrap_or(XenbusState::Unknown);
+        let _ = st.machine.on_peer_state(peer, self.online());
+        let acts = st.machine.start();
+        self.run(driver, &mut st, acts);
+    }
+
+    /// The frontend's state changed.
+    pub(crate) fn peer_changed(&self, driver: &Driver) {
+        let mut st = self.state.lock();
+        let acts = match xenstore::peer_state(&self.dev) {
+            Ok(peer) => st.machine.on_peer_state(peer, self.online()),
+            Err(e) => {
+                pr_warn!("{}: unreadable frontend state: {}\n", self.conn.name(), e);
+                st.machine.on_local_error()
+            }
+        };
+        self.run(driver, &mut st, acts);
+    }
+
+    /// The device goes away.
+    pub(crate) fn remove(&self, driver: &Driver) {
+        {
+            let mut st = self.state.lock();
+            let acts = st.machine.on_remove();
+            self.run(driver, &mut st, acts);
+            drop(self.conn.detach(driver));
+        }
+        driver.remove_conn(self.conn.id);
+    }
+
+    fn run(&self, driver: &Driver, st: &mut BackState, acts: Actions) {
+        for &action in acts.as_slice() {
+            if let Err(e) = self.step(driver, st, action) {
+                pr_warn!("{}: {:?} failed: {:?}\n", self.conn.name(), action, e);
+                let recovery = st.machine.on_local_error();
+                for &action in recovery.as_slice() {
+                    let _ = self.step(driver, st, action);
+                }
+                return;
+            }
+        }
+    }
+
+    fn step(&self, driver: &Driver, st: &mut BackState, action: Action) -> Result {
+        let (ours, theirs) = xenstore::dirs(&self.dev)?;
+        match action {
+            Action::SwitchState(s) => self.dev.switch_state(s.as_u32()),
+            Action::PublishBackendNodes => {
+                let max_buffer = params::max_buffer_bytes();
+                let limits = BackendLimits {
+                    default_ring_page_order: params::ring_page_order().min(MAX_RING_PAGE_ORDER),
+                    max_ring_page_order: MAX_RING_PAGE_ORDER,
+                    default_max_buffer_size: max_buffer,
+                    max_buffer_size_ceiling: max_buffer,
+                };
+                let mut config =
+                    schema::read_toolstack_config(&mut XenStore, ours, &limits).map_err(proto)?;
+                config.feature_rw &= params::allow_rw();
+                schema::publish_backend(&mut XenStore, ours, &config).map_err(proto)?;
+                st.offered = Some(config);
+            }
+            Action::MapRingsAndBind => {
+                let offered = st.offered.ok_or(EINVAL)?;
+                let rings =
+                    schema::read_frontend_rings(&mut XenStore, theirs, &offered).map_err(proto)?;
+                // The frontend requests on `ring-ref`, we on `back-ring-ref`.
+                let ours_ring = self.dev.map_ring(rings.back_ring_refs())?;
+                let theirs_ring = self.dev.map_ring(rings.ring_refs())?;
+                let irq = self.dev.bind_interdomain(rings.event_channel())?;
+                let irq = ConnIrq::new(&self.conn, irq, c_str!("hyper_dmabuf-back"))?;
+                let config = ChannelConfig {
+                    max_buffer_bytes: offered.max_buffer_size,
+                    allow_rw: offered.feature_rw,
+                };
+                let link = Link::new(self.dev, config, ours_ring, theirs_ring, irq)?;
+                self.conn.attach(driver, link, config);
+            }
+            Action::Teardown | Action::Disconnect => drop(self.conn.detach(driver)),
+            Action::AwaitPeerRelease => {
+                if !xenstore::await_peer_release(&self.dev, BackendMachine::peer_released) {
+                    pr_warn!(
+                        "{}: frontend did not release our pages in time; the grant layer ends access once it does\n",
+                        self.conn.name()
+                    );
+                }
+            }
+            Action::LogProtocolError { ours, peer } => {
+                pr_warn!(
+                    "{}: frontend dom{} moved to {} while we are {}: protocol error, closing\n",
+                    self.conn.name(),
+                    self.conn.peer.get(),
+                    peer.name(),
+                    ours.name()
+                );
+            }
+            Action::ReadBackendNodes | Action::AllocRingsAndPublish | Action::Connect => {
+                return Err(EINVAL)
+            }
+        }
+        Ok(())
+    }
+}
+
+fn proto(e: super::xenbus_proto::Error) -> Error {
+    pr_warn!("xenstore: {}\n", e);
+    EINVAL
+}

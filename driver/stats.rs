@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Counters, shown in `/sys/kernel/debug/hyper_dmabuf/stats`.
+//!
+//! The `*_live` gauges count resources held right now; a test reads them
+//! before and after a run and expects them back at their baseline. The
+//! error counters only grow.
+
+use core::sync::atomic::{AtomicI64, Ordering};
+
+use kernel::str::CString;
+
+use crate::ffi::SeqFile;
+
+/// One counter.
+pub(crate) struct Counter {
+    name: &'static str,
+    value: AtomicI64,
+}
+
+impl Counter {
+    const fn new(name: &'static str) -> Self {
+        Counter {
+            name,
+            value: AtomicI64::new(0),
+        }
+    }
+
+    /// Adds `n` (which may be negative).
+    pub(crate) fn add(&self, n: i64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts one.
+    pub(crate) fn dec(&self) {
+        self.add(-1);
+    }
+
+    /// The current value.
+    pub(crate) fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Connections with both rings up.
+pub(crate) static CONNECTIONS: Counter = Counter::new("connections_live");
+/// Buffers this domain exports (until their grants have ended).
+pub(crate) static EXPORTS: Counter = Counter::new("exports_live");
+/// Buffers peers announced to this domain and not yet forgotten.
+pub(crate) static IMPORTS: Counter = Counter::new("imports_live");
+/// Grant references this domain holds for exported buffers (data and
+/// directory pages), including those still draining.
+pub(crate) static GRANTS: Counter = Counter::new("grants_live");
+/// Of those, grants of unexported buffers waiting for the peer to unmap.
+pub(crate) static GRANTS_DRAINING: Counter = Counter::new("grants_draining");
+/// Pages of peers' buffers this domain maps.
+pub(crate) static PAGES_MAPPED: Counter = Counter::new("pages_mapped");
+/// Imported dma-bufs alive (file references anywhere in the system).
+pub(crate) static DMABUFS: Counter = Counter::new("dmabufs_live");
+/// Pages whose grant mapping could not be undone (never reused).
+pub(crate) static PAGES_LEAKED: Counter = Counter::new("pages_leaked");
+/// Requests from peers that were refused as malformed.
+pub(crate) static PROTOCOL_ERRORS: Counter = Counter::new("protocol_errors");
+/// Rings closed because a peer broke them (overflow, bogus response).
+pub(crate) static RING_ERRORS: Counter = Counter::new("ring_errors");
+/// Requests we could not send because a ring was full.
+pub(crate) static RING_FULL: Counter = Counter::new("ring_full");
+/// Events dropped because a reader's queue was full.
+pub(crate) static EVENTS_LOST: Counter = Counter::new("events_lost");
+/// Messages handled (both directions).
+pub(crate) static MESSAGES: Counter = Counter::new("messages");
+
+static ALL: [&Counter; 13] = [
+    &CONNECTIONS,
+    &EXPORTS,
+    &IMPORTS,
+    &GRANTS,
+    &GRANTS_DRAINING,
+    &PAGES_MAPPED,
+    &DMABUFS,
+    &PAGES_LEAKED,
+    &PROTOCOL_ERRORS,
+    &RING_ERRORS,
+    &RING_FULL,
+    &EVENTS_LOST,
+    &MESSAGES,
+];
+
+/// Writes `name value` lines, one per counter.
+pub(crate) fn show(m: &SeqFile) {
+    for c in ALL.iter() {
+        if let Ok(line) = CString::try_from_fmt(kernel::fmt!("{} {}\n", c.name, c.get())) {
+            m.puts(&line);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The kernel's xenstore client as the `Store` the XenBus schema runs
+//! over, so node values are parsed by `xenbus-proto`'s strict parsers
+//! rather than the kernel's lenient `%u` scanning.
+
+use kernel::prelude::*;
+use kernel::str::CString;
+
+use super::xenbus_proto::{schema, Error, Store, Txn, XenbusState};
+use crate::ffi::{self, XenbusDev};
+
+/// Xenstore through the kernel's xenbus client.
+pub(crate) struct XenStore;
+
+fn path(p: &str) -> Result<CString, Error> {
+    CString::try_from_fmt(kernel::fmt!("{}", p)).map_err(|_| Error::PathTooLong)
+}
+
+fn store_err(e: kernel::error::Error) -> Error {
+    if e == EAGAIN {
+        Error::Again
+    } else if e == EACCES || e == EPERM {
+        Error::Denied
+    } else {
+        Error::Store(-e.to_errno())
+    }
+}
+
+impl Store for XenStore {
+    fn read(&mut self, txn: Txn, p: &str, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+        match ffi::xs_read(txn.0, &path(p)?, buf) {
+            Ok(found) => Ok(found),
+            Err(e) if e == ENOSPC => Err(Error::ValueTooLong),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    fn write(&mut self, txn: Txn, p: &str, value: &[u8]) -> Result<(), Error> {
+        let text = core::str::from_utf8(value).map_err(|_| Error::InvalidArgument)?;
+        let value = CString::try_from_fmt(kernel::fmt!("{}", text)).map_err(|_| Error::ValueTooLong)?;
+        ffi::xs_write(txn.0, &path(p)?, &value).map_err(store_err)
+    }
+
+    fn remove(&mut self, txn: Txn, p: &str) -> Result<(), Error> {
+        ffi::xs_rm(txn.0, &path(p)?).map_err(store_err)
+    }
+
+    fn transaction_start(&mut self) -> Result<Txn, Error> {
+        ffi::xs_transaction_start().map(Txn).map_err(store_err)
+    }
+
+    fn transaction_end(&mut self, txn: Txn, commit: bool) -> Result<(), Error> {
+        ffi::xs_transaction_end(txn.0, !commit).map_err(store_err)
+    }
+}
+
+/// The state of the device's peer; `Unknown` when absent, an error when
+/// malformed.
+pub(crate) fn peer_state(dev: &XenbusDev) -> Result<XenbusState, Error> {
+    let otherend = dev.otherend().to_str().map_err(|_| Error::InvalidArgument)?;
+    schema::read_state(&mut XenStore, otherend)
+}
+
+/// Polls the peer's state (no watch fires during removal) until
+/// `released` says it let go of our pages, for at most five seconds.
+pub(crate) fn await_peer_release(dev: &XenbusDev, released: fn(XenbusState) -> bool) -> bool {
+    for _ in 0..50 {
+        match peer_state(dev) {
+            Ok(state) if released(state) => return true,
+            Err(_) => return true,
+            Ok(_) => ffi::sleep_ms(100),
+        }
+    }
+    false
+}
+
+/// Our directory and the peer's, as text.
+pub(crate) fn dirs(dev: &XenbusDev) -> Result<(&str, &str)> {
+    let ours = dev.nodename().to_str().map_err(|_| EINVAL)?;
+    let theirs = dev.otherend().to_str().map_err(|_| EINVAL)?;
+    Ok((ours, theirs))
+}

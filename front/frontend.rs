@@ -1,0 +1,221 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The frontend role: a `hyper_dmabuf` device in a guest's `device/`
+//! directory. It allocates and grants both rings and the event channel,
+//! publishes them once the backend waits, and connects when the backend
+//! does. `xenbus-proto`'s `FrontendMachine` decides every step; this file
+//! carries the steps out.
+
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::str::CString;
+use kernel::sync::{new_mutex, Arc, Mutex};
+
+use super::common::channel::ChannelConfig;
+use super::common::ring;
+use super::common::xen::DomId;
+use super::xenbus_proto::schema::{self, FrontendLimits, FrontendRings, Negotiated};
+use super::xenbus_proto::{Action, Actions, FrontendMachine, XenbusState};
+use crate::conn::{Conn, Link};
+use crate::entry::ConnIrq;
+use crate::ffi::{self, params, SharedRing, XenbusDev};
+use crate::registry::Driver;
+use crate::xenstore::{self, XenStore};
+
+/// Rings and event channel allocated and published, not yet in use.
+struct Offer {
+    ours: SharedRing,
+    theirs: SharedRing,
+    irq: ConnIrq,
+    config: ChannelConfig,
+}
+
+struct FrontState {
+    machine: FrontendMachine,
+    negotiated: Option<Negotiated>,
+    offer: Option<Offer>,
+    /// A transport we stopped using whose pages the backend may still map.
+    parked: Option<Link>,
+}
+
+/// One frontend device.
+#[pin_data]
+pub(crate) struct FrontDevice {
+    dev: XenbusDev,
+    conn: Arc<Conn>,
+    #[pin]
+    state: Mutex<FrontState>,
+}
+
+impl FrontDevice {
+    /// Probe: a connection (not yet connected) registered with the driver.
+    pub(crate) fn probe(driver: &Driver, dev: XenbusDev) -> Result<Arc<Self>> {
+        let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
+        let name = CString::try_from_fmt(kernel::fmt!("{}", dev.nodename()))?;
+        let conn = Conn::new(driver.next_id(), peer, name)?;
+        driver.add_conn(conn.clone())?;
+        let id = conn.id;
+        let device = Arc::pin_init(
+            pin_init!(FrontDevice {
+                dev,
+                conn,
+                state <- new_mutex!(FrontState {
+                    machine: FrontendMachine::default(),
+                    negotiated: None,
+                    offer: None,
+                    parked: None,
+                }),
+            }),
+            GFP_KERNEL,
+        );
+        if device.is_err() {
+            driver.remove_conn(id);
+        }
+        device
+    }
+
+    /// Starts the handshake.
+    pub(crate) fn start(&self, driver: &Driver) {
+        let mut st = self.state.lock();
+        let peer = xenstore::peer_state(&self.dev).unwrap_or(XenbusState::Unknown);
+        let _ = st.machine.on_peer_state(peer);
+        let acts = st.machine.start();
+        self.run(driver, &mut st, acts);
+    }
+
+    /// The backend's state changed.
+    pub(crate) fn peer_changed(&self, driver: &Driver) {
+        let mut st = self.state.lock();
+        let acts = match xenstore::peer_state(&self.dev) {
+            Ok(peer) => st.machine.on_peer_state(peer),
+            Err(e) => {
+                pr_warn!("{}: unreadable backend state: {}\n", self.conn.name(), e);
+                st.machine.on_local_error()
+            }
+        };
+        self.run(driver, &mut st, acts);
+    }
+
+    /// The device goes away (unbind, unload, or its directory was removed).
+    pub(crate) fn remove(&self, driver: &Driver) {
+        {
+            let mut st = self.state.lock();
+            let acts = st.machine.on_remove();
+            self.run(driver, &mut st, acts);
+            // Whatever the machine's state, nothing may outlive the device.
+            self.teardown(driver, &mut st);
+        }
+        driver.remove_conn(self.conn.id);
+    }
+
+    fn run(&self, driver: &Driver, st: &mut FrontState, acts: Actions) {
+        for &action in acts.as_slice() {
+            if let Err(e) = self.step(driver, st, action) {
+                pr_warn!("{}: {:?} failed: {:?}\n", self.conn.name(), action, e);
+                let recovery = st.machine.on_local_error();
+                for &action in recovery.as_slice() {
+                    let _ = self.step(driver, st, action);
+                }
+                return;
+            }
+        }
+    }
+
+    fn step(&self, driver: &Driver, st: &mut FrontState, action: Action) -> Result {
+        let (ours, theirs) = xenstore::dirs(&self.dev)?;
+        match action {
+            Action::SwitchState(XenbusState::Closed) => self.dev.frontend_closed(),
+            Action::SwitchState(s) => self.dev.switch_state(s.as_u32()),
+            Action::ReadBackendNodes => {
+                let offer = schema::read_backend_config(&mut XenStore, theirs).map_err(proto)?;
+                let limits = FrontendLimits {
+                    max_ring_page_order: params::ring_page_order()
+                        .min(super::common::limits::MAX_RING_PAGE_ORDER),
+                    max_buffer_size: params::max_buffer_bytes(),
+                };
+                st.negotiated = Some(schema::negotiate(&offer, &limits).map_err(proto)?);
+            }
+            Action::AllocRingsAndPublish => {
+                let neg = st.negotiated.ok_or(EINVAL)?;
+                st.offer = None;
+                let pages = 1usize << neg.ring_page_order;
+                let ours_ring = self.dev.setup_ring(pages)?;
+                let theirs_ring = self.dev.setup_ring(pages)?;
+                ring::init_shared(&ours_ring).map_err(|_| EINVAL)?;
+                ring::init_shared(&theirs_ring).map_err(|_| EINVAL)?;
+                let port = self.dev.alloc_evtchn()?;
+                let irq = match ffi::bind_evtchn(port) {
+                    Ok(irq) => irq,
+                    Err(e) => {
+                        self.dev.free_evtchn(port);
+                        return Err(e);
+                    }
+                };
+                let irq = ConnIrq::new(&self.conn, irq, c_str!("hyper_dmabuf-front"))?;
+                let rings = FrontendRings::new(
+                    neg.version,
+                    neg.ring_page_order,
+                    ours_ring.refs(),
+                    theirs_ring.refs(),
+                    port,
+                )
+                .map_err(proto)?;
+                schema::publish_frontend(&mut XenStore, ours, &rings).map_err(proto)?;
+                st.offer = Some(Offer {
+                    ours: ours_ring,
+                    theirs: theirs_ring,
+                    irq,
+                    config: ChannelConfig {
+                        max_buffer_bytes: neg.max_buffer_size,
+                        allow_rw: neg.feature_rw,
+                    },
+                });
+            }
+            Action::Connect => {
+                let offer = st.offer.take().ok_or(EINVAL)?;
+                let link = Link::new(self.dev, offer.config, offer.ours, offer.theirs, offer.irq)?;
+                self.conn.attach(driver, link, offer.config);
+            }
+            Action::Disconnect => {
+                if let Some(link) = self.conn.detach(driver) {
+                    st.parked = Some(link);
+                }
+            }
+            Action::Teardown => {
+                self.teardown(driver, st);
+                let _ = schema::clear_frontend(&mut XenStore, ours);
+            }
+            Action::AwaitPeerRelease => {
+                if !xenstore::await_peer_release(&self.dev, FrontendMachine::peer_released) {
+                    pr_warn!(
+                        "{}: backend did not release our pages in time; the grant layer ends access once it does\n",
+                        self.conn.name()
+                    );
+                }
+            }
+            Action::LogProtocolError { ours, peer } => {
+                pr_warn!(
+                    "{}: backend dom{} moved to {} while we are {}: protocol error, closing\n",
+                    self.conn.name(),
+                    self.conn.peer.get(),
+                    peer.name(),
+                    ours.name()
+                );
+            }
+            Action::PublishBackendNodes | Action::MapRingsAndBind => return Err(EINVAL),
+        }
+        Ok(())
+    }
+
+    /// Releases everything the session holds. Idempotent.
+    fn teardown(&self, driver: &Driver, st: &mut FrontState) {
+        drop(self.conn.detach(driver));
+        drop(st.parked.take());
+        drop(st.offer.take());
+    }
+}
+
+fn proto(e: super::xenbus_proto::Error) -> Error {
+    pr_warn!("xenstore: {}\n", e);
+    EINVAL
+}
