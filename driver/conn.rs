@@ -17,7 +17,9 @@ use kernel::str::{CStr, CString};
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
 use kernel::time::msecs_to_jiffies;
 
-use super::common::channel::{Channel, ChannelConfig, ExportState, Host, ImportState};
+use super::common::channel::{
+    Channel, ChannelConfig, ExportState, Host, ImportState, Pending, MAX_OUTSTANDING,
+};
 use super::common::id::HyperDmabufId;
 use super::common::uapi::{Event, EventType};
 use super::common::wire::{ExportFlags, Message, PrivData};
@@ -37,7 +39,7 @@ pub(crate) const MAX_IMPORTS_PER_PEER: usize = 4096;
 /// IRQ goes (waiting for a running handler) before the rings.
 pub(crate) struct Link {
     irq: ConnIrq,
-    channel: Channel<SharedRing>,
+    channel: Channel<SharedRing, PendingBox>,
     dev: XenbusDev,
     broken: bool,
 }
@@ -53,13 +55,31 @@ impl Link {
         irq: ConnIrq,
     ) -> Result<Self> {
         let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
-        let channel = Channel::new(peer, config, ours, theirs).map_err(|_| EINVAL)?;
+        let table = PendingBox(KVec::from_elem(None, MAX_OUTSTANDING, GFP_KERNEL)?);
+        let channel =
+            Channel::with_table(peer, config, ours, theirs, table).map_err(|_| EINVAL)?;
         Ok(Link {
             irq,
             channel,
             dev,
             broken: false,
         })
+    }
+}
+
+/// The channel's table of outstanding requests, on the heap: inline it is
+/// several kilobytes, too big to move around on a 16 KiB kernel stack.
+pub(crate) struct PendingBox(KVec<Option<Pending>>);
+
+impl AsRef<[Option<Pending>]> for PendingBox {
+    fn as_ref(&self) -> &[Option<Pending>] {
+        &self.0
+    }
+}
+
+impl AsMut<[Option<Pending>]> for PendingBox {
+    fn as_mut(&mut self) -> &mut [Option<Pending>] {
+        &mut self.0
     }
 }
 

@@ -38,14 +38,14 @@ struct EventQueue {
 
 impl EventQueue {
     fn push(&mut self, event: &Event) {
-        if self.len == self.slots.len() {
+        if self.len >= QUEUE_LEN {
             self.lost = self.lost.saturating_add(1);
             stats::EVENTS_LOST.inc();
             return;
         }
         let mut e = *event;
         e.lost = core::mem::take(&mut self.lost);
-        let index = (self.head + self.len) % self.slots.len();
+        let index = (self.head + self.len) % QUEUE_LEN;
         if let Some(slot) = self.slots.get_mut(index) {
             *slot = e.encode();
             self.len += 1;
@@ -57,7 +57,7 @@ impl EventQueue {
             return None;
         }
         let record = *self.slots.get(self.head)?;
-        self.head = (self.head + 1) % self.slots.len();
+        self.head = (self.head + 1) % QUEUE_LEN;
         self.len -= 1;
         Some(record)
     }

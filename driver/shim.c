@@ -8,6 +8,7 @@
 #include <linux/delay.h>
 #include <linux/dma-buf.h>
 #include <linux/dma-direct.h>
+#include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -521,10 +522,19 @@ int hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns, unsigned int n
 
 	if (!sgt->sgl || sgt->sgl->offset)
 		return -EINVAL;
+	/*
+	 * With Xen's swiotlb (dom0, or a PV guest with PCI devices) a DMA
+	 * address is a machine address, whose pfn is found through the m2p,
+	 * as gntdev-dmabuf does. A PV domU without it uses dma-direct, whose
+	 * addresses are pseudo-physical: gntdev's m2p lookup would then read
+	 * a foreign frame number.
+	 */
+	bool machine = get_dma_ops(dev) != NULL;
+
 	for_each_sgtable_dma_page(sgt, &iter, 0) {
 		dma_addr_t addr = sg_page_iter_dma_address(&iter);
 		phys_addr_t phys = dma_to_phys(dev, addr);
-		unsigned long pfn = bfn_to_pfn(XEN_PFN_DOWN(phys));
+		unsigned long pfn = machine ? bfn_to_pfn(XEN_PFN_DOWN(phys)) : PHYS_PFN(phys);
 
 		if (i >= nr)
 			return -EINVAL;
@@ -869,9 +879,9 @@ static int hdm_gbuf_mmap(struct dma_buf *buf, struct vm_area_struct *vma)
 {
 	struct hdm_gbuf *gb = buf->priv;
 
-	/* Shared mappings only: a private copy of a foreign page makes no
-	 * sense, and COW of grant PTEs is not possible. */
-	if (!(vma->vm_flags & VM_SHARED))
+	/* Shared mappings only (MAP_SHARED of a read-only file has
+	 * VM_MAYSHARE without VM_SHARED): COW of grant PTEs is not possible. */
+	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	if (!gb->d.writable) {
 		if (vma->vm_flags & VM_WRITE)

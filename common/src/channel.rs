@@ -200,8 +200,9 @@ pub trait Host {
     fn protocol_error(&mut self, error: Error);
 }
 
+/// One request sent and not yet answered (opaque outside this module).
 #[derive(Clone, Copy)]
-struct Pending {
+pub struct Pending {
     req_id: u32,
     op: Op,
     hid: HyperDmabufId,
@@ -226,18 +227,27 @@ pub struct ChannelConfig {
     pub allow_rw: bool,
 }
 
+/// Where a channel keeps its outstanding requests: [`MAX_OUTSTANDING`]
+/// entries, all `None` at the start. By default an array inside the
+/// channel; the kernel passes a heap allocation, so that a channel is
+/// small enough to move around on a kernel stack.
+pub trait PendingTable: AsRef<[Option<Pending>]> + AsMut<[Option<Pending>]> {}
+
+impl<T: AsRef<[Option<Pending>]> + AsMut<[Option<Pending>]>> PendingTable for T {}
+
 /// The protocol logic of one connection.
 ///
 /// # Invariants
 ///
-/// Every `Some` entry of `pending` is a request pushed on `requests` whose
-/// response has not been consumed, stored at `req_id % pending.len()`.
-pub struct Channel<M> {
+/// `pending` has exactly [`MAX_OUTSTANDING`] entries. Every `Some` entry
+/// is a request pushed on `requests` whose response has not been consumed,
+/// stored at `req_id % MAX_OUTSTANDING`.
+pub struct Channel<M, T = [Option<Pending>; MAX_OUTSTANDING]> {
     peer: DomId,
     config: ChannelConfig,
     requests: Requester<M>,
     answers: Responder<M>,
-    pending: [Option<Pending>; MAX_OUTSTANDING],
+    pending: T,
     next_req_id: u32,
     notify_pending: bool,
 }
@@ -252,6 +262,31 @@ impl<M: SharedMem> Channel<M> {
     /// [`Error::RingTooSmall`], or [`Error::BadRingOrder`] for a ring of
     /// more than [`MAX_OUTSTANDING`] slots.
     pub fn new(peer: DomId, config: ChannelConfig, ours: M, theirs: M) -> Result<Self, Error> {
+        Self::with_table(peer, config, ours, theirs, [None; MAX_OUTSTANDING])
+    }
+}
+
+impl<M: SharedMem, T: PendingTable> Channel<M, T> {
+    /// As [`Channel::new`], keeping outstanding requests in `table`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::new`]; [`Error::OutputTooSmall`] if `table` does not
+    /// have exactly [`MAX_OUTSTANDING`] entries, all `None`.
+    pub fn with_table(
+        peer: DomId,
+        config: ChannelConfig,
+        ours: M,
+        theirs: M,
+        table: T,
+    ) -> Result<Self, Error> {
+        let entries = table.as_ref();
+        if entries.len() != MAX_OUTSTANDING || entries.iter().any(Option::is_some) {
+            return Err(Error::OutputTooSmall {
+                needed: MAX_OUTSTANDING,
+                got: entries.len(),
+            });
+        }
         let requests = Requester::new(ours)?;
         if requests.size() as usize > MAX_OUTSTANDING {
             return Err(Error::BadRingOrder(requests.size()));
@@ -261,10 +296,20 @@ impl<M: SharedMem> Channel<M> {
             config,
             requests,
             answers: Responder::new(theirs)?,
-            pending: [None; MAX_OUTSTANDING],
+            pending: table,
             next_req_id: 1,
             notify_pending: false,
         })
+    }
+
+    fn slot(&self, req_id: u32) -> Option<&Option<Pending>> {
+        self.pending.as_ref().get(req_id as usize % MAX_OUTSTANDING)
+    }
+
+    fn slot_mut(&mut self, req_id: u32) -> Option<&mut Option<Pending>> {
+        self.pending
+            .as_mut()
+            .get_mut(req_id as usize % MAX_OUTSTANDING)
     }
 
     /// The peer domain.
@@ -279,14 +324,13 @@ impl<M: SharedMem> Channel<M> {
 
     /// Requests sent and not answered.
     pub fn outstanding(&self) -> usize {
-        self.pending.iter().filter(|p| p.is_some()).count()
+        self.pending.as_ref().iter().filter(|p| p.is_some()).count()
     }
 
     /// Whether [`Channel::send`] would find a free slot and request id now
     /// (so a driver can queue notifications instead of failing them).
     pub fn can_send(&self) -> bool {
-        let index = self.next_req_id as usize % MAX_OUTSTANDING;
-        self.requests.free_slots() > 0 && self.pending[index].is_none()
+        self.requests.free_slots() > 0 && self.slot(self.next_req_id).is_some_and(Option::is_none)
     }
 
     /// Sends a request. `token` is handed back to [`Host::complete`] with
@@ -300,18 +344,20 @@ impl<M: SharedMem> Channel<M> {
     /// [`Error::RingFull`] when every slot is in use; wait for responses.
     pub fn send(&mut self, message: Message, token: Option<u64>) -> Result<bool, Error> {
         let req_id = self.next_req_id;
-        let index = req_id as usize % MAX_OUTSTANDING;
         if !self.can_send() {
             return Err(Error::RingFull);
         }
         self.requests.push(&Request { req_id, message }.encode())?;
-        // INVARIANT: pushed above, stored at its index.
-        self.pending[index] = Some(Pending {
-            req_id,
-            op: message.op(),
-            hid: *message.hid(),
-            token,
-        });
+        // INVARIANT: pushed above, stored at its index (which exists: the
+        // table has MAX_OUTSTANDING entries).
+        if let Some(slot) = self.slot_mut(req_id) {
+            *slot = Some(Pending {
+                req_id,
+                op: message.op(),
+                hid: *message.hid(),
+                token,
+            });
+        }
         self.next_req_id = req_id.wrapping_add(1);
         Ok(self.requests.publish())
     }
@@ -445,12 +491,13 @@ impl<M: SharedMem> Channel<M> {
 
     fn on_response(&mut self, host: &mut impl Host, slot: &Slot) -> Result<(), Error> {
         let response = Response::decode(slot)?;
-        let index = response.req_id as usize % MAX_OUTSTANDING;
-        let pending = match self.pending[index] {
-            Some(p) if p.req_id == response.req_id && p.op as u8 == response.op => p,
+        let pending = match self.slot(response.req_id) {
+            Some(Some(p)) if p.req_id == response.req_id && p.op as u8 == response.op => *p,
             _ => return Err(Error::UnexpectedResponse(response.req_id)),
         };
-        self.pending[index] = None;
+        if let Some(slot) = self.slot_mut(response.req_id) {
+            *slot = None;
+        }
         let status = response.status;
         match pending.op {
             Op::Export => {
@@ -589,7 +636,7 @@ impl<M: SharedMem> Channel<M> {
     /// request with [`Status::NoSuchBuffer`]. The caller then ends every
     /// export to this peer and revokes every import from it.
     pub fn disconnect(&mut self, host: &mut impl Host) {
-        for entry in self.pending.iter_mut() {
+        for entry in self.pending.as_mut().iter_mut() {
             if let Some(pending) = entry.take() {
                 if let Some(token) = pending.token {
                     host.complete(token, Status::NoSuchBuffer);

@@ -191,7 +191,10 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
                 let (step, text) = split_colon(key, value)?;
                 s.expect_fail = Some(ExpectFail { step, text });
             }
-            k if k.starts_with("extra.") => {}
+            // Read by dom0's init: extra kernel arguments or xl settings of a
+            // domU, and whether domUs get a hyper_dmabuf device.
+            k if k.starts_with("extra.") || k.starts_with("xl.") => {}
+            "attach" if value == "yes" || value == "no" => {}
             _ => return Err(format!("line {}: unknown key `{key}`", n + 1)),
         }
     }
