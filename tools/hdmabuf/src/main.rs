@@ -63,6 +63,10 @@ enum Command {
         /// wait until someone unexports the buffer.
         #[arg(long)]
         hold: Option<u64>,
+        /// Unexport as soon as an importer has released the buffer, then
+        /// wait until its grants have ended.
+        #[arg(long)]
+        once: bool,
         /// After an importer released it, verify the buffer holds the
         /// pattern of this seed (what a read-write importer wrote).
         #[arg(long)]
@@ -154,6 +158,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             rw,
             r#priv,
             hold,
+            once,
             expect_seed,
         } => {
             let domain = DomId::new(*domain)
@@ -190,6 +195,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 out.event(&event);
                 if event.hid.as_ref().is_some_and(|h| h.matches(&hid)) {
                     match event.kind {
+                        EventType::Released if *once && !released => {
+                            released = true;
+                            dev.unexport(&hid, 0)?;
+                            out.line(
+                                format!("released; unexporting {hid}"),
+                                json!({ "unexporting": hid.to_string() }),
+                            );
+                        }
                         EventType::Released => released = true,
                         EventType::GrantsEnded => break,
                         _ => {}
