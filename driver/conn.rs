@@ -734,6 +734,28 @@ impl Conn {
             .map(f)
     }
 
+    /// The events a reader opened now has missed and still needs: this
+    /// connection is up, and which buffers it may import.
+    pub(crate) fn replay(&self, out: &mut KVec<Event>) {
+        let inner = self.inner.lock();
+        if inner.link.is_none() {
+            return;
+        }
+        let _ = out.push(peer_event(EventType::PeerConnected, self.peer), GFP_KERNEL);
+        for e in inner.imports.values() {
+            if e.orphaned || e.state.revoked() {
+                continue;
+            }
+            let export = &e.state.export;
+            let event = Event {
+                priv_data: export.priv_data,
+                flags: export.flags,
+                ..buffer_event(EventType::NewExport, self.peer, &export.hid, export.size)
+            };
+            let _ = out.push(event, GFP_KERNEL);
+        }
+    }
+
     /// Calls `f` on every export and import.
     pub(crate) fn for_each(&self, mut exports: impl FnMut(&ExportEntry), mut imports: impl FnMut(&ImportEntry)) {
         let inner = self.inner.lock();

@@ -135,6 +135,22 @@ impl FileCtx {
     }
 }
 
+/// Tells a reader that just opened the device what it missed: a
+/// `PeerConnected` for each connected peer and a `NewExport` for each
+/// buffer it may import. Registered before this runs, the reader may see
+/// an announcement made meanwhile twice, but never miss one.
+pub(crate) fn replay(driver: &Driver, file: &FileCtx) {
+    let mut events = KVec::new();
+    if let Ok(conns) = driver.all_conns() {
+        for conn in conns.iter() {
+            conn.replay(&mut events);
+        }
+    }
+    if !events.is_empty() {
+        file.push(&events);
+    }
+}
+
 /// A user record that does not decode (unknown flags or items, reserved
 /// fields set, out-of-range values) is `EINVAL`.
 fn bad_record(_: ProtoError) -> Error {

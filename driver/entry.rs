@@ -161,6 +161,7 @@ extern "C" fn hdm_rs_open(hf: *mut bindings::hdm_file) -> *mut c_void {
     if driver.add_file(file.clone()).is_err() {
         return core::ptr::null_mut();
     }
+    crate::device::replay(driver, &file);
     Arc::into_raw(file).cast_mut().cast()
 }
 

@@ -7,7 +7,8 @@
 #   make images      dom0 + domU initramfs (cached, keyed by their inputs)
 #   make vm-smoke    dom0 + a PV and a PVH domU load the modules
 #   make vm-selftest the runner must fail on a module WARNING and a dead guest
-#   make test-vm     both; part of `make test`
+#   make vm-drivers  the driver scenarios of VM_DRIVER_TESTS
+#   make test-vm     all three; part of `make test`
 #   make vm-shell    boot Xen + dom0 with a shell on the console
 #   make vm-run SCENARIOS="a b"   run scenarios from tests/vm/scenarios
 #
@@ -16,13 +17,16 @@
 # /usr/bin (see platform/build-images.sh); the hdmabuf CLI by default.
 
 .PHONY: deps kernel xen modules modules-clean vm-tools images vm-runner vm-smoke \
-	vm-selftest test-vm vm-shell vm-run vm-list
+	vm-selftest vm-drivers test-vm vm-shell vm-run vm-list
 
 VM_RUNNER := target/release/hdmabuf-vmtest
 HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf
 COUNTS_DIR ?= target/test-counts
 VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
+# The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
+# make-demo scenario, randomized cycles.
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv
 
 deps:
 	@platform/install-deps.sh
@@ -57,7 +61,10 @@ vm-selftest: images vm-runner
 	@$(VM_RUNNER) run --counts "$(COUNTS_DIR)/vm-selftest" --images "$(VM_IMAGES)" \
 	  selftest-warn selftest-noboot
 
-test-vm: vm-smoke vm-selftest
+vm-drivers: images vm-runner
+	@$(VM_RUNNER) run --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" $(VM_DRIVER_TESTS)
+
+test-vm: vm-smoke vm-selftest vm-drivers
 
 test: test-vm
 

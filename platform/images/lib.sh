@@ -144,3 +144,36 @@ hdm_wait_event() {
     done
     echo "$line" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
 }
+
+# hdm_report TEXT: a line of a scenario's human report (`make demo` prints
+# these lines of every domain's log).
+hdm_report() { echo "report| [$HDM_DOMAIN] $*"; }
+
+# hdm_ms: milliseconds since boot (for the report's durations).
+hdm_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+
+# hdm_export_each PEER SIZE:SEED...: export a buffer of each size to PEER,
+# one after the other, each until its importer released it (`--once`).
+hdm_export_each() {
+    local peer=$1 spec
+    shift
+    for spec in "$@"; do
+        hdmabuf export --domain "$peer" --size "${spec%:*}" --seed "${spec#*:}" \
+            --priv "size-${spec%:*}" --once >/tmp/export.out 2>&1 || {
+            cat /tmp/export.out
+            hdm_fail "export of ${spec%:*} to domain $peer failed"
+        }
+        hdm_log "exported ${spec%:*} to domain $peer: imported, released, grants ended"
+    done
+}
+
+# hdm_import_each EVENTS SIZE:SEED...: for each size, wait for its export
+# (recorded by hdm_watch in EVENTS), import it and verify every byte.
+hdm_import_each() {
+    local events=$1 spec id
+    shift
+    for spec in "$@"; do
+        id=$(hdm_wait_event "$events" NewExport "\"priv\":\"size-${spec%:*}\"" 300)
+        hdmabuf import "$id" --verify "${spec#*:}" || hdm_fail "import of ${spec%:*} ($id) failed"
+    done
+}

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Buffer sizes with a PVH domU: it exports 4 KiB, 8 MiB and 1 GiB (the
+# default max_buffer_mib) to dom0, which verifies every byte of each; dom0
+# exports 4 KiB and 8 MiB to it, which it verifies. Counters end at zero.
+#
+# hdm: description = PVH domU and dom0 share 4 KiB, 8 MiB and 1 GiB buffers both ways
+# hdm: domains = pvh
+# hdm: xl.pvh = memory=1536
+# hdm: attach = yes
+# hdm: timeout = 600
+# hdm: boot-timeout = 300
+. /hdm/lib.sh
+
+case $HDM_DOMAIN/$HDM_PHASE in
+dom0/main)
+    hdm_load
+    ;;
+dom0/guests)
+    hdm_watch /tmp/events 900
+    hdm_wait_connected
+    hdm_export_each "$(xl domid pvh)" 4K:21 8M:22 &
+    exporter=$!
+    hdm_import_each /tmp/events 4K:1 8M:2 1G:3
+    wait $exporter || hdm_fail "dom0's exports failed"
+    hdm_check_released 120
+    ;;
+pvh/main)
+    hdm_load
+    hdm_watch /tmp/events 900
+    hdm_wait_connected
+    hdm_export_each 0 4K:1 8M:2 1G:3 &
+    exporter=$!
+    hdm_import_each /tmp/events 4K:21 8M:22
+    wait $exporter || hdm_fail "the guest's exports failed"
+    hdm_check_released 120
+    ;;
+esac
