@@ -56,8 +56,7 @@ impl Link {
     ) -> Result<Self> {
         let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
         let table = PendingBox(KVec::from_elem(None, MAX_OUTSTANDING, GFP_KERNEL)?);
-        let channel =
-            Channel::with_table(peer, config, ours, theirs, table).map_err(|_| EINVAL)?;
+        let channel = Channel::with_table(peer, config, ours, theirs, table).map_err(|_| EINVAL)?;
         Ok(Link {
             irq,
             channel,
@@ -308,7 +307,8 @@ impl Conn {
         self.locked(driver, |slot, view, host| {
             *view.config = config;
             *slot = Some(link);
-            host.fx.event(peer_event(EventType::PeerConnected, self.peer));
+            host.fx
+                .event(peer_event(EventType::PeerConnected, self.peer));
         });
         stats::CONNECTIONS.inc();
         pr_info!(
@@ -316,7 +316,11 @@ impl Conn {
             self.name(),
             self.peer.get(),
             config.max_buffer_bytes,
-            if config.allow_rw { ", read-write allowed" } else { "" }
+            if config.allow_rw {
+                ", read-write allowed"
+            } else {
+                ""
+            }
         );
         // Requests may have arrived before we looked.
         self.process(driver);
@@ -365,13 +369,18 @@ impl Conn {
                 };
                 view.unsent.remove(&number);
             }
-            host.fx.event(peer_event(EventType::PeerDisconnected, self.peer));
+            host.fx
+                .event(peer_event(EventType::PeerDisconnected, self.peer));
             host.fx.wake = true;
             Some(link)
         });
         if link.is_some() {
             stats::CONNECTIONS.dec();
-            pr_info!("{}: disconnected from dom{}\n", self.name(), self.peer.get());
+            pr_info!(
+                "{}: disconnected from dom{}\n",
+                self.name(),
+                self.peer.get()
+            );
         }
         link
     }
@@ -423,11 +432,18 @@ impl Conn {
     /// Announces a new export and registers `token` for its answer.
     pub(crate) fn announce(&self, driver: &Driver, entry: ExportEntry, token: u64) -> Result {
         self.locked(driver, |slot, _view, host| {
-            let link = slot.as_mut().filter(|l| !l.broken).ok_or_else(errno::enotconn)?;
+            let link = slot
+                .as_mut()
+                .filter(|l| !l.broken)
+                .ok_or_else(errno::enotconn)?;
             let info = entry.info;
             let number = info.hid.number();
-            host.results.try_create_and_insert(token, None, GFP_KERNEL)?;
-            if let Err(e) = host.exports.try_create_and_insert(number, entry, GFP_KERNEL) {
+            host.results
+                .try_create_and_insert(token, None, GFP_KERNEL)?;
+            if let Err(e) = host
+                .exports
+                .try_create_and_insert(number, entry, GFP_KERNEL)
+            {
                 host.results.remove(&token);
                 return Err(e);
             }
@@ -493,19 +509,21 @@ impl Conn {
             let Some(link) = slot.as_mut().filter(|l| !l.broken) else {
                 return Some(Err(errno::enotconn()));
             };
-            Some(match link.channel.send(Message::Update { hid, priv_data }, None) {
-                Ok(notify) => {
-                    if notify {
-                        link.irq.notify();
+            Some(
+                match link.channel.send(Message::Update { hid, priv_data }, None) {
+                    Ok(notify) => {
+                        if notify {
+                            link.irq.notify();
+                        }
+                        stats::MESSAGES.inc();
+                        Ok(hid)
                     }
-                    stats::MESSAGES.inc();
-                    Ok(hid)
-                }
-                Err(_) => {
-                    stats::RING_FULL.inc();
-                    Err(EAGAIN)
-                }
-            })
+                    Err(_) => {
+                        stats::RING_FULL.inc();
+                        Err(EAGAIN)
+                    }
+                },
+            )
         })
     }
 
@@ -572,7 +590,12 @@ impl Conn {
                         if let Some(e) = host.exports.get_mut(&hid.number()) {
                             e.unexport_at = None;
                         }
-                        pr_info!("{}: unexporting {} from dom{}\n", self.name(), hid, self.peer.get());
+                        pr_info!(
+                            "{}: unexporting {} from dom{}\n",
+                            self.name(),
+                            hid,
+                            self.peer.get()
+                        );
                     }
                     // Ring full: the answers that free it wake us again.
                     Err(_) => {
@@ -676,7 +699,10 @@ impl Conn {
     pub(crate) fn import_released(&self, driver: &Driver, hid: &HyperDmabufId) {
         self.locked(driver, |slot, view, host| {
             let number = hid.number();
-            let Some(entry) = host.imports.get_mut(&number).filter(|e| e.state.export.hid.matches(hid))
+            let Some(entry) = host
+                .imports
+                .get_mut(&number)
+                .filter(|e| e.state.export.hid.matches(hid))
             else {
                 return;
             };
@@ -699,7 +725,11 @@ impl Conn {
             });
             if !sent {
                 stats::RING_FULL.inc();
-                if view.unsent.try_create_and_insert(number, *hid, GFP_KERNEL).is_ok() {
+                if view
+                    .unsent
+                    .try_create_and_insert(number, *hid, GFP_KERNEL)
+                    .is_ok()
+                {
                     ffi::tick_schedule(10);
                 }
             }
@@ -757,7 +787,11 @@ impl Conn {
     }
 
     /// Calls `f` on every export and import.
-    pub(crate) fn for_each(&self, mut exports: impl FnMut(&ExportEntry), mut imports: impl FnMut(&ImportEntry)) {
+    pub(crate) fn for_each(
+        &self,
+        mut exports: impl FnMut(&ExportEntry),
+        mut imports: impl FnMut(&ImportEntry),
+    ) {
         let inner = self.inner.lock();
         inner.exports.values().for_each(&mut exports);
         inner.imports.values().for_each(&mut imports);

@@ -117,7 +117,9 @@ impl FileCtx {
             }
             *queue.slots.get(queue.head).ok_or(EAGAIN)?
         };
-        UserSlice::new(buf, Event::SIZE).writer().write_slice(&record)?;
+        UserSlice::new(buf, Event::SIZE)
+            .writer()
+            .write_slice(&record)?;
         let mut queue = self.queue.lock();
         if queue.slots.get(queue.head) == Some(&record) {
             queue.pop();
@@ -165,7 +167,9 @@ fn read_record<const N: usize>(arg: usize) -> Result<[u8; N]> {
 }
 
 fn write_record(arg: usize, record: &[u8]) -> Result {
-    UserSlice::new(arg, record.len()).writer().write_slice(record)
+    UserSlice::new(arg, record.len())
+        .writer()
+        .write_slice(record)
 }
 
 /// Handles one ioctl of file `file`.
@@ -181,10 +185,15 @@ pub(crate) fn ioctl(driver: &Driver, file: &FileCtx, cmd: u32, arg: usize) -> Re
         uapi::IOCTL_IMPORT => {
             let record = read_record::<{ ImportArgs::SIZE }>(arg)?;
             let args = ImportArgs::decode_in(&record).map_err(bad_record)?;
-            import::import(driver, &args.hid, args.flags & IMPORT_RW != 0, |fd, size| {
-                let out = ImportArgs { fd, size, ..args };
-                write_record(arg, &out.encode())
-            })?;
+            import::import(
+                driver,
+                &args.hid,
+                args.flags & IMPORT_RW != 0,
+                |fd, size| {
+                    let out = ImportArgs { fd, size, ..args };
+                    write_record(arg, &out.encode())
+                },
+            )?;
         }
         uapi::IOCTL_UNEXPORT => {
             let record = read_record::<{ UnexportArgs::SIZE }>(arg)?;
@@ -262,7 +271,11 @@ fn facts(driver: &Driver, hid: &HyperDmabufId) -> Result<Facts> {
 fn query(driver: &Driver, args: &QueryArgs) -> Result<u64> {
     let f = facts(driver, &args.hid)?;
     Ok(match args.item {
-        QueryItem::Type => u64::from(if f.imported { uapi::KIND_IMPORTED } else { uapi::KIND_EXPORTED }),
+        QueryItem::Type => u64::from(if f.imported {
+            uapi::KIND_IMPORTED
+        } else {
+            uapi::KIND_EXPORTED
+        }),
         QueryItem::Exporter => u64::from(f.exporter.get()),
         QueryItem::Importer => u64::from(f.importer.get()),
         QueryItem::Size => f.size,
@@ -309,7 +322,13 @@ fn list(driver: &Driver, args: &ListArgs) -> Result<u32> {
                 if e.info.flags.contains(ExportFlags::WRITABLE) {
                     state |= uapi::STATE_RW;
                 }
-                push(ListEntry { hid: e.info.hid, size: e.info.size, peer, kind: uapi::KIND_EXPORTED, state });
+                push(ListEntry {
+                    hid: e.info.hid,
+                    size: e.info.size,
+                    peer,
+                    kind: uapi::KIND_EXPORTED,
+                    state,
+                });
             },
             |e| {
                 let mut state = 0;

@@ -70,7 +70,11 @@ pub(crate) struct ConnIrq(Option<Irq>);
 
 impl ConnIrq {
     /// Installs the handler of `conn` on the bound `irq`.
-    pub(crate) fn new(conn: &Arc<Conn>, irq: u32, name: &'static kernel::str::CStr) -> Result<Self> {
+    pub(crate) fn new(
+        conn: &Arc<Conn>,
+        irq: u32,
+        name: &'static kernel::str::CStr,
+    ) -> Result<Self> {
         let ctx = Arc::into_raw(conn.clone()).cast::<c_void>();
         match Irq::request(irq, ctx, name) {
             Ok(irq) => Ok(ConnIrq(Some(irq))),

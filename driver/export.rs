@@ -119,7 +119,11 @@ impl ExportGrants {
             leaves.push(self.grant_dir_page(&page)?, GFP_KERNEL)?;
         }
         // One level: the root lists the data pages; two: the leaves.
-        let root_entries: &[GrantRef] = if layout.nr_leaves() == 0 { &refs } else { &leaves };
+        let root_entries: &[GrantRef] = if layout.nr_leaves() == 0 {
+            &refs
+        } else {
+            &leaves
+        };
         pgdir::encode_root(layout, root_entries, &mut page).map_err(|_| EINVAL)?;
         self.grant_dir_page(&page)
     }
@@ -161,8 +165,17 @@ impl ExportGrants {
 
     /// Posts `GrantsEnded` for a buffer whose grants have all ended.
     pub(crate) fn announce_ended(&self, driver: &Driver) {
-        pr_info!("buffer {} to dom{}: all grants ended\n", self.hid, self.peer.get());
-        driver.post(&[buffer_event(EventType::GrantsEnded, self.peer, &self.hid, self.size)]);
+        pr_info!(
+            "buffer {} to dom{}: all grants ended\n",
+            self.hid,
+            self.peer.get()
+        );
+        driver.post(&[buffer_event(
+            EventType::GrantsEnded,
+            self.peer,
+            &self.hid,
+            self.size,
+        )]);
     }
 }
 
@@ -216,7 +229,9 @@ fn refusal(status: Status) -> Error {
 
 /// `HDMABUF_IOCTL_EXPORT` for the file `owner`.
 pub(crate) fn export(driver: &Driver, owner: u64, args: &ExportArgs) -> Result<HyperDmabufId> {
-    let conn = driver.conn_for_peer(args.remote).ok_or_else(errno::enotconn)?;
+    let conn = driver
+        .conn_for_peer(args.remote)
+        .ok_or_else(errno::enotconn)?;
     let config = conn.config().ok_or_else(errno::enotconn)?;
     let writable = args.flags.contains(ExportFlags::WRITABLE);
     if writable && !config.allow_rw {

@@ -18,8 +18,7 @@ use crate::bindings;
 
 // The protocol core's page geometry must be the kernel's.
 const _: () = assert!(super::common::limits::XEN_PAGE_SHIFT == bindings::XEN_PAGE_SHIFT);
-const _: () =
-    assert!(super::common::limits::XEN_PAGE_SIZE == 1usize << bindings::XEN_PAGE_SHIFT);
+const _: () = assert!(super::common::limits::XEN_PAGE_SIZE == 1usize << bindings::XEN_PAGE_SHIFT);
 // A multi-page ring must fit what xenbus_setup_ring() accepts.
 const _: () =
     assert!(super::common::limits::MAX_RING_PAGE_ORDER <= bindings::XENBUS_MAX_RING_GRANT_ORDER);
@@ -316,7 +315,8 @@ impl XenbusDev {
     /// Backend: binds to the peer's port, as a late-EOI IRQ.
     pub(crate) fn bind_interdomain(&self, remote_port: u32) -> Result<u32> {
         // SAFETY: the device is live; any port number is checked by Xen.
-        let irq = unsafe { bindings::bind_interdomain_evtchn_to_irq_lateeoi(self.raw(), remote_port) };
+        let irq =
+            unsafe { bindings::bind_interdomain_evtchn_to_irq_lateeoi(self.raw(), remote_port) };
         to_result(irq)?;
         u32::try_from(irq).map_err(|_| EINVAL)
     }
@@ -488,7 +488,8 @@ pub(crate) type XsTxn = u32;
 pub(crate) fn xs_read(txn: XsTxn, path: &CStr, buf: &mut [u8]) -> Result<Option<usize>> {
     let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
     // SAFETY: `path` is NUL-terminated; `buf` is valid for `len` bytes.
-    let got = unsafe { bindings::hdm_xs_read(txn, path.as_char_ptr(), buf.as_mut_ptr().cast(), len) };
+    let got =
+        unsafe { bindings::hdm_xs_read(txn, path.as_char_ptr(), buf.as_mut_ptr().cast(), len) };
     if got == ENOENT.to_errno() {
         return Ok(None);
     }
@@ -632,7 +633,8 @@ pub(crate) fn grant_access(domid: u16, gfn: u64, readonly: bool) -> Result<u32> 
     let frame = usize::try_from(gfn).map_err(|_| EINVAL)?;
     // SAFETY: no pointers; the frame belongs to a page we keep alive
     // (pinned dma-buf or owned page) until the grant has ended.
-    let r = unsafe { bindings::gnttab_grant_foreign_access(domid, frame as _, i32::from(readonly)) };
+    let r =
+        unsafe { bindings::gnttab_grant_foreign_access(domid, frame as _, i32::from(readonly)) };
     to_result(r)?;
     u32::try_from(r).map_err(|_| EINVAL)
 }
@@ -668,7 +670,9 @@ impl OwnedPage {
     /// Allocates a zeroed page.
     pub(crate) fn alloc() -> Result<Self> {
         // SAFETY: no precondition.
-        NonNull::new(unsafe { bindings::hdm_alloc_page() }).map(OwnedPage).ok_or(ENOMEM)
+        NonNull::new(unsafe { bindings::hdm_alloc_page() })
+            .map(OwnedPage)
+            .ok_or(ENOMEM)
     }
 
     /// Its frame number, as the peer maps it.

@@ -101,7 +101,10 @@ impl GrantMapping {
     }
 
     fn mapped(&self) -> usize {
-        self.handles.iter().filter(|h| **h != INVALID_HANDLE).count()
+        self.handles
+            .iter()
+            .filter(|h| **h != INVALID_HANDLE)
+            .count()
     }
 }
 

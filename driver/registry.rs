@@ -71,7 +71,9 @@ impl Driver {
 
     /// Registers a connection.
     pub(crate) fn add_conn(&self, conn: Arc<Conn>) -> Result {
-        self.conns.lock().try_create_and_insert(conn.id, conn, GFP_KERNEL)?;
+        self.conns
+            .lock()
+            .try_create_and_insert(conn.id, conn, GFP_KERNEL)?;
         Ok(())
     }
 
@@ -103,7 +105,9 @@ impl Driver {
 
     /// Registers an open file.
     pub(crate) fn add_file(&self, file: Arc<FileCtx>) -> Result {
-        self.files.lock().try_create_and_insert(file.id, file, GFP_KERNEL)?;
+        self.files
+            .lock()
+            .try_create_and_insert(file.id, file, GFP_KERNEL)?;
         Ok(())
     }
 
@@ -178,6 +182,8 @@ impl Driver {
             let (_, grants) = node.to_key_value();
             grants.announce_ended(self);
         }
-        next.map_or(0, |due| u32::try_from(due.saturating_sub(now).max(1)).unwrap_or(u32::MAX))
+        next.map_or(0, |due| {
+            u32::try_from(due.saturating_sub(now).max(1)).unwrap_or(u32::MAX)
+        })
     }
 }

@@ -389,6 +389,103 @@ void hdm_seq_puts(struct seq_file *m, const char *s)
 	seq_puts(m, s);
 }
 
+/*
+ * debugfs "check": test instrumentation for the dma-buf ops user space
+ * cannot reach. A process writes the number of one of its dma-buf fds; the
+ * driver uses it as a kernel importer would (attach, map into an sg table,
+ * begin CPU access, vmap), sums its 64-bit words, and undoes it all. A read
+ * then returns "pages=N segments=M sum=0x..." or "error=-E".
+ */
+static DEFINE_MUTEX(hdm_check_lock);
+static char hdm_check_result[96];
+
+static int hdm_check_dmabuf(struct dma_buf *buf)
+{
+	struct dma_buf_attachment *attach;
+	struct iosys_map map;
+	struct sg_table *sgt;
+	struct scatterlist *sg;
+	u64 sum = 0, bytes = 0;
+	const u64 *words;
+	unsigned int i;
+	size_t n;
+	int err;
+
+	attach = dma_buf_attach(buf, hdm_misc.this_device);
+	if (IS_ERR(attach))
+		return PTR_ERR(attach);
+	sgt = dma_buf_map_attachment_unlocked(attach, DMA_BIDIRECTIONAL);
+	if (IS_ERR(sgt)) {
+		err = PTR_ERR(sgt);
+		goto out_detach;
+	}
+	for_each_sgtable_dma_sg(sgt, sg, i)
+		bytes += sg_dma_len(sg);
+	err = dma_buf_begin_cpu_access(buf, DMA_FROM_DEVICE);
+	if (err)
+		goto out_unmap;
+	err = dma_buf_vmap_unlocked(buf, &map);
+	if (err)
+		goto out_cpu;
+	words = map.vaddr;
+	for (n = 0; n < buf->size / sizeof(*words); n++) {
+		sum += words[n];
+		if (!(n & 0xfffff))
+			cond_resched();
+	}
+	dma_buf_vunmap_unlocked(buf, &map);
+	scnprintf(hdm_check_result, sizeof(hdm_check_result),
+		  "pages=%llu segments=%u mapped=%llu sum=0x%016llx\n",
+		  (u64)(buf->size >> PAGE_SHIFT), sgt->nents, bytes, sum);
+out_cpu:
+	dma_buf_end_cpu_access(buf, DMA_FROM_DEVICE);
+out_unmap:
+	dma_buf_unmap_attachment_unlocked(attach, sgt, DMA_BIDIRECTIONAL);
+out_detach:
+	dma_buf_detach(buf, attach);
+	return err;
+}
+
+static ssize_t hdm_check_write(struct file *file, const char __user *ubuf,
+			       size_t len, loff_t *off)
+{
+	struct dma_buf *buf;
+	int fd, err;
+
+	err = kstrtoint_from_user(ubuf, len, 10, &fd);
+	if (err)
+		return err;
+	buf = dma_buf_get(fd);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
+	mutex_lock(&hdm_check_lock);
+	err = hdm_check_dmabuf(buf);
+	if (err)
+		scnprintf(hdm_check_result, sizeof(hdm_check_result), "error=%d\n", err);
+	mutex_unlock(&hdm_check_lock);
+	dma_buf_put(buf);
+	return err ? err : len;
+}
+
+static ssize_t hdm_check_read(struct file *file, char __user *ubuf, size_t len,
+			      loff_t *off)
+{
+	ssize_t ret;
+
+	mutex_lock(&hdm_check_lock);
+	ret = simple_read_from_buffer(ubuf, len, off, hdm_check_result,
+				      strlen(hdm_check_result));
+	mutex_unlock(&hdm_check_lock);
+	return ret;
+}
+
+static const struct file_operations hdm_check_fops = {
+	.owner = THIS_MODULE,
+	.write = hdm_check_write,
+	.read = hdm_check_read,
+	.llseek = default_llseek,
+};
+
 /* --- timed jobs --------------------------------------------------------------- */
 
 static void hdm_tick_fn(struct work_struct *work);
@@ -438,6 +535,7 @@ int hdm_register_all(void)
 		hdm_hole_page = NULL;
 	hdm_debugfs = debugfs_create_dir("hyper_dmabuf", NULL);
 	debugfs_create_file("stats", 0400, hdm_debugfs, NULL, &hdm_stats_fops);
+	debugfs_create_file("check", 0600, hdm_debugfs, NULL, &hdm_check_fops);
 	err = xenbus_register_frontend(&hdm_front_driver);
 	if (err)
 		goto out_debugfs;
@@ -538,9 +636,11 @@ int hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns, unsigned int n
 
 		if (i >= nr)
 			return -EINVAL;
-		/* Only ordinary RAM may be granted: no MMIO/VRAM, no bounce
-		 * buffer standing in for the real pages. */
-		if (!pfn_valid(pfn) || swiotlb_find_pool(dev, PFN_PHYS(pfn)))
+		/* Only ordinary RAM of our own may be granted: no MMIO/VRAM,
+		 * no bounce buffer standing in for the real pages, no page
+		 * that maps another domain's frame (an import exported on). */
+		if (!pfn_valid(pfn) || swiotlb_find_pool(dev, PFN_PHYS(pfn)) ||
+		    PageForeign(pfn_to_page(pfn)))
 			return -EINVAL;
 		gfns[i++] = pfn_to_gfn(pfn);
 	}

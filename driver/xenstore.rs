@@ -38,7 +38,8 @@ impl Store for XenStore {
 
     fn write(&mut self, txn: Txn, p: &str, value: &[u8]) -> Result<(), Error> {
         let text = core::str::from_utf8(value).map_err(|_| Error::InvalidArgument)?;
-        let value = CString::try_from_fmt(kernel::fmt!("{}", text)).map_err(|_| Error::ValueTooLong)?;
+        let value =
+            CString::try_from_fmt(kernel::fmt!("{}", text)).map_err(|_| Error::ValueTooLong)?;
         ffi::xs_write(txn.0, &path(p)?, &value).map_err(store_err)
     }
 
@@ -58,7 +59,10 @@ impl Store for XenStore {
 /// The state of the device's peer; `Unknown` when absent, an error when
 /// malformed.
 pub(crate) fn peer_state(dev: &XenbusDev) -> Result<XenbusState, Error> {
-    let otherend = dev.otherend().to_str().map_err(|_| Error::InvalidArgument)?;
+    let otherend = dev
+        .otherend()
+        .to_str()
+        .map_err(|_| Error::InvalidArgument)?;
     schema::read_state(&mut XenStore, otherend)
 }
 

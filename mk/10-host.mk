@@ -19,8 +19,11 @@ counts-reset:
 	@rm -rf $(COUNTS_DIR) && mkdir -p $(COUNTS_DIR)
 
 fmt-check:
-	@echo "[host] cargo fmt --check"
+	@echo "[host] cargo fmt --check; rustfmt --check of the kernel module"
 	@$(CARGO) fmt --all --check
+	@rustfmt --edition 2021 --check driver/hyper_dmabuf_main.rs
+	@echo "[host] every unsafe block of the kernel module has a SAFETY comment"
+	@platform/check-safety.sh driver/*.rs front/*.rs back/*.rs
 
 clippy:
 	@echo "[host] cargo clippy (-D warnings -D clippy::undocumented_unsafe_blocks)"

@@ -174,6 +174,6 @@ hdm_import_each() {
     shift
     for spec in "$@"; do
         id=$(hdm_wait_event "$events" NewExport "\"priv\":\"size-${spec%:*}\"" 300)
-        hdmabuf import "$id" --verify "${spec#*:}" || hdm_fail "import of ${spec%:*} ($id) failed"
+        hdmabuf import "$id" --verify "${spec#*:}" --kernel-check || hdm_fail "import of ${spec%:*} ($id) failed"
     done
 }

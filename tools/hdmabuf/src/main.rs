@@ -6,6 +6,7 @@
 
 mod buffer;
 mod device;
+mod kcheck;
 mod pattern;
 mod sys;
 
@@ -88,6 +89,11 @@ enum Command {
         /// Keep the buffer imported this many seconds before releasing it.
         #[arg(long, default_value_t = 0)]
         hold: u64,
+        /// Also have the driver read the buffer as a kernel importer does
+        /// (attach, sg table, vmap) through debugfs, and compare its sum of
+        /// the bytes with ours.
+        #[arg(long)]
+        kernel_check: bool,
     },
     /// Print events as they arrive.
     Watch {
@@ -227,6 +233,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             verify,
             write,
             hold,
+            kernel_check,
         } => {
             let dev = Device::open(&cli.device)?;
             let started = Instant::now();
@@ -249,6 +256,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 );
             }
             dmabuf_sync(fd.as_fd(), false, write.is_some())?;
+            if *kernel_check {
+                let report = kcheck::run(fd.as_fd(), map.as_slice())?;
+                out.line(
+                    format!("kernel importer view: {report}"),
+                    json!({ "kernel_check": report }),
+                );
+            }
             std::thread::sleep(Duration::from_secs(*hold));
             checked.transpose()?;
             Ok(())
