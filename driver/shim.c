@@ -995,10 +995,10 @@ static int hdm_gbuf_mmap(struct dma_buf *buf, struct vm_area_struct *vma)
 }
 
 /*
- * Kernel mapping. Auto-translated: vmap() the pages. PV: a normal PTE may
- * not point at a foreign frame, so reserve the range by vmapping a page
- * that has no frame (its PTEs come out empty) and grant-map each frame
- * into its PTE, as xenbus_map_ring_valloc does for rings.
+ * Kernel mapping. Auto-translated: map the pages. PV: a normal PTE may
+ * not point at a foreign frame, so reserve the range by mapping a page
+ * that has no frame N times (its PTEs come out empty) and grant-map each
+ * frame into its PTE, as xenbus_map_ring_valloc does for rings.
  */
 static int hdm_gbuf_vmap_pv(struct hdm_gbuf *gb, struct iosys_map *map)
 {
@@ -1015,7 +1015,7 @@ static int hdm_gbuf_vmap_pv(struct hdm_gbuf *gb, struct iosys_map *map)
 		return -ENOMEM;
 	for (i = 0; i < gb->d.nr; i++)
 		hole[i] = hdm_hole_page;
-	vaddr = vmap(hole, gb->d.nr, VM_MAP, PAGE_KERNEL);
+	vaddr = vm_map_ram(hole, gb->d.nr, NUMA_NO_NODE);
 	kvfree(hole);
 	if (!vaddr)
 		return -ENOMEM;
@@ -1023,7 +1023,7 @@ static int hdm_gbuf_vmap_pv(struct hdm_gbuf *gb, struct iosys_map *map)
 	if (err)
 		goto out_vunmap;
 	pm.start = (unsigned long)vaddr;
-	/* vmap() built the page tables; init_mm is not exported, so find
+	/* vm_map_ram() built the page tables; init_mm is not exported, so find
 	 * each (empty) PTE with lookup_address(). */
 	for (i = 0; i < gb->d.nr && !err; i++) {
 		unsigned int level;
@@ -1048,7 +1048,7 @@ static int hdm_gbuf_vmap_pv(struct hdm_gbuf *gb, struct iosys_map *map)
 out_pm:
 	hdm_pte_map_free(&pm);
 out_vunmap:
-	vunmap(vaddr);
+	vm_unmap_ram(vaddr, gb->d.nr);
 	return err;
 }
 
@@ -1059,7 +1059,9 @@ static int hdm_gbuf_vmap(struct dma_buf *buf, struct iosys_map *map)
 
 	if (!xen_feature(XENFEAT_auto_translated_physmap))
 		return hdm_gbuf_vmap_pv(gb, map);
-	vaddr = vmap(gb->d.pages, gb->d.nr, VM_MAP, PAGE_KERNEL);
+	/* vm_map_ram, not vmap: vmap refuses more pages than the domain's
+	 * RAM, and a large import balloons out about that much. */
+	vaddr = vm_map_ram(gb->d.pages, gb->d.nr, NUMA_NO_NODE);
 	if (!vaddr)
 		return -ENOMEM;
 	gb->vaddr = vaddr;
@@ -1078,8 +1080,8 @@ static void hdm_gbuf_vunmap(struct dma_buf *buf, struct iosys_map *map)
 			.handles = gb->vmap_handles,
 		};
 
-		/* Never let vunmap() clear a grant PTE (Xen kills the domain):
-		 * on failure, leak the range. */
+		/* Never let vm_unmap_ram() clear a grant PTE (Xen kills the
+		 * domain): on failure, leak the range. */
 		if (hdm_pte_unmap(&pm, 0, pm.count)) {
 			pr_err("hyper_dmabuf: leaking a vmap range with grant PTEs\n");
 			gb->vaddr = NULL;
@@ -1089,7 +1091,7 @@ static void hdm_gbuf_vunmap(struct dma_buf *buf, struct iosys_map *map)
 		gb->vmap_ptes = NULL;
 	}
 	if (gb->vaddr)
-		vunmap(gb->vaddr);
+		vm_unmap_ram(gb->vaddr, gb->d.nr);
 	gb->vaddr = NULL;
 }
 

@@ -13,6 +13,9 @@
 //! | `create NAME` | `create NAME TYPE`          | `@[NAME] begin NAME main`   | boot-timeout |
 //! | `NAME`        | `@[NAME] begin NAME main`   | `@[NAME] end NAME main rc=N`| timeout      |
 //! | `wait NAME`   | `@[NAME] end NAME main ...` | `gone NAME`                 | 60 s         |
+//!
+//! (A `destroyed NAME` marker from dom0 ends the steps of a domU its
+//! scenario destroyed on purpose, as passed.)
 //! | `dom0 final`  | `begin dom0 final`          | `end dom0 final rc=N`       | timeout      |
 //! | `shutdown`    | `done dom0 ...`             | QEMU exits                  | 60 s         |
 //!
@@ -341,6 +344,15 @@ impl Monitor {
                     self.domids.push((id, dom.to_string()));
                 }
             }
+            // dom0's scenario destroyed a domU on purpose (a peer-death
+            // test): its step ends there, as passed.
+            (Source::Dom0, "destroyed") => {
+                self.end(now, &format!("create {dom}"));
+                self.end(now, dom);
+                if !self.passed.iter().any(|p| p == dom) {
+                    self.passed.push(dom.to_string());
+                }
+            }
             (Source::Dom0, "gone") => {
                 self.gone.push(dom.to_string());
                 self.end(now, &format!("wait {dom}"));
@@ -653,6 +665,31 @@ mod tests {
         feed(&mut m, &lines);
         m.exited(s(20), "exit status: 0", &sc.expect_log);
         assert_eq!(m.failure.unwrap().step, "checks");
+    }
+
+    #[test]
+    fn a_guest_destroyed_by_dom0_on_purpose_passes() {
+        let sc = scenario();
+        let mut m = Monitor::new(&sc);
+        let mut lines = GOOD.to_vec();
+        // The guest never ends its main phase: dom0 destroys it.
+        lines[9] = "@@HDM destroyed pv";
+        feed(&mut m, &lines);
+        m.tick(s(20));
+        m.exited(s(20), "exit status: 0", &sc.expect_log);
+        assert_eq!(m.failure, None);
+    }
+
+    #[test]
+    fn a_guest_that_vanishes_without_the_marker_fails() {
+        let sc = scenario();
+        let mut m = Monitor::new(&sc);
+        let mut lines = GOOD.to_vec();
+        lines.remove(9);
+        feed(&mut m, &lines);
+        m.tick(s(60));
+        m.exited(s(60), "exit status: 0", &sc.expect_log);
+        assert!(m.failure.is_some());
     }
 
     #[test]
