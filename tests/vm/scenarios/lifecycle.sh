@@ -1,0 +1,154 @@
+#!/bin/sh
+# The life-cycle of shared buffers between dom0 and a PV domU, and the
+# death of the domU with buffers mapped both ways.
+#
+#   A. Closing the fd that exported a buffer unexports it.
+#   B. Unexport while dom0 maps the buffer: the exporter keeps its grants
+#      until dom0 releases (RELEASE comes before the grants end); a second
+#      import of the mapped buffer reuses the mapping.
+#   C. A delayed unexport is reported by QUERY, then happens.
+#   D. dom0 and the domU each map a buffer of the other; dom0 destroys the
+#      domU. dom0's process keeps reading its mapping of the dead domain's
+#      pages, dom0's export to it ends, and once the process lets go every
+#      counter is back at zero.
+#   E. The module cannot be unloaded while a device is bound ("in use");
+#      once the device is removed it unloads.
+#
+# hdm: description = close/unexport/delayed unexport/re-import, peer death with buffers mapped both ways, unload
+# hdm: domains = pv
+# hdm: xl.pv = memory=512
+# hdm: attach = yes
+# hdm: timeout = 300
+# hdm: boot-timeout = 300
+# hdm: expect-log = dom0: hyper_dmabuf: unloaded (dom0 PV)
+. /hdm/lib.sh
+
+# id_of FILE: the id an `hdmabuf export` printed into FILE.
+id_of() {
+    local i=0
+    while ! grep -q '^exported ' "$1" 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -le 600 ] || hdm_fail "no export in $1: $(cat "$1")"
+        sleep 0.1
+    done
+    sed -n 's/^exported \([^ ]*\) .*/\1/p' "$1"
+}
+
+# line_of FILE EVENT ID: the line number of EVENT about ID in FILE.
+line_of() { grep -n "\"event\":\"$2\"" "$1" | grep -F "$3" | head -n 1 | cut -d: -f1; }
+
+case $HDM_DOMAIN/$HDM_PHASE in
+dom0/main)
+    hdm_load
+    ;;
+dom0/guests)
+    hdm_watch /tmp/events 600
+    hdm_wait_connected
+    pvid=$(xl domid pv)
+    echo "$pvid" >/tmp/pvid
+
+    # A
+    id=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-close"')
+    hdm_wait_event /tmp/events Unexport "$id" >/dev/null
+    hdm_log "A: the guest's buffer was unexported when its exporter died"
+
+    # B
+    id=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-busy"')
+    hdmabuf import "$id" --verify 32 --hold 600 >/tmp/holder 2>&1 &
+    holder=$!
+    hdm_wait_stat pages_mapped 1024
+    hdmabuf import "$id" --verify 32 || hdm_fail "B: second import failed"
+    n=$(dmesg | grep -c "imported $id")
+    [ "$n" = 1 ] || hdm_fail "B: the second import mapped the buffer again ($n mappings)"
+    hdm_wait_event /tmp/events Unexport "$id" >/dev/null
+    [ "$(hdm_stat pages_mapped)" = 1024 ] || hdm_fail "B: the mapping went away before we released it"
+    kill "$holder"
+    wait "$holder" 2>/dev/null
+    hdm_wait_stat pages_mapped 0
+    hdm_log "B: unexport waited for our release; the re-import reused the mapping"
+
+    # C
+    id=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-delay"')
+    hdm_wait_event /tmp/events Unexport "$id" >/dev/null
+    hdm_log "C: the delayed unexport happened"
+
+    # D
+    hdmabuf export --domain "$pvid" --size 8M --seed 35 --priv lc-death >/tmp/death 2>&1 &
+    exporter=$!
+    deathid=$(id_of /tmp/death)
+    id=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-death2"')
+    hdmabuf import "$id" --verify 36 --hold 600 >/tmp/holder2 2>&1 &
+    holder=$!
+    hdm_wait_stat pages_mapped 1024
+    hdm_wait_event /tmp/events Mapped "$deathid" >/dev/null
+    hdm_log "D: buffers mapped both ways; destroying the guest: $(hdm_stats)"
+    hdm_mark destroyed pv
+    xl destroy pv || hdm_fail "xl destroy failed"
+    hdm_wait_stat connections_live 0
+    wait "$exporter" || hdm_fail "D: dom0's export did not end cleanly: $(cat /tmp/death)"
+    kill -0 "$holder" || hdm_fail "D: the process mapping the dead guest's buffer died: $(cat /tmp/holder2)"
+    kill "$holder"
+    wait "$holder" 2>/dev/null
+    hdm_check_released 60
+    hdm_log "D: the guest's death was cleaned up"
+    ;;
+dom0/final)
+    pvid=$(cat /tmp/pvid)
+    if rmmod hyper_dmabuf 2>/tmp/rmmod; then
+        hdm_fail "E: the module unloaded while a device was bound"
+    fi
+    hdm_log "E: unload refused while bound: $(cat /tmp/rmmod)"
+    hdmabuf xl detach --timeout 10 "$pvid" || hdm_fail "E: detaching the device failed"
+    i=0
+    until rmmod hyper_dmabuf 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -le 100 ] || hdm_fail "E: the module did not unload after the device was removed"
+        sleep 0.1
+    done
+    hdm_expect_dmesg "hyper_dmabuf: unloaded (dom0 PV)"
+    ;;
+pv/main)
+    hdm_load
+    hdm_watch /tmp/events 600
+    hdm_wait_connected
+
+    # A: the exporter dies; its fd is closed, which unexports.
+    hdmabuf export --domain 0 --size 1M --seed 31 --priv lc-close >/tmp/close 2>&1 &
+    pid=$!
+    id_of /tmp/close >/dev/null
+    kill -9 "$pid"
+    wait "$pid" 2>/dev/null
+    hdm_check_released
+    hdm_log "A: closing the exporting fd unexported the buffer"
+
+    # B
+    hdmabuf --json export --domain 0 --size 4M --seed 32 --priv lc-busy >/tmp/busy 2>&1 &
+    pid=$!
+    id=$(hdm_wait_event /tmp/events Mapped "")
+    hdmabuf unexport "$id" || hdm_fail "B: unexport failed"
+    wait "$pid" || hdm_fail "B: the export did not end cleanly: $(cat /tmp/busy)"
+    released=$(grep -n '"event":"Released"' /tmp/busy | head -n 1 | cut -d: -f1)
+    ended=$(grep -n '"event":"GrantsEnded"' /tmp/busy | head -n 1 | cut -d: -f1)
+    [ -n "$released" ] && [ -n "$ended" ] && [ "$released" -lt "$ended" ] ||
+        hdm_fail "B: the grants ended before dom0 released the buffer: $(cat /tmp/busy)"
+    hdm_check_released
+    hdm_log "B: grants ended only after dom0's release"
+
+    # C
+    hdmabuf export --domain 0 --size 1M --seed 33 --priv lc-delay >/tmp/delay 2>&1 &
+    pid=$!
+    id=$(id_of /tmp/delay)
+    hdmabuf unexport "$id" --delay-ms 3000 || hdm_fail "C: delayed unexport failed"
+    hdmabuf --json query "$id" | grep -q '"delayed_unexported":1' ||
+        hdm_fail "C: QUERY does not report the delayed unexport"
+    wait "$pid" || hdm_fail "C: the export did not end: $(cat /tmp/delay)"
+    hdm_check_released
+    hdm_log "C: delayed unexport reported, then done"
+
+    # D: map dom0's buffer and share one; dom0 destroys this domain.
+    id=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-death"')
+    hdmabuf import "$id" --verify 35 --hold 600 &
+    hdmabuf export --domain 0 --size 4M --seed 36 --priv lc-death2 &
+    sleep 600
+    ;;
+esac
