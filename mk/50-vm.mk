@@ -26,7 +26,7 @@ VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
 # make-demo scenario, randomized cycles.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect
 
 deps:
 	@platform/install-deps.sh
