@@ -1,12 +1,14 @@
 #!/bin/sh
-# A PV domU exports an 8 MiB buffer to dom0; dom0 learns of it from an
-# event, imports it, verifies every byte and releases it; the domU then
-# unexports it and both sides end with every counter back at zero.
+# dom0 paired with two guests at once, a PV and a PVH one: each guest
+# exports an 8 MiB buffer to dom0, which learns of both from events,
+# imports them and verifies every byte (in user space and as a kernel
+# importer); dom0 exports a buffer to each guest, which verifies it. Every
+# counter ends at zero in every domain.
 #
-# hdm: description = PV domU exports 8 MiB to dom0, which imports and verifies it
-# hdm: domains = pv
+# hdm: description = dom0 shares both ways with a PV and a PVH guest at the same time
+# hdm: domains = pv pvh
 # hdm: attach = yes
-# hdm: timeout = 180
+# hdm: timeout = 240
 # hdm: boot-timeout = 300
 . /hdm/lib.sh
 
@@ -16,19 +18,30 @@ dom0/main)
     ;;
 dom0/guests)
     hdm_watch /tmp/events
-    hdm_wait_connected
-    id=$(hdm_wait_event /tmp/events NewExport '"size":8388608')
-    hdm_log "learnt of $id"
-    hdmabuf import "$id" --verify 7 || hdm_fail "import of $id failed"
-    hdm_wait_stat connections_live 0 60
+    hdm_wait_connected 2
+    hdm_export_each "$(xl domid pv)" 8M:51 &
+    to_pv=$!
+    hdm_export_each "$(xl domid pvh)" 8M:52 &
+    to_pvh=$!
+    for guest in pv:61 pvh:62; do
+        id=$(hdm_wait_event /tmp/events NewExport "\"priv\":\"from-${guest%:*}\"")
+        hdm_log "learnt of $id from ${guest%:*}"
+        hdmabuf import "$id" --verify "${guest#*:}" --kernel-check ||
+            hdm_fail "import from ${guest%:*} failed"
+    done
+    wait $to_pv || hdm_fail "export to pv failed"
+    wait $to_pvh || hdm_fail "export to pvh failed"
+    hdm_wait_stat connections_live 0 120
     hdm_check_released
-    hdm_log "share ok (dom0)"
     ;;
-pv/main)
+pv/main | pvh/main)
     hdm_load
+    hdm_watch /tmp/events
     hdm_wait_connected
-    hdmabuf export --domain 0 --size 8M --seed 7 --hold 15 || hdm_fail "export failed"
+    case $HDM_DOMAIN in pv) mine=61 theirs=51 ;; *) mine=62 theirs=52 ;; esac
+    hdmabuf export --domain 0 --size 8M --seed $mine --priv "from-$HDM_DOMAIN" --once ||
+        hdm_fail "export failed"
+    hdm_import_each /tmp/events 8M:$theirs
     hdm_check_released
-    hdm_log "share ok ($HDM_DOMAIN)"
     ;;
 esac
