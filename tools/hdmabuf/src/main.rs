@@ -9,6 +9,8 @@ mod device;
 mod kcheck;
 mod pattern;
 mod sys;
+mod toolstack;
+mod xsclient;
 
 use clap::{Parser, Subcommand};
 use device::{dmabuf_sync, Device};
@@ -111,6 +113,12 @@ enum Command {
     },
     /// List the buffers this domain exports and imports.
     List,
+    /// Toolstack commands for hyper_dmabuf devices (in the domain with
+    /// xenstored, normally dom0).
+    Xl {
+        #[command(subcommand)]
+        command: XlCommand,
+    },
     /// Revoke a buffer this domain exported.
     Unexport {
         /// The buffer id.
@@ -118,6 +126,53 @@ enum Command {
         /// Start the revocation after this many milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u32,
+    },
+}
+
+/// `hdmabuf xl ...`.
+#[derive(Subcommand)]
+enum XlCommand {
+    /// Give domain DOMID a hyper_dmabuf device whose backend is --backend.
+    Attach {
+        /// The frontend domain.
+        domid: u16,
+        /// The backend domain.
+        #[arg(long, default_value_t = 0)]
+        backend: u16,
+        /// The device number.
+        #[arg(long, default_value_t = 0)]
+        devid: u32,
+        /// Largest ring the backend offers (2^order pages).
+        #[arg(long)]
+        ring_page_order: Option<u32>,
+        /// Largest buffer, in MiB.
+        #[arg(long)]
+        max_buffer_mib: Option<u64>,
+        /// Allow read-write exports.
+        #[arg(long)]
+        rw: bool,
+        /// Print the nodes, values and permissions instead of writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Close and remove a device.
+    Detach {
+        /// The frontend domain.
+        domid: u16,
+        /// The backend domain.
+        #[arg(long, default_value_t = 0)]
+        backend: u16,
+        /// The device number.
+        #[arg(long, default_value_t = 0)]
+        devid: u32,
+        /// Seconds to wait for the drivers to close before removing.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// List devices and their states.
+    List {
+        /// Only this domain's.
+        domid: Option<u16>,
     },
 }
 
@@ -335,6 +390,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Xl { command } => run_xl(command, &out),
         Command::Unexport { id, delay_ms } => {
             let dev = Device::open(&cli.device)?;
             dev.unexport(id, *delay_ms)?;
@@ -345,6 +401,73 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn run_xl(command: &XlCommand, out: &Output) -> Result<(), Failure> {
+    let spec =
+        |domid: u16, backend: u16, devid: u32| hyper_dmabuf_xenbus_proto::schema::DeviceSpec {
+            front: domid,
+            back: backend,
+            devid,
+            max_ring_page_order: None,
+            max_buffer_size: None,
+            feature_rw: None,
+        };
+    let lines = match command {
+        XlCommand::Attach {
+            domid,
+            backend,
+            devid,
+            ring_page_order,
+            max_buffer_mib,
+            rw,
+            dry_run,
+        } => {
+            let max_buffer_size = match max_buffer_mib {
+                Some(m) => Some(m.checked_mul(1 << 20).filter(|b| *b > 0).ok_or_else(|| {
+                    Failure::Error(format!(
+                        "--max-buffer-mib {m}: must be 1 or more, and fit 64 bits"
+                    ))
+                })?),
+                None => None,
+            };
+            let spec = hyper_dmabuf_xenbus_proto::schema::DeviceSpec {
+                max_ring_page_order: *ring_page_order,
+                max_buffer_size,
+                feature_rw: Some(*rw),
+                ..spec(*domid, *backend, *devid)
+            };
+            toolstack::attach(&toolstack::AttachArgs {
+                spec,
+                dry_run: *dry_run,
+            })?
+        }
+        XlCommand::Detach {
+            domid,
+            backend,
+            devid,
+            timeout,
+        } => toolstack::detach(
+            &spec(*domid, *backend, *devid),
+            Duration::from_secs(*timeout),
+        )?,
+        XlCommand::List { domid } => {
+            let devices = toolstack::list(*domid)?;
+            if out.json {
+                let all: Vec<Value> = devices.iter().map(toolstack::DeviceInfo::json).collect();
+                println!("{}", json!({ "devices": all }));
+            } else if devices.is_empty() {
+                println!("no hyper_dmabuf devices");
+            }
+            devices.iter().map(toolstack::DeviceInfo::line).collect()
+        }
+    };
+    if !(out.json && matches!(command, XlCommand::List { .. })) {
+        for line in lines {
+            out.line(line.clone(), json!({ "xl": line }));
+        }
+    }
+    Ok(())
 }
 
 const QUERY_ITEMS: [(&str, QueryItem); 9] = [
