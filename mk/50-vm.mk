@@ -21,12 +21,14 @@
 
 VM_RUNNER := target/release/hdmabuf-vmtest
 HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf
+# Exported: the image key (build-images.sh --dir) depends on it.
+export HDMABUF_VM_TOOLS
 COUNTS_DIR ?= target/test-counts
 VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
 # make-demo scenario, randomized cycles.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles
 
 deps:
 	@platform/install-deps.sh
