@@ -397,7 +397,7 @@ impl Conn {
             loop {
                 match link.channel.process(host) {
                     Ok(progress) => {
-                        any |= progress.notify || progress.more;
+                        any |= progress.handled > 0;
                         if progress.notify {
                             link.irq.notify();
                         }

@@ -216,6 +216,10 @@ pub struct Progress {
     pub notify: bool,
     /// Work is left (budget exhausted); call `process` again.
     pub more: bool,
+    /// Messages consumed (responses and requests): zero means the
+    /// notification that woke us found nothing, which a driver reports
+    /// as spurious to Xen's event-storm throttling.
+    pub handled: u32,
 }
 
 /// Settings of a connection.
@@ -464,8 +468,10 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
     /// the caller must close the connection.
     pub fn process(&mut self, host: &mut impl Host) -> Result<Progress, Error> {
         let mut slot: Slot = [0u8; SLOT_SIZE];
+        let mut responses: u32 = 0;
         while self.requests.pop(&mut slot)? {
             self.on_response(host, &slot)?;
+            responses = responses.saturating_add(1);
         }
         let mut answered = 0;
         while answered < PROCESS_BUDGET && self.answers.pop(&mut slot)? {
@@ -473,7 +479,10 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             self.answers.push(&response.encode())?;
             answered += 1;
         }
-        let mut progress = Progress::default();
+        let mut progress = Progress {
+            handled: responses.saturating_add(answered),
+            ..Progress::default()
+        };
         if answered > 0 {
             progress.notify = self.answers.publish();
         }
