@@ -91,6 +91,8 @@ dom0/guests)
     wait "$holder" 2>/dev/null
     hdm_check_released 60
     hdm_log "D: the guest's death was cleaned up"
+    # Our event reader holds the device open (and so the module).
+    kill "$HDM_WATCH_PID"
     ;;
 dom0/final)
     pvid=$(cat /tmp/pvid)
