@@ -56,16 +56,21 @@ pub(crate) struct Device {
 impl Device {
     /// Opens the device node at `path`.
     pub(crate) fn open(path: &str) -> Result<Self, DeviceError> {
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
-            fail(format!("opening {path}"), e, |errno| match errno {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                fail(format!("opening {path}"), e, |errno| {
+                    match errno {
                 libc::ENOENT => Some(
-                    "the hyper_dmabuf driver is not loaded in this domain: modprobe hyper_dmabuf_front (domU) \
-                     or hyper_dmabuf_back (backend domain)",
+                    "the hyper_dmabuf driver is not loaded in this domain: modprobe hyper_dmabuf",
                 ),
                 libc::EACCES | libc::EPERM => Some("the device is root-only: run as root"),
                 _ => None,
-            })
-        })?;
+            }
+                })
+            })?;
         Ok(Device { fd: file.into() })
     }
 
@@ -93,13 +98,16 @@ impl Device {
         sys::ioctl_record(self.fd.as_fd(), uapi::IOCTL_EXPORT, &mut record).map_err(|e| {
             fail(action.clone(), e, |errno| match errno {
                 libc::ENOTCONN => Some(
-                    "no connected hyper_dmabuf device links this domain to that one: add a hyper_dmabuf entry to \
-                     the guest's xl config and load the driver in both domains",
+                    "no connected hyper_dmabuf device links this domain to that one: attach one \
+                     (hdmabuf xl attach DOMID in dom0) and load the driver in both domains",
                 ),
                 libc::EPERM => Some("read-write sharing is not enabled on this device (feature-rw=0 / rw=0)"),
                 libc::E2BIG => Some("the buffer is larger than the device's max-buffer-size"),
                 libc::ETIMEDOUT => Some("the peer domain did not answer; is its driver running?"),
-                libc::EINVAL => Some("the fd must be a dma-buf of whole pages starting at offset 0"),
+                libc::EINVAL => Some(
+                    "the fd must be a dma-buf of this domain's own RAM pages (not an import), whole pages from offset 0",
+                ),
+                libc::EAGAIN => Some("the ring to that domain is full: retry"),
                 _ => None,
             })
         })?;
