@@ -179,13 +179,14 @@ impl Host for HostView<'_> {
             .try_create_and_insert(number, ImportEntry::new(import), GFP_KERNEL)
             .map_err(|_| Status::NoMemory)?;
         stats::IMPORTS.inc();
-        pr_info!(
-            "{}: dom{} announced buffer {} ({} bytes)\n",
+        // The peer decides how often this happens: rate-limited.
+        ffi::log_info_ratelimited(format_args!(
+            "{}: dom{} announced buffer {} ({} bytes)",
             self.name,
             self.peer.get(),
             import.export.hid,
             import.export.size
-        );
+        ));
         Ok(())
     }
 

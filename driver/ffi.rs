@@ -129,6 +129,14 @@ pub(crate) fn log_ratelimited(args: core::fmt::Arguments<'_>) {
     }
 }
 
+/// Logs an informational line that a peer can trigger, rate-limited.
+pub(crate) fn log_info_ratelimited(args: core::fmt::Arguments<'_>) {
+    if let Ok(msg) = CString::try_from_fmt(args) {
+        // SAFETY: `msg` is NUL-terminated; the shim prints it with "%s".
+        unsafe { bindings::hdm_log_info_ratelimited(msg.as_char_ptr()) }
+    }
+}
+
 /// Fills `buf` with random bytes (`get_random_bytes`).
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     let len = u32::try_from(buf.len()).unwrap_or(0);

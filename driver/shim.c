@@ -93,6 +93,11 @@ void hdm_log_ratelimited(const char *msg)
 	pr_warn_ratelimited("hyper_dmabuf: %s\n", msg);
 }
 
+void hdm_log_info_ratelimited(const char *msg)
+{
+	pr_info_ratelimited("hyper_dmabuf: %s\n", msg);
+}
+
 /* --- domain ----------------------------------------------------------------- */
 
 bool hdm_xen_domain(void)
