@@ -263,6 +263,9 @@ fn import_and_verify(
 pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Summary, String> {
     let deadline = Instant::now() + timeout;
     let mut summary = Summary::default();
+    // A reader opened while a buffer is announced may be told of it twice
+    // (the driver's replay for late readers, then the live event).
+    let mut seen = std::collections::HashSet::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -283,6 +286,9 @@ pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Sum
         let Some(what) = parse_tag(text) else {
             continue;
         };
+        if !seen.insert(hid.to_string()) {
+            continue;
+        }
         let Some((index, seed, act)) = what else {
             let (fd, _) = dev
                 .import(&hid, false)
