@@ -19,6 +19,8 @@ use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{self, Event, EventType, QueryItem, DEVICE_PATH};
 use hyper_dmabuf_common::wire::PrivData;
 use hyper_dmabuf_common::xen::DomId;
+use hyper_dmabuf_xenbus_proto::parse;
+use hyper_dmabuf_xenbus_proto::schema::{self, DeviceSpec};
 use serde_json::{json, Value};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -172,38 +174,11 @@ enum StressCommand {
 #[derive(Subcommand)]
 enum XlCommand {
     /// Give domain DOMID a hyper_dmabuf device whose backend is --backend.
-    Attach {
-        /// The frontend domain.
-        domid: u16,
-        /// The backend domain.
-        #[arg(long, default_value_t = 0)]
-        backend: u16,
-        /// The device number.
-        #[arg(long, default_value_t = 0)]
-        devid: u32,
-        /// Largest ring the backend offers (2^order pages).
-        #[arg(long)]
-        ring_page_order: Option<u32>,
-        /// Largest buffer, in MiB.
-        #[arg(long)]
-        max_buffer_mib: Option<u64>,
-        /// Allow read-write exports.
-        #[arg(long)]
-        rw: bool,
-        /// Print the nodes, values and permissions instead of writing them.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Attach(XlAttach),
     /// Close and remove a device.
     Detach {
-        /// The frontend domain.
-        domid: u16,
-        /// The backend domain.
-        #[arg(long, default_value_t = 0)]
-        backend: u16,
-        /// The device number.
-        #[arg(long, default_value_t = 0)]
-        devid: u32,
+        #[command(flatten)]
+        device: XlDevice,
         /// Seconds to wait for the drivers to close before removing.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -211,8 +186,83 @@ enum XlCommand {
     /// List devices and their states.
     List {
         /// Only this domain's.
+        #[arg(value_parser = domid_parser())]
         domid: Option<u16>,
     },
+}
+
+/// A domain id xenstore can hold: below `DOMID_FIRST_RESERVED`, so that a
+/// reserved id is a usage error (exit 2) rather than a failure.
+fn domid_parser() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(..i64::from(parse::DOMID_FIRST_RESERVED))
+}
+
+/// Which device `xl attach` and `xl detach` work on.
+#[derive(clap::Args)]
+struct XlDevice {
+    /// The frontend domain.
+    #[arg(value_parser = domid_parser())]
+    domid: u16,
+    /// The backend domain.
+    #[arg(long, default_value_t = 0, value_parser = domid_parser())]
+    backend: u16,
+    /// The device number.
+    #[arg(long, default_value_t = 0)]
+    devid: u32,
+}
+
+impl XlDevice {
+    /// The device with no optional configuration.
+    fn spec(&self) -> DeviceSpec {
+        DeviceSpec {
+            front: self.domid,
+            back: self.backend,
+            devid: self.devid,
+            max_ring_page_order: None,
+            max_buffer_size: None,
+            feature_rw: None,
+        }
+    }
+}
+
+/// `hdmabuf xl attach`.
+#[derive(clap::Args)]
+struct XlAttach {
+    #[command(flatten)]
+    device: XlDevice,
+    /// Largest ring the backend offers (2^order pages per ring).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(..=i64::from(schema::MAX_RING_PAGE_ORDER)))]
+    ring_page_order: Option<u32>,
+    /// Largest buffer shared over the device, in MiB.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=u64::MAX >> 20))]
+    max_buffer_mib: Option<u64>,
+    /// Allow read-write exports (feature-rw = 1; else 0).
+    #[arg(long)]
+    rw: bool,
+    /// Print the nodes, values and permissions instead of writing them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl XlAttach {
+    /// The device to create.
+    fn spec(&self) -> Result<DeviceSpec, Failure> {
+        let max_buffer_size = match self.max_buffer_mib {
+            // The parser's range keeps this from overflowing; checked all
+            // the same, as a failure rather than a panic.
+            Some(m) => Some(
+                m.checked_mul(1 << 20)
+                    .ok_or_else(|| Failure::Error(format!("--max-buffer-mib {m}: too large")))?,
+            ),
+            None => None,
+        };
+        Ok(DeviceSpec {
+            max_ring_page_order: self.ring_page_order,
+            max_buffer_size,
+            feature_rw: Some(self.rw),
+            ..self.device.spec()
+        })
+    }
 }
 
 /// Why the tool stopped.
@@ -495,68 +545,30 @@ fn run_stress(command: &StressCommand, device: &str, out: &Output) -> Result<(),
 }
 
 fn run_xl(command: &XlCommand, out: &Output) -> Result<(), Failure> {
-    let spec =
-        |domid: u16, backend: u16, devid: u32| hyper_dmabuf_xenbus_proto::schema::DeviceSpec {
-            front: domid,
-            back: backend,
-            devid,
-            max_ring_page_order: None,
-            max_buffer_size: None,
-            feature_rw: None,
-        };
     let lines = match command {
-        XlCommand::Attach {
-            domid,
-            backend,
-            devid,
-            ring_page_order,
-            max_buffer_mib,
-            rw,
-            dry_run,
-        } => {
-            let max_buffer_size = match max_buffer_mib {
-                Some(m) => Some(m.checked_mul(1 << 20).filter(|b| *b > 0).ok_or_else(|| {
-                    Failure::Error(format!(
-                        "--max-buffer-mib {m}: must be 1 or more, and fit 64 bits"
-                    ))
-                })?),
-                None => None,
-            };
-            let spec = hyper_dmabuf_xenbus_proto::schema::DeviceSpec {
-                max_ring_page_order: *ring_page_order,
-                max_buffer_size,
-                feature_rw: Some(*rw),
-                ..spec(*domid, *backend, *devid)
-            };
-            toolstack::attach(&toolstack::AttachArgs {
-                spec,
-                dry_run: *dry_run,
-            })?
+        XlCommand::Attach(args) => toolstack::attach(&args.spec()?, args.dry_run)?,
+        XlCommand::Detach { device, timeout } => {
+            toolstack::detach(&device.spec(), Duration::from_secs(*timeout))?
         }
-        XlCommand::Detach {
-            domid,
-            backend,
-            devid,
-            timeout,
-        } => toolstack::detach(
-            &spec(*domid, *backend, *devid),
-            Duration::from_secs(*timeout),
-        )?,
         XlCommand::List { domid } => {
             let devices = toolstack::list(*domid)?;
+            // One object for the whole list, as `hdmabuf list --json`.
             if out.json {
                 let all: Vec<Value> = devices.iter().map(toolstack::DeviceInfo::json).collect();
                 println!("{}", json!({ "devices": all }));
             } else if devices.is_empty() {
                 println!("no hyper_dmabuf devices");
+            } else {
+                println!("{}", toolstack::LIST_HEADER);
+                for d in &devices {
+                    println!("{}", d.line());
+                }
             }
-            devices.iter().map(toolstack::DeviceInfo::line).collect()
+            return Ok(());
         }
     };
-    if !(out.json && matches!(command, XlCommand::List { .. })) {
-        for line in lines {
-            out.line(line.clone(), json!({ "xl": line }));
-        }
+    for line in lines {
+        out.line(line.text, line.json);
     }
     Ok(())
 }
@@ -741,5 +753,94 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// The lines `hdmabuf xl attach --dry-run ARGS...` prints.
+    fn dry_run(args: &[&str]) -> Vec<String> {
+        let argv = ["hdmabuf", "xl", "attach", "--dry-run"].iter().chain(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Xl {
+            command: XlCommand::Attach(attach),
+        } = &cli.command
+        else {
+            panic!("not xl attach");
+        };
+        assert!(attach.dry_run);
+        let spec = attach.spec().ok().unwrap();
+        toolstack::attach(&spec, true)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect()
+    }
+
+    #[test]
+    fn xl_attach_dry_run() {
+        let f = "/local/domain/5/device/hyper_dmabuf/0";
+        let b = "/local/domain/0/backend/hyper_dmabuf/5/0";
+        let expect = [
+            format!("{f} = \"\" (n5,r0)"),
+            format!("{b} = \"\" (n0,r5)"),
+            format!("{f}/backend = \"{b}\" (n5,r0)"),
+            format!("{f}/backend-id = \"0\" (n5,r0)"),
+            format!("{f}/state = \"1\" (n5,r0)"),
+            format!("{b}/frontend = \"{f}\" (n0,r5)"),
+            format!("{b}/frontend-id = \"5\" (n0,r5)"),
+            format!("{b}/online = \"1\" (n0,r5)"),
+            format!("{b}/state = \"1\" (n0,r5)"),
+            format!("{b}/feature-rw = \"0\" (n0,r5)"),
+        ];
+        assert_eq!(dry_run(&["5"]), expect);
+    }
+
+    #[test]
+    fn xl_attach_dry_run_with_every_option() {
+        let lines = dry_run(&[
+            "--backend",
+            "3",
+            "--devid",
+            "2",
+            "--ring-page-order",
+            "4",
+            "--max-buffer-mib",
+            "256",
+            "--rw",
+            "7",
+        ]);
+        let b = "/local/domain/3/backend/hyper_dmabuf/7/2";
+        assert_eq!(
+            lines[..2],
+            [
+                "/local/domain/7/device/hyper_dmabuf/2 = \"\" (n7,r3)".to_string(),
+                format!("{b} = \"\" (n3,r7)"),
+            ]
+        );
+        assert_eq!(
+            lines[9..],
+            [
+                format!("{b}/max-ring-page-order = \"4\" (n3,r7)"),
+                format!("{b}/max-buffer-size = \"268435456\" (n3,r7)"),
+                format!("{b}/feature-rw = \"1\" (n3,r7)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn xl_usage_errors() {
+        for args in [
+            &["xl", "attach"][..],
+            &["xl", "attach", "32752"],
+            &["xl", "attach", "5", "--backend", "65535"],
+            &["xl", "attach", "5", "--ring-page-order", "5"],
+            &["xl", "attach", "5", "--max-buffer-mib", "0"],
+            &["xl", "attach", "5", "--max-buffer-mib", "17592186044416"],
+            &["xl", "detach", "-1"],
+            &["xl", "list", "x"],
+        ] {
+            let argv = std::iter::once(&"hdmabuf").chain(args);
+            let e = Cli::try_parse_from(argv).err().unwrap();
+            // clap exits 2 for every usage error.
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
     }
 }
