@@ -412,8 +412,12 @@ impl Monitor {
         if crashed && before_scenario {
             return Some(format!("step `{}`: {}", f.step, f.reason));
         }
-        self.nested_svm_crash()
-            .then(|| format!("step `{}`: {} (a dump of Xen's own state)", f.step, f.reason))
+        self.nested_svm_crash().then(|| {
+            format!(
+                "step `{}`: {} (a dump of Xen's own state)",
+                f.step, f.reason
+            )
+        })
     }
 
     /// Whether a PVH guest's triple fault is QEMU's: under TCG with nested
