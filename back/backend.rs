@@ -18,7 +18,7 @@ use super::xenbus_proto::schema::{self, BackendConfig, BackendLimits};
 use super::xenbus_proto::{Action, Actions, BackendMachine, XenbusState};
 use crate::conn::{Conn, Link};
 use crate::entry::ConnIrq;
-use crate::ffi::{params, XenbusDev};
+use crate::ffi::{params, OnlineWatch, XenbusDev};
 use crate::registry::Driver;
 use crate::xenstore::{self, XenStore};
 
@@ -34,6 +34,10 @@ pub(crate) struct BackDevice {
     conn: Arc<Conn>,
     #[pin]
     state: Mutex<BackState>,
+    /// The watch on our `online` node. Not under `state`: its callback
+    /// takes `state`, and dropping the watch waits for the callback.
+    #[pin]
+    online_watch: Mutex<Option<OnlineWatch>>,
 }
 
 impl BackDevice {
@@ -52,6 +56,7 @@ impl BackDevice {
                     machine: BackendMachine::default(),
                     offered: None,
                 }),
+                online_watch <- new_mutex!(None),
             }),
             GFP_KERNEL,
         );
@@ -70,10 +75,25 @@ impl BackDevice {
 
     /// Publishes our limits and waits for the frontend.
     pub(crate) fn start(&self, driver: &Driver) {
+        {
+            let mut st = self.state.lock();
+            let peer = xenstore::peer_state(&self.dev).unwrap_or(XenbusState::Unknown);
+            let _ = st.machine.on_peer_state(peer, self.online());
+            let acts = st.machine.start();
+            self.run(driver, &mut st, acts);
+        }
+        // The toolstack removes a device by writing `online` = 0; with a
+        // frontend that is gone, only this watch tells us.
+        match self.dev.watch_online() {
+            Ok(w) => *self.online_watch.lock() = Some(w),
+            Err(e) => pr_warn!("{}: cannot watch online: {:?}\n", self.conn.name(), e),
+        }
+    }
+
+    /// Our `online` node changed.
+    pub(crate) fn online_changed(&self, driver: &Driver) {
         let mut st = self.state.lock();
-        let peer = xenstore::peer_state(&self.dev).unwrap_or(XenbusState::Unknown);
-        let _ = st.machine.on_peer_state(peer, self.online());
-        let acts = st.machine.start();
+        let acts = st.machine.on_online_changed(self.online());
         self.run(driver, &mut st, acts);
     }
 
@@ -92,6 +112,9 @@ impl BackDevice {
 
     /// The device goes away.
     pub(crate) fn remove(&self, driver: &Driver) {
+        // Unregistered first, outside `state`: it waits for its callback.
+        let watch = self.online_watch.lock().take();
+        drop(watch);
         {
             let mut st = self.state.lock();
             let acts = st.machine.on_remove();

@@ -318,6 +318,14 @@ extern "C" fn hdm_rs_back_changed(dev: *mut bindings::xenbus_device, _peer: c_ui
 }
 
 #[no_mangle]
+extern "C" fn hdm_rs_back_online(dev: *mut bindings::xenbus_device) {
+    // SAFETY: the watch of a device probed by the backend driver, which
+    // stores an `Arc<BackDevice>`; removed before that device's remove
+    // reclaims it.
+    unsafe { with_device::<BackDevice>(dev, |driver, d| d.online_changed(driver)) }
+}
+
+#[no_mangle]
 extern "C" fn hdm_rs_back_remove(dev: *mut bindings::xenbus_device) {
     // SAFETY: remove of a device probed by the backend driver.
     if let Some(state) = unsafe { take_device::<BackDevice>(dev) } {

@@ -306,6 +306,15 @@ impl XenbusDev {
         })
     }
 
+    /// Backend: watches our own `online` node; the watch calls
+    /// `hdm_rs_back_online` for this device until dropped.
+    pub(crate) fn watch_online(&self) -> Result<OnlineWatch> {
+        // SAFETY: the device is live (invariant); the watch is removed
+        // (`OnlineWatch::drop`) before the device's `remove` returns.
+        let w = unsafe { bindings::hdm_watch_online(self.raw()) };
+        NonNull::new(w).map(OnlineWatch).ok_or(ENOMEM)
+    }
+
     /// Frontend: allocates an unbound event channel for the peer.
     pub(crate) fn alloc_evtchn(&self) -> Result<u32> {
         let mut port = 0u32;
@@ -327,6 +336,24 @@ impl XenbusDev {
             unsafe { bindings::bind_interdomain_evtchn_to_irq_lateeoi(self.raw(), remote_port) };
         to_result(irq)?;
         u32::try_from(irq).map_err(|_| EINVAL)
+    }
+}
+
+/// A registered watch on a backend's `online` node.
+///
+/// # Invariants
+///
+/// Came from `hdm_watch_online` and is unregistered once, in `drop`.
+pub(crate) struct OnlineWatch(NonNull<bindings::hdm_online_watch>);
+
+// SAFETY: unregistering a watch is valid from any process context.
+unsafe impl Send for OnlineWatch {}
+
+impl Drop for OnlineWatch {
+    fn drop(&mut self) {
+        // SAFETY: registered and not yet unregistered (invariant); this
+        // waits for a running callback unless called from it.
+        unsafe { bindings::hdm_unwatch_online(self.0.as_ptr()) }
     }
 }
 

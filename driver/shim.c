@@ -289,6 +289,41 @@ static struct xenbus_driver hdm_back_driver = {
 	.allow_rebind = true,
 };
 
+struct hdm_online_watch {
+	struct xenbus_watch watch;
+	struct xenbus_device *dev;
+};
+
+static void hdm_online_changed(struct xenbus_watch *watch, const char *path,
+			       const char *token)
+{
+	struct hdm_online_watch *w = container_of(watch, struct hdm_online_watch, watch);
+
+	hdm_rs_back_online(w->dev);
+}
+
+struct hdm_online_watch *hdm_watch_online(struct xenbus_device *dev)
+{
+	struct hdm_online_watch *w = kzalloc(sizeof(*w), GFP_KERNEL);
+
+	if (!w)
+		return NULL;
+	w->dev = dev;
+	if (xenbus_watch_pathfmt(dev, &w->watch, NULL, hdm_online_changed,
+				 "%s/online", dev->nodename)) {
+		kfree(w);
+		return NULL;
+	}
+	return w;
+}
+
+void hdm_unwatch_online(struct hdm_online_watch *w)
+{
+	unregister_xenbus_watch(&w->watch);
+	kfree(w->watch.node);
+	kfree(w);
+}
+
 const char *hdm_xb_nodename(struct xenbus_device *dev)
 {
 	return dev->nodename;

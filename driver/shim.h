@@ -73,6 +73,15 @@ int hdm_rs_back_probe(struct xenbus_device *dev);
 void hdm_rs_back_changed(struct xenbus_device *dev, unsigned int peer_state);
 void hdm_rs_back_remove(struct xenbus_device *dev);
 
+/*
+ * Backend: a watch on the device's own `online` node (the toolstack sets it
+ * to 0 to remove a device); fires hdm_rs_back_online(dev), and once at once.
+ */
+struct hdm_online_watch;
+struct hdm_online_watch *hdm_watch_online(struct xenbus_device *dev);
+void hdm_unwatch_online(struct hdm_online_watch *w);
+void hdm_rs_back_online(struct xenbus_device *dev);
+
 const char *hdm_xb_nodename(struct xenbus_device *dev);
 const char *hdm_xb_otherend(struct xenbus_device *dev);
 int hdm_xb_otherend_id(struct xenbus_device *dev);
