@@ -60,10 +60,14 @@ dom0/guests)
     hdmabuf import "$id" --verify 32 || hdm_fail "B: second import failed"
     n=$(dmesg | grep -c "imported $id")
     [ "$n" = 1 ] || hdm_fail "B: the second import mapped the buffer again ($n mappings)"
+    # Tell the guest it may unexport now: a small buffer of ours.
+    hdmabuf export --domain "$pvid" --size 4K --seed 30 --priv lc-go --once >/tmp/go 2>&1 &
+    go=$!
     hdm_wait_event /tmp/events Unexport "$id" >/dev/null
     [ "$(hdm_stat pages_mapped)" = 1024 ] || hdm_fail "B: the mapping went away before we released it"
     kill "$holder"
     wait "$holder" 2>/dev/null
+    wait "$go" || hdm_fail "B: the go signal failed: $(cat /tmp/go)"
     hdm_wait_stat pages_mapped 0
     hdm_log "B: unexport waited for our release; the re-import reused the mapping"
 
@@ -127,6 +131,10 @@ pv/main)
     hdmabuf --json export --domain 0 --size 4M --seed 32 --priv lc-busy >/tmp/busy 2>&1 &
     pid=$!
     id=$(hdm_wait_event /tmp/events Mapped "")
+    # dom0 imports it a second time, then signals with a buffer of its own
+    # (unexported, the buffer could not be imported again).
+    go=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-go"')
+    hdmabuf import "$go" --verify 30 || hdm_fail "B: importing dom0's signal failed"
     hdmabuf unexport "$id" || hdm_fail "B: unexport failed"
     wait "$pid" || hdm_fail "B: the export did not end cleanly: $(cat /tmp/busy)"
     released=$(grep -n '"event":"Released"' /tmp/busy | head -n 1 | cut -d: -f1)
