@@ -1,13 +1,18 @@
 #!/bin/sh
 # 200 randomized export/import/unexport cycles in each direction at once:
-# a PV guest exports to dom0 while dom0 exports to a PVH guest (sizes from
+# a PV guest exports to dom0 while dom0 exports to a second PV guest (sizes from
 # 4 KiB to 2 MiB, read-only and read-write, imported then unexported,
 # unexported before the import, exported again with new private data). The
 # importer verifies every byte it maps. Afterwards every counter of every
 # domain is back at zero and no request was refused.
 #
-# hdm: description = 200 randomized cycles each way (PV guest to dom0, dom0 to PVH guest), counters back to zero
-# hdm: domains = pv pvh
+# Two PV guests, not a PVH one: under QEMU's emulated nested SVM a PVH
+# guest that runs this long sometimes triple-faults in its timer interrupt
+# (pvclock_clocksource_read), a platform fault the runner cannot always
+# tell from a guest crash. PVH sharing is covered by share and sizes-pvh.
+#
+# hdm: description = 200 randomized cycles each way (PV guest to dom0, dom0 to another PV guest), counters back to zero
+# hdm: domains = pv pv2:pv
 # hdm: attach = yes
 # hdm: timeout = 600
 # hdm: boot-timeout = 300
@@ -30,8 +35,8 @@ dom0/guests)
     hdm_log "baseline: $(hdm_stats)"
     hdmabuf stress import --domain "$(xl domid pv)" >/tmp/import.out 2>&1 &
     importer=$!
-    hdmabuf stress export --domain "$(xl domid pvh)" --cycles $CYCLES --seed 2 --max-size 2M ||
-        hdm_fail "stress export to pvh failed"
+    hdmabuf stress export --domain "$(xl domid pv2)" --cycles $CYCLES --seed 2 --max-size 2M ||
+        hdm_fail "stress export to pv2 failed"
     wait $importer || { cat /tmp/import.out; hdm_fail "stress import from pv failed"; }
     cat /tmp/import.out
     hdm_wait_stat connections_live 0 120
@@ -44,7 +49,7 @@ pv/main)
         hdm_fail "stress export failed"
     finish
     ;;
-pvh/main)
+pv2/main)
     hdm_load
     hdm_wait_connected
     hdmabuf stress import --domain 0 || hdm_fail "stress import failed"
