@@ -11,6 +11,8 @@ mod pattern;
 mod stress;
 mod sys;
 mod toolstack;
+mod xlcfg;
+mod xlcreate;
 mod xsclient;
 
 use clap::{Parser, Subcommand};
@@ -173,7 +175,11 @@ enum StressCommand {
 /// `hdmabuf xl ...`.
 #[derive(Subcommand)]
 enum XlCommand {
-    /// Give domain DOMID a hyper_dmabuf device whose backend is --backend.
+    /// Create a domain with `xl create -p`, attach the devices of its
+    /// config's `hyper_dmabuf` entries, then unpause it (see docs/xl.md).
+    Create(XlCreate),
+    /// Give domain DOMID a hyper_dmabuf device, described by SPEC (the
+    /// config entry syntax) or by the flags.
     Attach(XlAttach),
     /// Close and remove a device.
     Detach {
@@ -242,11 +248,53 @@ struct XlAttach {
     /// Print the nodes, values and permissions instead of writing them.
     #[arg(long)]
     dry_run: bool,
+    /// The device as a config entry: "backend=<domid or name>,
+    /// devid=<n>, ring-page-order=<k>, max-buffer-mib=<m>, rw=<0|1>",
+    /// every key optional. Not with the device flags.
+    #[arg(conflicts_with_all = ["backend", "devid", "ring_page_order", "max_buffer_mib", "rw"])]
+    spec: Option<String>,
+}
+
+/// `hdmabuf xl create`.
+#[derive(clap::Args)]
+struct XlCreate {
+    /// Touch neither xl nor xenstore: print the nodes every entry would
+    /// write, as if the new domain were --domid.
+    #[arg(long, requires = "domid")]
+    dry_run: bool,
+    /// The domain id a dry run gives the new domain.
+    #[arg(long, requires = "dry_run", value_parser = domid_parser())]
+    domid: Option<u16>,
+    /// The xl domain configuration file.
+    cfg: String,
+    /// Passed to `xl create` after CFG; KEY=VALUE ones are also read as
+    /// settings that override the file's, as xl does.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    xl_args: Vec<String>,
 }
 
 impl XlAttach {
     /// The device to create.
     fn spec(&self) -> Result<DeviceSpec, Failure> {
+        if let Some(text) = &self.spec {
+            let entry = xlcfg::Entry::parse(text, 0)
+                .map_err(|e| Failure::Error(format!("SPEC {text:?}: {e}")))?;
+            let back = match &entry.backend {
+                xlcfg::Backend::Domid(b) => *b,
+                xlcfg::Backend::Name(n) if self.dry_run => {
+                    return Err(Failure::Error(format!(
+                        "SPEC: backend {n:?} is a domain name, and resolving names \
+                         needs a running Xen; give its domain id for a dry run"
+                    )))
+                }
+                xlcfg::Backend::Name(n) => {
+                    xlcreate::domid_of(&mut xlcreate::RealHost, n).map_err(|e| {
+                        Failure::Error(format!("SPEC: key backend: no domain {n:?}: {e}"))
+                    })?
+                }
+            };
+            return Ok(entry.spec(self.device.domid, back));
+        }
         let max_buffer_size = match self.max_buffer_mib {
             // The parser's range keeps this from overflowing; checked all
             // the same, as a failure rather than a panic.
@@ -546,6 +594,13 @@ fn run_stress(command: &StressCommand, device: &str, out: &Output) -> Result<(),
 
 fn run_xl(command: &XlCommand, out: &Output) -> Result<(), Failure> {
     let lines = match command {
+        XlCommand::Create(args) => {
+            let cfg = xlcfg::Config::read(&args.cfg, &args.xl_args)?;
+            match args.domid {
+                Some(domid) => xlcreate::dry_run(&cfg, domid)?,
+                None => xlcreate::create(&mut xlcreate::RealHost, &args.cfg, &args.xl_args, &cfg)?,
+            }
+        }
         XlCommand::Attach(args) => toolstack::attach(&args.spec()?, args.dry_run)?,
         XlCommand::Detach { device, timeout } => {
             toolstack::detach(&device.spec(), Duration::from_secs(*timeout))?
@@ -823,6 +878,76 @@ mod tests {
                 format!("{b}/feature-rw = \"1\" (n3,r7)"),
             ]
         );
+    }
+
+    #[test]
+    fn xl_attach_spec_equals_the_flags() {
+        let flags = dry_run(&[
+            "--backend",
+            "3",
+            "--devid",
+            "2",
+            "--ring-page-order",
+            "4",
+            "--max-buffer-mib",
+            "256",
+            "--rw",
+            "7",
+        ]);
+        let spec = dry_run(&[
+            "7",
+            "backend=3, devid=2, ring-page-order=4, max-buffer-mib=256, rw=1",
+        ]);
+        assert_eq!(spec, flags);
+        // Defaults: backend 0, devid 0, feature-rw 0, as with no flags.
+        assert_eq!(dry_run(&["5", ""]), dry_run(&["5"]));
+    }
+
+    #[test]
+    fn xl_attach_spec_errors() {
+        let spec = |args: &[&str]| {
+            let argv = ["hdmabuf", "xl", "attach"].iter().chain(args);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Xl {
+                command: XlCommand::Attach(attach),
+            } = &cli.command
+            else {
+                panic!("not xl attach");
+            };
+            match attach.spec() {
+                Err(Failure::Error(e)) => e,
+                _ => panic!("no error"),
+            }
+        };
+        assert_eq!(
+            spec(&["5", "rw=2"]),
+            "SPEC \"rw=2\": key rw: \"2\" is out of range (0 to 1)"
+        );
+        assert!(spec(&["--dry-run", "5", "backend=dd"]).contains("needs a running Xen"));
+    }
+
+    #[test]
+    fn xl_create_arguments() {
+        let argv = [
+            "hdmabuf",
+            "xl",
+            "create",
+            "--dry-run",
+            "--domid",
+            "7",
+            "g.cfg",
+            "-q",
+            "name=x",
+        ];
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Xl {
+            command: XlCommand::Create(create),
+        } = &cli.command
+        else {
+            panic!("not xl create");
+        };
+        assert_eq!(create.domid, Some(7));
+        assert_eq!(create.xl_args, ["-q", "name=x"]);
     }
 
     #[test]

@@ -108,6 +108,21 @@ fn attach_on<S: Read + Write>(
     }])
 }
 
+/// Removes both directories of a device at once, without asking the
+/// drivers to close first: for the devices of a domain that never ran,
+/// when `hdmabuf xl create` gives up (libxl leaves the nodes of a kind it
+/// does not know behind when the domain is destroyed).
+pub(crate) fn remove(spec: &DeviceSpec) -> Result<(), String> {
+    let mut xs = XsClient::open().map_err(|e| e.to_string())?;
+    schema::remove_device_dirs(&mut xs, spec).map_err(|e| {
+        failure(
+            &xs,
+            &format!("removing device {} of domain {}", spec.devid, spec.front),
+            e,
+        )
+    })
+}
+
 /// What one end's `state` node says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EndState {
