@@ -953,7 +953,13 @@ mod tests {
     #[test]
     fn xl_usage_errors() {
         for args in [
-            &["xl", "attach"][..],
+            &["xl", "attach", "5", "rw=1", "--rw"][..],
+            &["xl", "attach", "5", "--backend", "3", "backend=3"],
+            &["xl", "create", "--dry-run", "g.cfg"],
+            &["xl", "create", "--domid", "7", "g.cfg"],
+            &["xl", "create", "--dry-run", "--domid", "32752", "g.cfg"],
+            &["xl", "create"],
+            &["xl", "attach"],
             &["xl", "attach", "32752"],
             &["xl", "attach", "5", "--backend", "65535"],
             &["xl", "attach", "5", "--ring-page-order", "5"],
