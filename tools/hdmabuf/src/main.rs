@@ -122,7 +122,7 @@ enum Command {
     /// other side (soak tests).
     Stress {
         #[command(subcommand)]
-        command: StressCommand,
+        command: stress::StressCommand,
     },
     /// Toolstack commands for hyper_dmabuf devices (in the domain with
     /// xenstored, normally dom0).
@@ -137,38 +137,6 @@ enum Command {
         /// Start the revocation after this many milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u32,
-    },
-}
-
-/// `hdmabuf stress ...`.
-#[derive(Subcommand)]
-enum StressCommand {
-    /// Run the cycles, exporting to --domain.
-    Export {
-        /// The importing domain.
-        #[arg(long, short)]
-        domain: u32,
-        /// How many buffers.
-        #[arg(long, default_value_t = 200)]
-        cycles: u32,
-        /// Seed of the plan.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Largest buffer (with K/M/G).
-        #[arg(long, default_value = "4M", value_parser = parse_size)]
-        max_size: u64,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-    },
-    /// Import and verify what --domain exports, until its end marker.
-    Import {
-        /// The exporting domain.
-        #[arg(long, short)]
-        domain: u32,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
     },
 }
 
@@ -528,7 +496,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Xl { command } => run_xl(command, &out),
-        Command::Stress { command } => run_stress(command, &cli.device, &out),
+        Command::Stress { command } => stress::run(command, &cli.device, &out),
         Command::Unexport { id, delay_ms } => {
             let dev = Device::open(&cli.device)?;
             dev.unexport(id, *delay_ms)?;
@@ -539,57 +507,6 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
-}
-
-fn run_stress(command: &StressCommand, device: &str, out: &Output) -> Result<(), Failure> {
-    let dev = Device::open(device)?;
-    let started = Instant::now();
-    let (side, summary) = match command {
-        StressCommand::Export {
-            domain,
-            cycles,
-            seed,
-            max_size,
-            timeout,
-        } => {
-            let peer = DomId::new(*domain).map_err(|e| Failure::Error(format!("--domain: {e}")))?;
-            let plan = stress::plan(*seed, *cycles, *max_size);
-            let s = stress::export(&dev, peer, &plan, Duration::from_secs(*timeout))
-                .map_err(Failure::Error)?;
-            ("export", s)
-        }
-        StressCommand::Import { domain, timeout } => {
-            let peer = DomId::new(*domain).map_err(|e| Failure::Error(format!("--domain: {e}")))?;
-            let s = stress::import(&dev, peer, Duration::from_secs(*timeout))
-                .map_err(Failure::Error)?;
-            ("import", s)
-        }
-    };
-    let ms = started.elapsed().as_millis();
-    out.line(
-        format!(
-            "stress {side}: {} cycles (shared {}, revoked {}, updated {}), {} verified, {} revoked before import, {} bytes, {ms} ms",
-            summary.acts.iter().sum::<u32>(),
-            summary.acts[0],
-            summary.acts[1],
-            summary.acts[2],
-            summary.verified,
-            summary.revoked_first,
-            summary.bytes,
-        ),
-        json!({
-            "stress": side,
-            "cycles": summary.acts.iter().sum::<u32>(),
-            "shared": summary.acts[0],
-            "revoked": summary.acts[1],
-            "updated": summary.acts[2],
-            "verified": summary.verified,
-            "revoked_before_import": summary.revoked_first,
-            "bytes": summary.bytes,
-            "ms": ms,
-        }),
-    );
-    Ok(())
 }
 
 fn run_xl(command: &XlCommand, out: &Output) -> Result<(), Failure> {
