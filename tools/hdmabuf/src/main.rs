@@ -216,9 +216,9 @@ struct XlAttach {
     /// Print the nodes, values and permissions instead of writing them.
     #[arg(long)]
     dry_run: bool,
-    /// The device as a config entry: "backend=<domid or name>,
-    /// devid=<n>, ring-page-order=<k>, max-buffer-mib=<m>, rw=<0|1>",
-    /// every key optional. Not with the device flags.
+    /// The device as a config entry, `backend=DOMID-OR-NAME, devid=N,
+    /// ring-page-order=K, max-buffer-mib=M, rw=0|1`, every key optional.
+    /// Not with the device flags.
     #[arg(conflicts_with_all = ["backend", "devid", "ring_page_order", "max_buffer_mib", "rw"])]
     spec: Option<String>,
 }
