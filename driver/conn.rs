@@ -82,6 +82,26 @@ impl AsMut<[Option<Pending>]> for PendingBox {
     }
 }
 
+impl Link {
+    /// Accounts for a send: kicks the peer if the ring asks for it; a full
+    /// ring is `EAGAIN` (the caller retries or queues the message).
+    fn sent(&self, result: core::result::Result<bool, ProtoError>) -> Result {
+        match result {
+            Ok(notify) => {
+                if notify {
+                    self.irq.notify();
+                }
+                stats::MESSAGES.inc();
+                Ok(())
+            }
+            Err(_) => {
+                stats::RING_FULL.inc();
+                Err(EAGAIN)
+            }
+        }
+    }
+}
+
 /// Everything behind the connection's lock.
 pub(crate) struct ConnInner {
     link: Option<Link>,
@@ -449,21 +469,11 @@ impl Conn {
                 return Err(e);
             }
             stats::EXPORTS.inc();
-            match link.channel.announce(info, Some(token)) {
-                Ok(notify) => {
-                    if notify {
-                        link.irq.notify();
-                    }
-                    stats::MESSAGES.inc();
-                    Ok(())
-                }
-                Err(_) => {
-                    stats::RING_FULL.inc();
-                    host.results.remove(&token);
-                    host.end_export(&info.hid);
-                    Err(EAGAIN)
-                }
-            }
+            let sent = link.channel.announce(info, Some(token));
+            link.sent(sent).inspect_err(|_| {
+                host.results.remove(&token);
+                host.end_export(&info.hid);
+            })
         })
     }
 
@@ -510,21 +520,8 @@ impl Conn {
             let Some(link) = slot.as_mut().filter(|l| !l.broken) else {
                 return Some(Err(errno::enotconn()));
             };
-            Some(
-                match link.channel.send(Message::Update { hid, priv_data }, None) {
-                    Ok(notify) => {
-                        if notify {
-                            link.irq.notify();
-                        }
-                        stats::MESSAGES.inc();
-                        Ok(hid)
-                    }
-                    Err(_) => {
-                        stats::RING_FULL.inc();
-                        Err(EAGAIN)
-                    }
-                },
-            )
+            let sent = link.channel.send(Message::Update { hid, priv_data }, None);
+            Some(link.sent(sent).map(|()| hid))
         })
     }
 
@@ -661,19 +658,8 @@ impl Conn {
             let (true, Some(link)) = (alive, link) else {
                 return Err(ENOENT);
             };
-            match link.channel.import_mapped(host, hid) {
-                Ok(notify) => {
-                    if notify {
-                        link.irq.notify();
-                    }
-                    stats::MESSAGES.inc();
-                    Ok(())
-                }
-                Err(_) => {
-                    stats::RING_FULL.inc();
-                    Err(EAGAIN)
-                }
-            }
+            let sent = link.channel.import_mapped(host, hid);
+            link.sent(sent)
         })
     }
 
@@ -714,18 +700,11 @@ impl Conn {
                 return;
             }
             let link = slot.as_mut().filter(|l| !l.broken);
-            let sent = link.is_some_and(|link| match link.channel.import_unmapped(host, hid) {
-                Ok(notify) => {
-                    if notify {
-                        link.irq.notify();
-                    }
-                    stats::MESSAGES.inc();
-                    true
-                }
-                Err(_) => false,
+            let sent = link.is_some_and(|link| {
+                let sent = link.channel.import_unmapped(host, hid);
+                link.sent(sent).is_ok()
             });
             if !sent {
-                stats::RING_FULL.inc();
                 if view
                     .unsent
                     .try_create_and_insert(number, *hid, GFP_KERNEL)
