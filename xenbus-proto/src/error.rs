@@ -119,6 +119,9 @@ pub enum Error {
     PathTooLong,
     /// A node value does not fit the caller's buffer.
     ValueTooLong,
+    /// The toolstack asked to create a device whose frontend or backend
+    /// directory exists already.
+    Exists,
     /// A transaction conflicted with another writer; start it again.
     Again,
     /// A transaction still conflicted after the bounded number of retries.
@@ -159,6 +162,7 @@ impl fmt::Display for Error {
             Self::InvalidArgument => f.write_str("invalid argument"),
             Self::PathTooLong => f.write_str("xenstore path too long"),
             Self::ValueTooLong => f.write_str("xenstore value too long"),
+            Self::Exists => f.write_str("device directory exists already"),
             Self::Again => f.write_str("transaction conflict"),
             Self::RetriesExhausted => f.write_str("transaction retries exhausted"),
             Self::Denied => f.write_str("xenstore access denied"),

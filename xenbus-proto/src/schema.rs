@@ -236,6 +236,16 @@ fn write_node<S: Store + ?Sized>(
     store.write(txn, NodePath::new(dir, node)?.as_str(), value)
 }
 
+/// Whether node `path` exists, whatever its value.
+fn node_exists<S: Store + ?Sized>(store: &mut S, txn: Txn, path: &str) -> Result<bool, Error> {
+    match store.read(txn, path, &mut [0; 0]) {
+        Ok(found) => Ok(found.is_some()),
+        // The node exists: only its value does not fit.
+        Err(Error::ValueTooLong) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 fn write_u64<S: Store + ?Sized>(
     store: &mut S,
     txn: Txn,
@@ -858,10 +868,16 @@ pub struct DeviceSpec {
 /// Creates both device directories with libxl's layout and permissions in
 /// one transaction (toolstack).
 ///
+/// An existing directory at either end is refused with [`Error::Exists`],
+/// checked inside the transaction so that two concurrent creations of one
+/// device cannot both succeed: rewriting `state` = 1 under a live device
+/// would break its connection.
+///
 /// # Errors
 ///
 /// [`Error::InvalidArgument`] for reserved domain ids or out-of-range
-/// options; store errors (including the store's refusal of `set_perms`).
+/// options; [`Error::Exists`]; store errors (including the store's refusal
+/// of `set_perms`).
 pub fn create_device<S: Store + ?Sized>(store: &mut S, spec: &DeviceSpec) -> Result<(), Error> {
     if spec.front >= parse::DOMID_FIRST_RESERVED
         || spec.back >= parse::DOMID_FIRST_RESERVED
@@ -897,6 +913,11 @@ pub fn create_device<S: Store + ?Sized>(store: &mut S, spec: &DeviceSpec) -> Res
     ];
     let initialising = Decimal::u64(XenbusState::Initialising.as_u32().into());
     with_transaction(store, TRANSACTION_TRIES, |s, txn| {
+        for dir in [fdir, bdir] {
+            if node_exists(s, txn, dir)? {
+                return Err(Error::Exists);
+            }
+        }
         s.mkdir(txn, fdir)?;
         s.set_perms(txn, fdir, &front_perms)?;
         s.mkdir(txn, bdir)?;
@@ -926,16 +947,27 @@ pub fn create_device<S: Store + ?Sized>(store: &mut S, spec: &DeviceSpec) -> Res
 /// toolstack then waits (bounded) for the backend `state` to become 6
 /// (Closed) and calls [`remove_device_dirs`].
 ///
+/// A backend directory that is gone is not written again (a write would
+/// create it, and nothing would ever close it).
+///
 /// # Errors
 ///
-/// Store errors.
+/// [`Error::Missing`] (`state`) if the backend directory has no `state`
+/// node; store errors.
 pub fn begin_remove_device<S: Store + ?Sized>(
     store: &mut S,
     spec: &DeviceSpec,
 ) -> Result<(), Error> {
     let bdir = NodePath::backend_dir(spec.back, spec.front, spec.devid)?;
+    let state = NodePath::new(bdir.as_str(), NODE_STATE)?;
     let closing = Decimal::u64(XenbusState::Closing.as_u32().into());
     with_transaction(store, TRANSACTION_TRIES, |s, txn| {
+        if !node_exists(s, txn, state.as_str())? {
+            return Err(Error::Missing {
+                node: NODE_STATE,
+                index: None,
+            });
+        }
         write_node(s, txn, bdir.as_str(), NODE_ONLINE, b"0")?;
         write_node(s, txn, bdir.as_str(), NODE_STATE, closing.as_bytes())
     })

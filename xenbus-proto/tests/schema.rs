@@ -56,6 +56,22 @@ fn paths() {
 }
 
 #[test]
+fn toolstack_refuses_a_device_that_exists_at_either_end() {
+    let (f, b) = dirs();
+    for leftover in [&f, &b] {
+        let mut s = MemStore::new();
+        s.write(Txn::NONE, leftover, b"").unwrap();
+        assert_eq!(create_device(&mut s, &SPEC), Err(Error::Exists));
+        // Nothing of the refused device was written.
+        assert_eq!(s.nodes_below(&f).len() + s.nodes_below(&b).len(), 1);
+        assert_eq!(s.open_transactions(), 0);
+    }
+    let mut s = MemStore::new();
+    create_device(&mut s, &SPEC).unwrap();
+    assert_eq!(create_device(&mut s, &SPEC), Err(Error::Exists));
+}
+
+#[test]
 fn toolstack_layout_and_removal() {
     let mut s = MemStore::new();
     create_device(
@@ -106,6 +122,16 @@ fn toolstack_layout_and_removal() {
     assert_eq!(read_state(&mut s, &b), Ok(XenbusState::Closing));
     remove_device_dirs(&mut s, &SPEC).unwrap();
     assert!(s.nodes_below(&f).is_empty());
+    assert!(s.nodes_below(&b).is_empty());
+    assert_eq!(s.open_transactions(), 0);
+    // Closing a device that is gone must not create its directory again.
+    assert_eq!(
+        begin_remove_device(&mut s, &SPEC),
+        Err(Error::Missing {
+            node: "state",
+            index: None
+        })
+    );
     assert!(s.nodes_below(&b).is_empty());
     assert_eq!(s.open_transactions(), 0);
 

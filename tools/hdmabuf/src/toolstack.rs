@@ -80,22 +80,12 @@ fn attach_on<S: Read + Write>(
     what: &str,
 ) -> Result<Vec<Line>, String> {
     let (fdir, bdir) = dirs(spec)?;
-    // create_device would rewrite `state` = 1 over a live device and
-    // break its connection; libxl refuses an existing device too. (The
-    // check is outside create_device's transaction: a concurrent attach
-    // of the same device can still slip between; xl has the same window.)
-    for dir in [fdir.as_str(), bdir.as_str()] {
-        match xs.read_value(dir) {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                return Err(format!(
-                    "{what} exists already ({dir}); `hdmabuf xl detach` it first"
-                ))
-            }
-            Err(e) => return Err(xs_failure("reading", dir, &e)),
-        }
-    }
-    schema::create_device(xs, spec).map_err(|e| failure(xs, &format!("creating {what}"), e))?;
+    schema::create_device(xs, spec).map_err(|e| match e {
+        // libxl refuses an existing device too: rewriting `state` = 1
+        // under a live one would break its connection.
+        Error::Exists => format!("{what} exists already ({fdir}); `hdmabuf xl detach` it first"),
+        e => failure(xs, &format!("creating {what}"), e),
+    })?;
     Ok(vec![Line {
         text: format!("attached {what}: {fdir}"),
         json: json!({
@@ -600,6 +590,7 @@ mod tests {
             ("/local/domain/0/backend/hyper_dmabuf/5/0/state", Some(b"4")),
             // begin_remove_device, in a transaction.
             ("\0", Some(b"9\0")),
+            ("/local/domain/0/backend/hyper_dmabuf/5/0/state", Some(b"4")),
             (
                 "/local/domain/0/backend/hyper_dmabuf/5/0/online\x000",
                 Some(b"OK\0"),
@@ -668,7 +659,11 @@ mod tests {
 
     #[test]
     fn attach_refuses_an_existing_device() {
-        let mut xs = scripted(vec![("/local/domain/5/device/hyper_dmabuf/0", Some(b""))]);
+        let mut xs = scripted(vec![
+            ("\0", Some(b"3\0")),
+            ("/local/domain/5/device/hyper_dmabuf/0", Some(b"")),
+            ("F\0", Some(b"OK\0")),
+        ]);
         let e = attach_on(&mut xs, &spec(5, 0, 0), "device 0")
             .err()
             .unwrap();
@@ -681,9 +676,9 @@ mod tests {
     #[test]
     fn attach_names_the_node_xenstored_refused() {
         let mut xs = scripted(vec![
+            ("\0", Some(b"3\0")),
             ("/local/domain/5/device/hyper_dmabuf/0", None),
             ("/local/domain/0/backend/hyper_dmabuf/5/0", None),
-            ("\0", Some(b"3\0")),
             ("/local/domain/5/device/hyper_dmabuf/0", Some(b"OK\0")),
             ("/local/domain/5/device/hyper_dmabuf/0\0n5\0r0\0", None),
             ("F\0", Some(b"OK\0")),
