@@ -13,6 +13,7 @@ mod sys;
 mod toolstack;
 mod xlcfg;
 mod xlcreate;
+mod xldaemon;
 mod xsclient;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,7 @@ use serde_json::{json, Value};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use xlcfg::Domain;
 
 /// Share dma-bufs between Xen domains through /dev/xen/hyper_dmabuf.
 #[derive(Parser)]
@@ -159,9 +161,16 @@ enum XlCommand {
     },
     /// List devices and their states.
     List {
-        /// Only this domain's.
-        #[arg(value_parser = domid_parser())]
-        domid: Option<u16>,
+        /// Only this domain's (a domain id or name).
+        domain: Option<Domain>,
+    },
+    /// Follow domains: remove the nodes of destroyed ones, give a domain
+    /// created with `hdmabuf xl create` its devices again when it reboots
+    /// (see docs/xl.md). Runs until killed.
+    Daemon {
+        /// Reconcile once and exit (no watching).
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -174,28 +183,41 @@ fn domid_parser() -> clap::builder::RangedI64ValueParser<u16> {
 /// Which device `xl attach` and `xl detach` work on.
 #[derive(clap::Args)]
 struct XlDevice {
-    /// The frontend domain.
-    #[arg(value_parser = domid_parser())]
-    domid: u16,
-    /// The backend domain.
-    #[arg(long, default_value_t = 0, value_parser = domid_parser())]
-    backend: u16,
+    /// The frontend domain (a domain id or name).
+    domain: Domain,
+    /// The backend domain (a domain id or name).
+    #[arg(long, default_value = "0")]
+    backend: Domain,
     /// The device number.
     #[arg(long, default_value_t = 0)]
     devid: u32,
 }
 
+/// The id of `domain`: a name is looked up with `xl domid`, which a dry
+/// run cannot do.
+fn domid(domain: &Domain, what: &str, dry_run: bool) -> Result<u16, Failure> {
+    match domain {
+        Domain::Id(id) => Ok(*id),
+        Domain::Name(n) if dry_run => Err(Failure::Error(format!(
+            "{what} {n:?} is a domain name, and resolving names needs a running Xen; \
+             give its domain id for a dry run"
+        ))),
+        Domain::Name(n) => xlcreate::domid_of(&mut xlcreate::RealHost, n)
+            .map_err(|e| Failure::Error(format!("{what}: no domain {n:?}: {e}"))),
+    }
+}
+
 impl XlDevice {
-    /// The device with no optional configuration.
-    fn spec(&self) -> DeviceSpec {
-        DeviceSpec {
-            front: self.domid,
-            back: self.backend,
+    /// The device with no optional configuration, its domains resolved.
+    fn spec(&self, dry_run: bool) -> Result<DeviceSpec, Failure> {
+        Ok(DeviceSpec {
+            front: domid(&self.domain, "DOMAIN", dry_run)?,
+            back: domid(&self.backend, "--backend", dry_run)?,
             devid: self.devid,
             max_ring_page_order: None,
             max_buffer_size: None,
             feature_rw: None,
-        }
+        })
     }
 }
 
@@ -242,42 +264,29 @@ struct XlCreate {
 }
 
 impl XlAttach {
-    /// The device to create.
-    fn spec(&self) -> Result<DeviceSpec, Failure> {
-        if let Some(text) = &self.spec {
-            let entry = xlcfg::Entry::parse(text, 0)
-                .map_err(|e| Failure::Error(format!("SPEC {text:?}: {e}")))?;
-            let back = match &entry.backend {
-                xlcfg::Backend::Domid(b) => *b,
-                xlcfg::Backend::Name(n) if self.dry_run => {
-                    return Err(Failure::Error(format!(
-                        "SPEC: backend {n:?} is a domain name, and resolving names \
-                         needs a running Xen; give its domain id for a dry run"
-                    )))
-                }
-                xlcfg::Backend::Name(n) => {
-                    xlcreate::domid_of(&mut xlcreate::RealHost, n).map_err(|e| {
-                        Failure::Error(format!("SPEC: key backend: no domain {n:?}: {e}"))
-                    })?
-                }
-            };
-            return Ok(entry.spec(self.device.domid, back));
-        }
-        let max_buffer_size = match self.max_buffer_mib {
-            // The parser's range keeps this from overflowing; checked all
-            // the same, as a failure rather than a panic.
-            Some(m) => Some(
-                m.checked_mul(1 << 20)
-                    .ok_or_else(|| Failure::Error(format!("--max-buffer-mib {m}: too large")))?,
-            ),
-            None => None,
+    /// The device to create, as an entry (what a record keeps) and as a
+    /// spec with its domains resolved.
+    fn device(&self) -> Result<(xlcfg::Entry, DeviceSpec), Failure> {
+        let front = domid(&self.device.domain, "DOMAIN", self.dry_run)?;
+        let entry = match &self.spec {
+            Some(text) => xlcfg::Entry::parse(text, 0)
+                .map_err(|e| Failure::Error(format!("SPEC {text:?}: {e}")))?,
+            None => xlcfg::Entry {
+                backend: self.device.backend.clone(),
+                devid: self.device.devid,
+                ring_page_order: self.ring_page_order,
+                max_buffer_mib: self.max_buffer_mib,
+                rw: Some(self.rw),
+            },
         };
-        Ok(DeviceSpec {
-            max_ring_page_order: self.ring_page_order,
-            max_buffer_size,
-            feature_rw: Some(self.rw),
-            ..self.device.spec()
-        })
+        let what = if self.spec.is_some() {
+            "SPEC: key backend"
+        } else {
+            "--backend"
+        };
+        let back = domid(&entry.backend, what, self.dry_run)?;
+        let spec = entry.spec(front, back);
+        Ok((entry, spec))
     }
 }
 
@@ -518,12 +527,30 @@ fn run_xl(command: &XlCommand, out: &Output) -> Result<(), Failure> {
                 None => xlcreate::create(&mut xlcreate::RealHost, &args.cfg, &args.xl_args, &cfg)?,
             }
         }
-        XlCommand::Attach(args) => toolstack::attach(&args.spec()?, args.dry_run)?,
-        XlCommand::Detach { device, timeout } => {
-            toolstack::detach(&device.spec(), Duration::from_secs(*timeout))?
+        XlCommand::Attach(args) => {
+            let (entry, spec) = args.device()?;
+            let lines = toolstack::attach(&spec, args.dry_run)?;
+            if !args.dry_run {
+                toolstack::record(&spec, &entry, false)?;
+            }
+            lines
         }
-        XlCommand::List { domid } => {
-            let devices = toolstack::list(*domid)?;
+        XlCommand::Detach { device, timeout } => {
+            let spec = device.spec(false)?;
+            // First, so that the daemon does not create it again.
+            toolstack::forget(&spec)?;
+            toolstack::detach(&spec, Duration::from_secs(*timeout))?
+        }
+        XlCommand::Daemon { once } => {
+            xldaemon::run(*once, &|line| out.line(line.text, line.json))?;
+            return Ok(());
+        }
+        XlCommand::List { domain } => {
+            let domain = match domain {
+                Some(d) => Some(domid(d, "DOMAIN", false)?),
+                None => None,
+            };
+            let devices = toolstack::list(domain)?;
             // One object for the whole list, as `hdmabuf list --json`.
             if out.json {
                 let all: Vec<Value> = devices.iter().map(toolstack::DeviceInfo::json).collect();
@@ -738,7 +765,7 @@ mod tests {
             panic!("not xl attach");
         };
         assert!(attach.dry_run);
-        let spec = attach.spec().ok().unwrap();
+        let spec = attach.device().ok().unwrap().1;
         toolstack::attach(&spec, true)
             .unwrap()
             .into_iter()
@@ -831,7 +858,7 @@ mod tests {
             else {
                 panic!("not xl attach");
             };
-            match attach.spec() {
+            match attach.device().map(|(_, spec)| spec) {
                 Err(Failure::Error(e)) => e,
                 _ => panic!("no error"),
             }
@@ -883,7 +910,8 @@ mod tests {
             &["xl", "attach", "5", "--max-buffer-mib", "0"],
             &["xl", "attach", "5", "--max-buffer-mib", "17592186044416"],
             &["xl", "detach", "-1"],
-            &["xl", "list", "x"],
+            &["xl", "list", "a/b"],
+            &["xl", "attach", "guest 1"],
         ] {
             let argv = std::iter::once(&"hdmabuf").chain(args);
             let e = Cli::try_parse_from(argv).err().unwrap();

@@ -14,6 +14,8 @@ use hyper_dmabuf_xenbus_proto::store::{NodePath, Perm, PermKind};
 use hyper_dmabuf_xenbus_proto::{Error, Store, Txn, XenbusState};
 use serde_json::{json, Value};
 
+use crate::xlcfg::Entry;
+use crate::xldaemon;
 use crate::xsclient::{perms_text, XsClient, XsError};
 
 /// How often `detach` looks at the two `state` nodes while it waits.
@@ -74,7 +76,7 @@ pub(crate) fn attach(spec: &DeviceSpec, dry_run: bool) -> Result<Vec<Line>, Stri
 }
 
 /// [`attach`] over an open client; `what` names the device in messages.
-fn attach_on<S: Read + Write>(
+pub(crate) fn attach_on<S: Read + Write>(
     xs: &mut XsClient<S>,
     spec: &DeviceSpec,
     what: &str,
@@ -111,6 +113,26 @@ pub(crate) fn remove(spec: &DeviceSpec) -> Result<(), String> {
             e,
         )
     })
+}
+
+/// Adds `entry` (the device `spec` was made from) to the record of its
+/// frontend domain, creating the record if `create` (see
+/// [`crate::xldaemon`]: the daemon gives a recorded domain its devices
+/// again when it reboots).
+pub(crate) fn record(spec: &DeviceSpec, entry: &Entry, create: bool) -> Result<(), String> {
+    let mut xs = XsClient::open().map_err(|e| e.to_string())?;
+    let name_path = format!("/local/domain/{}/name", spec.front);
+    let name = xs
+        .read_value(&name_path)
+        .map_err(|e| xs_failure("reading", &name_path, &e))?
+        .unwrap_or_else(|| spec.front.to_string());
+    xldaemon::record_device(&mut xs, spec.front, &name, entry, create)
+}
+
+/// Drops the device of `spec` from its domain's record, if any.
+pub(crate) fn forget(spec: &DeviceSpec) -> Result<(), String> {
+    let mut xs = XsClient::open().map_err(|e| e.to_string())?;
+    xldaemon::forget_device(&mut xs, spec.front, spec.devid)
 }
 
 /// What one end's `state` node says.

@@ -378,21 +378,49 @@ fn parse_value(lx: &mut Lexer<'_>, first: (Tok, usize), depth: usize) -> Result<
     }
 }
 
-/// The backend domain of an entry.
+/// A domain as an admin names it: by id or by name (an entry's backend,
+/// the DOMAIN of `xl attach`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Backend {
+pub(crate) enum Domain {
     /// A domain id.
-    Domid(u16),
+    Id(u16),
     /// A domain name, resolved with `xl domid`.
     Name(String),
 }
 
-impl fmt::Display for Backend {
+impl fmt::Display for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Backend::Domid(d) => write!(f, "{d}"),
-            Backend::Name(n) => f.write_str(n),
+            Domain::Id(d) => write!(f, "{d}"),
+            Domain::Name(n) => f.write_str(n),
         }
+    }
+}
+
+impl std::str::FromStr for Domain {
+    type Err = String;
+
+    /// Digits are a domain id (below the reserved ids); anything else must
+    /// be a name xl would accept.
+    fn from_str(value: &str) -> Result<Domain, String> {
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            let max = u64::from(DOMID_FIRST_RESERVED) - 1;
+            let id = number(value, 0, max)?;
+            return u16::try_from(id)
+                .map(Domain::Id)
+                .map_err(|_| "out of range".into());
+        }
+        if (1..=MAX_NAME_LEN).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Ok(Domain::Name(value.to_string()));
+        }
+        Err(format!(
+            "{value:?} is neither a domain id nor a domain name \
+             (letters, digits, `.`, `_`, `-`; at most {MAX_NAME_LEN})"
+        ))
     }
 }
 
@@ -400,7 +428,7 @@ impl fmt::Display for Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     /// `backend=`, default domain 0.
-    pub(crate) backend: Backend,
+    pub(crate) backend: Domain,
     /// `devid=`, default the entry's index.
     pub(crate) devid: u32,
     /// `ring-page-order=`.
@@ -454,7 +482,7 @@ impl Entry {
     pub(crate) fn parse(text: &str, index: usize) -> Result<Entry, EntryError> {
         let mut seen: Vec<&str> = Vec::new();
         let mut entry = Entry {
-            backend: Backend::Domid(0),
+            backend: Domain::Id(0),
             devid: u32::try_from(index).map_err(|_| EntryError {
                 key: Some("devid".into()),
                 message: "too many entries".into(),
@@ -493,27 +521,7 @@ impl Entry {
             }
             seen.push(key);
             match key {
-                "backend" => {
-                    entry.backend =
-                        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                            let max = u64::from(DOMID_FIRST_RESERVED) - 1;
-                            Backend::Domid(
-                                u16::try_from(number(value, 0, max).map_err(err)?)
-                                    .map_err(|_| err("out of range".into()))?,
-                            )
-                        } else if (1..=MAX_NAME_LEN).contains(&value.len())
-                            && value
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                        {
-                            Backend::Name(value.to_string())
-                        } else {
-                            return Err(err(format!(
-                                "{value:?} is neither a domain id nor a domain name \
-                             (letters, digits, `.`, `_`, `-`; at most {MAX_NAME_LEN})"
-                            )));
-                        }
-                }
+                "backend" => entry.backend = value.parse().map_err(err)?,
                 "devid" => {
                     entry.devid = u32::try_from(number(value, 0, u32::MAX.into()).map_err(err)?)
                         .map_err(|_| err("out of range".into()))?;
@@ -536,7 +544,6 @@ impl Entry {
 
     /// The entry in the config syntax, every key spelled out but those
     /// absent: `Entry::parse(&e.render(), _) == e`.
-    #[cfg(test)]
     pub(crate) fn render(&self) -> String {
         let mut out = format!("backend={}, devid={}", self.backend, self.devid);
         if let Some(o) = self.ring_page_order {
@@ -778,7 +785,7 @@ hyper_dmabuf = [
         assert_eq!(
             c.devices[0].entry,
             Entry {
-                backend: Backend::Domid(0),
+                backend: Domain::Id(0),
                 devid: 0,
                 ring_page_order: Some(2),
                 max_buffer_mib: Some(256),
@@ -787,7 +794,7 @@ hyper_dmabuf = [
         );
         assert_eq!(c.devices[0].line, 10);
         assert_eq!(c.devices[1].line, 12);
-        assert_eq!(c.devices[1].entry.backend, Backend::Name("dd1".into()));
+        assert_eq!(c.devices[1].entry.backend, Domain::Name("dd1".into()));
         // The default devid is the entry's index.
         assert_eq!(c.devices[1].entry.devid, 1);
         assert_eq!(c.devices[1].entry.rw, None);
@@ -926,8 +933,8 @@ hyper_dmabuf = [
     fn entry_strategy() -> impl Strategy<Value = Entry> {
         (
             prop_oneof![
-                (0..DOMID_FIRST_RESERVED).prop_map(Backend::Domid),
-                "[a-zA-Z_.-][a-zA-Z0-9_.-]{0,63}".prop_map(Backend::Name),
+                (0..DOMID_FIRST_RESERVED).prop_map(Domain::Id),
+                "[a-zA-Z_.-][a-zA-Z0-9_.-]{0,63}".prop_map(Domain::Name),
             ],
             any::<u32>(),
             proptest::option::of(0..=MAX_RING_PAGE_ORDER),

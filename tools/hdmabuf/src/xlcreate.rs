@@ -10,7 +10,7 @@ use hyper_dmabuf_xenbus_proto::schema::DeviceSpec;
 use serde_json::json;
 
 use crate::toolstack::{self, Line};
-use crate::xlcfg::{Backend, Config, Located};
+use crate::xlcfg::{Config, Domain, Entry, Located};
 
 /// What `create` needs of the machine: xl, and xenstore through the
 /// toolstack module. Tests replace it.
@@ -21,6 +21,8 @@ pub(crate) trait Host {
     fn attach(&mut self, spec: &DeviceSpec) -> Result<Vec<Line>, String>;
     /// Removes a device's nodes at once (`toolstack::remove`).
     fn remove(&mut self, spec: &DeviceSpec) -> Result<(), String>;
+    /// Records the device for `hdmabuf xl daemon` (`toolstack::record`).
+    fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String>;
 }
 
 /// The real machine: `xl` (or `$HDMABUF_XL`) and xenstored.
@@ -51,6 +53,9 @@ impl Host for RealHost {
     fn remove(&mut self, spec: &DeviceSpec) -> Result<(), String> {
         toolstack::remove(spec)
     }
+    fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String> {
+        toolstack::record(spec, entry, true)
+    }
 }
 
 /// The domain id of domain `name`, from `xl domid`.
@@ -68,8 +73,8 @@ pub(crate) fn domid_of<H: Host>(host: &mut H, name: &str) -> Result<u16, String>
 /// refusing it when `host` is `None` (a dry run).
 fn backend_of<H: Host>(host: Option<&mut H>, d: &Located) -> Result<u16, String> {
     match (&d.entry.backend, host) {
-        (Backend::Domid(b), _) => Ok(*b),
-        (Backend::Name(n), None) => Err(d
+        (Domain::Id(b), _) => Ok(*b),
+        (Domain::Name(n), None) => Err(d
             .error(
                 "backend",
                 format!(
@@ -78,7 +83,7 @@ fn backend_of<H: Host>(host: Option<&mut H>, d: &Located) -> Result<u16, String>
                 ),
             )
             .to_string()),
-        (Backend::Name(n), Some(h)) => domid_of(h, n).map_err(|e| {
+        (Domain::Name(n), Some(h)) => domid_of(h, n).map_err(|e| {
             d.error("backend", format!("no domain {n:?}: {e}"))
                 .to_string()
         }),
@@ -137,15 +142,15 @@ pub(crate) fn create<H: Host>(
     let mut result = Ok(());
     for (d, back) in cfg.devices.iter().zip(backs) {
         let spec = d.entry.spec(domid, back);
-        match host.attach(&spec) {
-            Ok(lines) => {
-                out.extend(lines);
-                attached.push(spec);
-            }
-            Err(e) => {
-                result = Err(format!("{}:{}: {e}", d.source, d.line));
-                break;
-            }
+        let attach = host.attach(&spec).map(|lines| {
+            out.extend(lines);
+            attached.push(spec);
+        });
+        // Recorded only once attached, so the daemon never races us to
+        // creating the device.
+        if let Err(e) = attach.and_then(|()| host.record(&spec, &d.entry)) {
+            result = Err(format!("{}:{}: {e}", d.source, d.line));
+            break;
         }
     }
     if result.is_ok() {
@@ -219,6 +224,11 @@ mod tests {
                 .push(format!("remove {} {}", spec.front, spec.devid));
             Ok(())
         }
+        fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String> {
+            self.calls
+                .push(format!("record {} {}", spec.front, entry.render()));
+            Ok(())
+        }
     }
 
     const CFG: &str = "name = 'g1'\nhyper_dmabuf = [ 'backend=dd', 'devid=5, rw=1' ]\n";
@@ -242,7 +252,9 @@ mod tests {
                 "xl create -p g.cfg -q memory=256",
                 "xl domid g1",
                 "attach 9 3 0",
+                "record 9 backend=dd, devid=0",
                 "attach 9 0 5",
+                "record 9 backend=0, devid=5, rw=1",
                 "xl unpause 9",
             ]
         );
@@ -264,7 +276,13 @@ mod tests {
         );
         assert_eq!(
             h.calls[3..],
-            ["attach 9 3 0", "attach 9 0 5", "remove 9 0", "xl destroy 9"]
+            [
+                "attach 9 3 0",
+                "record 9 backend=dd, devid=0",
+                "attach 9 0 5",
+                "remove 9 0",
+                "xl destroy 9"
+            ]
         );
     }
 
@@ -277,7 +295,7 @@ mod tests {
         };
         let e = create(&mut h, "g.cfg", &[], &cfg(CFG)).err().unwrap();
         assert_eq!(e, "xl unpause 9 failed; destroyed domain g1 (domid 9)");
-        assert_eq!(h.calls[6..], ["remove 9 0", "remove 9 5", "xl destroy 9"]);
+        assert_eq!(h.calls[8..], ["remove 9 0", "remove 9 5", "xl destroy 9"]);
     }
 
     #[test]

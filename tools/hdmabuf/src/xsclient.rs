@@ -9,6 +9,7 @@
 //! an error, never a panic.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -29,9 +30,9 @@ const MAX_PAYLOAD: usize = 4096;
 /// must not hang `xl detach` in a test VM forever.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most watch events skipped while waiting for one reply. We register no
-/// watch, so there should be none; the bound keeps a peer that sends only
-/// events from holding us in the loop.
+/// Most watch events kept aside while waiting for one reply (a connection
+/// with watches gets events at any time); the bound keeps a daemon that
+/// sends only events from holding us in the loop or growing the queue.
 const MAX_SKIPPED_EVENTS: usize = 64;
 
 /// `EIO`: what a transport failure or a malformed reply becomes as a
@@ -42,6 +43,7 @@ const EIO: i32 = 5;
 // client sends or must recognise are named.
 const XS_DIRECTORY: u32 = 1;
 const XS_READ: u32 = 2;
+const XS_WATCH: u32 = 4;
 const XS_TRANSACTION_START: u32 = 6;
 const XS_TRANSACTION_END: u32 = 7;
 const XS_WRITE: u32 = 11;
@@ -56,6 +58,7 @@ fn type_name(ty: u32) -> &'static str {
     match ty {
         XS_DIRECTORY => "directory",
         XS_READ => "read",
+        XS_WATCH => "watch",
         XS_TRANSACTION_START => "transaction start",
         XS_TRANSACTION_END => "transaction end",
         XS_WRITE => "write",
@@ -70,6 +73,8 @@ fn type_name(ty: u32) -> &'static str {
 pub(crate) struct XsClient<S = Transport> {
     stream: S,
     next_req: u32,
+    /// Watch events that arrived while a reply was awaited, oldest first.
+    events: std::collections::VecDeque<WatchEvent>,
     /// What the last failed request was and why, with its path: the
     /// [`Store`] errors carry only an errno, and the user needs to know
     /// which node was refused.
@@ -89,6 +94,15 @@ impl Read for Transport {
         match self {
             Transport::Socket(s) => s.read(buf),
             Transport::Device(f) => f.read(buf),
+        }
+    }
+}
+
+impl AsFd for Transport {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Transport::Socket(s) => s.as_fd(),
+            Transport::Device(f) => f.as_fd(),
         }
     }
 }
@@ -226,6 +240,7 @@ impl<S: Read + Write> XsClient<S> {
         XsClient {
             stream,
             next_req: 1,
+            events: std::collections::VecDeque::new(),
             last_failure: None,
         }
     }
@@ -276,24 +291,11 @@ impl<S: Read + Write> XsClient<S> {
         msg.extend_from_slice(payload);
         self.stream.write_all(&msg)?;
         for _ in 0..=MAX_SKIPPED_EVENTS {
-            let mut header = [0u8; 16];
-            self.stream.read_exact(&mut header)?;
-            let word = |i: usize| {
-                let mut w = [0u8; 4];
-                w.copy_from_slice(header.get(i..i + 4).unwrap_or(&[0; 4]));
-                u32::from_le_bytes(w)
-            };
-            let (rtype, rid, rlen) = (word(0), word(4), word(12));
-            // Checked before allocating: a hostile length must not make us
-            // reserve gigabytes.
-            let rlen = usize::try_from(rlen)
-                .ok()
-                .filter(|l| *l <= MAX_PAYLOAD)
-                .ok_or_else(|| bad("reply longer than xenstore's 4096-byte limit"))?;
-            let mut body = vec![0u8; rlen];
-            self.stream.read_exact(&mut body)?;
+            let (rtype, rid, body) = self.read_message()?;
             if rtype == XS_WATCH_EVENT {
-                // We watch nothing; a stray event is skipped.
+                if self.events.len() < MAX_SKIPPED_EVENTS {
+                    self.events.push_back(WatchEvent::parse(&body)?);
+                }
                 continue;
             }
             if rid != req_id {
@@ -308,6 +310,36 @@ impl<S: Read + Write> XsClient<S> {
             return Ok(body);
         }
         Err(bad("only watch events, no reply"))
+    }
+
+    /// Reads one message: its type, request id and payload.
+    fn read_message(&mut self) -> Result<(u32, u32, Vec<u8>), XsError> {
+        let mut header = [0u8; 16];
+        self.stream.read_exact(&mut header)?;
+        let word = |i: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(header.get(i..i + 4).unwrap_or(&[0; 4]));
+            u32::from_le_bytes(w)
+        };
+        let (rtype, rid, rlen) = (word(0), word(4), word(12));
+        // Checked before allocating: a hostile length must not make us
+        // reserve gigabytes.
+        let rlen = usize::try_from(rlen)
+            .ok()
+            .filter(|l| *l <= MAX_PAYLOAD)
+            .ok_or_else(|| bad("reply longer than xenstore's 4096-byte limit"))?;
+        let mut body = vec![0u8; rlen];
+        self.stream.read_exact(&mut body)?;
+        Ok((rtype, rid, body))
+    }
+
+    /// Registers a watch on `path` (a node, or `@introduceDomain` /
+    /// `@releaseDomain`); its events carry `token`. xenstored also sends
+    /// one event at once.
+    pub(crate) fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        let mut payload = with_nul(path);
+        payload.extend_from_slice(&with_nul(token));
+        self.request(XS_WATCH, 0, &payload).map(drop)
     }
 
     /// The children of `path`.
@@ -326,6 +358,48 @@ impl<S: Read + Write> XsClient<S> {
             Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
             Err(XsError::Daemon(e)) if e == "ENOENT" => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl<S: Read + Write + AsFd> XsClient<S> {
+    /// The next watch event, waiting at most `timeout`; `None` when none
+    /// came in time.
+    pub(crate) fn next_event(&mut self, timeout: Duration) -> Result<Option<WatchEvent>, XsError> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            if !crate::sys::poll_readable(self.stream.as_fd(), ms)? {
+                return Ok(None);
+            }
+            let (rtype, _, body) = self.read_message()?;
+            if rtype != XS_WATCH_EVENT {
+                return Err(bad("a reply with no request outstanding"));
+            }
+            self.events.push_back(WatchEvent::parse(&body)?);
+        }
+    }
+}
+
+/// One watch event: the path that changed and the watch's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WatchEvent {
+    pub(crate) path: String,
+    pub(crate) token: String,
+}
+
+impl WatchEvent {
+    /// An `XS_WATCH_EVENT` payload: `PATH\0TOKEN\0`.
+    fn parse(body: &[u8]) -> Result<WatchEvent, XsError> {
+        let mut fields = body.split(|b| *b == 0);
+        match (fields.next(), fields.next()) {
+            (Some(path), Some(token)) if !path.is_empty() => Ok(WatchEvent {
+                path: String::from_utf8_lossy(path).into_owned(),
+                token: String::from_utf8_lossy(token).into_owned(),
+            }),
+            _ => Err(bad("a watch event without path and token")),
         }
     }
 }
@@ -657,14 +731,37 @@ mod tests {
     }
 
     #[test]
-    fn watch_events_are_skipped() {
+    fn watch_events_wait_while_a_reply_is_awaited() {
         let mut reply = ok(XS_READ, b"1");
         reply.events_before = 3;
-        let xs = FakeXenstored::start(vec![reply]);
+        // The last reply is never asked for: the server keeps the
+        // connection open, waiting, so that the client's queue runs dry.
+        let script = vec![ok(XS_WATCH, b"OK\0"), reply, ok(XS_READ, b"")];
+        let xs = FakeXenstored::start(script);
         let mut c = xs.client();
+        c.watch("@releaseDomain", "release").unwrap();
         assert_eq!(c.read_value("/x").unwrap().as_deref(), Some("1"));
+        let event = WatchEvent {
+            path: "a".into(),
+            token: "b".into(),
+        };
+        for _ in 0..3 {
+            assert_eq!(c.next_event(Duration::ZERO).unwrap(), Some(event.clone()));
+        }
+        assert_eq!(c.next_event(Duration::ZERO).unwrap(), None);
         drop(c);
-        xs.requests();
+        let seen = xs.requests();
+        assert_eq!(
+            seen[0],
+            (XS_WATCH, 0, b"@releaseDomain\0release\0".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_malformed_watch_event_is_an_error() {
+        for body in [&b""[..], b"\0tok\0", b"path-only"] {
+            assert!(WatchEvent::parse(body).is_err(), "{body:?}");
+        }
     }
 
     #[test]
