@@ -114,6 +114,38 @@ hdm_wait_connected() {
     hdm_log "connected: $(hdm_stats)"
 }
 
+# hdm_domid NAME: the domain id of domU NAME (in a domU: of the domUs dom0
+# created before it, from hdm.domid.NAME= on its command line).
+hdm_domid() {
+    if [ "$HDM_DOMAIN" = dom0 ]; then xl domid "$1"; else hdm_cmdline "hdm.domid.$1"; fi
+}
+
+# hdm_wait_device DOMID DEVID FRONT BACK [SECONDS]: wait (in dom0) until
+# `hdmabuf xl list DOMID` shows device DEVID with frontend state FRONT and
+# backend state BACK (state names as xl list prints them).
+hdm_wait_device() {
+    local deadline=$(($(hdm_ms) + ${5:-60} * 1000)) line
+    while :; do
+        line=$(hdmabuf xl list "$1" | awk -v d="$2" '$2 == d { print $4 "/" $5 }')
+        [ "$line" = "$3/$4" ] && break
+        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "device $2 of domain $1 is ${line:-absent}, not $3/$4, after ${5:-60} s"
+        sleep 0.1
+    done
+    hdm_log "device $2 of domain $1: $3/$4"
+}
+
+# hdm_no_nodes DOMID [SECONDS]: wait (in dom0) until no hyper_dmabuf node of
+# domain DOMID is left in xenstore: neither a frontend directory of it nor
+# a backend directory for it in any domain (`hdmabuf xl list` shows both).
+hdm_no_nodes() {
+    local deadline=$(($(hdm_ms) + ${2:-30} * 1000))
+    until hdmabuf xl list "$1" | grep -q "^no hyper_dmabuf devices"; do
+        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "nodes of domain $1 left after ${2:-30} s: $(hdmabuf xl list "$1")"
+        sleep 0.1
+    done
+    hdm_log "no hyper_dmabuf node of domain $1 is left"
+}
+
 # hdm_check_released: every gauge of buffers, grants and mappings is back at
 # zero (the connection itself may stay up).
 hdm_check_released() {

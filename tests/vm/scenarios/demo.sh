@@ -34,6 +34,7 @@ dom0/guests)
     hdm_watch /tmp/events 600
     hdm_wait_connected
     guest=$(xl domid guest)
+    hdm_report "dom0 created the guest with \`hdmabuf xl create\` from a config with $(grep '^hyper_dmabuf' /etc/xen/hdm-guest.cfg)"
     hdm_report "dom0 is connected to the guest (domain $guest)"
     for spec in 8M:11 256M:12; do
         size=${spec%:*} seed=${spec#*:}

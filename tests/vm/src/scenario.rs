@@ -191,9 +191,12 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
                 let (step, text) = split_colon(key, value)?;
                 s.expect_fail = Some(ExpectFail { step, text });
             }
-            // Read by dom0's init: extra kernel arguments or xl settings of a
-            // domU, and whether domUs get a hyper_dmabuf device.
-            k if k.starts_with("extra.") || k.starts_with("xl.") => {}
+            // Read by dom0's init: extra kernel arguments, xl settings, a
+            // config file line or the hyper_dmabuf entries of a domU, and
+            // whether domUs get a hyper_dmabuf device on dom0.
+            k if ["extra.", "xl.", "cfg.", "hyper_dmabuf."]
+                .iter()
+                .any(|p| k.starts_with(p)) => {}
             "attach" if value == "yes" || value == "no" => {}
             _ => return Err(format!("line {}: unknown key `{key}`", n + 1)),
         }

@@ -331,6 +331,32 @@ fn list_on<S: Read + Write>(
             });
         }
     }
+    // Backend directories without their frontend: what a destroyed guest
+    // leaves behind when nothing (`hdmabuf xl daemon`) removes it.
+    for b in numbered_children::<_, u16>(xs, "/local/domain")? {
+        let base = format!("/local/domain/{b}/backend/{}", schema::DEVICE_TYPE);
+        for front in numbered_children::<_, u16>(xs, &base)? {
+            if domid.is_some_and(|d| d != front) {
+                continue;
+            }
+            for devid in numbered_children::<_, u32>(xs, &format!("{base}/{front}"))? {
+                if out
+                    .iter()
+                    .any(|i| (i.domid, i.devid, i.backend_id) == (front, devid, Some(b)))
+                {
+                    continue;
+                }
+                let bdir = NodePath::backend_dir(b, front, devid).map_err(|e| e.to_string())?;
+                out.push(DeviceInfo {
+                    domid: front,
+                    devid,
+                    backend_id: Some(b),
+                    front_state: EndState::Absent,
+                    back_state: end_state(xs, bdir.as_str())?,
+                });
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -564,6 +590,13 @@ mod tests {
                 Some(b"x"),
             ),
             ("/local/domain/5/device/hyper_dmabuf/1/state", Some(b"0")),
+            // Then the backend directories: one of a guest that is gone.
+            ("/local/domain", Some(b"0\0junk\x005\0")),
+            ("/local/domain/0/backend/hyper_dmabuf", Some(b"5\x007\0")),
+            ("/local/domain/0/backend/hyper_dmabuf/5", Some(b"0\0")),
+            ("/local/domain/0/backend/hyper_dmabuf/7", Some(b"2\0")),
+            ("/local/domain/0/backend/hyper_dmabuf/7/2/state", Some(b"6")),
+            ("/local/domain/5/backend/hyper_dmabuf", None),
         ]);
         let devices = list_on(&mut xs, None).unwrap();
         let lines: Vec<String> = devices.iter().map(DeviceInfo::line).collect();
@@ -572,6 +605,7 @@ mod tests {
             [
                 "     5      0        0  Connected     Connected",
                 "     5      1        ?  invalid       absent",
+                "     7      2        0  absent        Closed",
             ]
         );
         assert_eq!(
