@@ -28,7 +28,7 @@ VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
 # make-demo scenario, randomized cycles, the xl toolstack commands.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death
 
 deps:
 	@platform/install-deps.sh

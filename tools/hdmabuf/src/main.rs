@@ -98,6 +98,11 @@ enum Command {
         /// Keep the buffer imported this many seconds before releasing it.
         #[arg(long, default_value_t = 0)]
         hold: u64,
+        /// While holding, read the whole mapping again and again, checking
+        /// the pattern of --verify each time (what a process reading a
+        /// buffer sees if the exporter dies meanwhile).
+        #[arg(long, requires = "verify")]
+        reread: bool,
         /// Also have the driver read the buffer as a kernel importer does
         /// (attach, sg table, vmap) through debugfs, and compare its sum of
         /// the bytes with ours.
@@ -402,6 +407,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             verify,
             write,
             hold,
+            reread,
             kernel_check,
         } => {
             let dev = Device::open(&cli.device)?;
@@ -432,7 +438,26 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     json!({ "kernel_check": report }),
                 );
             }
-            std::thread::sleep(Duration::from_secs(*hold));
+            let held = Instant::now() + Duration::from_secs(*hold);
+            match verify {
+                Some(seed) if *reread => {
+                    let mut passes = 0u64;
+                    while Instant::now() < held {
+                        if let Some(at) = pattern::first_mismatch(*seed, map.as_slice()) {
+                            return Err(Failure::Mismatch(format!(
+                                "reading again (pass {}): byte {at} differs from the pattern",
+                                passes + 1
+                            )));
+                        }
+                        passes += 1;
+                    }
+                    out.line(
+                        format!("read the mapping {passes} times while holding it: every byte matched"),
+                        json!({ "reread_passes": passes }),
+                    );
+                }
+                _ => std::thread::sleep(held.saturating_duration_since(Instant::now())),
+            }
             checked.transpose()?;
             Ok(())
         }
