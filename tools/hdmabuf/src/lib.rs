@@ -4,5 +4,6 @@
 //! the same xenstored, so it uses these rather than copies of them.
 
 pub mod buffer;
+pub mod rng;
 pub mod sys;
 pub mod xsclient;

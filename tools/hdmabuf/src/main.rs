@@ -14,8 +14,8 @@ mod xlcreate;
 mod xldaemon;
 
 use clap::{Parser, Subcommand};
-use hdmabuf::{buffer, sys, xsclient};
 use device::{dmabuf_sync, Device};
+use hdmabuf::{buffer, rng, sys, xsclient};
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{self, Event, EventType, QueryItem, DEVICE_PATH};
 use hyper_dmabuf_common::wire::PrivData;
