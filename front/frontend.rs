@@ -89,7 +89,12 @@ impl FrontDevice {
         let acts = match xenstore::peer_state(&self.dev) {
             Ok(peer) => st.machine.on_peer_state(peer),
             Err(e) => {
-                pr_warn!("{}: unreadable backend state: {}\n", self.conn.name(), e);
+                // Every watch event reads the node again: a peer that
+                // leaves it malformed is reported once, until a new
+                // instance of it clears the error.
+                if !st.machine.failed() {
+                    pr_warn!("{}: unreadable backend state: {}\n", self.conn.name(), e);
+                }
                 st.machine.on_local_error()
             }
         };
