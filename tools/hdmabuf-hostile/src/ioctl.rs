@@ -840,3 +840,29 @@ fn random_foreign_command(rng: &mut Rng) -> u32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_commands_avoid_the_vfs_and_ours() {
+        let mut rng = Rng::new(9);
+        for _ in 0..100_000 {
+            let cmd = random_foreign_command(&mut rng);
+            let ty = (cmd >> 8) as u8;
+            assert!(
+                ![0u8, b'T', b'X', b'f', 0x94, 0x15].contains(&ty),
+                "{cmd:#x}"
+            );
+            assert!(COMMANDS.iter().all(|c| c.0 != cmd));
+        }
+    }
+
+    #[test]
+    fn ioc_matches_the_uapi_encoding() {
+        for (cmd, size, _) in COMMANDS {
+            assert_eq!(ioc(3, IOCTL_MAGIC, cmd as u8, size), cmd);
+        }
+    }
+}

@@ -362,3 +362,25 @@ impl Referee {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_domain;
+
+    #[test]
+    fn lines_about_a_domain_are_recognised() {
+        assert!(names_a_domain(
+            "hyper_dmabuf: dom2: 3 of 3 grants could not be mapped (status -1)"
+        ));
+        assert!(names_a_domain(
+            "hyper_dmabuf: backend/hyper_dmabuf/1/0: MapRingsAndBind failed: EINVAL"
+        ));
+        assert!(names_a_domain(
+            "hyper_dmabuf hyper_dmabuf-1-0: 3 mapping in shared page 65500 from domain 1"
+        ));
+        assert!(!names_a_domain(
+            "hyper_dmabuf: xenstore: node version: number with a leading zero"
+        ));
+        assert!(!names_a_domain("hyper_dmabuf: domain list empty"));
+    }
+}
