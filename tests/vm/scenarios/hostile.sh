@@ -9,7 +9,7 @@
 # jumps. In dom0 `hdmabuf-hostile referee` judges every case: the
 # answer, the counters, exactly the expected warning lines, nothing left
 # behind. Meanwhile `good` (the real driver) shares buffers with dom0 and
-# must not notice (900 cycles last about as long as the attacks); then it
+# must not notice (1400 cycles last about as long as the attacks); then it
 # abuses its own /dev/xen/hyper_dmabuf with the
 # named ioctl cases and 100,000 seeded random ioctls, and as an
 # unprivileged user.
@@ -42,7 +42,7 @@ evil/main)
 good/main)
     hdm_load
     hdm_wait_connected
-    hdmabuf stress export --domain 0 --cycles 900 --seed 3 --max-size 1M ||
+    hdmabuf stress export --domain 0 --cycles 1400 --seed 3 --max-size 1M ||
         hdm_fail "sharing with dom0 failed while it was under attack"
     hdmabuf-hostile ioctl --peer 0 --calls 100000 --seed 4 || hdm_fail "ioctl abuse found a wrong answer"
     hdm_check_released 60

@@ -5,13 +5,11 @@
 //! the peer writes `<seq> <command>`, the referee answers `<seq> ok` or
 //! `<seq> <why not>`. Commands:
 //!
-//! * `begin CASE [limited N]` — note the driver's counters and the end of
-//!   the kernel log; for a case that prints up to N lines through the
-//!   driver's rate limit (printk's default: a burst of 10 lines per 5 s,
-//!   shared by every peer), first make sure the limit lets N through:
-//!   if the lines seen since the limit was last known to be fresh, plus
-//!   N, exceed the burst, wait until its window has passed since the
-//!   last such line;
+//! * `begin CASE [limited]` — note the driver's counters and the end of
+//!   the kernel log; for a case whose lines go through the driver's rate
+//!   limit (`limited`), first wait until the limit's window (printk's
+//!   default: 10 lines per 5 s, shared by every peer) has passed since the
+//!   last such line, so that the case's lines are not suppressed;
 //! * `import ID ERRNO` — import the buffer as the victim's user space
 //!   would; the ioctl must fail with ERRNO (`0`: succeed; the buffer is
 //!   released at once);
@@ -45,9 +43,6 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// printk's default rate-limit window (`DEFAULT_RATELIMIT_INTERVAL`),
 /// with a margin.
 const RATELIMIT_WINDOW: Duration = Duration::from_millis(5200);
-
-/// printk's default burst (`DEFAULT_RATELIMIT_BURST`).
-const RATELIMIT_BURST: u32 = 10;
 
 /// The driver's rate-limited warnings (`ffi::log_ratelimited`).
 const LIMITED: [&str; 4] = [
@@ -128,11 +123,7 @@ struct Referee {
     kmsg: Kmsg,
     before: BTreeMap<String, i64>,
     /// When a rate-limited line was last seen.
-    last_limited: Instant,
-    /// Rate-limited lines seen since the limit was last known to be
-    /// fresh. Counting every one of them against a single window is
-    /// conservative: a window that ended meanwhile only gave more room.
-    limited_seen: u32,
+    last_limited: Option<Instant>,
     failures: Vec<String>,
 }
 
@@ -151,9 +142,7 @@ pub(crate) fn run(hostile: u16, timeout: Duration) -> Result<(), String> {
         arena: Arena::new(64 * 1024).map_err(|e| format!("arena: {e}"))?,
         kmsg: Kmsg::open()?,
         before: BTreeMap::new(),
-        // Lines printed before we started are unknown: assume the worst.
-        last_limited: Instant::now(),
-        limited_seen: RATELIMIT_BURST,
+        last_limited: None,
         failures: Vec::new(),
     };
     let deadline = Instant::now() + timeout;
@@ -175,11 +164,8 @@ pub(crate) fn run(hostile: u16, timeout: Duration) -> Result<(), String> {
         last_seq = seq.parse().unwrap_or(last_seq + 1);
         let words: Vec<&str> = command.split_whitespace().collect();
         let verdict = match words.as_slice() {
-            ["begin", case] => r.begin(case, 0),
-            ["begin", case, "limited", n] => match n.parse() {
-                Ok(n) => r.begin(case, n),
-                Err(_) => Err(format!("bad line count {n:?}")),
-            },
+            ["begin", case] => r.begin(case, false),
+            ["begin", case, "limited"] => r.begin(case, true),
             ["import", id, errno] => r.import(id, errno),
             ["end", case, pe, re, min, max] => r.end(case, pe, re, min, max),
             ["done"] => {
@@ -210,26 +196,19 @@ impl Referee {
     /// The kernel log since the last call, noting rate-limited lines.
     fn drain(&mut self) -> Vec<(u8, String)> {
         let lines = self.kmsg.drain();
-        let limited = lines
+        if lines
             .iter()
-            .filter(|(_, t)| LIMITED.iter().any(|l| t.contains(l)))
-            .count();
-        if limited > 0 {
-            self.last_limited = Instant::now();
-            self.limited_seen = self.limited_seen.saturating_add(limited as u32);
+            .any(|(_, t)| LIMITED.iter().any(|l| t.contains(l)))
+        {
+            self.last_limited = Some(Instant::now());
         }
         lines
     }
 
-    fn begin(&mut self, case: &str, limited: u32) -> Result<(), String> {
+    fn begin(&mut self, case: &str, limited: bool) -> Result<(), String> {
         self.drain();
-        if limited > 0 && self.limited_seen + limited > RATELIMIT_BURST {
-            // The current window started at or before the last line seen,
-            // so it is over once RATELIMIT_WINDOW has passed since then.
-            std::thread::sleep(
-                (self.last_limited + RATELIMIT_WINDOW).saturating_duration_since(Instant::now()),
-            );
-            self.limited_seen = 0;
+        if let Some(seen) = self.last_limited.filter(|_| limited) {
+            std::thread::sleep((seen + RATELIMIT_WINDOW).saturating_duration_since(Instant::now()));
         }
         self.before = stats()?;
         self.drain();
