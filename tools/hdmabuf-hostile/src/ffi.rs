@@ -88,9 +88,12 @@ impl Drop for Anon {
 /// area followed by a guard page with no access.
 ///
 /// Records are built in the area and passed by address; the user
-/// addresses *inside* records (QUERY's `data_ptr`, LIST's `entries_ptr`)
-/// are taken from [`Arena::pointer`], so they too name the area, the
-/// guard page, or addresses no user process maps. Rust code never holds a
+/// addresses *inside* records (QUERY's `data_ptr`, LIST's `entries_ptr`,
+/// the only ones `docs/uapi.md` defines) are taken from
+/// [`Arena::pointer`], so they too name the area, the guard page, or
+/// addresses no user process maps. (Random bytes elsewhere in a record
+/// are never addresses to a driver that keeps its uapi; one that did not
+/// would be the bug this tool looks for.) Rust code never holds a
 /// reference into the area: it copies bytes in and out between system
 /// calls, so whatever a (buggy) driver writes there breaks no invariant.
 pub(crate) struct Arena {
