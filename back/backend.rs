@@ -20,7 +20,7 @@ use crate::conn::{Conn, Link};
 use crate::entry::ConnIrq;
 use crate::ffi::{params, OnlineWatch, XenbusDev};
 use crate::registry::Driver;
-use crate::xenstore::{self, XenStore};
+use crate::xenstore::{self, StepError, XenStore};
 
 struct BackState {
     machine: BackendMachine,
@@ -103,7 +103,12 @@ impl BackDevice {
         let acts = match xenstore::peer_state(&self.dev) {
             Ok(peer) => st.machine.on_peer_state(peer, self.online()),
             Err(e) => {
-                pr_warn!("{}: unreadable frontend state: {}\n", self.conn.name(), e);
+                // Every watch event reads the node again: a peer that
+                // leaves it malformed is reported once, until a new
+                // instance of it clears the error.
+                if !st.machine.failed() {
+                    pr_warn!("{}: unreadable frontend state: {}\n", self.conn.name(), e);
+                }
                 st.machine.on_local_error()
             }
         };
@@ -127,7 +132,7 @@ impl BackDevice {
     fn run(&self, driver: &Driver, st: &mut BackState, acts: Actions) {
         for &action in acts.as_slice() {
             if let Err(e) = self.step(driver, st, action) {
-                pr_warn!("{}: {:?} failed: {:?}\n", self.conn.name(), action, e);
+                pr_warn!("{}: {:?} failed: {}\n", self.conn.name(), action, e);
                 let recovery = st.machine.on_local_error();
                 for &action in recovery.as_slice() {
                     let _ = self.step(driver, st, action);
@@ -137,7 +142,7 @@ impl BackDevice {
         }
     }
 
-    fn step(&self, driver: &Driver, st: &mut BackState, action: Action) -> Result {
+    fn step(&self, driver: &Driver, st: &mut BackState, action: Action) -> Result<(), StepError> {
         let (ours, theirs) = xenstore::dirs(&self.dev)?;
         match action {
             Action::SwitchState(s) => self.dev.switch_state(s.as_u32()),
@@ -149,16 +154,14 @@ impl BackDevice {
                     default_max_buffer_size: max_buffer,
                     max_buffer_size_ceiling: max_buffer,
                 };
-                let mut config =
-                    schema::read_toolstack_config(&mut XenStore, ours, &limits).map_err(proto)?;
+                let mut config = schema::read_toolstack_config(&mut XenStore, ours, &limits)?;
                 config.feature_rw &= params::allow_rw();
-                schema::publish_backend(&mut XenStore, ours, &config).map_err(proto)?;
+                schema::publish_backend(&mut XenStore, ours, &config)?;
                 st.offered = Some(config);
             }
             Action::MapRingsAndBind => {
                 let offered = st.offered.ok_or(EINVAL)?;
-                let rings =
-                    schema::read_frontend_rings(&mut XenStore, theirs, &offered).map_err(proto)?;
+                let rings = schema::read_frontend_rings(&mut XenStore, theirs, &offered)?;
                 // The frontend requests on `ring-ref`, we on `back-ring-ref`.
                 let ours_ring = self.dev.map_ring(rings.back_ring_refs())?;
                 let theirs_ring = self.dev.map_ring(rings.ring_refs())?;
@@ -190,14 +193,9 @@ impl BackDevice {
                 );
             }
             Action::ReadBackendNodes | Action::AllocRingsAndPublish | Action::Connect => {
-                return Err(EINVAL)
+                return Err(EINVAL.into())
             }
         }
         Ok(())
     }
-}
-
-fn proto(e: super::xenbus_proto::Error) -> Error {
-    pr_warn!("xenstore: {}\n", e);
-    EINVAL
 }

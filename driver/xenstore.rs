@@ -79,6 +79,39 @@ pub(crate) fn await_peer_release(dev: &XenbusDev, released: fn(XenbusState) -> b
     false
 }
 
+/// Why an action of a XenBus state machine failed: a kernel error, or a
+/// xenstore value (the peer's or the toolstack's) that `xenbus-proto`
+/// refused. The value error is kept rather than turned into an errno so
+/// that the one line logged for the failure names the device *and* says
+/// which node was wrong.
+pub(crate) enum StepError {
+    /// A kernel call failed.
+    Kernel(kernel::error::Error),
+    /// A node was missing or malformed, or negotiation failed.
+    Value(Error),
+}
+
+impl From<kernel::error::Error> for StepError {
+    fn from(e: kernel::error::Error) -> Self {
+        StepError::Kernel(e)
+    }
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        StepError::Value(e)
+    }
+}
+
+impl core::fmt::Display for StepError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StepError::Kernel(e) => write!(f, "{:?}", e),
+            StepError::Value(e) => write!(f, "{}", e),
+        }
+    }
+}
+
 /// Our directory and the peer's, as text.
 pub(crate) fn dirs(dev: &XenbusDev) -> Result<(&str, &str)> {
     let ours = dev.nodename().to_str().map_err(|_| EINVAL)?;

@@ -20,7 +20,7 @@ use crate::conn::{Conn, Link};
 use crate::entry::ConnIrq;
 use crate::ffi::{self, params, SharedRing, XenbusDev};
 use crate::registry::Driver;
-use crate::xenstore::{self, XenStore};
+use crate::xenstore::{self, StepError, XenStore};
 
 /// Rings and event channel allocated and published, not yet in use.
 struct Offer {
@@ -89,7 +89,12 @@ impl FrontDevice {
         let acts = match xenstore::peer_state(&self.dev) {
             Ok(peer) => st.machine.on_peer_state(peer),
             Err(e) => {
-                pr_warn!("{}: unreadable backend state: {}\n", self.conn.name(), e);
+                // Every watch event reads the node again: a peer that
+                // leaves it malformed is reported once, until a new
+                // instance of it clears the error.
+                if !st.machine.failed() {
+                    pr_warn!("{}: unreadable backend state: {}\n", self.conn.name(), e);
+                }
                 st.machine.on_local_error()
             }
         };
@@ -111,7 +116,7 @@ impl FrontDevice {
     fn run(&self, driver: &Driver, st: &mut FrontState, acts: Actions) {
         for &action in acts.as_slice() {
             if let Err(e) = self.step(driver, st, action) {
-                pr_warn!("{}: {:?} failed: {:?}\n", self.conn.name(), action, e);
+                pr_warn!("{}: {:?} failed: {}\n", self.conn.name(), action, e);
                 let recovery = st.machine.on_local_error();
                 for &action in recovery.as_slice() {
                     let _ = self.step(driver, st, action);
@@ -121,19 +126,19 @@ impl FrontDevice {
         }
     }
 
-    fn step(&self, driver: &Driver, st: &mut FrontState, action: Action) -> Result {
+    fn step(&self, driver: &Driver, st: &mut FrontState, action: Action) -> Result<(), StepError> {
         let (ours, theirs) = xenstore::dirs(&self.dev)?;
         match action {
             Action::SwitchState(XenbusState::Closed) => self.dev.frontend_closed(),
             Action::SwitchState(s) => self.dev.switch_state(s.as_u32()),
             Action::ReadBackendNodes => {
-                let offer = schema::read_backend_config(&mut XenStore, theirs).map_err(proto)?;
+                let offer = schema::read_backend_config(&mut XenStore, theirs)?;
                 let limits = FrontendLimits {
                     max_ring_page_order: params::ring_page_order()
                         .min(super::common::limits::MAX_RING_PAGE_ORDER),
                     max_buffer_size: params::max_buffer_bytes(),
                 };
-                st.negotiated = Some(schema::negotiate(&offer, &limits).map_err(proto)?);
+                st.negotiated = Some(schema::negotiate(&offer, &limits)?);
             }
             Action::AllocRingsAndPublish => {
                 let neg = st.negotiated.ok_or(EINVAL)?;
@@ -148,7 +153,7 @@ impl FrontDevice {
                     Ok(irq) => irq,
                     Err(e) => {
                         self.dev.free_evtchn(port);
-                        return Err(e);
+                        return Err(e.into());
                     }
                 };
                 let irq = ConnIrq::new(&self.conn, irq, c_str!("hyper_dmabuf-front"))?;
@@ -158,9 +163,8 @@ impl FrontDevice {
                     ours_ring.refs(),
                     theirs_ring.refs(),
                     port,
-                )
-                .map_err(proto)?;
-                schema::publish_frontend(&mut XenStore, ours, &rings).map_err(proto)?;
+                )?;
+                schema::publish_frontend(&mut XenStore, ours, &rings)?;
                 st.offer = Some(Offer {
                     ours: ours_ring,
                     theirs: theirs_ring,
@@ -202,7 +206,7 @@ impl FrontDevice {
                     ours.name()
                 );
             }
-            Action::PublishBackendNodes | Action::MapRingsAndBind => return Err(EINVAL),
+            Action::PublishBackendNodes | Action::MapRingsAndBind => return Err(EINVAL.into()),
         }
         Ok(())
     }
@@ -213,9 +217,4 @@ impl FrontDevice {
         drop(st.parked.take());
         drop(st.offer.take());
     }
-}
-
-fn proto(e: super::xenbus_proto::Error) -> Error {
-    pr_warn!("xenstore: {}\n", e);
-    EINVAL
 }

@@ -14,21 +14,24 @@
 #
 # Heavy outputs live in $(HDMABUF_CACHE); every stage prints its time.
 # HDMABUF_VM_TOOLS: host-built binaries to install into every domain's
-# /usr/bin (see platform/build-images.sh); the hdmabuf CLI by default.
+# /usr/bin (see platform/build-images.sh); the hdmabuf CLI and the
+# test-only hdmabuf-hostile (the hostile peer, its referee, the ioctl
+# abuser) by default.
 
 .PHONY: deps kernel xen modules modules-clean vm-tools images vm-runner vm-smoke \
 	vm-selftest vm-drivers test-vm vm-shell vm-run vm-list
 
 VM_RUNNER := target/release/hdmabuf-vmtest
-HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf
+HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf $(CURDIR)/target/release/hdmabuf-hostile
 # Exported: the image key (build-images.sh --dir) depends on it.
 export HDMABUF_VM_TOOLS
 COUNTS_DIR ?= target/test-counts
 VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
-# make-demo scenario, randomized cycles, the xl toolstack commands.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death
+# make-demo scenario, randomized cycles, the xl toolstack commands, peer
+# death at every step, a hostile peer and ioctl abuse.
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile
 
 deps:
 	@platform/install-deps.sh
@@ -47,7 +50,7 @@ modules-clean:
 	@rm -f driver/bindings_generated.rs.inc
 
 vm-tools:
-	@cargo build --release -q -p hdmabuf
+	@cargo build --release -q -p hdmabuf -p hdmabuf-hostile
 
 images: modules xen vm-tools
 	@HDMABUF_VM_TOOLS="$(HDMABUF_VM_TOOLS)" platform/build-images.sh >/dev/null

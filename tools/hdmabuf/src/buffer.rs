@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Path of the udmabuf device.
-pub(crate) const UDMABUF_PATH: &str = "/dev/udmabuf";
+pub const UDMABUF_PATH: &str = "/dev/udmabuf";
 
 /// `_IOW('u', 0x42, struct udmabuf_create)`.
 const UDMABUF_CREATE: u32 = 0x4018_7542;
@@ -14,18 +14,18 @@ const UDMABUF_CREATE: u32 = 0x4018_7542;
 const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
 
 /// A dma-buf backed by a sealed memfd, with the memfd kept for CPU access.
-pub(crate) struct Udmabuf {
+pub struct Udmabuf {
     /// The dma-buf.
-    pub(crate) dmabuf: OwnedFd,
+    pub dmabuf: OwnedFd,
     /// The memfd whose pages back it.
-    pub(crate) memfd: OwnedFd,
+    pub memfd: OwnedFd,
     /// Size in bytes (a multiple of the page size).
-    pub(crate) size: u64,
+    pub size: u64,
 }
 
 /// Creates a dma-buf of `size` bytes (rounded up to whole pages) whose
 /// contents `init` writes first.
-pub(crate) fn create_udmabuf(size: u64, init: impl FnOnce(&mut [u8])) -> io::Result<Udmabuf> {
+pub fn create_udmabuf(size: u64, init: impl FnOnce(&mut [u8])) -> io::Result<Udmabuf> {
     let page = 4096u64;
     let size = size
         .checked_add(page - 1)

@@ -4,20 +4,18 @@
 //! what to do), 2 bad usage, 3 verification found different bytes, 4 a
 //! wait timed out.
 
-mod buffer;
 mod device;
 mod kcheck;
 mod pattern;
 mod stress;
-mod sys;
 mod toolstack;
 mod xlcfg;
 mod xlcreate;
 mod xldaemon;
-mod xsclient;
 
 use clap::{Parser, Subcommand};
 use device::{dmabuf_sync, Device};
+use hdmabuf::{buffer, rng, sys, xsclient};
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{self, Event, EventType, QueryItem, DEVICE_PATH};
 use hyper_dmabuf_common::wire::PrivData;

@@ -30,6 +30,7 @@ use serde_json::json;
 
 use crate::buffer::{self, Udmabuf};
 use crate::device::{dmabuf_sync, Device, DeviceError};
+use crate::rng::Rng;
 use crate::{pattern, sys, Failure, Output};
 
 /// `hdmabuf stress ...`.
@@ -196,32 +197,19 @@ pub(crate) struct Cycle {
     pub(crate) delay_ms: u32,
 }
 
-/// splitmix64, as the pattern uses: deterministic from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// The cycles for `seed`: sizes from one page to `max_size` rounded down
 /// to pages (every tenth cycle one of the two edges), each act about a
 /// third of the time, half the revocations delayed by 1 to 20 ms.
 pub(crate) fn plan(seed: u64, cycles: u32, max_size: u64) -> Vec<Cycle> {
     let max_pages = (max_size / 4096).max(1);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..cycles)
         .map(|index| {
-            let r = rng.next();
+            let r = rng.next_u64();
             let pages = match index % 10 {
                 3 => 1,
                 7 => max_pages,
-                _ => 1 + rng.next() % max_pages,
+                _ => 1 + rng.next_u64() % max_pages,
             };
             let act = match r % 3 {
                 0 => Act::Share,
@@ -237,7 +225,7 @@ pub(crate) fn plan(seed: u64, cycles: u32, max_size: u64) -> Vec<Cycle> {
                 index,
                 size: pages * 4096,
                 rw: (r >> 8) & 1 == 1,
-                seed: rng.next() >> 16,
+                seed: rng.next_u64() >> 16,
                 act,
                 delay_ms,
             }
@@ -849,13 +837,13 @@ mod tests {
             assert_eq!(parse_tag(junk), None, "{junk:?}");
         }
         // Whatever the bytes, no panic.
-        let mut rng = Rng(5);
+        let mut rng = Rng::new(5);
         for _ in 0..2000 {
-            let len = (rng.next() % 40) as usize;
+            let len = (rng.next_u64() % 40) as usize;
             let mut text = String::from("stress ");
             for _ in 0..len {
                 let pool = b"i=seedact0123456789abc2 end=";
-                text.push(pool[(rng.next() % pool.len() as u64) as usize] as char);
+                text.push(pool[(rng.next_u64() % pool.len() as u64) as usize] as char);
             }
             let _ = parse_tag(&text);
         }

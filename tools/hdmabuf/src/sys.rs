@@ -17,7 +17,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 /// Calls `ioctl(fd, cmd, record)` with a record of exactly the size the
 /// command number encodes; the kernel reads and writes `record` in place.
-pub(crate) fn ioctl_record<const N: usize>(
+pub fn ioctl_record<const N: usize>(
     fd: BorrowedFd<'_>,
     cmd: u32,
     record: &mut [u8; N],
@@ -29,7 +29,7 @@ pub(crate) fn ioctl_record<const N: usize>(
 }
 
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`.
-pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
+pub fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a NUL-terminated string valid for the call.
     let fd = check(unsafe {
         libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
@@ -39,20 +39,20 @@ pub(crate) fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
 }
 
 /// `ftruncate(fd, len)`.
-pub(crate) fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     // SAFETY: plain system call on a borrowed, open descriptor.
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
 }
 
 /// `fcntl(fd, F_ADD_SEALS, seals)`.
-pub(crate) fn add_seals(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
+pub fn add_seals(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
     // SAFETY: plain system call on a borrowed, open descriptor.
     check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
 }
 
 /// Adopts a descriptor a successful ioctl returned.
-pub(crate) fn adopt_fd(raw: libc::c_int) -> io::Result<OwnedFd> {
+pub fn adopt_fd(raw: libc::c_int) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
@@ -67,7 +67,7 @@ pub(crate) fn adopt_fd(raw: libc::c_int) -> io::Result<OwnedFd> {
 ///
 /// `ptr` is the start of a live `MAP_SHARED` mapping of `len` bytes that
 /// this value owns.
-pub(crate) struct Mapping {
+pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
@@ -75,7 +75,7 @@ pub(crate) struct Mapping {
 
 impl Mapping {
     /// `mmap(NULL, len, PROT_READ [| PROT_WRITE], MAP_SHARED, fd, 0)`.
-    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
+    pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -109,14 +109,14 @@ impl Mapping {
     ///
     /// Another domain may write them concurrently; the tool only compares
     /// or copies them, which is sound for plain bytes.
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    pub fn as_slice(&self) -> &[u8] {
         // SAFETY: by the invariant the range is mapped and readable for the
         // lifetime of `self`; u8 has no invalid values.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The mapped bytes, writable, if mapped with `PROT_WRITE`.
-    pub(crate) fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         if !self.writable {
             return None;
         }
@@ -135,7 +135,7 @@ impl Drop for Mapping {
 }
 
 /// Reads up to `buf.len()` bytes from `fd`.
-pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid and writable for its whole length.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
@@ -146,7 +146,7 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Waits up to `timeout_ms` (negative: forever) for `fd` to be readable.
-pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,

@@ -18,9 +18,9 @@ use hyper_dmabuf_xenbus_proto::store::{Perm, PermKind};
 use hyper_dmabuf_xenbus_proto::{Error, Store, Txn};
 
 /// Where xenstored listens in a toolstack domain.
-pub(crate) const SOCKET_PATH: &str = "/run/xenstored/socket";
+pub const SOCKET_PATH: &str = "/run/xenstored/socket";
 /// The kernel's xenbus device, for domains without the socket.
-pub(crate) const DEVICE_PATH: &str = "/dev/xen/xenbus";
+pub const DEVICE_PATH: &str = "/dev/xen/xenbus";
 
 /// Largest payload of a xenstore message (`XENSTORE_PAYLOAD_MAX`).
 const MAX_PAYLOAD: usize = 4096;
@@ -70,7 +70,7 @@ fn type_name(ty: u32) -> &'static str {
 }
 
 /// A connection to xenstored.
-pub(crate) struct XsClient<S = Transport> {
+pub struct XsClient<S = Transport> {
     stream: S,
     next_req: u32,
     /// Watch events that arrived while a reply was awaited, oldest first.
@@ -82,7 +82,7 @@ pub(crate) struct XsClient<S = Transport> {
 }
 
 /// The byte stream to xenstored.
-pub(crate) enum Transport {
+pub enum Transport {
     /// xenstored's Unix socket.
     Socket(UnixStream),
     /// `/dev/xen/xenbus`.
@@ -124,13 +124,13 @@ impl Write for Transport {
 
 impl XsClient<Transport> {
     /// Connects to xenstored (the socket, else the kernel device).
-    pub(crate) fn open() -> io::Result<Self> {
+    pub fn open() -> io::Result<Self> {
         Self::open_at(Path::new(SOCKET_PATH), Path::new(DEVICE_PATH))
     }
 
     /// Connects to xenstored at `socket`, else through `device` (tests
     /// pass a socket of their own).
-    pub(crate) fn open_at(socket: &Path, device: &Path) -> io::Result<Self> {
+    pub fn open_at(socket: &Path, device: &Path) -> io::Result<Self> {
         let socket_err = match UnixStream::connect(socket) {
             Ok(s) => {
                 s.set_read_timeout(Some(REPLY_TIMEOUT))?;
@@ -159,7 +159,7 @@ impl XsClient<Transport> {
 
 /// A failed request: xenstored's errno name, or a transport problem.
 #[derive(Debug)]
-pub(crate) enum XsError {
+pub enum XsError {
     /// xenstored answered `XS_ERROR` with this errno name (`ENOENT`, ...).
     Daemon(String),
     /// The connection failed or the reply was malformed.
@@ -236,7 +236,7 @@ fn errno_of(name: &str) -> i32 {
 
 impl<S: Read + Write> XsClient<S> {
     /// A client over an open stream (tests pass a socket pair).
-    pub(crate) fn over(stream: S) -> Self {
+    pub fn over(stream: S) -> Self {
         XsClient {
             stream,
             next_req: 1,
@@ -246,18 +246,13 @@ impl<S: Read + Write> XsClient<S> {
     }
 
     /// The last failed request, as `<operation> <path>: <why>`.
-    pub(crate) fn last_failure(&self) -> Option<&str> {
+    pub fn last_failure(&self) -> Option<&str> {
         self.last_failure.as_deref()
     }
 
     /// Sends one request and returns its reply's payload; a failure is
     /// also remembered, with the request's path, for [`Self::last_failure`].
-    pub(crate) fn request(
-        &mut self,
-        ty: u32,
-        txn: u32,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, XsError> {
+    pub fn request(&mut self, ty: u32, txn: u32, payload: &[u8]) -> Result<Vec<u8>, XsError> {
         let result = self.exchange(ty, txn, payload);
         if let Err(e) = &result {
             let why = match e {
@@ -336,14 +331,14 @@ impl<S: Read + Write> XsClient<S> {
     /// Registers a watch on `path` (a node, or `@introduceDomain` /
     /// `@releaseDomain`); its events carry `token`. xenstored also sends
     /// one event at once.
-    pub(crate) fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         let mut payload = with_nul(path);
         payload.extend_from_slice(&with_nul(token));
         self.request(XS_WATCH, 0, &payload).map(drop)
     }
 
     /// The children of `path`.
-    pub(crate) fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
+    pub fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
         let body = self.request(XS_DIRECTORY, 0, &with_nul(path))?;
         Ok(body
             .split(|b| *b == 0)
@@ -353,7 +348,7 @@ impl<S: Read + Write> XsClient<S> {
     }
 
     /// The value of `path`, `None` if absent.
-    pub(crate) fn read_value(&mut self, path: &str) -> Result<Option<String>, XsError> {
+    pub fn read_value(&mut self, path: &str) -> Result<Option<String>, XsError> {
         match self.request(XS_READ, 0, &with_nul(path)) {
             Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
             Err(XsError::Daemon(e)) if e == "ENOENT" => Ok(None),
@@ -365,7 +360,7 @@ impl<S: Read + Write> XsClient<S> {
 impl<S: Read + Write + AsFd> XsClient<S> {
     /// The next watch event, waiting at most `timeout`; `None` when none
     /// came in time.
-    pub(crate) fn next_event(&mut self, timeout: Duration) -> Result<Option<WatchEvent>, XsError> {
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<WatchEvent>, XsError> {
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
@@ -385,9 +380,11 @@ impl<S: Read + Write + AsFd> XsClient<S> {
 
 /// One watch event: the path that changed and the watch's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct WatchEvent {
-    pub(crate) path: String,
-    pub(crate) token: String,
+pub struct WatchEvent {
+    /// The node that changed (or the watched path, on registration).
+    pub path: String,
+    /// The token the watch was registered with.
+    pub token: String,
 }
 
 impl WatchEvent {
@@ -488,7 +485,7 @@ impl<S: Read + Write> Store for XsClient<S> {
 }
 
 /// `xenstore-ls -p` notation of a permission list (`n5,r0`).
-pub(crate) fn perms_text(perms: &[Perm]) -> String {
+pub fn perms_text(perms: &[Perm]) -> String {
     perms.iter().map(perm_text).collect::<Vec<_>>().join(",")
 }
 
