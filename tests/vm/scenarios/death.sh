@@ -4,7 +4,7 @@
 # clean up fully each time; its processes get errors or keep their
 # mappings, never a crash.
 #
-#   export  dom0 exports 1 GiB to d1 and destroys d1 while the export
+#   export  dom0 exports 512 MiB to d1 and destroys d1 while the export
 #           is being granted and sent: the export fails (or, if it got
 #           through, ends when the connection goes) and every grant ends.
 #   import  d2 exports 384 MiB; dom0 destroys d2 while dom0 maps it: the
@@ -31,9 +31,10 @@ kill_guest() {
     xl destroy "$1" || hdm_fail "xl destroy $1 failed"
 }
 
-# until_positive COUNTER: wait (at most 60 s) until dom0's COUNTER is above 0.
+# until_positive COUNTER: wait (at most 120 s: the exporter first fills
+# its buffer) until dom0's COUNTER is above 0.
 until_positive() {
-    local deadline=$(($(hdm_ms) + 60000))
+    local deadline=$(($(hdm_ms) + 120000))
     until [ "$(hdm_stat "$1")" -gt 0 ]; do
         [ "$(hdm_ms)" -le $deadline ] || hdm_fail "$1 stayed 0 ($(hdm_stats))"
         sleep 0.02
@@ -60,7 +61,7 @@ dom0/guests)
     hdm_wait_connected 4 120
 
     # export
-    hdmabuf export --domain "$(xl domid d1)" --size 1G --seed 81 --priv death-export \
+    hdmabuf export --domain "$(xl domid d1)" --size 512M --seed 81 --priv death-export \
         >/tmp/export.out 2>&1 &
     exporter=$!
     # The pages are being granted: d1 dies before it hears of the buffer.
