@@ -4,13 +4,16 @@
 //! what to do), 2 bad usage, 3 verification found different bytes, 4 a
 //! wait timed out.
 
+mod bench;
 mod buffer;
 mod device;
 mod kcheck;
+mod link;
 mod pattern;
 mod stress;
 mod sys;
 mod toolstack;
+mod xendev;
 mod xlcfg;
 mod xlcreate;
 mod xsclient;
@@ -123,6 +126,12 @@ enum Command {
     Stress {
         #[command(subcommand)]
         command: stress::StressCommand,
+    },
+    /// Measure sharing against gntdev-dmabuf, the grant-map floor and a
+    /// copy, with a peer running the other side (`make bench`).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
     /// Toolstack commands for hyper_dmabuf devices (in the domain with
     /// xenstored, normally dom0).
@@ -497,6 +506,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Xl { command } => run_xl(command, &out),
         Command::Stress { command } => stress::run(command, &cli.device, &out),
+        Command::Bench { command } => bench::run(command, &cli.device),
         Command::Unexport { id, delay_ms } => {
             let dev = Device::open(&cli.device)?;
             dev.unexport(id, *delay_ms)?;
