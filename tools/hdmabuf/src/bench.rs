@@ -106,7 +106,7 @@ const WARMUP_FRAMES: u32 = 4;
 const SWAP_BUFFERS: usize = 3;
 const SWAP_WINDOW: u32 = 2;
 /// Longest wait for the importer's balloon to refill between cases.
-const BALLOON_SETTLE: Duration = Duration::from_secs(5);
+const BALLOON_SETTLE: Duration = Duration::from_secs(10);
 /// Longest wait for a driver event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -766,6 +766,20 @@ struct Importer {
     /// the gntdev path then maps the references with gntdev's own
     /// MAP_GRANT_REF + mmap, the same grant map minus the dma-buf.
     exp_from_refs_refused: Option<i32>,
+    /// [`balloon_deficit_kb`] when nothing was mapped yet.
+    balloon_baseline: Option<u64>,
+}
+
+/// How far this domain's memory is below its balloon target, in KiB.
+fn balloon_deficit_kb() -> Option<u64> {
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/devices/system/xen_memory/xen_memory0/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(read("target_kb")?.saturating_sub(read("info/current_kb")?))
 }
 
 /// What a case handler tells the exporter when it cannot go on.
@@ -781,6 +795,7 @@ impl Importer {
             link,
             gntdev: Gntdev::open()?,
             exp_from_refs_refused: None,
+            balloon_baseline: balloon_deficit_kb(),
         })
     }
 
@@ -820,45 +835,31 @@ impl Importer {
         self.link.send(READY, 0, 0, &[]).map_err(|e| e.to_string())
     }
 
-    /// [`Importer::ready`] once the balloon has settled. Without
+    /// [`Importer::ready`] once the balloon has refilled. Without
     /// CONFIG_XEN_UNPOPULATED_ALLOC, the pages grants are mapped into are
-    /// ballooned out of the guest at allocation, and given back to it by
-    /// the balloon worker after release, in the background. Whether a
-    /// case finds ballooned pages ready would otherwise depend on the case
-    /// before it; waiting makes every first import pay the same.
+    /// ballooned out of the guest at allocation (a hypercall per 512
+    /// pages, each page scrubbed), and given back to it by the balloon
+    /// worker after release, in the background, in its own time: a case
+    /// could find the pages of the one before it still ballooned and skip
+    /// that cost. Waiting until the balloon is back where it was when the
+    /// importer started makes every first import pay it.
     fn ready_settled(&mut self, case: &str) -> CaseResult {
-        let read = |f: &str| -> Option<u64> {
-            std::fs::read_to_string(format!("/sys/devices/system/xen_memory/xen_memory0/{f}"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
         let started = Instant::now();
-        let mut last = read("info/current_kb");
-        let deficit = |current: Option<u64>| {
-            read("target_kb")
-                .zip(current)
-                .map_or(0, |(t, c)| t.saturating_sub(c))
-        };
-        let before = deficit(last);
-        while let (Some(current), Some(target)) = (last, read("target_kb")) {
-            if current >= target || started.elapsed() > BALLOON_SETTLE {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            let now = read("info/current_kb");
-            if now == last {
-                break;
-            }
-            last = now;
+        let before = balloon_deficit_kb();
+        let mut now = before;
+        while now
+            .zip(self.balloon_baseline)
+            .is_some_and(|(d, base)| d > base)
+            && started.elapsed() < BALLOON_SETTLE
+        {
+            std::thread::sleep(Duration::from_millis(50));
+            now = balloon_deficit_kb();
         }
-        // For the profile (docs/performance.md): how far the balloon was
-        // from its target when the case was asked for, and when it began.
+        // For the profile (docs/performance.md).
         eprintln!(
             "bench: {case}: balloon {} kB short, {} kB after {} ms",
-            before,
-            deficit(last),
+            before.unwrap_or(0),
+            now.unwrap_or(0),
             started.elapsed().as_millis()
         );
         self.ready()
