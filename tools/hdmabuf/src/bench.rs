@@ -14,9 +14,10 @@
 //!   mmaps and reads the first byte; IMPORT again while mapped (cached);
 //!   UNEXPORT until the GrantsEnded event (the importer drops the buffer
 //!   on the Unexport event).
-//! * `gntdev`: IMP_TO_REFS; the references over the link; EXP_FROM_REFS;
-//!   to end it, a message to the importer, which closes its dma-buf and
-//!   answers; IMP_RELEASE.
+//! * `gntdev`: IMP_TO_REFS; the references over the link; EXP_FROM_REFS
+//!   (refused on x86: then gntdev's MAP_GRANT_REF + mmap, the same grant
+//!   map without the dma-buf); to end it, a message to the importer,
+//!   which closes its dma-buf and answers; IMP_RELEASE.
 //! * `floor`: gntalloc grants as many pages; the importer maps them in one
 //!   batch (gntdev MAP_GRANT_REF + mmap) and reads the first byte.
 //! * `copy`: the bytes themselves through the link's shared pages into a
