@@ -1053,12 +1053,7 @@ impl Importer {
                 .nth(1)
                 .and_then(|f| f.parse::<u64>().ok())
                 .ok_or_else(|| format!("update tagged {tag:?}"))?;
-            let bytes = held[i].2.as_slice();
-            let drawn = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-            if u64::from(drawn) != frame {
-                return Err(format!("frame {frame} shows {drawn}"));
-            }
-            self.ack(&[frame])?;
+            self.present(frame, held[i].2.as_slice())?;
         }
         Ok(())
     }
@@ -1088,11 +1083,9 @@ impl Importer {
                         let Some((_, map)) = held.get(h.arg as usize) else {
                             break Err(format!("frame for buffer {}", h.arg));
                         };
-                        let drawn = u32::from_le_bytes(map.as_slice()[..4].try_into().expect("4"));
-                        if u64::from(drawn) != h.value {
-                            break Err(format!("frame {} shows {drawn}", h.value));
+                        if let Err(e) = self.present(h.value, map.as_slice()) {
+                            break Err(e);
                         }
-                        self.ack(&[h.value])?;
                     }
                     RELEASE => break Ok(()),
                     k => break Err(format!("unexpected message {k}")),
