@@ -4,11 +4,14 @@
 //! what to do), 2 bad usage, 3 verification found different bytes, 4 a
 //! wait timed out.
 
+mod bench;
 mod device;
 mod kcheck;
+mod link;
 mod pattern;
 mod stress;
 mod toolstack;
+mod xendev;
 mod xlcfg;
 mod xlcreate;
 mod xldaemon;
@@ -128,6 +131,12 @@ enum Command {
     Stress {
         #[command(subcommand)]
         command: stress::StressCommand,
+    },
+    /// Measure sharing against gntdev-dmabuf, the grant-map floor and a
+    /// copy, with a peer running the other side (`make bench`).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
     /// Toolstack commands for hyper_dmabuf devices (in the domain with
     /// xenstored, normally dom0).
@@ -450,7 +459,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         passes += 1;
                     }
                     out.line(
-                        format!("read the mapping {passes} times while holding it: every byte matched"),
+                        format!(
+                            "read the mapping {passes} times while holding it: every byte matched"
+                        ),
                         json!({ "reread_passes": passes }),
                     );
                 }
@@ -529,6 +540,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Xl { command } => run_xl(command, &out),
         Command::Stress { command } => stress::run(command, &cli.device, &out),
+        Command::Bench { command } => bench::run(command, &cli.device),
         Command::Unexport { id, delay_ms } => {
             let dev = Device::open(&cli.device)?;
             dev.unexport(id, *delay_ms)?;

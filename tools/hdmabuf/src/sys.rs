@@ -5,6 +5,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 
 /// Converts a `-1`-style return value into an `io::Result`.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -26,6 +27,42 @@ pub fn ioctl_record<const N: usize>(
     // call, and every command used with this function encodes N as its
     // size, so the kernel accesses only those bytes.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, record.as_mut_ptr()) })
+}
+
+/// Calls `ioctl(fd, cmd, record)` for a command whose record has a
+/// variable-length tail (an array sized by a count field in the record,
+/// as the grant devices' ioctls take); `record` holds the whole of it.
+pub fn ioctl_slice(fd: BorrowedFd<'_>, cmd: u32, record: &mut [u8]) -> io::Result<libc::c_int> {
+    // SAFETY: `record` is valid and writable for its whole length during
+    // the call; callers size it for the count they encode in it, and the
+    // kernel accesses no more than that count implies.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, record.as_mut_ptr()) })
+}
+
+/// Writes `buf` to `fd` (one `write` call; returns how much was written).
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its whole length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// CPU time the calling thread has used, user and kernel, in nanoseconds
+/// (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if ret != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`.
@@ -76,6 +113,14 @@ pub struct Mapping {
 impl Mapping {
     /// `mmap(NULL, len, PROT_READ [| PROT_WRITE], MAP_SHARED, fd, 0)`.
     pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
+        Self::at(fd, len, 0, writable)
+    }
+
+    /// The same at file offset `offset` (the grant devices hand out the
+    /// offset of each mapping they prepared).
+    pub fn at(fd: BorrowedFd<'_>, len: usize, offset: u64, writable: bool) -> io::Result<Self> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         if len == 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -93,7 +138,7 @@ impl Mapping {
                 prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                0,
+                offset,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -113,6 +158,20 @@ impl Mapping {
         // SAFETY: by the invariant the range is mapped and readable for the
         // lifetime of `self`; u8 has no invalid values.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The 32-bit word at byte `offset`, for indexes shared with another
+    /// domain (which updates them concurrently, hence atomic access).
+    /// `None` unless the word is aligned and inside the mapping.
+    pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        if offset % 4 != 0 || offset.checked_add(4)? > self.len {
+            return None;
+        }
+        // SAFETY: the word is inside the live mapping (checked above, and
+        // by the invariant) and 4-aligned (the mapping is page-aligned);
+        // every access to it goes through atomics, here and in the peer;
+        // the reference cannot outlive `self`, which owns the mapping.
+        Some(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) })
     }
 
     /// The mapped bytes, writable, if mapped with `PROT_WRITE`.

@@ -1,0 +1,36 @@
+# make bench: hyper_dmabuf against what a user would otherwise use, on the
+# embedded platform (issue 7; docs/performance.md).
+#
+#   make bench       bench-host (mk/30-fuzz-bench.mk), then bench-vm
+#   make bench-vm    boot Xen, run tests/vm/scenarios/bench.sh (dom0 exports
+#                    to a PVH guest: ours, gntdev-dmabuf + a user-space
+#                    transport, the grant-map floor, a copy), then write the
+#                    table, target/bench/results.json and target/bench/latency.png
+#
+# The plot needs gnuplot; it is installed from apt when missing.
+
+.PHONY: bench-vm bench-report bench-plot-deps
+
+BENCH_OUT := target/bench
+BENCH_LOGS := target/vmtest/bench
+
+bench: bench-vm
+
+bench-plot-deps:
+	@command -v gnuplot >/dev/null || { \
+	  echo "[bench] installing gnuplot-nox (for the plot)"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -q --no-install-recommends gnuplot-nox >/dev/null 2>&1 || { \
+	    $$sudo apt-get update -q >/dev/null && \
+	    $$sudo apt-get install -y -q --no-install-recommends gnuplot-nox >/dev/null; }; }
+
+bench-vm: images vm-runner bench-plot-deps
+	@$(VM_RUNNER) run --images "$(VM_IMAGES)" bench
+	@$(MAKE) -s bench-report
+
+# The report alone, from the logs of the last run.
+bench-report:
+	@cargo build -q --release -p hdmabuf-bench
+	@echo; echo "hyper-dmabuf benchmark: dom0 -> PVH guest (emulated platform: ratios matter, not absolute times)"
+	@target/release/hdmabuf-bench $(BENCH_LOGS)/dom0.log --out $(BENCH_OUT)
