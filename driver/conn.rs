@@ -200,7 +200,7 @@ impl Host for HostView<'_> {
             .map_err(|_| Status::NoMemory)?;
         stats::IMPORTS.inc();
         // The peer decides how often this happens: rate-limited.
-        ffi::log_info_ratelimited(format_args!(
+        ffi::log_info_ratelimited(self.peer, format_args!(
             "{}: dom{} announced buffer {} ({} bytes)",
             self.name,
             self.peer.get(),
@@ -229,7 +229,7 @@ impl Host for HostView<'_> {
 
     fn protocol_error(&mut self, error: ProtoError) {
         stats::PROTOCOL_ERRORS.inc();
-        ffi::log_ratelimited(format_args!(
+        ffi::log_ratelimited(self.peer, format_args!(
             "{}: refused a request from dom{}: {}",
             self.name,
             self.peer.get(),
@@ -674,10 +674,24 @@ impl Conn {
     }
 
     /// An import that was claimed with [`Conn::import_begin`] failed.
+    ///
+    /// If the peer went away meanwhile, the teardown kept the entry only
+    /// because this import was under way (`busy`): nothing maps it, so it
+    /// goes now, or it would stay counted for good.
     pub(crate) fn import_abort(&self, hid: &HyperDmabufId) {
         let mut inner = self.inner.lock();
-        if let Some(e) = inner.imports.get_mut(&hid.number()) {
-            e.busy = false;
+        let number = hid.number();
+        let Some(e) = inner
+            .imports
+            .get_mut(&number)
+            .filter(|e| e.state.export.hid.matches(hid))
+        else {
+            return;
+        };
+        e.busy = false;
+        if e.orphaned && e.live.is_none() {
+            inner.imports.remove(&number);
+            stats::IMPORTS.dec();
         }
     }
 

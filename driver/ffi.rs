@@ -14,6 +14,7 @@ use kernel::prelude::*;
 use kernel::str::{CStr, CString};
 
 use super::common::shmem::SharedMem;
+use super::common::xen::DomId;
 use crate::bindings;
 
 // The protocol core's page geometry must be the kernel's.
@@ -121,19 +122,21 @@ pub(crate) fn warn(msg: &CStr) {
     unsafe { bindings::hdm_warn(msg.as_char_ptr()) }
 }
 
-/// Logs a warning that a peer can trigger, rate-limited.
-pub(crate) fn log_ratelimited(args: core::fmt::Arguments<'_>) {
+/// Logs a warning that peer `peer` can trigger, within that peer's budget
+/// of lines (the shim keeps one per peer).
+pub(crate) fn log_ratelimited(peer: DomId, args: core::fmt::Arguments<'_>) {
     if let Ok(msg) = CString::try_from_fmt(args) {
         // SAFETY: `msg` is NUL-terminated; the shim prints it with "%s".
-        unsafe { bindings::hdm_log_ratelimited(msg.as_char_ptr()) }
+        unsafe { bindings::hdm_log_ratelimited(peer.get(), msg.as_char_ptr()) }
     }
 }
 
-/// Logs an informational line that a peer can trigger, rate-limited.
-pub(crate) fn log_info_ratelimited(args: core::fmt::Arguments<'_>) {
+/// Logs an informational line that peer `peer` can trigger, within that
+/// peer's budget.
+pub(crate) fn log_info_ratelimited(peer: DomId, args: core::fmt::Arguments<'_>) {
     if let Ok(msg) = CString::try_from_fmt(args) {
         // SAFETY: `msg` is NUL-terminated; the shim prints it with "%s".
-        unsafe { bindings::hdm_log_info_ratelimited(msg.as_char_ptr()) }
+        unsafe { bindings::hdm_log_info_ratelimited(peer.get(), msg.as_char_ptr()) }
     }
 }
 

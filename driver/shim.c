@@ -88,14 +88,38 @@ bool hdm_param_allow_rw(void)
 	return allow_rw;
 }
 
-void hdm_log_ratelimited(const char *msg)
+/*
+ * Lines a peer can trigger are rate-limited per peer: with one budget for
+ * all, a peer that makes the driver refuse much (or a busy well-behaved
+ * one) would silence the lines about every other peer. Domids hash into a
+ * small table; two peers share a budget only if they collide.
+ */
+#define HDM_LOG_SLOTS 64
+static struct ratelimit_state hdm_warn_budget[HDM_LOG_SLOTS];
+static struct ratelimit_state hdm_info_budget[HDM_LOG_SLOTS];
+
+static void hdm_log_budgets_init(void)
 {
-	pr_warn_ratelimited("hyper_dmabuf: %s\n", msg);
+	int i;
+
+	for (i = 0; i < HDM_LOG_SLOTS; i++) {
+		ratelimit_state_init(&hdm_warn_budget[i], DEFAULT_RATELIMIT_INTERVAL,
+				     DEFAULT_RATELIMIT_BURST);
+		ratelimit_state_init(&hdm_info_budget[i], DEFAULT_RATELIMIT_INTERVAL,
+				     DEFAULT_RATELIMIT_BURST);
+	}
 }
 
-void hdm_log_info_ratelimited(const char *msg)
+void hdm_log_ratelimited(u16 peer, const char *msg)
 {
-	pr_info_ratelimited("hyper_dmabuf: %s\n", msg);
+	if (__ratelimit(&hdm_warn_budget[peer % HDM_LOG_SLOTS]))
+		pr_warn("hyper_dmabuf: %s\n", msg);
+}
+
+void hdm_log_info_ratelimited(u16 peer, const char *msg)
+{
+	if (__ratelimit(&hdm_info_budget[peer % HDM_LOG_SLOTS]))
+		pr_info("hyper_dmabuf: %s\n", msg);
 }
 
 /* --- domain ----------------------------------------------------------------- */
@@ -561,7 +585,10 @@ void hdm_tick_cancel(void)
 
 int hdm_register_all(void)
 {
-	int err = misc_register(&hdm_misc);
+	int err;
+
+	hdm_log_budgets_init();
+	err = misc_register(&hdm_misc);
 
 	if (err)
 		return err;
