@@ -10,7 +10,7 @@
 #      domUs share pages with dom0 nowhere in the data path.
 #   3. dom0 detaches devid 0 (naming the guest): both ends close, the nodes
 #      go, and neither dom0 nor the guest holds a grant or mapping of it.
-#   4. rb, created from a config with on_reboot = "restart", holds a bound
+#   4. (final phase) rb, created from a config with on_reboot = "restart", holds a bound
 #      device (unloading the module is refused), then reboots: xl gives it
 #      a new domid and `hdmabuf xl daemon` gives it its device again,
 #      which connects; no node of the old domid is left.
@@ -50,7 +50,16 @@ dom0/guests)
     hdm_check_released
     hdm_log "3: device 0 detached; dom0 holds nothing of it"
     kill "$HDM_WATCH_PID"
-    wait "$HDM_WATCH_PID" 2>/dev/null
+    wait "$HDM_WATCH_PID" 2>/dev/null || true
+    ;;
+dom0/final)
+    # The guests are gone (they powered off after their main phase): the
+    # daemon removed what they left.
+    read -r guest dd </tmp/ids
+    hdm_no_nodes "$guest"
+    hdm_no_nodes "$dd"
+    hdmabuf xl list | grep -q "^no hyper_dmabuf devices" ||
+        hdm_fail "devices left: $(hdmabuf xl list)"
 
     # 4
     {
@@ -86,15 +95,7 @@ dom0/guests)
     hdm_no_nodes "$rb2"
     hdm_wait_stat connections_live 0
     hdm_check_released
-    ;;
-dom0/final)
-    read -r guest dd </tmp/ids
-    hdm_no_nodes "$guest"
-    hdm_no_nodes "$dd"
-    hdmabuf xl list | grep -q "^no hyper_dmabuf devices" ||
-        hdm_fail "devices left: $(hdmabuf xl list)"
     sed 's/^/xl daemon: /' /var/log/hdmabuf-xl-daemon.log
-    hdm_check_released
     ;;
 dd/main)
     hdm_load
