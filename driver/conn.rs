@@ -200,13 +200,16 @@ impl Host for HostView<'_> {
             .map_err(|_| Status::NoMemory)?;
         stats::IMPORTS.inc();
         // The peer decides how often this happens: rate-limited.
-        ffi::log_info_ratelimited(self.peer, format_args!(
-            "{}: dom{} announced buffer {} ({} bytes)",
-            self.name,
-            self.peer.get(),
-            import.export.hid,
-            import.export.size
-        ));
+        ffi::log_info_ratelimited(
+            self.peer,
+            format_args!(
+                "{}: dom{} announced buffer {} ({} bytes)",
+                self.name,
+                self.peer.get(),
+                import.export.hid,
+                import.export.size
+            ),
+        );
         Ok(())
     }
 
@@ -229,12 +232,15 @@ impl Host for HostView<'_> {
 
     fn protocol_error(&mut self, error: ProtoError) {
         stats::PROTOCOL_ERRORS.inc();
-        ffi::log_ratelimited(self.peer, format_args!(
-            "{}: refused a request from dom{}: {}",
-            self.name,
-            self.peer.get(),
-            error
-        ));
+        ffi::log_ratelimited(
+            self.peer,
+            format_args!(
+                "{}: refused a request from dom{}: {}",
+                self.name,
+                self.peer.get(),
+                error
+            ),
+        );
     }
 }
 

@@ -87,13 +87,16 @@ impl GrantMapping {
         let mapped = refs.len() - failed;
         stats::PAGES_MAPPED.add(mapped as i64);
         if failed > 0 || call.is_err() {
-            ffi::log_ratelimited(peer, format_args!(
-                "dom{}: {} of {} grants could not be mapped (status {})",
-                peer.get(),
-                failed,
-                refs.len(),
-                first_bad
-            ));
+            ffi::log_ratelimited(
+                peer,
+                format_args!(
+                    "dom{}: {} of {} grants could not be mapped (status {})",
+                    peer.get(),
+                    failed,
+                    refs.len(),
+                    first_bad
+                ),
+            );
             // Dropping `mapping` unmaps exactly the pages that succeeded.
             return Err(EIO);
         }
@@ -128,12 +131,15 @@ impl Drop for GrantMapping {
 /// Reads the directory of `export` from `peer`: the data grants.
 fn read_directory(export: &Export, peer: DomId, max_bytes: u64) -> Result<KVVec<u32>> {
     let bad = |e: super::common::Error| {
-        ffi::log_ratelimited(peer, format_args!(
-            "dom{}: bad directory for buffer {}: {}",
-            peer.get(),
-            export.hid,
-            e
-        ));
+        ffi::log_ratelimited(
+            peer,
+            format_args!(
+                "dom{}: bad directory for buffer {}: {}",
+                peer.get(),
+                export.hid,
+                e
+            ),
+        );
         EIO
     };
     let ro = GNTMAP_HOST_MAP | GNTMAP_READONLY;
