@@ -187,6 +187,18 @@ fn print_series(series: &Series) {
     );
 }
 
+/// Figure `i` of an importer's answer; a short answer is an error, not a
+/// panic.
+fn figure(v: &[u64], i: usize) -> Result<u64, String> {
+    v.get(i).copied().ok_or_else(|| {
+        format!(
+            "the importer answered {} figures, expected at least {}",
+            v.len(),
+            i + 1
+        )
+    })
+}
+
 /// Collects the series of one size.
 #[derive(Default)]
 struct Results {
@@ -208,6 +220,15 @@ impl Results {
                 samples: vec![ns],
             }),
         }
+    }
+
+    /// Records the three figures every importer's answer starts with:
+    /// its map time, the CPU time of the map, and its CPU time end to end.
+    fn add_importer(&mut self, path: &'static str, size: u64, v: &[u64]) -> Result<(), String> {
+        self.add(path, "import", size, figure(v, 0)?);
+        self.add(path, "import_cpu", size, figure(v, 1)?);
+        self.add(path, "end_to_end_cpu_importer", size, figure(v, 2)?);
+        Ok(())
     }
 
     fn print(&self) {
@@ -271,6 +292,15 @@ impl Exporter {
             )),
             k => Err(fail(format!("unexpected message {k} from the importer"))),
         }
+    }
+
+    /// Asks the importer to let go of the case's buffers and waits until
+    /// it has.
+    fn release_remote(&mut self) -> Result<(), String> {
+        self.link
+            .send(RELEASE, 0, 0, &[])
+            .map_err(|e| e.to_string())?;
+        self.expect(RELEASED).map_err(failure_text)
     }
 
     fn expect(&mut self, kind: u32) -> Result<(), Failure> {
@@ -385,13 +415,11 @@ impl Exporter {
             size,
             sys::thread_cpu_ns() - c0,
         );
-        r.add("ours", "import", size, v[0]);
-        r.add("ours", "import_cpu", size, v[1]);
-        r.add("ours", "end_to_end_cpu_importer", size, v[2]);
+        r.add_importer("ours", size, &v)?;
         let Answer::Ack(v) = self.answer()? else {
             return Err(fail("the importer could not import our buffer again"));
         };
-        r.add("ours", "reimport", size, v[0]);
+        r.add("ours", "reimport", size, figure(&v, 0)?);
         let t = Instant::now();
         self.dev.unexport(&hid, 0)?;
         self.wait_event(&hid, EventType::GrantsEnded)?;
@@ -451,14 +479,15 @@ impl Exporter {
                 return Err(why);
             }
         };
-        if v[3] != 0 && !self.noted_stand_in {
+        let stand_in_errno = figure(&v, 3)?;
+        if stand_in_errno != 0 && !self.noted_stand_in {
             self.noted_stand_in = true;
             println!(
                 "bench| {}",
                 json!({ "path": "gntdev", "note": format!(
                     "IOCTL_GNTDEV_DMABUF_EXP_FROM_REFS refused in the importer ({}); \
                      it maps the references with gntdev MAP_GRANT_REF + mmap instead",
-                    std::io::Error::from_raw_os_error(v[3] as i32)) })
+                    std::io::Error::from_raw_os_error(stand_in_errno as i32)) })
             );
         }
         r.add("gntdev", "end_to_end", size, self.end_to_end(t0));
@@ -470,14 +499,9 @@ impl Exporter {
         );
         r.add("gntdev", "export", size, export_ns);
         r.add("gntdev", "export_cpu", size, export_cpu);
-        r.add("gntdev", "import", size, v[0]);
-        r.add("gntdev", "import_cpu", size, v[1]);
-        r.add("gntdev", "end_to_end_cpu_importer", size, v[2]);
+        r.add_importer("gntdev", size, &v)?;
         let t = Instant::now();
-        self.link
-            .send(RELEASE, 0, 0, &[])
-            .map_err(|e| e.to_string())?;
-        self.expect(RELEASED).map_err(failure_text)?;
+        self.release_remote()?;
         self.gntdev
             .release_dmabuf(buf.dmabuf.as_fd())
             .map_err(|e| format!("IOCTL_GNTDEV_DMABUF_IMP_RELEASE: {e}"))?;
@@ -512,7 +536,7 @@ impl Exporter {
         let index = index.expect("granted");
         // No protocol around it: the grant and the map, without carrying
         // the references.
-        r.add("floor", "end_to_end", size, export_ns + v[0]);
+        r.add("floor", "end_to_end", size, export_ns + figure(&v, 0)?);
         r.add(
             "floor",
             "end_to_end_cpu_exporter",
@@ -521,14 +545,9 @@ impl Exporter {
         );
         r.add("floor", "export", size, export_ns);
         r.add("floor", "export_cpu", size, export_cpu);
-        r.add("floor", "import", size, v[0]);
-        r.add("floor", "import_cpu", size, v[1]);
-        r.add("floor", "end_to_end_cpu_importer", size, v[2]);
+        r.add_importer("floor", size, &v)?;
         let t = Instant::now();
-        self.link
-            .send(RELEASE, 0, 0, &[])
-            .map_err(|e| e.to_string())?;
-        self.expect(RELEASED).map_err(failure_text)?;
+        self.release_remote()?;
         self.gntalloc
             .release(index, pages)
             .map_err(|e| format!("IOCTL_GNTALLOC_DEALLOC_GREF: {e}"))?;
@@ -555,7 +574,7 @@ impl Exporter {
             size,
             sys::thread_cpu_ns() - c0,
         );
-        r.add("copy", "end_to_end_cpu_importer", size, v[2]);
+        r.add("copy", "end_to_end_cpu_importer", size, figure(&v, 2)?);
         Ok(())
     }
 
@@ -694,10 +713,7 @@ impl Exporter {
                     Ok(me.link.send(FRAME, b as u32, u64::from(frame), &[])?)
                 })
                 .map_err(failure_text);
-            self.link
-                .send(RELEASE, 0, 0, &[])
-                .map_err(|e| e.to_string())?;
-            self.expect(RELEASED).map_err(failure_text)?;
+            self.release_remote()?;
         }
         for buf in &bufs[..granted] {
             let _ = self.gntdev.release_dmabuf(buf.dmabuf.as_fd());
@@ -727,10 +743,7 @@ impl Exporter {
                 .send(FRAME, b as u32, u64::from(frame), sources[b].as_slice())?)
         })
         .map_err(failure_text)?;
-        self.link
-            .send(RELEASE, 0, 0, &[])
-            .map_err(|e| e.to_string())?;
-        self.expect(RELEASED).map_err(failure_text)
+        self.release_remote()
     }
 }
 
