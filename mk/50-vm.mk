@@ -31,7 +31,7 @@ SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
 # make-demo scenario, randomized cycles, the xl toolstack commands, peer
 # death at every step, a hostile peer and ioctl abuse.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile unload
 
 deps:
 	@platform/install-deps.sh

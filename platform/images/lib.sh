@@ -177,6 +177,29 @@ hdm_wait_event() {
     echo "$line" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
 }
 
+# hdm_export_id FILE [SECONDS]: the id an `hdmabuf export` writing to FILE
+# printed, once it has.
+hdm_export_id() {
+    local deadline=$(($(hdm_ms) + ${2:-60} * 1000))
+    until grep -q '^exported ' "$1" 2>/dev/null; do
+        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "no export in $1: $(cat "$1")"
+        sleep 0.1
+    done
+    sed -n 's/^exported \([^ ]*\) .*/\1/p' "$1"
+}
+
+# hdm_count_events FILE EVENT: how many EVENT records FILE has.
+hdm_count_events() { grep -c "\"event\":\"$2\"" "$1"; }
+
+# hdm_wait_count FILE EVENT N [SECONDS]: until FILE has N EVENT records.
+hdm_wait_count() {
+    local deadline=$(($(hdm_ms) + ${4:-60} * 1000))
+    while [ "$(hdm_count_events "$1" "$2")" -lt "$3" ]; do
+        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "fewer than $3 $2 events after ${4:-60} s"
+        sleep 0.1
+    done
+}
+
 # hdm_report TEXT: a line of a scenario's human report (`make demo` prints
 # these lines of every domain's log).
 hdm_report() { echo "report| [$HDM_DOMAIN] $*"; }

@@ -25,17 +25,6 @@
 # hdm: expect-log = dom0: hyper_dmabuf: unloaded (dom0 PV)
 . /hdm/lib.sh
 
-# id_of FILE: the id an `hdmabuf export` printed into FILE.
-id_of() {
-    local i=0
-    while ! grep -q '^exported ' "$1" 2>/dev/null; do
-        i=$((i + 1))
-        [ $i -le 600 ] || hdm_fail "no export in $1: $(cat "$1")"
-        sleep 0.1
-    done
-    sed -n 's/^exported \([^ ]*\) .*/\1/p' "$1"
-}
-
 # line_of FILE EVENT ID: the line number of EVENT about ID in FILE.
 line_of() { grep -n "\"event\":\"$2\"" "$1" | grep -F "$3" | head -n 1 | cut -d: -f1; }
 
@@ -81,7 +70,7 @@ dom0/guests)
     # D
     hdmabuf export --domain "$pvid" --size 8M --seed 35 --priv lc-death >/tmp/death 2>&1 &
     exporter=$!
-    deathid=$(id_of /tmp/death)
+    deathid=$(hdm_export_id /tmp/death)
     id=$(hdm_wait_event /tmp/events NewExport '"priv":"lc-death2"')
     hdmabuf import "$id" --verify 36 --hold 600 >/tmp/holder2 2>&1 &
     holder=$!
@@ -119,7 +108,7 @@ pv/main)
     # A: the exporter dies; its fd is closed, which unexports.
     hdmabuf export --domain 0 --size 1M --seed 31 --priv lc-close >/tmp/close 2>&1 &
     pid=$!
-    id_of /tmp/close >/dev/null
+    hdm_export_id /tmp/close >/dev/null
     kill -9 "$pid"
     wait "$pid" 2>/dev/null
     hdm_check_released
@@ -145,7 +134,7 @@ pv/main)
     # C
     hdmabuf export --domain 0 --size 1M --seed 33 --priv lc-delay >/tmp/delay 2>&1 &
     pid=$!
-    id=$(id_of /tmp/delay)
+    id=$(hdm_export_id /tmp/delay)
     hdmabuf unexport "$id" --delay-ms 3000 || hdm_fail "C: delayed unexport failed"
     hdmabuf --json query "$id" | grep -q '"delayed_unexported":1' ||
         hdm_fail "C: QUERY does not report the delayed unexport"

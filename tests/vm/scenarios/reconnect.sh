@@ -10,19 +10,6 @@
 # hdm: boot-timeout = 300
 . /hdm/lib.sh
 
-# count_events FILE EVENT: how many EVENT records FILE has.
-count_events() { grep -c "\"event\":\"$2\"" "$1"; }
-
-# wait_count FILE EVENT N: until FILE has N EVENT records.
-wait_count() {
-    local i=0
-    while [ "$(count_events "$1" "$2")" -lt "$3" ]; do
-        i=$((i + 1))
-        [ $i -le 600 ] || hdm_fail "fewer than $3 $2 events"
-        sleep 0.1
-    done
-}
-
 case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
@@ -34,7 +21,7 @@ dom0/guests)
     hdm_import_each /tmp/events 1M:41
     hdm_log "shared over the first connection"
     # The guest rebinds its frontend after that; we see it go and come back.
-    wait_count /tmp/events PeerDisconnected 1
+    hdm_wait_count /tmp/events PeerDisconnected 1
     hdm_wait_connected
     hdm_import_each /tmp/events 2M:42
     hdm_log "shared after the frontend came back"
@@ -58,7 +45,7 @@ pv/main)
     hdm_wait_connected
     hdm_export_each 0 2M:42
     # dom0 now rebinds its backend: wait until we are connected again.
-    wait_count /tmp/events PeerDisconnected 2
+    hdm_wait_count /tmp/events PeerDisconnected 2
     hdm_wait_connected
     hdm_export_each 0 3M:43
     hdm_check_released

@@ -1,0 +1,233 @@
+#!/bin/sh
+# Unloading the module while buffers are live and traffic runs.
+#
+# A  While randomized stress cycles run both ways between dom0 and the
+#    guest, each domain tries to unload the module again and again. Every
+#    attempt is refused (bound devices, open files and imported dma-bufs
+#    each hold a module reference: "in use"), and every byte of the
+#    traffic still verifies.
+# B  The guest, UNLOADS times: it exports a buffer that dom0 maps and keeps
+#    re-reading, maps and re-reads one of dom0's, and then, while dom0
+#    floods it with exports, unbinds its frontend. rmmod stays refused
+#    while its processes hold their fds; once they are killed the module
+#    unloads, with dom0 still mapping the guest's pages (the grants go to
+#    the kernel's grant layer, which keeps the pages until dom0 unmaps).
+#    dom0's reader keeps seeing the right bytes throughout, and the
+#    reloaded module reconnects.
+# C  The same with the roles swapped: dom0 unbinds its backend, unloads
+#    and reloads, while the guest floods it and maps its buffer.
+# At the end every gauge of both domains is zero and no request was
+# refused.
+#
+# hdm: description = rmmod under traffic is refused; unbind, unload and reload with buffers mapped both ways under an export flood, in the guest and in dom0
+# hdm: domains = pv
+# hdm: attach = yes
+# hdm: timeout = 420
+# hdm: boot-timeout = 300
+. /hdm/lib.sh
+
+UNLOADS=4
+REREAD_SIZE=256K
+REREAD_PAGES=64
+
+# alive PID...: whether any of these processes still runs.
+alive() {
+    local p
+    for p; do kill -0 "$p" 2>/dev/null && return 0; done
+    return 1
+}
+
+# loaded: whether the module is in the kernel.
+loaded() { grep -q '^hyper_dmabuf ' /proc/modules; }
+
+# refuse_unload_while PID...: try to unload the module until these
+# processes have exited; every attempt must be refused.
+refuse_unload_while() {
+    local n=0
+    while alive "$@"; do
+        rmmod hyper_dmabuf 2>/tmp/rmmod.err && hdm_fail "A: the module unloaded under traffic"
+        [ $n -gt 0 ] || hdm_log "A: unload refused under traffic: $(cat /tmp/rmmod.err)" \
+            "(module use count $(awk '$1 == "hyper_dmabuf" { print $3 }' /proc/modules))"
+        n=$((n + 1))
+        sleep 0.05
+    done
+    [ $n -gt 0 ] || hdm_fail "A: the traffic ended before an unload was tried"
+    hdm_log "A: all $n unloads tried under traffic were refused"
+}
+
+# stress_both_ways PEER: stress cycles to and from PEER (the peer runs the
+# same), while refusing unloads.
+stress_both_ways() {
+    hdmabuf stress import --domain "$1" --timeout 300 >/tmp/a-import 2>&1 &
+    local importer=$!
+    hdmabuf stress export --domain "$1" --cycles 40 --seed "$2" --max-size 1M \
+        --timeout 300 >/tmp/a-export 2>&1 &
+    local exporter=$!
+    refuse_unload_while $importer $exporter
+    wait $importer || { cat /tmp/a-import; hdm_fail "A: stress import failed"; }
+    wait $exporter || { cat /tmp/a-export; hdm_fail "A: stress export failed"; }
+    hdm_log "A: $(tail -n 1 /tmp/a-import)"
+}
+
+# flood PEER STOPFILE: export small buffers to PEER and revoke them at
+# once, one after the other, until STOPFILE exists. Exports to a peer that
+# is away fail, and that is expected; none may hang.
+flood() {
+    local i=0
+    while [ ! -e "$2" ]; do
+        i=$((i + 1))
+        timeout 60 hdmabuf export --domain "$1" --size $(((i % 8 + 1) * 4))K --seed $i \
+            --priv flood --hold 0 >/dev/null 2>&1
+        # busybox timeout: the status of the child it terminated.
+        [ $? != 143 ] || hdm_fail "a flood export to domain $1 hung"
+    done
+    echo $i >"$2.count"
+}
+
+# start_flood PEER: three flooders (FLOODERS holds their pids).
+start_flood() {
+    rm -f /tmp/flood-stop /tmp/flood-stop.count
+    FLOODERS=
+    local j
+    for j in 1 2 3; do
+        flood "$1" /tmp/flood-stop &
+        FLOODERS="$FLOODERS $!"
+    done
+}
+
+stop_flood() {
+    touch /tmp/flood-stop
+    local p
+    for p in $FLOODERS; do wait "$p" || hdm_fail "a flooder failed"; done
+}
+
+# unload_cycle K PEER UNBIND DEVICE: step K of B or C, in the domain that
+# unloads: map buffers both ways, unbind DEVICE, unload, reload.
+unload_cycle() {
+    local k=$1 peer=$2 events=/tmp/events.$1 mine theirs watcher exporter reader deadline
+    hdm_watch "$events" 300
+    watcher=$HDM_WATCH_PID
+    hdmabuf export --domain "$peer" --size $REREAD_SIZE --seed $((100 + k)) \
+        --priv "unload-$k" --hold 600 >/tmp/u-export.$k 2>&1 &
+    exporter=$!
+    mine=$(hdm_export_id /tmp/u-export.$k)
+    theirs=$(hdm_wait_event "$events" NewExport "\"priv\":\"serve-$k\"" 120)
+    hdmabuf import "$theirs" --verify $((200 + k)) --hold 600 --reread >/tmp/u-import.$k 2>&1 &
+    reader=$!
+    hdm_wait_event "$events" Mapped "$mine" 120 >/dev/null
+    hdm_wait_stat pages_mapped $REREAD_PAGES 60
+    echo -n "$4" >"$3" || hdm_fail "$k: unbind $4"
+    hdm_wait_stat connections_live 0 60
+    rmmod hyper_dmabuf 2>/tmp/rmmod.err &&
+        hdm_fail "$k: the module unloaded while processes held its buffers"
+    alive $reader || hdm_fail "$k: our reader died when we unbound: $(cat /tmp/u-import.$k)"
+    kill $watcher $exporter $reader
+    wait $watcher $exporter $reader 2>/dev/null
+    deadline=$(($(hdm_ms) + 10000))
+    until rmmod hyper_dmabuf 2>/tmp/rmmod.err; do
+        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "$k: no unload once every user was gone: $(cat /tmp/rmmod.err)"
+        sleep 0.1
+    done
+    ! loaded || hdm_fail "$k: rmmod succeeded but the module is still listed"
+    hdm_log "$k: unloaded with the peer still mapping our buffer"
+    hdm_load
+    hdm_wait_connected 1 120
+}
+
+# wait_back EVENTS K: until EVENTS has a PeerConnected after its K-th
+# PeerDisconnected (a reader opened while the peer connects may be told
+# twice, so counting PeerConnected alone could run ahead).
+wait_back() {
+    local deadline=$(($(hdm_ms) + 180000))
+    until awk -v k="$2" '/"event":"PeerDisconnected"/ { d++ }
+            /"event":"PeerConnected"/ && d >= k { back = 1 }
+            END { exit !back }' "$1"; do
+        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "$2: the peer did not come back within 180 s"
+        sleep 0.1
+    done
+}
+
+# serve_cycle K PEER EVENTS: step K of B or C, in the peer of the domain
+# that unloads: map its buffer and keep re-reading it while it goes away.
+serve_cycle() {
+    local k=$1 peer=$2 events=$3 id exporter reader
+    hdmabuf export --domain "$peer" --size $REREAD_SIZE --seed $((200 + k)) \
+        --priv "serve-$k" --hold 600 >/tmp/s-export.$k 2>&1 &
+    exporter=$!
+    id=$(hdm_wait_event "$events" NewExport "\"priv\":\"unload-$k\"" 120)
+    hdmabuf import "$id" --verify $((100 + k)) --hold 600 --reread >/tmp/s-import.$k 2>&1 &
+    reader=$!
+    hdm_wait_count "$events" PeerDisconnected "$k" 180
+    wait_back "$events" "$k"
+    # The peer's module was gone meanwhile; its pages stayed ours to read.
+    alive $reader || hdm_fail "$k: the reader of the unloaded peer's pages died: $(cat /tmp/s-import.$k)"
+    kill $reader $exporter
+    wait $reader $exporter 2>/dev/null
+    hdm_log "$k: read the peer's pages while its module was unloaded and reloaded: every byte matched"
+}
+
+finish() {
+    hdm_check_released 60
+    [ "$(hdm_stat protocol_errors)" = 0 ] || hdm_fail "requests were refused: $(hdm_stats)"
+    [ "$(hdm_stat ring_errors)" = 0 ] || hdm_fail "a ring broke: $(hdm_stats)"
+}
+
+case $HDM_DOMAIN/$HDM_PHASE in
+dom0/main)
+    hdm_load
+    ;;
+dom0/guests)
+    pv=$(xl domid pv)
+    hdm_watch /tmp/events 1200
+    hdm_wait_connected
+    stress_both_ways "$pv" 21
+
+    # B: we serve, the guest unloads.
+    start_flood "$pv"
+    k=1
+    while [ $k -le $UNLOADS ]; do
+        serve_cycle $k "$pv" /tmp/events
+        k=$((k + 1))
+    done
+    stop_flood
+    hdm_log "B: $(cat /tmp/flood-stop.count) exports flooded per flooder while the guest unloaded"
+
+    # C: we unload, the guest serves.
+    kill "$HDM_WATCH_PID"
+    wait "$HDM_WATCH_PID" 2>/dev/null
+    k=1
+    while [ $k -le $UNLOADS ]; do
+        unload_cycle $k "$pv" /sys/bus/xen-backend/drivers/hyper_dmabuf/unbind "hyper_dmabuf-$pv-0"
+        k=$((k + 1))
+    done
+    finish
+    ;;
+pv/main)
+    hdm_load
+    hdm_watch /tmp/events 300
+    hdm_wait_connected
+    stress_both_ways 0 22
+    kill "$HDM_WATCH_PID"
+    wait "$HDM_WATCH_PID" 2>/dev/null
+
+    # B: we unload, dom0 serves.
+    k=1
+    while [ $k -le $UNLOADS ]; do
+        unload_cycle $k 0 /sys/bus/xen/drivers/hyper_dmabuf/unbind hyper_dmabuf-0
+        k=$((k + 1))
+    done
+
+    # C: we serve, dom0 unloads.
+    hdm_watch /tmp/events.C 600
+    hdm_wait_connected
+    start_flood 0
+    k=1
+    while [ $k -le $UNLOADS ]; do
+        serve_cycle $k 0 /tmp/events.C
+        k=$((k + 1))
+    done
+    stop_flood
+    hdm_log "C: $(cat /tmp/flood-stop.count) exports flooded per flooder while dom0 unloaded"
+    finish
+    ;;
+esac
