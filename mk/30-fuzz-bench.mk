@@ -1,7 +1,9 @@
 # Coverage-guided fuzzing (libFuzzer through cargo-fuzz, on the stable
 # toolchain) and the host benchmarks. See fuzz/README.md.
 #
-#   make fuzz            every fuzz target for FUZZ_SECONDS each (600)
+#   make fuzz            every fuzz target for FUZZ_SECONDS each (600); the figures
+#                        of the run (executions, coverage, crashes) in
+#                        target/fuzz-logs/summary.md (fuzz/summary.sh)
 #   make fuzz-smoke      fuzz-check, seed corpus, regression replay, every target
 #                        for FUZZ_SMOKE_SECONDS each (20); `make test` runs it
 #   make fuzz-coverage   line coverage of the corpus (llvm-cov), target/fuzz-coverage/
@@ -96,6 +98,7 @@ define fuzz_run
 	  fi; \
 	done; \
 	echo "$$passed $$failed" > $(FUZZ_COUNTS)/$(2); \
+	fuzz/summary.sh $(FUZZ_LOGS) $(FUZZ_TARGETS) > $(FUZZ_LOGS)/summary.md; \
 	echo "[fuzz] targets: $$passed passed, $$failed failed"; \
 	if [ -n "$$bad" ]; then \
 	  echo "[fuzz] keep each crash as a regression: cp fuzz/artifacts/<target>/crash-* fuzz/regressions/<target>/"; \
@@ -110,6 +113,7 @@ fuzz-smoke: fuzz-check fuzz-seeds fuzz-build
 fuzz: fuzz-seeds fuzz-build
 	@echo "[fuzz] $(FUZZ_SECONDS) s per target"
 	$(call fuzz_run,$(FUZZ_SECONDS),fuzz)
+	@echo "[fuzz] figures ($(FUZZ_LOGS)/summary.md):"; cat $(FUZZ_LOGS)/summary.md
 
 # Source-based line coverage of the corpus (rustc -Cinstrument-coverage is
 # stable). The rustup llvm-tools component cannot be fetched here, so the
