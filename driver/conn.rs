@@ -21,6 +21,7 @@ use super::common::channel::{
     Channel, ChannelConfig, ExportState, Host, ImportState, Pending, MAX_OUTSTANDING,
 };
 use super::common::id::HyperDmabufId;
+use super::common::limits::MAX_IMPORTS_PER_PEER;
 use super::common::uapi::{Event, EventType};
 use super::common::wire::{ExportFlags, Message, PrivData};
 use super::common::xen::{DomId, Status};
@@ -31,9 +32,6 @@ use crate::ffi::{self, errno, SharedRing, XenbusDev};
 use crate::import::ImportEntry;
 use crate::registry::Driver;
 use crate::stats;
-
-/// Most buffers one peer may announce to us at a time.
-pub(crate) const MAX_IMPORTS_PER_PEER: usize = 4096;
 
 /// The live transport of a connection. Field order is drop order: the
 /// IRQ goes (waiting for a running handler) before the rings.

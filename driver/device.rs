@@ -15,7 +15,7 @@ use kernel::uaccess::{UserPtr, UserSlice};
 use super::common::id::HyperDmabufId;
 use super::common::uapi::{
     self, Event, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, QueryItem, UnexportArgs,
-    IMPORT_RW,
+    LostEvents, EVENT_QUEUE_LEN, IMPORT_RW,
 };
 use super::common::wire::ExportFlags;
 use super::common::xen::DomId;
@@ -24,28 +24,48 @@ use crate::ffi::FileWaker;
 use crate::registry::Driver;
 use crate::{export, import, stats};
 
-/// Events a reader may leave unread before new ones are dropped (and
-/// counted in the next one's `lost`).
-const QUEUE_LEN: usize = 256;
+/// Peers whose lost events a queue reports separately.
+const LOST_PEERS_TRACKED: usize = 16;
 
-/// The events waiting for one reader: a ring of whole records.
+/// The events waiting for one reader: a ring of whole records, shared
+/// fairly between peers (`uapi::event_admitted`). A record that is not
+/// admitted is dropped and counted in the `lost` of the next record about
+/// the same peer.
 struct EventQueue {
-    slots: KVec<[u8; Event::SIZE]>,
+    slots: KVVec<[u8; Event::SIZE]>,
     head: usize,
     len: usize,
-    lost: u32,
+    lost: LostEvents<LOST_PEERS_TRACKED>,
 }
 
 impl EventQueue {
-    fn push(&mut self, event: &Event) {
-        if self.len >= QUEUE_LEN {
-            self.lost = self.lost.saturating_add(1);
+    fn new() -> Result<Self> {
+        Ok(EventQueue {
+            slots: KVVec::from_elem([0u8; Event::SIZE], EVENT_QUEUE_LEN, GFP_KERNEL)?,
+            head: 0,
+            len: 0,
+            lost: LostEvents::default(),
+        })
+    }
+
+    /// The queued records, oldest first.
+    fn queued(&self) -> impl Iterator<Item = &[u8; Event::SIZE]> {
+        (0..self.len).filter_map(|i| self.slots.get((self.head + i) % EVENT_QUEUE_LEN))
+    }
+
+    fn push(&mut self, event: &Event, peers: usize) {
+        let from_peer = self
+            .queued()
+            .filter(|r| Event::is_about(r, event.peer))
+            .count();
+        if !uapi::event_admitted(EVENT_QUEUE_LEN, self.len, from_peer, peers) {
+            self.lost.note(event.peer);
             stats::EVENTS_LOST.inc();
             return;
         }
         let mut e = *event;
-        e.lost = core::mem::take(&mut self.lost);
-        let index = (self.head + self.len) % QUEUE_LEN;
+        e.lost = self.lost.take(event.peer);
+        let index = (self.head + self.len) % EVENT_QUEUE_LEN;
         if let Some(slot) = self.slots.get_mut(index) {
             *slot = e.encode();
             self.len += 1;
@@ -57,7 +77,7 @@ impl EventQueue {
             return None;
         }
         let record = *self.slots.get(self.head)?;
-        self.head = (self.head + 1) % QUEUE_LEN;
+        self.head = (self.head + 1) % EVENT_QUEUE_LEN;
         self.len -= 1;
         Some(record)
     }
@@ -76,23 +96,24 @@ pub(crate) struct FileCtx {
 impl FileCtx {
     /// A new open file.
     pub(crate) fn new(id: u64, waker: FileWaker) -> Result<Arc<Self>> {
-        let slots = KVec::from_elem([0u8; Event::SIZE], QUEUE_LEN, GFP_KERNEL)?;
+        let queue = EventQueue::new()?;
         Arc::pin_init(
             pin_init!(FileCtx {
                 id,
                 waker,
-                queue <- new_mutex!(EventQueue { slots, head: 0, len: 0, lost: 0 }),
+                queue <- new_mutex!(queue),
             }),
             GFP_KERNEL,
         )
     }
 
-    /// Queues events and wakes readers.
-    pub(crate) fn push(&self, events: &[Event]) {
+    /// Queues events (`peers`: how many peers are connected) and wakes
+    /// readers.
+    pub(crate) fn push(&self, events: &[Event], peers: usize) {
         {
             let mut queue = self.queue.lock();
             for e in events {
-                queue.push(e);
+                queue.push(e, peers);
             }
         }
         self.waker.wake();
@@ -143,13 +164,15 @@ impl FileCtx {
 /// an announcement made meanwhile twice, but never miss one.
 pub(crate) fn replay(driver: &Driver, file: &FileCtx) {
     let mut events = KVec::new();
+    let mut peers = 0;
     if let Ok(conns) = driver.all_conns() {
+        peers = conns.len();
         for conn in conns.iter() {
             conn.replay(&mut events);
         }
     }
     if !events.is_empty() {
-        file.push(&events);
+        file.push(&events, peers);
     }
 }
 

@@ -121,9 +121,10 @@ impl Driver {
         if events.is_empty() {
             return;
         }
+        let peers = self.conns.lock().iter().count();
         let files = self.files.lock();
         for file in files.values() {
-            file.push(events);
+            file.push(events, peers);
         }
     }
 

@@ -70,7 +70,8 @@ pub(crate) static PROTOCOL_ERRORS: Counter = Counter::new("protocol_errors");
 pub(crate) static RING_ERRORS: Counter = Counter::new("ring_errors");
 /// Requests we could not send because a ring was full.
 pub(crate) static RING_FULL: Counter = Counter::new("ring_full");
-/// Events dropped because a reader's queue was full.
+/// Events dropped because their peer had used up its share of a
+/// reader's queue.
 pub(crate) static EVENTS_LOST: Counter = Counter::new("events_lost");
 /// Messages handled (both directions).
 pub(crate) static MESSAGES: Counter = Counter::new("messages");

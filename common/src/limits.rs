@@ -18,6 +18,11 @@ pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
 /// original hyper_dmabuf).
 pub const MAX_PRIV_LEN: usize = 192;
 
+/// Most buffers one peer may have announced to us at a time; an EXPORT
+/// past it is answered `NoSpace` (the importer's memory is the peer's to
+/// spend only this far).
+pub const MAX_IMPORTS_PER_PEER: usize = 4096;
+
 /// Default largest buffer a domain accepts to import or export: 1 GiB.
 pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
 

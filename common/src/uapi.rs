@@ -564,7 +564,7 @@ impl EventType {
 ///     40    4  flags       export flags (EXPORT_RW)
 ///     44    4  priv_len    bytes of priv used
 ///     48  192  priv        private data (NewExport, Update)
-///    240    4  lost        events dropped before this one (queue full)
+///    240    4  lost        events about the same peer dropped before this one
 ///    244   12  reserved    zero
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,7 +581,8 @@ pub struct Event {
     pub flags: ExportFlags,
     /// Private data.
     pub priv_data: PrivData,
-    /// Events dropped before this one because the queue was full.
+    /// Events about the same peer dropped before this one (the peer had
+    /// used up its share of the reader's queue).
     pub lost: u32,
 }
 
@@ -633,6 +634,87 @@ impl Event {
             lost: get_u32(record, Self::LOST),
         })
     }
+
+    /// Whether an encoded record is about `peer` (read straight from the
+    /// record, for a queue that counts its records per peer).
+    pub fn is_about(record: &[u8; Self::SIZE], peer: DomId) -> bool {
+        get_u32(record, 4) == u32::from(peer.get())
+    }
+}
+
+/// Events a queue dropped and has not reported yet, counted per peer so
+/// that each is reported in the next record about the same peer: a reader
+/// learns whose events it lost, and one peer's losses do not show up in
+/// the records of another. `N` peers are tracked at once; losses of
+/// further peers go to the next record, whoever it is about.
+#[derive(Debug, Clone)]
+pub struct LostEvents<const N: usize> {
+    by_peer: [(u16, u32); N],
+    tracked: usize,
+    unattributed: u32,
+}
+
+impl<const N: usize> Default for LostEvents<N> {
+    fn default() -> Self {
+        LostEvents {
+            by_peer: [(0, 0); N],
+            tracked: 0,
+            unattributed: 0,
+        }
+    }
+}
+
+impl<const N: usize> LostEvents<N> {
+    /// Counts one dropped event about `peer`.
+    pub fn note(&mut self, peer: DomId) {
+        let id = peer.get();
+        let tracked = &mut self.by_peer[..self.tracked];
+        if let Some(entry) = tracked.iter_mut().find(|(p, _)| *p == id) {
+            entry.1 = entry.1.saturating_add(1);
+        } else if let Some(entry) = self.by_peer.get_mut(self.tracked) {
+            *entry = (id, 1);
+            self.tracked += 1;
+        } else {
+            self.unattributed = self.unattributed.saturating_add(1);
+        }
+    }
+
+    /// What the next record about `peer` reports, now forgotten.
+    pub fn take(&mut self, peer: DomId) -> u32 {
+        let id = peer.get();
+        let mut lost = core::mem::take(&mut self.unattributed);
+        if let Some(i) = self.by_peer[..self.tracked]
+            .iter()
+            .position(|(p, _)| *p == id)
+        {
+            lost = lost.saturating_add(self.by_peer[i].1);
+            self.tracked -= 1;
+            self.by_peer.swap(i, self.tracked);
+        }
+        lost
+    }
+}
+
+/// Records one open file of the control device may hold unread.
+pub const EVENT_QUEUE_LEN: usize = 512;
+
+/// Whether a reader's event queue takes one more event about `peer`.
+///
+/// The queue holds `capacity` records; `queued` are waiting, of which
+/// `queued_from_peer` are about the same peer; `peers` peers are connected.
+/// Each peer may hold at most `capacity / (peers + 1)` records, so the
+/// peers together never hold more than `peers / (peers + 1)` of the queue,
+/// and the room left is always at least one peer's share: a peer that
+/// announces in bulk loses its own events, never another peer's. (A peer
+/// that disconnects keeps its records until they are read; the bound then
+/// holds for the peers that remain.)
+pub fn event_admitted(
+    capacity: usize,
+    queued: usize,
+    queued_from_peer: usize,
+    peers: usize,
+) -> bool {
+    queued < capacity && queued_from_peer < capacity / (peers.max(1) + 1)
 }
 
 #[cfg(test)]
@@ -640,6 +722,101 @@ mod tests {
     use super::*;
     use crate::id::KEY_LEN;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_record_says_which_peer_it_is_about() {
+        let peer = DomId::new(7).unwrap();
+        let e = Event {
+            kind: EventType::NewExport,
+            peer,
+            hid: None,
+            size: 4096,
+            flags: ExportFlags::default(),
+            priv_data: PrivData::new(b"x").unwrap(),
+            lost: 0,
+        };
+        assert!(Event::is_about(&e.encode(), peer));
+        assert!(!Event::is_about(&e.encode(), DomId::new(8).unwrap()));
+    }
+
+    #[test]
+    fn losses_are_reported_to_the_peer_they_concern() {
+        let d = |n| DomId::new(n).unwrap();
+        let mut lost = LostEvents::<2>::default();
+        lost.note(d(1));
+        lost.note(d(1));
+        lost.note(d(2));
+        assert_eq!(lost.take(d(2)), 1);
+        assert_eq!(lost.take(d(2)), 0);
+        // A third peer while two are tracked: reported to whoever is next.
+        lost.note(d(3));
+        lost.note(d(4));
+        assert_eq!(lost.take(d(5)), 1);
+        assert_eq!(lost.take(d(1)), 2);
+        assert_eq!(lost.take(d(3)), 1);
+        assert_eq!(lost.take(d(4)), 0);
+    }
+
+    proptest! {
+        /// Every loss is reported exactly once.
+        #[test]
+        fn no_loss_is_reported_twice_or_never(
+            ops in proptest::collection::vec((0u32..6, any::<bool>()), 0..500),
+        ) {
+            let mut lost = LostEvents::<3>::default();
+            let (mut noted, mut taken) = (0u64, 0u64);
+            for (peer, drop) in ops {
+                let peer = DomId::new(peer).unwrap();
+                if drop {
+                    lost.note(peer);
+                    noted += 1;
+                } else {
+                    taken += u64::from(lost.take(peer));
+                }
+            }
+            for peer in 0..6 {
+                taken += u64::from(lost.take(DomId::new(peer).unwrap()));
+            }
+            prop_assert_eq!(noted, taken);
+        }
+    }
+
+    #[test]
+    fn a_lone_peer_gets_half_the_queue() {
+        assert!(event_admitted(512, 0, 0, 1));
+        assert!(event_admitted(512, 255, 255, 1));
+        assert!(!event_admitted(512, 256, 256, 1));
+        // No peer connected (events left by one that went away).
+        assert!(event_admitted(512, 255, 255, 0));
+        assert!(!event_admitted(512, 512, 0, 3));
+    }
+
+    proptest! {
+        /// Whatever order events of several peers arrive and are read in,
+        /// a peer below its share is never refused for lack of room.
+        #[test]
+        fn no_peer_crowds_out_another(
+            peers in 1usize..6,
+            steps in proptest::collection::vec((0usize..6, any::<bool>()), 0..4000),
+        ) {
+            const CAP: usize = 64;
+            let mut queue: std::collections::VecDeque<usize> = Default::default();
+            for (who, read) in steps {
+                if read {
+                    queue.pop_front();
+                    continue;
+                }
+                let peer = who % peers;
+                let mine = queue.iter().filter(|p| **p == peer).count();
+                let admitted = event_admitted(CAP, queue.len(), mine, peers);
+                prop_assert_eq!(admitted, mine < CAP / (peers + 1));
+                if admitted {
+                    queue.push_back(peer);
+                }
+                prop_assert!(queue.len() <= CAP);
+            }
+        }
+    }
 
     #[test]
     fn ioctl_numbers_are_stable() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdmabuf::rng::Rng;
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
-use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
+use hyper_dmabuf_common::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::pgdir::{self, DirPage, Layout, LEAF_ENTRIES, ROOT_ENTRIES};
 use hyper_dmabuf_common::wire::{
     self as wire, Export, ExportFlags, MapEpoch, Message, PrivData, Request, Response, Slot,
@@ -847,14 +847,19 @@ fn flood_exports(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     let rings = ctx.rings()?;
     let mut conn = ctx.connect(&rings)?;
     // Announcements the victim keeps until the connection goes (the
-    // referee checks none is left after the reset). Fewer than a
-    // reader's event queue, so that the well-behaved peer's consumer in
-    // the victim loses no event (see the report on shared queues).
-    for _ in 0..100 {
+    // referee checks none is left after the reset): as many as it takes
+    // from one peer, then one too many. That is far more than a reader's
+    // event queue holds, and the well-behaved peer's consumer in the
+    // victim must lose none of its own events meanwhile (each peer has its
+    // share of every queue).
+    for _ in 0..MAX_IMPORTS_PER_PEER {
         let hid = ctx.hid();
         let slot = ctx.export(hid, 4096, 8);
         expect_status("EXPORT", conn.ask(&slot)?, Status::Ok)?;
     }
+    let hid = ctx.hid();
+    let slot = ctx.export(hid, 4096, 8);
+    expect_status("EXPORT past the limit", conn.ask(&slot)?, Status::NoSpace)?;
     Ok(Expect::QUIET)
 }
 

@@ -761,8 +761,8 @@ impl Output {
         self.line(text, value);
         if event.lost > 0 && !self.json {
             println!(
-                "  ({} earlier events were lost: the queue was full)",
-                event.lost
+                "  ({} earlier events about domain {} were lost: it used up its share of the queue)",
+                event.lost, event.peer
             );
         }
     }

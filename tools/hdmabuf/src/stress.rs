@@ -327,10 +327,12 @@ fn next_event(dev: &Device, peer: DomId, deadline: Instant) -> Result<Option<Eve
         else {
             continue;
         };
-        if event.lost > 0 {
+        // `lost` counts dropped events about the record's own peer: those
+        // of other peers are not this run's business.
+        if event.lost > 0 && event.peer == peer {
             return Err(Stop::Failed(format!(
-                "{} events were lost before a {:?} event: this reader's queue \
-                 (256 events) overflowed, so a Released or NewExport may be missing",
+                "{} events about domain {peer} were lost before a {:?} event: this \
+                 reader's queue overflowed, so a Released or NewExport may be missing",
                 event.lost, event.kind
             )));
         }
