@@ -198,16 +198,18 @@ impl Host for HostView<'_> {
             .map_err(|_| Status::NoMemory)?;
         stats::IMPORTS.inc();
         // The peer decides how often this happens: rate-limited.
-        ffi::log_info_ratelimited(
-            self.peer,
-            format_args!(
-                "{}: dom{} announced buffer {} ({} bytes)",
-                self.name,
-                self.peer.get(),
-                import.export.hid,
-                import.export.size
-            ),
-        );
+        if ffi::params::log_buffers() {
+            ffi::log_info_ratelimited(
+                self.peer,
+                format_args!(
+                    "{}: dom{} announced buffer {} ({} bytes)",
+                    self.name,
+                    self.peer.get(),
+                    import.export.hid,
+                    import.export.size
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -592,12 +594,12 @@ impl Conn {
                         if let Some(e) = host.exports.get_mut(&hid.number()) {
                             e.unexport_at = None;
                         }
-                        pr_info!(
-                            "{}: unexporting {} from dom{}\n",
+                        ffi::log_buffer(format_args!(
+                            "{}: unexporting {} from dom{}",
                             self.name(),
                             hid,
                             self.peer.get()
-                        );
+                        ));
                     }
                     // Ring full: the answers that free it wake us again.
                     Err(_) => {

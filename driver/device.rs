@@ -14,8 +14,8 @@ use kernel::uaccess::{UserPtr, UserSlice};
 
 use super::common::id::HyperDmabufId;
 use super::common::uapi::{
-    self, Event, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, QueryItem, UnexportArgs,
-    LostEvents, EVENT_QUEUE_LEN, IMPORT_RW,
+    self, Event, ExportArgs, ImportArgs, ListArgs, ListEntry, LostEvents, QueryArgs, QueryItem,
+    UnexportArgs, EVENT_QUEUE_LEN, IMPORT_RW,
 };
 use super::common::wire::ExportFlags;
 use super::common::xen::DomId;

@@ -165,11 +165,11 @@ impl ExportGrants {
 
     /// Posts `GrantsEnded` for a buffer whose grants have all ended.
     pub(crate) fn announce_ended(&self, driver: &Driver) {
-        pr_info!(
-            "buffer {} to dom{}: all grants ended\n",
+        ffi::log_buffer(format_args!(
+            "buffer {} to dom{}: all grants ended",
             self.hid,
             self.peer.get()
-        );
+        ));
         driver.post(&[buffer_event(
             EventType::GrantsEnded,
             self.peer,
@@ -271,15 +271,15 @@ pub(crate) fn export(driver: &Driver, owner: u64, args: &ExportArgs) -> Result<H
     conn.announce(driver, entry, token)?;
     match conn.wait(token, ANSWER_TIMEOUT_MS) {
         Ok(Status::Ok) => {
-            pr_info!(
-                "{}: exported {} ({} bytes, {} pages{}) to dom{}\n",
+            ffi::log_buffer(format_args!(
+                "{}: exported {} ({} bytes, {} pages{}) to dom{}",
                 conn.name(),
                 hid,
                 size,
                 layout.nr_pages(),
                 if writable { ", read-write" } else { "" },
                 conn.peer.get()
-            );
+            ));
             Ok(hid)
         }
         // The channel already ended a refused export.

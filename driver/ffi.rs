@@ -114,6 +114,19 @@ pub(crate) mod params {
         // SAFETY: reads a read-only (0444) module parameter.
         unsafe { bindings::hdm_param_allow_rw() }
     }
+    /// `log_buffers` (writable at run time).
+    pub(crate) fn log_buffers() -> bool {
+        // SAFETY: reads a module parameter; the shim uses READ_ONCE since
+        // root may change it at any time.
+        unsafe { bindings::hdm_param_log_buffers() }
+    }
+}
+
+/// Logs one buffer operation, if the `log_buffers` parameter asks for it.
+pub(crate) fn log_buffer(args: core::fmt::Arguments<'_>) {
+    if params::log_buffers() {
+        pr_info!("{}\n", args);
+    }
 }
 
 /// Prints a kernel `WARNING:` with a backtrace.

@@ -211,7 +211,11 @@ impl ImportedBuffer {
     /// The dma-buf's last user let go.
     pub(crate) fn release(self: KBox<Self>, driver: &Driver) {
         stats::DMABUFS.dec();
-        pr_info!("{}: released import of {}\n", self.conn.name(), self.hid);
+        ffi::log_buffer(format_args!(
+            "{}: released import of {}",
+            self.conn.name(),
+            self.hid
+        ));
         KBox::into_inner(self).unmap_and_release(driver);
     }
 }
@@ -277,14 +281,15 @@ pub(crate) fn import(
             match map_and_export(driver, &conn, &export, max, writable) {
                 Ok(buf) => {
                     conn.import_live(hid, buf.identity(), writable);
-                    pr_info!(
-                        "{}: imported {} ({} bytes{}) from dom{}\n",
+                    stats::BUFFERS_MAPPED.inc();
+                    ffi::log_buffer(format_args!(
+                        "{}: imported {} ({} bytes{}) from dom{}",
                         conn.name(),
                         hid,
                         export.size,
                         if writable { ", read-write" } else { "" },
                         conn.peer.get()
-                    );
+                    ));
                     (buf, export.size)
                 }
                 Err(e) => {

@@ -63,6 +63,20 @@ module_param(allow_rw, bool, 0444);
 MODULE_PARM_DESC(allow_rw,
 		 "Backend: allow read-write exports unless the toolstack says otherwise (default 1)");
 
+/*
+ * Off by default: one line per buffer operation floods a serial console
+ * (and the log) on a busy host. Writable at run time for debugging.
+ */
+static bool log_buffers;
+module_param(log_buffers, bool, 0644);
+MODULE_PARM_DESC(log_buffers,
+		 "Log every buffer exported, announced, imported, released and unexported (default 0)");
+
+bool hdm_param_log_buffers(void)
+{
+	return READ_ONCE(log_buffers);
+}
+
 bool hdm_inject_warn_requested(void)
 {
 	return inject_warn;

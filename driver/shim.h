@@ -43,6 +43,7 @@ void hdm_warn(const char *msg);
 unsigned long long hdm_param_max_buffer_bytes(void);
 unsigned int hdm_param_ring_page_order(void);
 bool hdm_param_allow_rw(void);
+bool hdm_param_log_buffers(void);
 /* A line a peer can trigger at will: pr_warn/pr_info, rate-limited. */
 void hdm_log_ratelimited(u16 peer, const char *msg);
 void hdm_log_info_ratelimited(u16 peer, const char *msg);

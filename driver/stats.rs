@@ -53,6 +53,9 @@ pub(crate) static CONNECTIONS: Counter = Counter::new("connections_live");
 pub(crate) static EXPORTS: Counter = Counter::new("exports_live");
 /// Buffers peers announced to this domain and not yet forgotten.
 pub(crate) static IMPORTS: Counter = Counter::new("imports_live");
+/// Peers' buffers this domain has mapped since it was loaded (a re-import
+/// of a buffer still mapped does not count).
+pub(crate) static BUFFERS_MAPPED: Counter = Counter::new("buffers_mapped");
 /// Grant references this domain holds for exported buffers (data and
 /// directory pages), including those still draining.
 pub(crate) static GRANTS: Counter = Counter::new("grants_live");
@@ -76,7 +79,7 @@ pub(crate) static EVENTS_LOST: Counter = Counter::new("events_lost");
 /// Messages handled (both directions).
 pub(crate) static MESSAGES: Counter = Counter::new("messages");
 
-static ALL: [&Counter; 13] = [
+static ALL: [&Counter; 14] = [
     &CONNECTIONS,
     &EXPORTS,
     &IMPORTS,
@@ -90,6 +93,7 @@ static ALL: [&Counter; 13] = [
     &RING_FULL,
     &EVENTS_LOST,
     &MESSAGES,
+    &BUFFERS_MAPPED,
 ];
 
 /// Writes `name value` lines, one per counter.

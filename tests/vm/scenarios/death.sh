@@ -21,7 +21,7 @@
 # hdm: domains = d1:pv d2:pv d3:pv d4:pv
 # hdm: xl.d2 = memory=768
 # hdm: attach = yes
-# hdm: timeout = 300
+# hdm: timeout = 600
 # hdm: boot-timeout = 300
 . /hdm/lib.sh
 

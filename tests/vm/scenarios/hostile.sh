@@ -17,7 +17,7 @@
 # hdm: description = a hostile user-space peer attacks dom0's backend while a good guest shares; ioctl abuse
 # hdm: domains = evil:pv good:pv
 # hdm: attach = yes
-# hdm: timeout = 300
+# hdm: timeout = 600
 # hdm: boot-timeout = 300
 . /hdm/lib.sh
 
@@ -28,7 +28,7 @@ dom0/main)
 dom0/guests)
     hdmabuf stress import --domain "$(xl domid good)" >/tmp/import.out 2>&1 &
     importer=$!
-    hdmabuf-hostile referee --domain "$(xl domid evil)" --timeout 280 ||
+    hdmabuf-hostile referee --domain "$(xl domid evil)" --timeout 580 ||
         hdm_fail "the referee judged a case failed"
     wait $importer || { cat /tmp/import.out; hdm_fail "the good guest's sharing failed under attack"; }
     cat /tmp/import.out

@@ -52,7 +52,13 @@ impl Images {
 /// maptrack entries (twice that with a PV user mapping) in the importer:
 /// Xen's defaults (64 grant frames, 1024 maptrack frames) are raised for
 /// dom0 here and for domUs in their xl configs.
-pub const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=2048M,max:2048M \
+///
+/// Every console (Xen's, dom0's, and the domUs' relayed by dom0) reaches
+/// the runner through Xen's serial transmit buffer, 16 KiB by default;
+/// Xen drops what does not fit, and a burst on a loaded host once lost a
+/// guest's end marker. 1 MiB takes any burst our scenarios make.
+pub const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 serial_tx_buffer=1M \
+     dom0_mem=2048M,max:2048M \
      dom0_max_vcpus=1 gnttab_max_frames=2048 gnttab_max_maptrack_frames=4096 \
      loglvl=all guest_loglvl=all";
 
