@@ -282,6 +282,11 @@ pub(crate) fn export(driver: &Driver, owner: u64, args: &ExportArgs) -> Result<H
             ));
             Ok(hid)
         }
+        // The connection went down while we waited: `Conn::detach` failed
+        // the request (NoSuchBuffer) as it took the link, under the lock
+        // we woke with. That is no refusal by the peer: ENOTCONN, as for
+        // an export begun after the loss (docs/driver.md, peer death).
+        Ok(Status::NoSuchBuffer) if conn.config().is_none() => Err(errno::enotconn()),
         // The channel already ended a refused export.
         Ok(status) => Err(refusal(status)),
         Err(e) => {
