@@ -6,9 +6,11 @@
 
 mod bench;
 mod device;
+mod imported;
 mod kcheck;
 mod link;
 mod pattern;
+mod soak;
 mod stress;
 mod toolstack;
 mod xendev;
@@ -132,6 +134,11 @@ enum Command {
         #[command(subcommand)]
         command: stress::StressCommand,
     },
+    /// One domain's agent of the long randomized soak: exports to every
+    /// connected peer and imports and verifies what they export, for
+    /// --seconds, tolerating (and counting) the errors of peers that die
+    /// or restart (`make soak`).
+    Soak(soak::SoakArgs),
     /// Measure sharing against gntdev-dmabuf, the grant-map floor and a
     /// copy, with a peer running the other side (`make bench`).
     Bench {
@@ -540,6 +547,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Xl { command } => run_xl(command, &out),
         Command::Stress { command } => stress::run(command, &cli.device, &out),
+        Command::Soak(args) => soak::run(args, &cli.device, &out),
         Command::Bench { command } => bench::run(command, &cli.device),
         Command::Unexport { id, delay_ms } => {
             let dev = Device::open(&cli.device)?;

@@ -29,9 +29,10 @@ use hyper_dmabuf_common::xen::DomId;
 use serde_json::json;
 
 use crate::buffer::{self, Udmabuf};
-use crate::device::{dmabuf_sync, Device, DeviceError};
+use crate::device::Device;
+use crate::imported::{retry_full, ImportError, Verified};
 use crate::rng::Rng;
-use crate::{pattern, sys, Failure, Output};
+use crate::{pattern, Failure, Output};
 
 /// `hdmabuf stress ...`.
 #[derive(Subcommand)]
@@ -345,20 +346,6 @@ fn next_event(dev: &Device, peer: DomId, deadline: Instant) -> Result<Option<Eve
     }
 }
 
-/// Runs `op` again while the ring to the peer is full (`EAGAIN`), for at
-/// most a second.
-fn retry_full<T>(mut op: impl FnMut() -> Result<T, DeviceError>) -> Result<T, DeviceError> {
-    let until = Instant::now() + Duration::from_secs(1);
-    loop {
-        match op() {
-            Err(e) if e.source.raw_os_error() == Some(libc::EAGAIN) && Instant::now() < until => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Where an exported cycle stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -522,47 +509,6 @@ pub(crate) fn export(
     Ok(summary)
 }
 
-/// Imports `hid` and checks it holds `expect_size` bytes of the pattern of
-/// `seed`; returns its size.
-fn import_and_verify(
-    dev: &Device,
-    hid: &HyperDmabufId,
-    rw: bool,
-    seed: u64,
-    expect_size: u64,
-) -> Result<u64, ImportError> {
-    let (fd, size) = dev.import(hid, rw).map_err(ImportError::Import)?;
-    if size != expect_size {
-        return Err(ImportError::Other(format!(
-            "imported {size} bytes, expected the {expect_size} of its NewExport event"
-        )));
-    }
-    let other = |what: &str, e: std::io::Error| ImportError::Other(format!("{what}: {e}"));
-    let len = usize::try_from(size)
-        .map_err(|_| ImportError::Other(format!("{size} bytes do not fit in memory")))?;
-    let map = sys::Mapping::new(fd.as_fd(), len, rw).map_err(|e| other("mmap", e))?;
-    dmabuf_sync(fd.as_fd(), true, false).map_err(|e| other("DMA_BUF_IOCTL_SYNC start", e))?;
-    if let Some(at) = pattern::first_mismatch(seed, map.as_slice()) {
-        let word = at / 8 * 8;
-        let seen = &map.as_slice()[word..(word + 8).min(len)];
-        return Err(ImportError::Other(format!(
-            "byte {at} (page {}) differs from the pattern of seed {seed}; the 8 bytes there \
-             are {seen:02x?}",
-            at / 4096
-        )));
-    }
-    dmabuf_sync(fd.as_fd(), false, false).map_err(|e| other("DMA_BUF_IOCTL_SYNC end", e))?;
-    Ok(size)
-}
-
-/// Why an import failed.
-enum ImportError {
-    /// The import ioctl failed.
-    Import(DeviceError),
-    /// Mapping or verifying failed.
-    Other(String),
-}
-
 /// The importing side: runs until the end marker.
 pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Summary, Stop> {
     let deadline = Instant::now() + timeout;
@@ -653,10 +599,10 @@ pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Sum
                 if export_rw { "rw" } else { "ro" },
             ))
         };
-        match import_and_verify(dev, &hid, rw, seed, event.size) {
-            Ok(size) => {
+        match Verified::import(dev, &hid, rw, seed, event.size) {
+            Ok(v) => {
                 summary.verified += 1;
-                summary.bytes += size;
+                summary.bytes += v.size;
             }
             // Revoked before we got to it (ENOENT), or while we mapped it
             // (the exporter ended its grants under the map: EIO): what
