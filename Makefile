@@ -5,6 +5,7 @@
 #   make demo       boot the embedded Xen and share a buffer between domains
 #   make bench      benchmarks (not part of the tests)
 #   make fuzz       coverage-guided fuzzers, FUZZ_SECONDS each
+#   make soak       20-minute randomized soak with peer kills (not in make test)
 #
 # The rules live in mk/*.mk, one file per area, so that each area can grow
 # without touching the others. `test` collects its prerequisites from them
@@ -21,7 +22,7 @@ export HDMABUF_CACHE
 
 .PHONY: help test
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
 
 include $(sort $(wildcard mk/*.mk))
 

@@ -30,8 +30,10 @@ VM_IMAGES = $$(platform/build-images.sh --dir)
 SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
 # make-demo scenario, randomized cycles, the xl toolstack commands, peer
-# death at every step, a hostile peer and ioctl abuse.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile unload
+# death at every step, a hostile peer and ioctl abuse, module unload under
+# traffic, a one-minute soak with guests destroyed, agents killed and drivers
+# restarted.
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile unload soak-short
 
 deps:
 	@platform/install-deps.sh

@@ -1,0 +1,12 @@
+#!/bin/sh
+# The soak of soak.sh for one minute, for `make test`: dom0 and two PV
+# guests share every way while g1 is destroyed and created again, agents
+# are killed and drivers restarted (faults every 8 to 15 s per domain).
+#
+# hdm: description = 1-minute randomized soak (soak.sh): destroy/re-create, agent kills, driver restarts under traffic
+# hdm: timeout = 600
+SOAK_SECONDS=60
+FAULT_MIN=8
+FAULT_MAX=15
+SOAK_SEED=${SOAK_SEED:-7}
+. /hdm/scenarios/soak.sh
