@@ -47,15 +47,20 @@ SCENARIO=$(basename "$0")
 # import takes well under a second).
 AGENT_OPTS="--max-size 4M --window 4 --status-every 30 --op-timeout 120"
 
-# rand_init SEED / rand N: a value in [0, N) from a seeded LCG (64-bit
-# shell arithmetic), so that a seed repeats the run's faults.
+# rand_init SEED / rand N: RAND, a value in [0, N) from a seeded LCG
+# (64-bit shell arithmetic), so that a seed repeats the run's faults. A
+# variable, not output: $(rand) would run in a subshell, whose state
+# change is lost.
 rand_init() { RAND_STATE=$1; }
 rand() {
     RAND_STATE=$(((RAND_STATE * 6364136223846793005 + 1442695040888963407) & 0x7fffffffffffffff))
-    echo $(((RAND_STATE >> 33) % $1))
+    RAND=$(((RAND_STATE >> 33) % $1))
 }
-# next_gap: seconds to the next fault.
-next_gap() { echo $((FAULT_MIN + $(rand $((FAULT_MAX - FAULT_MIN + 1))))); }
+# next_fault: NEXT, the time of the next fault.
+next_fault() {
+    rand $((FAULT_MAX - FAULT_MIN + 1))
+    NEXT=$(($(now) + FAULT_MIN + RAND))
+}
 
 now() { date +%s; }
 
@@ -152,7 +157,8 @@ guest_cfg() {
 # create_guest NAME: create it (seeded by the next draw), its console
 # copied into our log; its domid is added to /tmp/domids.
 create_guest() {
-    local seed=$((SOAK_SEED + 1000 * $(rand 1000000) + ${2:-0}))
+    rand 1000000
+    local seed=$((SOAK_SEED + 1000 * RAND + ${2:-0}))
     guest_cfg "$1" "$END" "$seed" >"/etc/xen/hdm-$1.cfg"
     hdmabuf xl create "/etc/xen/hdm-$1.cfg" >/tmp/create.out 2>&1 ||
         hdm_fail "hdmabuf xl create $1 failed: $(cat /tmp/create.out)"
@@ -191,7 +197,7 @@ dom0/main)
     wait_links 2 240
     start_agent $((SOAK_SEED * 10))
     destroyed=0 killed=0
-    next=$(($(now) + 60 + $(next_gap)))
+    next_fault
     # Faults until a minute before the end, so that the last g1 boots
     # and shares before the agents stop.
     while [ "$(now)" -lt $((END - 60)) ]; do
@@ -201,12 +207,13 @@ dom0/main)
             ! grep -q "@@HDM end $g main rc=[1-9]" "/var/log/xen/console/guest-$g.log" ||
                 hdm_fail "$g's soak failed: $(grep -E 'FAIL|hdmabuf:' "/var/log/xen/console/guest-$g.log" | tail -n 5)"
         done
-        if [ "$(now)" -lt "$next" ]; then
+        if [ "$(now)" -lt "$NEXT" ]; then
             sleep 1
             continue
         fi
-        next=$(($(now) + $(next_gap)))
-        case $(rand 2) in
+        next_fault
+        rand 2
+        case $RAND in
         0)
             old=$(xl domid g1)
             hdm_log "fault: destroying g1 (domain $old): $(hdm_stats)"
@@ -266,17 +273,18 @@ g1/main | g2/main)
     # connection to dom0 is enough to start.
     wait_links 1 180
     start_agent $((seed * 10))
-    next=$(($(now) + $(next_gap)))
+    next_fault
     n=0
     while [ "$(now)" -lt $((END - 60)) ]; do
         kill -0 "$AGENT" 2>/dev/null || finish_agent
-        if [ "$(now)" -lt "$next" ]; then
+        if [ "$(now)" -lt "$NEXT" ]; then
             sleep 1
             continue
         fi
-        next=$(($(now) + $(next_gap)))
+        next_fault
         n=$((n + 1))
-        case $(rand 2) in
+        rand 2
+        case $RAND in
         0)
             hdm_log "fault: killing the agent: $(hdm_stats)"
             kill_agent
