@@ -217,7 +217,8 @@ dom0/main)
         0)
             old=$(xl domid g1)
             hdm_log "fault: destroying g1 (domain $old): $(hdm_stats)"
-            xl destroy g1 || hdm_fail "xl destroy g1 failed"
+            xl destroy g1 ||
+                hdm_fail "xl destroy g1 failed; g1 said: $(grep -E 'FAIL|hdmabuf:' /var/log/xen/console/guest-g1.log | tail -n 5)"
             destroyed=$((destroyed + 1))
             # The daemon removes every node the dead domain leaves, ours
             # and g2's backend directory of it.
