@@ -89,9 +89,22 @@ kill_agent() {
     hdm_log "agent $AGENTS killed (SIGKILL)"
 }
 
-# finish_agent: wait for the agent's own end; it must pass.
+# finish_agent: wait for the agent's own end (by END plus its drain:
+# at most 120 s per operation); it must pass. An agent stuck in the
+# kernel fails the scenario here with its threads' kernel stacks, before
+# the phase's timeout kills everything unreported.
 finish_agent() {
-    local rc=0
+    local rc=0 deadline=$((END + 300)) t
+    while kill -0 "$AGENT" 2>/dev/null; do
+        if [ "$(now)" -gt $deadline ]; then
+            show_agent
+            for t in /proc/"$AGENT"/task/*; do
+                hdm_log "agent $AGENTS thread ${t##*/}: $(cat "$t/wchan" 2>/dev/null) $(tr '\n' ' ' <"$t/stack" 2>/dev/null)"
+            done
+            hdm_fail "agent $AGENTS did not end by $deadline: $(hdm_stats)"
+        fi
+        sleep 1
+    done
     wait "$AGENT" || rc=$?
     show_agent
     grep -q '^soak summary: pass' "$AGENT_OUT" ||
