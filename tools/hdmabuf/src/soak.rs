@@ -499,10 +499,15 @@ impl Exporter<'_> {
         loop {
             let stopping = self.ctx.stopping();
             if !stopping {
+                // A failed export adds no flight: read the events first
+                // (the peer's PeerDisconnected is likely among them), or
+                // this loop would export to a dead peer for ever.
                 while self.flights.len() < self.ctx.args.window as usize
                     && !self.peers.connected.is_empty()
                 {
-                    self.start()?;
+                    if !self.start()? {
+                        break;
+                    }
                 }
             } else if !unexported_all {
                 // The end: nothing new; what is still exported goes now.
@@ -534,8 +539,9 @@ impl Exporter<'_> {
         }
     }
 
-    /// Exports one buffer to a random peer and starts its act.
-    fn start(&mut self) -> Result<(), Stop> {
+    /// Exports one buffer to a random peer and starts its act; false if
+    /// the export failed (tolerated: its peer is going).
+    fn start(&mut self) -> Result<bool, Stop> {
         let peers: Vec<u32> = self.peers.connected.iter().copied().collect();
         let peer = self.rng.pick(&peers);
         let plan = next_export(&mut self.rng, self.ctx.args.max_size);
@@ -553,7 +559,7 @@ impl Exporter<'_> {
             Ok(hid) => hid,
             Err(errno) => {
                 self.tolerate(Op::Export, errno, peer, generation, None, what())?;
-                return Ok(());
+                return Ok(false);
             }
         };
         self.ctx.add("exported", 1);
@@ -600,7 +606,7 @@ impl Exporter<'_> {
             let at = self.flights.len() - 1;
             self.unexport(at)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Runs an ioctl under the watchdog, again while it says `EAGAIN` (up
@@ -1036,6 +1042,11 @@ pub(crate) fn run(args: &SoakArgs, device: &str, out: &Output) -> Result<(), Fai
     let end = ctx.started + Duration::from_secs(seconds);
     let mut next_status = ctx.started + status_every;
     let mut failure = None;
+    // Once stopped, a thread waits at most `--op-timeout` for a flight's
+    // end or CONFIRM_WINDOW for an event: past both (and a margin) it is
+    // looping without end, which fails the run as a hang, not silently.
+    let drain = op_timeout.max(CONFIRM_WINDOW) + Duration::from_secs(30);
+    let mut stopped_at = None;
     while !(exporter.is_finished() && importer.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
@@ -1043,6 +1054,22 @@ pub(crate) fn run(args: &SoakArgs, device: &str, out: &Output) -> Result<(), Fai
             // The end, or one side failed: the other side stops too, and
             // releases what it holds.
             ctx.stop.store(true, Ordering::Relaxed);
+            let since = *stopped_at.get_or_insert(now);
+            if now.duration_since(since) > drain {
+                for (name, done) in [
+                    ("exporter", exporter.is_finished()),
+                    ("importer", importer.is_finished()),
+                ] {
+                    if !done {
+                        eprintln!(
+                            "hdmabuf: soak: HUNG: the {name} has not stopped {} s after the end",
+                            drain.as_secs()
+                        );
+                    }
+                }
+                print_summary(&ctx, out, "hung");
+                std::process::exit(4);
+            }
         }
         for (who, name) in [(EXPORTER, "exporter"), (IMPORTER, "importer")] {
             if let Some((since, what)) = lock(&ctx.busy[who]).as_ref() {
