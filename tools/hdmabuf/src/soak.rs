@@ -15,15 +15,21 @@
 //!   import) or `hold` (unexport after a random time, imported or not).
 //!   A flight ends with its `GrantsEnded`.
 //! * the **importer** imports every buffer a peer announces with a soak
-//!   tag (`soak s=SEED`, the pattern's seed), maps it, checks every byte,
-//!   keeps it a random time, checks every byte again and releases it.
+//!   tag ([`tag`]: the pattern's seed; for a `share` or `update` the
+//!   exporting agent's seed, `k=`), maps it, checks every byte, keeps it
+//!   a random time, checks every byte again and releases it.
 //!
 //! Errors are sorted by [`classify`]. Those the driver documents for a
 //! lost peer or a revoked buffer (docs/driver.md, docs/uapi.md) are
 //! tolerated and counted, but each must be *confirmed* by an event within
 //! [`CONFIRM_WINDOW`]: a `PeerDisconnected` of that peer, or for an import
 //! the buffer's `Unexport` (its exporter revoked it, or its exporting
-//! process died). Anything else fails the run: a byte that differs (exit
+//! process died). A `share` or `update` buffer is never revoked while its
+//! exporting agent lives: if its import failed and that agent still
+//! announces a buffer after the failed one's `Unexport`, the failure had
+//! no cause and fails the run (buffers replayed at open excepted: a
+//! previous agent of this domain may have released them). Anything else
+//! fails the run: a byte that differs (exit
 //! status 3), an errno the driver does not document for the case, an
 //! unconfirmed loss, lost events, or a hang: an ioctl, a `Released` or a
 //! `GrantsEnded` that takes longer than `--op-timeout` (exit status 4).
@@ -178,28 +184,54 @@ pub(crate) fn next_hold_ms(rng: &mut Rng, max_ms: u32) -> u32 {
     }
 }
 
-/// The private data of a soak buffer: the seed of its pattern, and
-/// whether it is the re-export of an `update`.
-pub(crate) fn tag(seed: u64, updated: bool) -> String {
-    if updated {
-        format!("soak s={seed} u")
-    } else {
-        format!("soak s={seed}")
-    }
+/// What a soak buffer's private data says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    /// The seed of its pattern.
+    pub(crate) seed: u64,
+    /// The re-export of an `update`.
+    pub(crate) updated: bool,
+    /// A `share` or `update`: its exporter, the agent of this `--seed`,
+    /// unexports it only after the importer's `Released`, or when it ends
+    /// or dies; so an import of it fails only if that agent is gone.
+    pub(crate) kept_by: Option<u64>,
 }
 
-/// Parses [`tag`]'s private data: `(seed, updated)`; `None` for anything
-/// else (another tool's buffer, or junk from the peer).
-pub(crate) fn parse_tag(text: &str) -> Option<(u64, bool)> {
+/// The private data of a soak buffer: `soak s=SEED[ k=AGENT][ u]`.
+pub(crate) fn tag(t: Tag) -> String {
+    let mut text = format!("soak s={}", t.seed);
+    if let Some(agent) = t.kept_by {
+        text.push_str(&format!(" k={agent}"));
+    }
+    if t.updated {
+        text.push_str(" u");
+    }
+    text
+}
+
+/// Parses [`tag`]'s private data; `None` for anything else (another
+/// tool's buffer, or junk from the peer).
+pub(crate) fn parse_tag(text: &str) -> Option<Tag> {
+    fn number(digits: &str) -> Option<u64> {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
     let rest = text.strip_prefix("soak s=")?;
-    let (digits, updated) = match rest.strip_suffix(" u") {
-        Some(d) => (d, true),
+    let (rest, updated) = match rest.strip_suffix(" u") {
+        Some(r) => (r, true),
         None => (rest, false),
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((digits.parse().ok()?, updated))
+    let (seed, kept_by) = match rest.split_once(" k=") {
+        Some((seed, agent)) => (seed, Some(number(agent)?)),
+        None => (rest, None),
+    };
+    Some(Tag {
+        seed: number(seed)?,
+        updated,
+        kept_by,
+    })
 }
 
 // --- errors ----------------------------------------------------------------
@@ -549,8 +581,13 @@ impl Exporter<'_> {
         let buf = buffer::create_udmabuf(plan.size, |b| pattern::fill(plan.seed, b))
             .map_err(|e| Stop::Failed(format!("a buffer of {} bytes: {e}", plan.size)))?;
         let generation = self.peers.generation(peer);
-        let first = PrivData::new(tag(plan.seed, false).as_bytes())
-            .map_err(|e| Stop::Failed(e.to_string()))?;
+        let kept_by = matches!(plan.act, Act::Share | Act::Update).then_some(self.ctx.args.seed);
+        let mut t = Tag {
+            seed: plan.seed,
+            updated: false,
+            kept_by,
+        };
+        let first = PrivData::new(tag(t).as_bytes()).map_err(|e| Stop::Failed(e.to_string()))?;
         let what = || format!("export of {} bytes to domain {peer}", plan.size);
         let r = self.ioctl(Op::Export, what, || {
             self.dev.export(buf.dmabuf.as_fd(), domid, plan.rw, first)
@@ -579,8 +616,9 @@ impl Exporter<'_> {
             Act::Share => {}
             Act::Hold { ms } => f.due = now + Duration::from_millis(ms.into()),
             Act::Update => {
-                let again = PrivData::new(tag(plan.seed, true).as_bytes())
-                    .map_err(|e| Stop::Failed(e.to_string()))?;
+                t.updated = true;
+                let again =
+                    PrivData::new(tag(t).as_bytes()).map_err(|e| Stop::Failed(e.to_string()))?;
                 let what = || format!("re-export of {}", f.describe());
                 let r = self.ioctl(Op::Update, what, || {
                     self.dev
@@ -790,10 +828,28 @@ struct Importer<'a> {
     /// Buffers revoked by their exporter.
     revoked: HashSet<HyperDmabufId>,
     pending: Pending,
+    /// Kept buffers ([`Tag::kept_by`]) whose import failed, waiting for
+    /// their `Unexport`: (peer, exporting agent, the failure).
+    kept_failed: HashMap<HyperDmabufId, (u32, u64, String)>,
+    /// Exporting agents (peer, agent) that unexported a kept buffer we
+    /// failed to import and never released: they must have ended, so a
+    /// later `NewExport` of theirs means the import failed for nothing.
+    ended: HashMap<(u32, u64), String>,
+    /// Buffers announced when this reader opened the device: a previous
+    /// agent of this domain may have imported and released them, and the
+    /// exporter's unexport that follows is not a sign of its end.
+    replayed: HashSet<HyperDmabufId>,
 }
 
 impl Importer<'_> {
     fn run(&mut self) -> Result<(), Stop> {
+        // What the driver queued at our open (the replay), first.
+        while let Some(e) = next_event(&self.dev, Duration::ZERO)? {
+            if let (EventType::NewExport, Some(hid)) = (e.kind, e.hid) {
+                self.replayed.insert(hid);
+            }
+            self.on_event(&e)?;
+        }
         loop {
             let now = Instant::now();
             let stopping = self.ctx.stopping();
@@ -859,6 +915,8 @@ impl Importer<'_> {
         if let Some(gone) = self.peers.on_event(self.ctx, e) {
             self.ctx.add("peer_disconnects_seen", 1);
             self.pending.on_disconnect(gone);
+            self.kept_failed.retain(|_, k| k.0 != gone);
+            self.ended.retain(|k, _| k.0 != gone);
             return Ok(());
         }
         let peer = u32::from(e.peer.get());
@@ -868,6 +926,9 @@ impl Importer<'_> {
             EventType::Unexport => {
                 self.revoked.insert(hid);
                 self.pending.on_unexport(&hid);
+                if let Some((peer, agent, what)) = self.kept_failed.remove(&hid) {
+                    self.ended.insert((peer, agent), what);
+                }
                 Ok(())
             }
             EventType::Update => {
@@ -875,7 +936,11 @@ impl Importer<'_> {
                     return Ok(());
                 };
                 match text.and_then(parse_tag) {
-                    Some((s, true)) if s == seed => {
+                    Some(Tag {
+                        seed: s,
+                        updated: true,
+                        ..
+                    }) if s == seed => {
                         self.ctx.add("updates_seen", 1);
                         Ok(())
                     }
@@ -883,24 +948,36 @@ impl Importer<'_> {
                         "domain {peer} id {hid}: an Update with private data {:?}, expected \
                          \"{}\"",
                         String::from_utf8_lossy(e.priv_data.as_bytes()),
-                        tag(seed, true)
+                        tag(Tag {
+                            seed,
+                            updated: true,
+                            kept_by: None
+                        })
                     ))),
                 }
             }
             EventType::NewExport if !self.ctx.stopping() && self.ctx.wanted(peer) => {
-                let Some((seed, _)) = text.and_then(parse_tag) else {
+                let Some(t) = text.and_then(parse_tag) else {
                     return Ok(());
                 };
-                if self.seen.insert(hid, seed).is_some() {
+                if let Some(what) = t.kept_by.and_then(|a| self.ended.get(&(peer, a))) {
+                    return Err(Stop::Failed(format!(
+                        "{what}; its exporter unexported it unreleased, as if it had ended, \
+                         but then exported id {hid}: the import failed with no revoke or \
+                         peer loss to explain it"
+                    )));
+                }
+                if self.seen.insert(hid, t.seed).is_some() {
                     return Ok(());
                 }
-                self.import(e, hid, seed)
+                self.import(e, hid, t)
             }
             _ => Ok(()),
         }
     }
 
-    fn import(&mut self, e: &Event, hid: HyperDmabufId, seed: u64) -> Result<(), Stop> {
+    fn import(&mut self, e: &Event, hid: HyperDmabufId, t: Tag) -> Result<(), Stop> {
+        let seed = t.seed;
         let peer = u32::from(e.peer.get());
         let generation = self.peers.generation(peer);
         let writable = e.flags.contains(ExportFlags::WRITABLE);
@@ -954,12 +1031,26 @@ impl Importer<'_> {
                 self.ctx.count_loss(Op::Import, errno);
                 let explained =
                     self.revoked.contains(&hid) || self.peers.generation(peer) != generation;
+                let what = format!("{what}: {}", errno_name(errno));
+                if let Some(agent) = t.kept_by.filter(|_| !self.replayed.contains(&hid)) {
+                    // A kept buffer: only its exporter's end (or the
+                    // peer's loss) explains it.
+                    self.ctx
+                        .add(&format!("loss.import.{}.kept", errno_name(errno)), 1);
+                    if self.peers.generation(peer) == generation {
+                        if self.revoked.contains(&hid) {
+                            self.ended.insert((peer, agent), what.clone());
+                        } else {
+                            self.kept_failed.insert(hid, (peer, agent, what.clone()));
+                        }
+                    }
+                }
                 if !explained {
                     self.pending.push(Suspect {
                         peer,
                         hid: Some(hid),
                         until: Instant::now() + CONFIRM_WINDOW,
-                        what: format!("{what}: {}", errno_name(errno)),
+                        what,
                     });
                 }
                 Ok(())
@@ -1036,6 +1127,9 @@ pub(crate) fn run(args: &SoakArgs, device: &str, out: &Output) -> Result<(), Fai
             seen: HashMap::new(),
             revoked: HashSet::new(),
             pending: Pending::default(),
+            kept_failed: HashMap::new(),
+            ended: HashMap::new(),
+            replayed: HashSet::new(),
         }
         .run()
     });
@@ -1206,7 +1300,12 @@ mod tests {
                     Act::Hold { ms } => assert!((1..=3000).contains(&ms)),
                     _ => {}
                 }
-                assert!(PrivData::new(tag(e.seed, true).as_bytes()).is_ok());
+                let t = Tag {
+                    seed: e.seed,
+                    updated: true,
+                    kept_by: Some(u64::MAX),
+                };
+                assert!(PrivData::new(tag(t).as_bytes()).is_ok());
             }
         }
         // A largest size below a page still gives whole pages.
@@ -1228,9 +1327,33 @@ mod tests {
     #[test]
     fn tags_round_trip_and_junk_is_refused() {
         for seed in [0, 1, 42, u64::MAX >> 1, u64::MAX] {
-            assert_eq!(parse_tag(&tag(seed, false)), Some((seed, false)));
-            assert_eq!(parse_tag(&tag(seed, true)), Some((seed, true)));
+            for updated in [false, true] {
+                for kept_by in [None, Some(0), Some(70), Some(u64::MAX)] {
+                    let t = Tag {
+                        seed,
+                        updated,
+                        kept_by,
+                    };
+                    assert_eq!(parse_tag(&tag(t)), Some(t), "{}", tag(t));
+                }
+            }
         }
+        assert_eq!(
+            tag(Tag {
+                seed: 5,
+                updated: false,
+                kept_by: None
+            }),
+            "soak s=5"
+        );
+        assert_eq!(
+            tag(Tag {
+                seed: 5,
+                updated: true,
+                kept_by: Some(71)
+            }),
+            "soak s=5 k=71 u"
+        );
         for junk in [
             "",
             "soak",
@@ -1239,6 +1362,12 @@ mod tests {
             "soak s=1 ",
             "soak s=1 u ",
             "soak s=1 x",
+            "soak s=1 k=",
+            "soak s=1 k= u",
+            "soak s=1 k=x",
+            "soak s=1 k=2 k=3",
+            "soak s=1 u k=2",
+            "soak s= k=2",
             "soak s=-1",
             "soak s=+1",
             "soak s=18446744073709551616",
