@@ -435,9 +435,11 @@ fn next_event(dev: &Device, wait: Duration) -> Result<Option<Event>, Stop> {
     if let Some(e) = &event {
         if e.lost > 0 {
             return Err(Stop::Failed(format!(
-                "{} events were lost before a {:?} event: the reader's queue (256 events) \
-                 overflowed",
-                e.lost, e.kind
+                "{} events of domain {} were lost before a {:?} event: its share of the \
+                 reader's queue (512 events, shared fairly among the peers) overflowed",
+                e.lost,
+                e.peer.get(),
+                e.kind
             )));
         }
     }
