@@ -39,6 +39,11 @@ SOAK_SECONDS=${SOAK_SECONDS:-1200}
 # Seconds between two faults of one domain, drawn in [MIN, MAX].
 FAULT_MIN=${FAULT_MIN:-20}
 FAULT_MAX=${FAULT_MAX:-60}
+# Seconds for g2 and g1 to boot and connect before the soak's clock
+# starts, and the last seconds without faults (so that a g1 created last
+# boots and shares before the agents stop).
+SOAK_START=${SOAK_START:-60}
+FAULT_TAIL=${FAULT_TAIL:-60}
 # The seed of everything random here; the agents' seeds derive from it.
 SOAK_SEED=${SOAK_SEED:-20261201}
 SCENARIO=$(basename "$0")
@@ -201,8 +206,8 @@ dom0/main)
     START=$(now)
     # Time for g2 and g1 to boot before the clock starts to matter: every
     # agent stops at END, wherever it started.
-    END=$((START + SOAK_SECONDS + 60))
-    hdm_log "soak: seed $SOAK_SEED, $SOAK_SECONDS s of soak after a 60 s start, faults every $FAULT_MIN-$FAULT_MAX s, ends at $END"
+    END=$((START + SOAK_START + SOAK_SECONDS))
+    hdm_log "soak: seed $SOAK_SEED, $SOAK_SECONDS s of soak after a $SOAK_START s start, faults every $FAULT_MIN-$FAULT_MAX s until $FAULT_TAIL s before the end, ends at $END"
     follow_console g2
     follow_console g1
     create_guest g2 0
@@ -211,9 +216,8 @@ dom0/main)
     start_agent $((SOAK_SEED * 10))
     destroyed=0 killed=0
     next_fault
-    # Faults until a minute before the end, so that the last g1 boots
-    # and shares before the agents stop.
-    while [ "$(now)" -lt $((END - 60)) ]; do
+    # Faults until FAULT_TAIL before the end.
+    while [ "$(now)" -lt $((END - FAULT_TAIL)) ]; do
         # A failed agent or guest ends the run now, not at the end.
         kill -0 "$AGENT" 2>/dev/null || finish_agent
         for g in g1 g2; do
@@ -289,7 +293,7 @@ g1/main | g2/main)
     start_agent $((seed * 10))
     next_fault
     n=0
-    while [ "$(now)" -lt $((END - 60)) ]; do
+    while [ "$(now)" -lt $((END - FAULT_TAIL)) ]; do
         kill -0 "$AGENT" 2>/dev/null || finish_agent
         if [ "$(now)" -lt "$NEXT" ]; then
             sleep 1
