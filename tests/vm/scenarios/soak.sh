@@ -133,30 +133,36 @@ no_errors() {
     [ "$(hdm_stat ring_errors)" = 0 ] || hdm_fail "a ring broke: $(hdm_stats)"
 }
 
+# unbind_all: unbind every device our drivers have bound.
+unbind_all() {
+    local bus d n
+    for bus in xen xen-backend; do
+        for d in /sys/bus/$bus/drivers/hyper_dmabuf/hyper_dmabuf-*; do
+            [ -e "$d" ] || continue
+            n=$(basename "$d")
+            echo -n "$n" >/sys/bus/$bus/drivers/hyper_dmabuf/unbind || hdm_fail "unbind $bus $n"
+        done
+    done
+}
+
 # restart_driver: the fault of a driver that goes away and comes back.
 restart_driver() {
-    local d n
     kill_agent
-    for d in /sys/bus/xen/drivers/hyper_dmabuf/hyper_dmabuf-*; do
-        [ -e "$d" ] || continue
-        n=$(basename "$d")
-        echo -n "$n" >/sys/bus/xen/drivers/hyper_dmabuf/unbind || hdm_fail "unbind frontend $n"
-    done
-    for d in /sys/bus/xen-backend/drivers/hyper_dmabuf/hyper_dmabuf-*; do
-        [ -e "$d" ] || continue
-        n=$(basename "$d")
-        echo -n "$n" >/sys/bus/xen-backend/drivers/hyper_dmabuf/unbind || hdm_fail "unbind backend $n"
-    done
+    unbind_all
     hdm_wait_stat connections_live 0 60
     hdm_check_released 60
     no_errors
     hdm_log "driver restart: unbound, released: $(hdm_stats)"
     # The last module references (the agent's files, its dma-bufs) go
     # asynchronously after its death.
+    # A device the toolstack adds meanwhile (dom0 creating g1 again, with
+    # its device on g2) is bound at once and holds the module too: unbind
+    # again before each try.
     local deadline=$(($(hdm_ms) + 30000))
     until rmmod hyper_dmabuf 2>/tmp/rmmod; do
         [ "$(hdm_ms)" -le $deadline ] || hdm_fail "rmmod refused for 30 s: $(cat /tmp/rmmod)"
         sleep 0.2
+        unbind_all
     done
     hdm_load
 }
