@@ -101,6 +101,22 @@ stop_flood() {
     for p in $FLOODERS; do wait "$p" || hdm_fail "a flooder failed"; done
 }
 
+# watch_stuck K: in the background, if step K is not done in 60 s, log
+# every process's kernel stack once (a run hung once at dom0's 4th reload
+# with no line saying where). STUCK_PID holds the watcher's pid.
+watch_stuck() {
+    (
+        sleep 60
+        hdm_log "$1: not done after 60 s; tasks in the kernel:"
+        for t in /proc/[0-9]*; do
+            [ -r "$t/stack" ] || continue
+            hdm_log "$1: ${t#/proc/} $(cat "$t/comm" 2>/dev/null) $(cat "$t/wchan" 2>/dev/null)" \
+                "$(tr '\n' ' ' <"$t/stack" 2>/dev/null)"
+        done
+    ) &
+    STUCK_PID=$!
+}
+
 # unload_cycle K PEER UNBIND DEVICE: step K of B or C, in the domain that
 # unloads: map buffers both ways, unbind DEVICE, unload, reload.
 unload_cycle() {
@@ -116,6 +132,7 @@ unload_cycle() {
     reader=$!
     hdm_wait_event "$events" Mapped "$mine" 120 >/dev/null
     hdm_wait_stat pages_mapped $REREAD_PAGES 60
+    watch_stuck "$k"
     echo -n "$4" >"$3" || hdm_fail "$k: unbind $4"
     hdm_wait_stat connections_live 0 60
     rmmod hyper_dmabuf 2>/tmp/rmmod.err &&
@@ -131,6 +148,7 @@ unload_cycle() {
     ! loaded || hdm_fail "$k: rmmod succeeded but the module is still listed"
     hdm_log "$k: unloaded with the peer still mapping our buffer"
     hdm_load
+    kill $STUCK_PID 2>/dev/null
     hdm_wait_connected 1 120
 }
 
