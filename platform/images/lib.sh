@@ -156,6 +156,14 @@ hdm_check_released() {
     hdm_log "all released: $(hdm_stats)"
 }
 
+# hdm_check_clean: every gauge back at zero (as hdm_check_released, 60 s),
+# and no request refused nor ring closed since the module loaded.
+hdm_check_clean() {
+    hdm_check_released 60
+    [ "$(hdm_stat protocol_errors)" = 0 ] || hdm_fail "requests were refused: $(hdm_stats)"
+    [ "$(hdm_stat ring_errors)" = 0 ] || hdm_fail "a ring broke: $(hdm_stats)"
+}
+
 # hdm_watch FILE [SECONDS]: record events as JSON lines in FILE, in the
 # background (the watcher's pid in HDM_WATCH_PID).
 hdm_watch() {

@@ -20,12 +20,6 @@
 
 CYCLES=200
 
-finish() {
-    hdm_check_released 60
-    [ "$(hdm_stat protocol_errors)" = 0 ] || hdm_fail "requests were refused: $(hdm_stats)"
-    [ "$(hdm_stat ring_errors)" = 0 ] || hdm_fail "a ring broke: $(hdm_stats)"
-}
-
 case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
@@ -40,19 +34,19 @@ dom0/guests)
     wait $importer || { cat /tmp/import.out; hdm_fail "stress import from pv failed"; }
     cat /tmp/import.out
     hdm_wait_stat connections_live 0 120
-    finish
+    hdm_check_clean
     ;;
 pv/main)
     hdm_load
     hdm_wait_connected
     hdmabuf stress export --domain 0 --cycles $CYCLES --seed 1 --max-size 2M ||
         hdm_fail "stress export failed"
-    finish
+    hdm_check_clean
     ;;
 pv2/main)
     hdm_load
     hdm_wait_connected
     hdmabuf stress import --domain 0 || hdm_fail "stress import failed"
-    finish
+    hdm_check_clean
     ;;
 esac
