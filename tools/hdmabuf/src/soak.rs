@@ -557,16 +557,13 @@ impl Exporter<'_> {
             }
             self.deadlines()?;
             let now = Instant::now();
-            let next = self
-                .flights
-                .iter()
-                .map(|f| f.due)
-                .chain(self.pending.next_until())
-                .min()
-                .unwrap_or(now + Duration::from_millis(250));
-            let wait = next
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(250));
+            let wait = poll_wait(
+                now,
+                self.flights
+                    .iter()
+                    .map(|f| f.due)
+                    .chain(self.pending.next_until()),
+            );
             if let Some(e) = next_event(&self.dev, wait)? {
                 self.on_event(&e)?;
             }
@@ -876,16 +873,13 @@ impl Importer<'_> {
             if stopping && self.pending.is_empty() {
                 return Ok(());
             }
-            let next = self
-                .held
-                .iter()
-                .map(|h| h.until)
-                .chain(self.pending.next_until())
-                .min()
-                .unwrap_or(now + Duration::from_millis(250));
-            let wait = next
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(250));
+            let wait = poll_wait(
+                now,
+                self.held
+                    .iter()
+                    .map(|h| h.until)
+                    .chain(self.pending.next_until()),
+            );
             if let Some(e) = next_event(&self.dev, wait)? {
                 self.on_event(&e)?;
             }
@@ -1262,6 +1256,14 @@ fn print_summary(ctx: &Ctx, out: &Output, result: &str) {
             "counts": counts_json(ctx),
         }),
     );
+}
+
+/// How long to wait for events before the earliest of `due` (at most
+/// 250 ms, so that the stop flag and deadlines are looked at often).
+fn poll_wait(now: Instant, due: impl Iterator<Item = Instant>) -> Duration {
+    const TICK: Duration = Duration::from_millis(250);
+    due.min()
+        .map_or(TICK, |next| next.saturating_duration_since(now).min(TICK))
 }
 
 #[cfg(test)]
