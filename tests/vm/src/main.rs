@@ -24,7 +24,7 @@ use hdmabuf_vmtest::qemu;
 use hdmabuf_vmtest::scenario::{self, Scenario};
 
 /// Boots again after a platform crash before the scenario ran.
-const PLATFORM_RETRIES: u32 = 2;
+const PLATFORM_RETRIES: u32 = 4;
 
 /// Lines of a log shown with a failure (the whole log is in the out dir).
 const SHOW_LINES: usize = 250;

@@ -106,6 +106,16 @@ pub fn forbidden(text: &str) -> Option<&'static str> {
     })
 }
 
+/// The domain id of a Xen line's `dNvM` vCPU tag, if it has one.
+fn vcpu_domid(text: &str) -> Option<u32> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .find_map(|word| {
+            let (dom, vcpu) = word.strip_prefix('d')?.split_once('v')?;
+            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            (digits(dom) && digits(vcpu)).then(|| dom.parse().ok())?
+        })
+}
+
 /// Why a run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -237,8 +247,12 @@ impl Monitor {
     }
 
     /// The domU a Xen line is about (`d2v0`, `(d2)`, `Dom2`, `Domain 2`).
+    ///
+    /// A line about a vCPU (`dNvM`) of a domain whose id dom0 has not
+    /// reported yet is about the domain dom0 is creating: a guest can crash
+    /// between its unpause and dom0's `created` marker.
     fn xen_line_domain(&self, text: &str) -> Option<Source> {
-        self.domids.iter().find_map(|(id, name)| {
+        let known = self.domids.iter().find_map(|(id, name)| {
             let tags = [
                 format!("d{id}v"),
                 format!("(d{id})"),
@@ -249,6 +263,14 @@ impl Monitor {
             tags.iter()
                 .any(|t| text.contains(t.as_str()))
                 .then(|| Source::Guest(name.clone()))
+        });
+        known.or_else(|| {
+            vcpu_domid(text)?;
+            self.active.iter().rev().find_map(|s| {
+                let dom = s.name.strip_prefix("create ")?;
+                let unknown = !self.domids.iter().any(|(_, n)| n == dom);
+                unknown.then(|| Source::Guest(dom.to_string()))
+            })
         })
     }
 
@@ -793,6 +815,46 @@ mod tests {
         feed(&mut m, &GOOD[..7]);
         m.tick(s(100));
         assert!(m.platform_flake().is_none());
+    }
+
+    #[test]
+    fn a_guest_crashing_before_dom0_reports_its_id_is_a_platform_flake() {
+        // pv runs its scenario while dom0 still creates pvh; pvh crashes
+        // before dom0 prints `created pvh 2`.
+        let sc = parse(
+            "smoke.sh",
+            "# hdm: domains = pv pvh:pvh\n# hdm: timeout = 100\n",
+        )
+        .unwrap();
+        let mut m = Monitor::new(&sc);
+        feed(
+            &mut m,
+            &[
+                "@@HDM ready dom0",
+                "@@HDM create pv pv",
+                "@@HDM created pv 1",
+                "@@HDM create pvh pvh",
+                "@[pv] @@HDM begin pv",
+                "(XEN) d2v0 Triple fault - invoking HVM shutdown action 1",
+                "(XEN) RFLAGS: 0000000000000006   CONTEXT: hvm guest (d2v0)",
+                "(XEN) ds: 0000   es: 0000   fs: 0000   gs: 0000   ss: 0018   cs: 0010",
+                "@@HDM created pvh 2",
+            ],
+        );
+        let f = m.failure.clone().unwrap();
+        assert_eq!(
+            (f.step.as_str(), f.log),
+            ("create pvh", Source::Guest("pvh".into()))
+        );
+        assert!(m.platform_flake().is_some());
+    }
+
+    #[test]
+    fn vcpu_tags() {
+        assert_eq!(vcpu_domid("(XEN) d12v3 Triple fault"), Some(12));
+        assert_eq!(vcpu_domid("CONTEXT: hvm guest (d2v0)"), Some(2));
+        assert_eq!(vcpu_domid("(XEN) dv0 x"), None);
+        assert_eq!(vcpu_domid("(XEN) d2 x devices"), None);
     }
 
     #[test]
