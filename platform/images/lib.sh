@@ -34,8 +34,17 @@ hdm_settle() { sleep 1; }
 # Log a line of the scenario (it shows in the domain's log).
 hdm_log() { echo "hdm[$HDM_DOMAIN]: $*"; }
 
-# Stop the scenario with a failure message.
-hdm_fail() { echo "hdm[$HDM_DOMAIN]: FAIL: $*"; exit 1; }
+# Stop the scenario with a failure message. Called inside `$(...)` or a
+# background job, `exit` alone would end only that subshell, and in
+# `$(...)` the message would be captured: the caller would go on with an
+# empty value and might wait for something that never comes. So the
+# message goes to stderr and the scenario's own shell ($$, the same in
+# every subshell) is stopped too.
+hdm_fail() {
+    echo "hdm[$HDM_DOMAIN]: FAIL: $*" >&2
+    kill -TERM $$ 2>/dev/null
+    exit 1
+}
 
 # hdm_insmod NAME [PARAM=VALUE...]: load one of our modules.
 hdm_insmod() {
@@ -100,10 +109,9 @@ hdm_stats() { awk '{ printf "%s=%s ", $1, $2 } END { print "" }' "$HDM_STATS"; }
 
 # hdm_wait_stat NAME VALUE [SECONDS]: wait until counter NAME reads VALUE.
 hdm_wait_stat() {
-    local i=0 limit=$((${3:-30} * 10))
+    local deadline=$(hdm_deadline ${3:-30})
     while [ "$(hdm_stat "$1")" != "$2" ]; do
-        i=$((i + 1))
-        [ $i -le $limit ] || hdm_fail "counter $1 is $(hdm_stat "$1"), not $2, after ${3:-30} s ($(hdm_stats))"
+        hdm_in_time $deadline || hdm_fail "counter $1 is $(hdm_stat "$1"), not $2, after ${3:-30} s ($(hdm_stats))"
         sleep 0.1
     done
 }
@@ -124,11 +132,11 @@ hdm_domid() {
 # `hdmabuf xl list DOMID` shows device DEVID with frontend state FRONT and
 # backend state BACK (state names as xl list prints them).
 hdm_wait_device() {
-    local deadline=$(($(hdm_ms) + ${5:-60} * 1000)) line
+    local deadline=$(hdm_deadline ${5:-60}) line
     while :; do
         line=$(hdmabuf xl list "$1" | awk -v d="$2" '$2 == d { print $4 "/" $5 }')
         [ "$line" = "$3/$4" ] && break
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "device $2 of domain $1 is ${line:-absent}, not $3/$4, after ${5:-60} s"
+        hdm_in_time $deadline || hdm_fail "device $2 of domain $1 is ${line:-absent}, not $3/$4, after ${5:-60} s"
         sleep 0.1
     done
     hdm_log "device $2 of domain $1: $3/$4"
@@ -138,9 +146,9 @@ hdm_wait_device() {
 # domain DOMID is left in xenstore: neither a frontend directory of it nor
 # a backend directory for it in any domain (`hdmabuf xl list` shows both).
 hdm_no_nodes() {
-    local deadline=$(($(hdm_ms) + ${2:-30} * 1000))
+    local deadline=$(hdm_deadline ${2:-30})
     until hdmabuf xl list "$1" | grep -q "^no hyper_dmabuf devices"; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "nodes of domain $1 left after ${2:-30} s: $(hdmabuf xl list "$1")"
+        hdm_in_time $deadline || hdm_fail "nodes of domain $1 left after ${2:-30} s: $(hdmabuf xl list "$1")"
         sleep 0.1
     done
     hdm_log "no hyper_dmabuf node of domain $1 is left"
@@ -174,12 +182,11 @@ hdm_watch() {
 # hdm_wait_event FILE EVENT [MATCH] [SECONDS]: wait until FILE has an event
 # EVENT (e.g. NewExport) whose line also contains MATCH; print its id.
 hdm_wait_event() {
-    local i=0 limit=$((${4:-60} * 10)) line
+    local deadline=$(hdm_deadline ${4:-60}) line
     while :; do
         line=$(grep "\"event\":\"$2\"" "$1" | grep -F -- "${3:-}" | head -n 1)
         [ -z "$line" ] || break
-        i=$((i + 1))
-        [ $i -le $limit ] || hdm_fail "no $2 event${3:+ matching $3} within ${4:-60} s"
+        hdm_in_time $deadline || hdm_fail "no $2 event${3:+ matching $3} within ${4:-60} s"
         sleep 0.1
     done
     echo "$line" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
@@ -188,9 +195,9 @@ hdm_wait_event() {
 # hdm_export_id FILE [SECONDS]: the id an `hdmabuf export` writing to FILE
 # printed, once it has.
 hdm_export_id() {
-    local deadline=$(($(hdm_ms) + ${2:-60} * 1000))
+    local deadline=$(hdm_deadline ${2:-60})
     until grep -q '^exported ' "$1" 2>/dev/null; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "no export in $1: $(cat "$1")"
+        hdm_in_time $deadline || hdm_fail "no export in $1: $(cat "$1")"
         sleep 0.1
     done
     sed -n 's/^exported \([^ ]*\) .*/\1/p' "$1"
@@ -201,9 +208,9 @@ hdm_count_events() { grep -c "\"event\":\"$2\"" "$1"; }
 
 # hdm_wait_count FILE EVENT N [SECONDS]: until FILE has N EVENT records.
 hdm_wait_count() {
-    local deadline=$(($(hdm_ms) + ${4:-60} * 1000))
+    local deadline=$(hdm_deadline ${4:-60})
     while [ "$(hdm_count_events "$1" "$2")" -lt "$3" ]; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "fewer than $3 $2 events after ${4:-60} s"
+        hdm_in_time $deadline || hdm_fail "fewer than $3 $2 events after ${4:-60} s"
         sleep 0.1
     done
 }
@@ -214,6 +221,13 @@ hdm_report() { echo "report| [$HDM_DOMAIN] $*"; }
 
 # hdm_ms: milliseconds since boot (for the report's durations).
 hdm_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+
+# hdm_deadline SECONDS: the hdm_ms time SECONDS from now. Waits count time,
+# not rounds: a round's processes take as long as its sleep on a busy host.
+hdm_deadline() { echo $(($(hdm_ms) + $1 * 1000)); }
+
+# hdm_in_time DEADLINE: whether DEADLINE (from hdm_deadline) is not past.
+hdm_in_time() { [ "$(hdm_ms)" -le "$1" ]; }
 
 # hdm_export_each PEER SIZE:SEED...: export a buffer of each size to PEER,
 # one after the other, each until its importer released it (`--once`).

@@ -34,9 +34,9 @@ kill_guest() {
 # until_positive COUNTER: wait (at most 120 s: the exporter first fills
 # its buffer) until dom0's COUNTER is above 0.
 until_positive() {
-    local deadline=$(($(hdm_ms) + 120000))
+    local deadline=$(hdm_deadline 120)
     until [ "$(hdm_stat "$1")" -gt 0 ]; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "$1 stayed 0 ($(hdm_stats))"
+        hdm_in_time $deadline || hdm_fail "$1 stayed 0 ($(hdm_stats))"
         sleep 0.02
     done
 }
@@ -97,9 +97,9 @@ dom0/guests)
     hdmabuf --json export --domain "$(xl domid d4)" --size 8M --seed 84 --priv death-unexport \
         >/tmp/unexport.out 2>&1 &
     exporter=$!
-    deadline=$(($(hdm_ms) + 60000))
+    deadline=$(hdm_deadline 60)
     until id=$(sed -n 's/.*"exported":"\([^"]*\)".*/\1/p' /tmp/unexport.out) && [ -n "$id" ]; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "unexport: no export: $(cat /tmp/unexport.out)"
+        hdm_in_time $deadline || hdm_fail "unexport: no export: $(cat /tmp/unexport.out)"
         sleep 0.1
     done
     hdm_wait_event /tmp/events Mapped "$id" 120 >/dev/null

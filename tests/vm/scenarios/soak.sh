@@ -119,9 +119,9 @@ finish_agent() {
 # wait_links N SECONDS: until at least N devices are connected (a peer
 # may connect or go at any time).
 wait_links() {
-    local deadline=$(($(hdm_ms) + $2 * 1000))
+    local deadline=$(hdm_deadline "$2")
     until [ "$(hdm_stat connections_live)" -ge "$1" ]; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "fewer than $1 connections after $2 s: $(hdm_stats)"
+        hdm_in_time $deadline || hdm_fail "fewer than $1 connections after $2 s: $(hdm_stats)"
         sleep 0.2
     done
     hdm_log "connected: $(hdm_stats)"
@@ -158,9 +158,9 @@ restart_driver() {
     # A device the toolstack adds meanwhile (dom0 creating g1 again, with
     # its device on g2) is bound at once and holds the module too: unbind
     # again before each try.
-    local deadline=$(($(hdm_ms) + 30000))
+    local deadline=$(hdm_deadline 30)
     until rmmod hyper_dmabuf 2>/tmp/rmmod; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "rmmod refused for 30 s: $(cat /tmp/rmmod)"
+        hdm_in_time $deadline || hdm_fail "rmmod refused for 30 s: $(cat /tmp/rmmod)"
         sleep 0.2
         unbind_all
     done

@@ -81,9 +81,9 @@ dom0/final)
     fi
     hdm_log "4: unload refused while bound: $(cat /tmp/rmmod)"
     xl reboot rb || hdm_fail "xl reboot rb failed"
-    deadline=$(($(hdm_ms) + 120000))
+    deadline=$(hdm_deadline 120)
     until rb2=$(xl domid rb 2>/dev/null) && [ "$rb2" != "$rb1" ]; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "4: rb did not come back under a new domid"
+        hdm_in_time $deadline || hdm_fail "4: rb did not come back under a new domid"
         sleep 0.1
     done
     hdm_log "4: rb rebooted: domain $rb1 is now $rb2"
