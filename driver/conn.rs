@@ -12,7 +12,7 @@
 
 use kernel::alloc::flags::GFP_KERNEL;
 use kernel::prelude::*;
-use kernel::rbtree::RBTree;
+use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::str::{CStr, CString};
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
 use kernel::time::msecs_to_jiffies;
@@ -106,6 +106,8 @@ pub(crate) struct ConnInner {
     config: ChannelConfig,
     pub(crate) exports: RBTree<u64, ExportEntry>,
     pub(crate) imports: RBTree<u64, ImportEntry>,
+    /// Imports of sessions that ended, still mapped here.
+    orphans: Orphans,
     /// Requests someone waits for: `None` until answered.
     results: RBTree<u64, Option<Status>>,
     /// RELEASE messages that found the ring full, by buffer number.
@@ -149,12 +151,60 @@ pub(crate) struct Conn {
     answered: CondVar,
 }
 
+/// Imports of sessions that ended whose dma-bufs are still alive here.
+///
+/// An import outlives its session (`orphaned`) while a local user maps it.
+/// It stays in `imports` under its number until the peer's next instance
+/// announces a buffer of the same number (a reloaded module numbers from
+/// 1 again); then it moves here, under a local key, so that the new buffer
+/// is not refused as a duplicate. Found by the full id.
+#[derive(Default)]
+pub(crate) struct Orphans {
+    table: RBTree<u64, ImportEntry>,
+    next: u64,
+}
+
+impl Orphans {
+    /// Takes `entry` in, in the node allocated beforehand.
+    fn adopt(&mut self, node: RBTreeNodeReservation<u64, ImportEntry>, entry: ImportEntry) {
+        let key = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.table.insert(node.into_node(key, entry));
+    }
+
+    fn key_of(&self, hid: &HyperDmabufId) -> Option<u64> {
+        self.table
+            .iter()
+            .find(|(_, e)| e.state.export.hid.matches(hid))
+            .map(|(k, _)| *k)
+    }
+
+    fn get_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportEntry> {
+        let key = self.key_of(hid)?;
+        self.table.get_mut(&key)
+    }
+
+    fn get(&self, hid: &HyperDmabufId) -> Option<&ImportEntry> {
+        self.table.get(&self.key_of(hid)?)
+    }
+
+    fn remove(&mut self, hid: &HyperDmabufId) -> Option<ImportEntry> {
+        let key = self.key_of(hid)?;
+        self.table.remove(&key)
+    }
+
+    fn len(&self) -> usize {
+        self.table.iter().count()
+    }
+}
+
 /// The connection's protocol state as `common::channel` sees it.
 struct HostView<'a> {
     peer: DomId,
     name: &'a CStr,
     exports: &'a mut RBTree<u64, ExportEntry>,
     imports: &'a mut RBTree<u64, ImportEntry>,
+    orphans: &'a mut Orphans,
     results: &'a mut RBTree<u64, Option<Status>>,
     fx: &'a mut Effects,
 }
@@ -185,13 +235,21 @@ impl Host for HostView<'_> {
     }
 
     fn add_import(&mut self, import: ImportState) -> Result<(), Status> {
-        let count = self.imports.iter().count();
+        let count = self.imports.iter().count() + self.orphans.len();
         if count >= MAX_IMPORTS_PER_PEER {
             return Err(Status::NoSpace);
         }
         let number = import.export.hid.number();
-        if self.imports.get(&number).is_some() {
-            return Err(Status::Exists);
+        match self.imports.get(&number) {
+            None => {}
+            // Of a session that ended: it makes way for the new instance's.
+            Some(old) if old.orphaned => {
+                let node = RBTreeNodeReservation::new(GFP_KERNEL).map_err(|_| Status::NoMemory)?;
+                if let Some(old) = self.imports.remove(&number) {
+                    self.orphans.adopt(node, old);
+                }
+            }
+            Some(_) => return Err(Status::Exists),
         }
         self.imports
             .try_create_and_insert(number, ImportEntry::new(import), GFP_KERNEL)
@@ -265,6 +323,7 @@ impl Conn {
                     config: ChannelConfig { max_buffer_bytes: 0, allow_rw: false },
                     exports: RBTree::new(),
                     imports: RBTree::new(),
+                    orphans: Orphans::default(),
                     results: RBTree::new(),
                     unsent: RBTree::new(),
                 }),
@@ -294,6 +353,7 @@ impl Conn {
                 name: &self.name,
                 exports: &mut inner.exports,
                 imports: &mut inner.imports,
+                orphans: &mut inner.orphans,
                 results: &mut inner.results,
                 fx: &mut fx,
             };
@@ -316,6 +376,41 @@ impl Conn {
     /// Our XenBus directory, which names the connection in log lines.
     pub(crate) fn name(&self) -> &CStr {
         &self.name
+    }
+
+    /// Writes the state of both rings as this end sees it, plus what waits
+    /// on them (the debugfs `rings` file): enough to tell a lost
+    /// notification from a peer that stopped answering.
+    pub(crate) fn show_rings(&self, m: &ffi::SeqFile) {
+        let inner = self.inner.lock();
+        let line = match &inner.link {
+            None => CString::try_from_fmt(kernel::fmt!(
+                "{}: dom{} not connected\n",
+                self.name(),
+                self.peer.get()
+            )),
+            Some(link) => {
+                let (ours, theirs, outstanding) = link.channel.views();
+                CString::try_from_fmt(kernel::fmt!(
+                    "{}: dom{}{} outstanding={} waiters={} unsent={} exports={} imports={}\n  \
+                     we request: {}\n  we answer:  {}\n",
+                    self.name(),
+                    self.peer.get(),
+                    if link.broken { " broken" } else { "" },
+                    outstanding,
+                    inner.results.iter().count(),
+                    inner.unsent.iter().count(),
+                    inner.exports.iter().count(),
+                    inner.imports.iter().count() + inner.orphans.len(),
+                    ours,
+                    theirs
+                ))
+            }
+        };
+        drop(inner);
+        if let Ok(line) = line {
+            m.puts(&line);
+        }
     }
 
     /// Whether the rings are up.
@@ -671,8 +766,9 @@ impl Conn {
 
     /// Records the dma-buf of a mapped import and ends the claim.
     pub(crate) fn import_live(&self, hid: &HyperDmabufId, identity: usize, writable: bool) {
-        let mut inner = self.inner.lock();
-        if let Some(e) = inner.imports.get_mut(&hid.number()) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        if let Some(e) = import_entry(&mut inner.imports, &mut inner.orphans, hid) {
             e.busy = false;
             e.live = Some(identity);
             e.live_writable = writable;
@@ -685,19 +781,14 @@ impl Conn {
     /// because this import was under way (`busy`): nothing maps it, so it
     /// goes now, or it would stay counted for good.
     pub(crate) fn import_abort(&self, hid: &HyperDmabufId) {
-        let mut inner = self.inner.lock();
-        let number = hid.number();
-        let Some(e) = inner
-            .imports
-            .get_mut(&number)
-            .filter(|e| e.state.export.hid.matches(hid))
-        else {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let Some(e) = import_entry(&mut inner.imports, &mut inner.orphans, hid) else {
             return;
         };
         e.busy = false;
         if e.orphaned && e.live.is_none() {
-            inner.imports.remove(&number);
-            stats::IMPORTS.dec();
+            forget_import(&mut inner.imports, &mut inner.orphans, hid);
         }
     }
 
@@ -706,17 +797,12 @@ impl Conn {
     pub(crate) fn import_released(&self, driver: &Driver, hid: &HyperDmabufId) {
         self.locked(driver, |slot, view, host| {
             let number = hid.number();
-            let Some(entry) = host
-                .imports
-                .get_mut(&number)
-                .filter(|e| e.state.export.hid.matches(hid))
-            else {
+            let Some(entry) = import_entry(host.imports, host.orphans, hid) else {
                 return;
             };
             entry.live = None;
             if entry.orphaned {
-                host.imports.remove(&number);
-                stats::IMPORTS.dec();
+                forget_import(host.imports, host.orphans, hid);
                 return;
             }
             let link = slot.as_mut().filter(|l| !l.broken);
@@ -761,6 +847,7 @@ impl Conn {
             .imports
             .get(&hid.number())
             .filter(|e| e.state.export.hid.matches(hid))
+            .or_else(|| inner.orphans.get(hid))
             .map(f)
     }
 
@@ -795,6 +882,7 @@ impl Conn {
         let inner = self.inner.lock();
         inner.exports.values().for_each(&mut exports);
         inner.imports.values().for_each(&mut imports);
+        inner.orphans.table.values().for_each(&mut imports);
     }
 }
 
@@ -802,6 +890,41 @@ impl Conn {
 struct ConnInnerView<'a> {
     config: &'a mut ChannelConfig,
     unsent: &'a mut RBTree<u64, HyperDmabufId>,
+}
+
+/// The import `hid`: of the current session, or of one that ended.
+fn import_entry<'a>(
+    imports: &'a mut RBTree<u64, ImportEntry>,
+    orphans: &'a mut Orphans,
+    hid: &HyperDmabufId,
+) -> Option<&'a mut ImportEntry> {
+    match imports
+        .get_mut(&hid.number())
+        .filter(|e| e.state.export.hid.matches(hid))
+    {
+        Some(e) => Some(e),
+        None => orphans.get_mut(hid),
+    }
+}
+
+/// Forgets the import `hid`, wherever it is.
+fn forget_import(
+    imports: &mut RBTree<u64, ImportEntry>,
+    orphans: &mut Orphans,
+    hid: &HyperDmabufId,
+) {
+    let number = hid.number();
+    let current = imports
+        .get(&number)
+        .is_some_and(|e| e.state.export.hid.matches(hid));
+    let gone = if current {
+        imports.remove(&number)
+    } else {
+        orphans.remove(hid)
+    };
+    if gone.is_some() {
+        stats::IMPORTS.dec();
+    }
 }
 
 /// Sends the RELEASEs that found the ring full, while it has room.

@@ -367,3 +367,16 @@ extern "C" fn hdm_rs_stats_show(m: *mut bindings::seq_file) {
         crate::stats::show(&m);
     }
 }
+
+#[no_mangle]
+extern "C" fn hdm_rs_rings_show(m: *mut bindings::seq_file) {
+    // SAFETY: the seq_file of the running show callback.
+    let Some(m) = (unsafe { SeqFile::from_raw(m) }) else {
+        return;
+    };
+    if let Some(conns) = driver().and_then(|d| d.all_conns().ok()) {
+        for conn in conns.iter() {
+            conn.show_rings(&m);
+        }
+    }
+}

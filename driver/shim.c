@@ -462,6 +462,13 @@ static int hdm_stats_show(struct seq_file *m, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(hdm_stats);
 
+static int hdm_rings_show(struct seq_file *m, void *unused)
+{
+	hdm_rs_rings_show(m);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(hdm_rings);
+
 void hdm_seq_puts(struct seq_file *m, const char *s)
 {
 	seq_puts(m, s);
@@ -616,6 +623,7 @@ int hdm_register_all(void)
 		hdm_hole_page = NULL;
 	hdm_debugfs = debugfs_create_dir("hyper_dmabuf", NULL);
 	debugfs_create_file("stats", 0400, hdm_debugfs, NULL, &hdm_stats_fops);
+	debugfs_create_file("rings", 0400, hdm_debugfs, NULL, &hdm_rings_fops);
 	debugfs_create_file("check", 0600, hdm_debugfs, NULL, &hdm_check_fops);
 	err = xenbus_register_frontend(&hdm_front_driver);
 	if (err)

@@ -102,6 +102,7 @@ bool hdm_rs_irq(void *ctx);
 
 /* --- debugfs --------------------------------------------------------------- */
 void hdm_rs_stats_show(struct seq_file *m);
+void hdm_rs_rings_show(struct seq_file *m);
 void hdm_seq_puts(struct seq_file *m, const char *s);
 
 /* --- deferred work: one delayed work item for timed jobs ------------------- */

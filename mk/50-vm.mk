@@ -33,9 +33,7 @@ SCENARIOS ?= smoke
 # death at every step, a hostile peer and ioctl abuse, module unload under
 # traffic, a one-minute soak with guests destroyed, agents killed and drivers
 # restarted.
-# `unload` is out until the hang of its 4th dom0 reload is understood
-# (docs/security.md, "Not covered yet"); make vm-run SCENARIOS=unload.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile soak-short
+VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile unload soak-short
 
 deps:
 	@platform/install-deps.sh

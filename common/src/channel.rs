@@ -45,7 +45,7 @@
 
 use super::error::Error;
 use super::id::HyperDmabufId;
-use super::ring::{Requester, Responder};
+use super::ring::{Requester, Responder, RingView};
 use super::shmem::SharedMem;
 use super::uapi::{Event, EventType};
 use super::wire::{
@@ -457,6 +457,16 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             }
         }
         Ok(notify)
+    }
+
+    /// Diagnostics: our view of the ring we request on, of the ring we
+    /// answer on, and how many of our requests await a response.
+    pub fn views(&self) -> (RingView, RingView, u32) {
+        (
+            self.requests.view(),
+            self.answers.view(),
+            self.requests.outstanding(),
+        )
     }
 
     /// Handles everything the peer sent: responses to our requests, then

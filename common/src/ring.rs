@@ -89,6 +89,59 @@ fn slot_offset(size: u32, idx: u32) -> usize {
     HEADER_SIZE + (idx & (size - 1)) as usize * SLOT_SIZE
 }
 
+/// One end's view of a ring, for diagnostics: the four shared words as it
+/// reads them now and its own private indices. Comparing the views of
+/// both ends tells a lost notification (a producer ahead of the consumer
+/// with an event index inside the published range) from a ring nobody
+/// wrote to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingView {
+    /// Slots in the ring.
+    pub size: u32,
+    /// Shared `req_prod`.
+    pub req_prod: u32,
+    /// Shared `req_event`.
+    pub req_event: u32,
+    /// Shared `rsp_prod`.
+    pub rsp_prod: u32,
+    /// Shared `rsp_event`.
+    pub rsp_event: u32,
+    /// What this end produced (requests or responses), published or not.
+    pub prod_pvt: u32,
+    /// What this end consumed (responses or requests).
+    pub cons: u32,
+}
+
+impl RingView {
+    fn read(mem: &impl SharedMem, size: u32, prod_pvt: u32, cons: u32) -> Self {
+        RingView {
+            size,
+            req_prod: mem.read_u32(REQ_PROD),
+            req_event: mem.read_u32(REQ_EVENT),
+            rsp_prod: mem.read_u32(RSP_PROD),
+            rsp_event: mem.read_u32(RSP_EVENT),
+            prod_pvt,
+            cons,
+        }
+    }
+}
+
+impl core::fmt::Display for RingView {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "size={} req_prod={} req_event={} rsp_prod={} rsp_event={} prod_pvt={} cons={}",
+            self.size,
+            self.req_prod,
+            self.req_event,
+            self.rsp_prod,
+            self.rsp_event,
+            self.prod_pvt,
+            self.cons
+        )
+    }
+}
+
 /// The requesting end of a ring (ring.h's front ring).
 ///
 /// # Invariants
@@ -167,6 +220,11 @@ impl<M: SharedMem> Requester<M> {
         self.mem.full_barrier();
         let event = self.mem.read_u32(REQ_EVENT);
         new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// This end's view of the ring (diagnostics).
+    pub fn view(&self) -> RingView {
+        RingView::read(&self.mem, self.size, self.req_prod_pvt, self.rsp_cons)
     }
 
     /// Responses waiting to be consumed.
@@ -261,6 +319,11 @@ impl<M: SharedMem> Responder<M> {
     /// Slots in the ring.
     pub fn size(&self) -> u32 {
         self.size
+    }
+
+    /// This end's view of the ring (diagnostics).
+    pub fn view(&self) -> RingView {
+        RingView::read(&self.mem, self.size, self.rsp_prod_pvt, self.req_cons)
     }
 
     /// Requests consumed but not yet answered.
@@ -373,6 +436,29 @@ mod tests {
             .collect();
         init_shared(&mem[..]).unwrap();
         mem
+    }
+
+    #[test]
+    fn views_show_both_ends() {
+        let mem = ring_mem(1);
+        let mut req = Requester::new(&mem[..]).unwrap();
+        let mut rsp = Responder::new(&mem[..]).unwrap();
+        req.push(&slot(1)).unwrap();
+        req.push(&slot(2)).unwrap();
+        assert!(req.publish());
+        let mut got = [0u8; SLOT_SIZE];
+        assert!(rsp.pop(&mut got).unwrap());
+        let (r, a) = (req.view(), rsp.view());
+        assert_eq!((r.req_prod, r.prod_pvt, r.cons), (2, 2, 0));
+        assert_eq!((a.req_prod, a.prod_pvt, a.cons), (2, 0, 1));
+        assert_eq!(r.size, req.size());
+        assert_eq!(
+            a.to_string(),
+            format!(
+                "size={} req_prod=2 req_event=1 rsp_prod=0 rsp_event=1 prod_pvt=0 cons=1",
+                a.size
+            )
+        );
     }
 
     fn slot(tag: u32) -> Slot {

@@ -13,7 +13,9 @@
 #    unloads, with dom0 still mapping the guest's pages (the grants go to
 #    the kernel's grant layer, which keeps the pages until dom0 unmaps).
 #    dom0's reader keeps seeing the right bytes throughout, and the
-#    reloaded module reconnects.
+#    reloaded module reconnects. dom0 keeps that mapping until the
+#    guest's new instance has announced its next buffer, which often has
+#    the same number (numbering starts again): it must be accepted.
 # C  The same with the roles swapped: dom0 unbinds its backend, unloads
 #    and reloads, while the guest floods it and maps its buffer.
 # At the end every gauge of both domains is zero and no request was
@@ -102,12 +104,16 @@ stop_flood() {
 }
 
 # watch_stuck K: in the background, if step K is not done in 60 s, log
-# every process's kernel stack once (a run hung once at dom0's 4th reload
-# with no line saying where). STUCK_PID holds the watcher's pid.
+# every process's kernel stack once (a run hung once in dom0's 4th cycle
+# of C, before its unbind, with no line from either domain saying where).
+# STUCK_PID holds the watcher's pid; both roles of a cycle run one.
 watch_stuck() {
     (
         sleep 60
-        hdm_log "$1: not done after 60 s; tasks in the kernel:"
+        hdm_log "$1: not done after 60 s: $(hdm_stats)"
+        hdm_log "$1: rings: $(tr '\n' ' ' </sys/kernel/debug/hyper_dmabuf/rings 2>/dev/null)"
+        hdm_log "$1: irqs: $(grep hyper_dmabuf /proc/interrupts | tr -s ' ')"
+        hdm_log "$1: tasks in the kernel:"
         for t in /proc/[0-9]*; do
             [ -r "$t/stack" ] || continue
             hdm_log "$1: ${t#/proc/} $(cat "$t/comm" 2>/dev/null) $(cat "$t/wchan" 2>/dev/null)" \
@@ -121,8 +127,12 @@ watch_stuck() {
 # unloads: map buffers both ways, unbind DEVICE, unload, reload.
 unload_cycle() {
     local k=$1 peer=$2 events=/tmp/events.$1 mine theirs watcher exporter reader deadline
+    watch_stuck "$k"
     hdm_watch "$events" 300
     watcher=$HDM_WATCH_PID
+    # The watcher's open, then the export's: in this order, each reloaded
+    # module gives the export the same number (see serve_cycle).
+    hdm_wait_event "$events" PeerConnected "" 60 >/dev/null
     hdmabuf export --domain "$peer" --size $REREAD_SIZE --seed $((100 + k)) \
         --priv "unload-$k" --hold 600 >/tmp/u-export.$k 2>&1 &
     exporter=$!
@@ -132,7 +142,6 @@ unload_cycle() {
     reader=$!
     hdm_wait_event "$events" Mapped "$mine" 120 >/dev/null
     hdm_wait_stat pages_mapped $REREAD_PAGES 60
-    watch_stuck "$k"
     echo -n "$4" >"$3" || hdm_fail "$k: unbind $4"
     hdm_wait_stat connections_live 0 60
     rmmod hyper_dmabuf 2>/tmp/rmmod.err &&
@@ -140,9 +149,9 @@ unload_cycle() {
     alive $reader || hdm_fail "$k: our reader died when we unbound: $(cat /tmp/u-import.$k)"
     kill $watcher $exporter $reader
     wait $watcher $exporter $reader 2>/dev/null
-    deadline=$(($(hdm_ms) + 10000))
+    deadline=$(hdm_deadline 10)
     until rmmod hyper_dmabuf 2>/tmp/rmmod.err; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "$k: no unload once every user was gone: $(cat /tmp/rmmod.err)"
+        hdm_in_time $deadline || hdm_fail "$k: no unload once every user was gone: $(cat /tmp/rmmod.err)"
         sleep 0.1
     done
     ! loaded || hdm_fail "$k: rmmod succeeded but the module is still listed"
@@ -156,32 +165,70 @@ unload_cycle() {
 # PeerDisconnected (a reader opened while the peer connects may be told
 # twice, so counting PeerConnected alone could run ahead).
 wait_back() {
-    local deadline=$(($(hdm_ms) + 180000))
+    local deadline=$(hdm_deadline 180)
     until awk -v k="$2" '/"event":"PeerDisconnected"/ { d++ }
             /"event":"PeerConnected"/ && d >= k { back = 1 }
             END { exit !back }' "$1"; do
-        [ "$(hdm_ms)" -le $deadline ] || hdm_fail "$2: the peer did not come back within 180 s"
+        hdm_in_time $deadline || hdm_fail "$2: the peer did not come back within 180 s"
         sleep 0.1
     done
 }
 
 # serve_cycle K PEER EVENTS: step K of B or C, in the peer of the domain
-# that unloads: map its buffer and keep re-reading it while it goes away.
+# that unloads: map its buffer and keep re-reading it while it goes away,
+# and on, until the peer's next instance has announced its next buffer.
+# A reloaded module numbers its buffers from the start again, so that
+# buffer often has the number of the one we still map (REUSED counts
+# those); it must be accepted all the same (a run hung once when it was
+# refused as a duplicate).
+HELD_READER=
+HELD_ID=
+REUSED=0
 serve_cycle() {
     local k=$1 peer=$2 events=$3 id exporter reader
+    watch_stuck "$k"
     hdmabuf export --domain "$peer" --size $REREAD_SIZE --seed $((200 + k)) \
         --priv "serve-$k" --hold 600 >/tmp/s-export.$k 2>&1 &
     exporter=$!
     id=$(hdm_wait_event "$events" NewExport "\"priv\":\"unload-$k\"" 120)
     hdmabuf import "$id" --verify $((100 + k)) --hold 600 --reread >/tmp/s-import.$k 2>&1 &
     reader=$!
+    release_held "$id"
     hdm_wait_count "$events" PeerDisconnected "$k" 180
     wait_back "$events" "$k"
     # The peer's module was gone meanwhile; its pages stayed ours to read.
     alive $reader || hdm_fail "$k: the reader of the unloaded peer's pages died: $(cat /tmp/s-import.$k)"
-    kill $reader $exporter
-    wait $reader $exporter 2>/dev/null
+    kill $exporter
+    wait $exporter 2>/dev/null
+    HELD_READER=$reader HELD_ID=$id
+    kill $STUCK_PID 2>/dev/null
     hdm_log "$k: read the peer's pages while its module was unloaded and reloaded: every byte matched"
+}
+
+# release_held [NEW_ID]: stop the reader kept from the last cycle (still
+# reading, or it failed), noting whether NEW_ID has the same number.
+release_held() {
+    [ -n "$HELD_READER" ] || return 0
+    alive $HELD_READER || hdm_fail "the reader of an ended session's buffer died: $(cat /tmp/s-import.*)"
+    [ "${1%%-*}" != "${HELD_ID%%-*}" ] || REUSED=$((REUSED + 1))
+    kill $HELD_READER
+    wait $HELD_READER 2>/dev/null
+    HELD_READER=
+}
+
+# serve_all EVENTS PEER PART: the serving side of part PART.
+serve_all() {
+    local k=1
+    start_flood "$2"
+    while [ $k -le $UNLOADS ]; do
+        serve_cycle $k "$2" "$1"
+        k=$((k + 1))
+    done
+    release_held
+    stop_flood
+    hdm_log "$3: $(cat /tmp/flood-stop.count) exports flooded per flooder while the peer unloaded;" \
+        "$REUSED of its new buffers had the number of one we still mapped"
+    [ "$REUSED" -gt 0 ] || hdm_fail "$3: no new buffer reused a number we still mapped; this no longer tests that"
 }
 
 case $HDM_DOMAIN/$HDM_PHASE in
@@ -195,14 +242,7 @@ dom0/guests)
     stress_both_ways "$pv" 21
 
     # B: we serve, the guest unloads.
-    start_flood "$pv"
-    k=1
-    while [ $k -le $UNLOADS ]; do
-        serve_cycle $k "$pv" /tmp/events
-        k=$((k + 1))
-    done
-    stop_flood
-    hdm_log "B: $(cat /tmp/flood-stop.count) exports flooded per flooder while the guest unloaded"
+    serve_all /tmp/events "$pv" B
 
     # C: we unload, the guest serves.
     kill "$HDM_WATCH_PID"
@@ -232,14 +272,7 @@ pv/main)
     # C: we serve, dom0 unloads.
     hdm_watch /tmp/events.C 600
     hdm_wait_connected
-    start_flood 0
-    k=1
-    while [ $k -le $UNLOADS ]; do
-        serve_cycle $k 0 /tmp/events.C
-        k=$((k + 1))
-    done
-    stop_flood
-    hdm_log "C: $(cat /tmp/flood-stop.count) exports flooded per flooder while dom0 unloaded"
+    serve_all /tmp/events.C 0 C
     hdm_check_clean
     ;;
 esac
