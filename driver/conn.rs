@@ -239,9 +239,17 @@ impl Host for HostView<'_> {
         if count >= MAX_IMPORTS_PER_PEER {
             return Err(Status::NoSpace);
         }
-        let number = import.export.hid.number();
+        let hid = import.export.hid;
+        let number = hid.number();
+        // A full id stays unique across sessions, or an ended session's
+        // release would find the new buffer: a peer that announces one of
+        // its old ids again is refused.
+        if self.orphans.get(&hid).is_some() {
+            return Err(Status::Exists);
+        }
         match self.imports.get(&number) {
             None => {}
+            Some(old) if old.state.export.hid.matches(&hid) => return Err(Status::Exists),
             // Of a session that ended: it makes way for the new instance's.
             Some(old) if old.orphaned => {
                 let node = RBTreeNodeReservation::new(GFP_KERNEL).map_err(|_| Status::NoMemory)?;
