@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # hyper-dmabuf — top-level entry points.
 #
 #   make test       every test: host checks and tests, fuzz smoke, VM tests

@@ -12,13 +12,14 @@ use kernel::str::CString;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
 use super::common::channel::ChannelConfig;
-use super::common::limits::MAX_RING_PAGE_ORDER;
+use super::common::limits::{max_buffer_bytes_from_mib, MAX_RING_PAGE_ORDER};
 use super::common::xen::DomId;
 use super::xenbus_proto::schema::{self, BackendConfig, BackendLimits};
 use super::xenbus_proto::{Action, Actions, BackendMachine, XenbusState};
 use crate::conn::{Conn, Link};
-use crate::entry::ConnIrq;
-use crate::ffi::{params, OnlineWatch, XenbusDev};
+use crate::ffi::params;
+use crate::ffi::xenbus::{Irq, OnlineWatch, XenbusDev};
+use crate::peerlog::Level;
 use crate::registry::Driver;
 use crate::xenstore::{self, StepError, XenStore};
 
@@ -42,6 +43,10 @@ pub(crate) struct BackDevice {
 
 impl BackDevice {
     /// Probe: a connection (not yet connected) registered with the driver.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the frontend's domain id is not one, `ENOMEM`.
     pub(crate) fn probe(driver: &Driver, dev: XenbusDev) -> Result<Arc<Self>> {
         let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
         let name = CString::try_from_fmt(kernel::fmt!("{}", dev.nodename()))?;
@@ -55,8 +60,8 @@ impl BackDevice {
                 state <- new_mutex!(BackState {
                     machine: BackendMachine::default(),
                     offered: None,
-                }),
-                online_watch <- new_mutex!(None),
+                }, "BackDevice::state"),
+                online_watch <- new_mutex!(None, "BackDevice::online_watch"),
             }),
             GFP_KERNEL,
         );
@@ -107,7 +112,16 @@ impl BackDevice {
                 // leaves it malformed is reported once, until a new
                 // instance of it clears the error.
                 if !st.machine.failed() {
-                    pr_warn!("{}: unreadable frontend state: {}\n", self.conn.name(), e);
+                    driver.peer_log(
+                        self.conn.peer,
+                        Level::Warn,
+                        format_args!(
+                            "{}: unreadable frontend state of dom{}: {}",
+                            self.conn.name(),
+                            self.conn.peer.get(),
+                            e
+                        ),
+                    );
                 }
                 st.machine.on_local_error()
             }
@@ -132,7 +146,17 @@ impl BackDevice {
     fn run(&self, driver: &Driver, st: &mut BackState, acts: Actions) {
         for &action in acts.as_slice() {
             if let Err(e) = self.step(driver, st, action) {
-                pr_warn!("{}: {:?} failed: {}\n", self.conn.name(), action, e);
+                driver.peer_log(
+                    self.conn.peer,
+                    Level::Warn,
+                    format_args!(
+                        "{}: {:?} with dom{} failed: {}",
+                        self.conn.name(),
+                        action,
+                        self.conn.peer.get(),
+                        e
+                    ),
+                );
                 let recovery = st.machine.on_local_error();
                 for &action in recovery.as_slice() {
                     let _ = self.step(driver, st, action);
@@ -147,7 +171,7 @@ impl BackDevice {
         match action {
             Action::SwitchState(s) => self.dev.switch_state(s.as_u32()),
             Action::PublishBackendNodes => {
-                let max_buffer = params::max_buffer_bytes();
+                let max_buffer = max_buffer_bytes_from_mib(params::max_buffer_mib());
                 let limits = BackendLimits {
                     default_ring_page_order: params::ring_page_order().min(MAX_RING_PAGE_ORDER),
                     max_ring_page_order: MAX_RING_PAGE_ORDER,
@@ -166,7 +190,7 @@ impl BackDevice {
                 let ours_ring = self.dev.map_ring(rings.back_ring_refs())?;
                 let theirs_ring = self.dev.map_ring(rings.ring_refs())?;
                 let irq = self.dev.bind_interdomain(rings.event_channel())?;
-                let irq = ConnIrq::new(&self.conn, irq, c_str!("hyper_dmabuf-back"))?;
+                let irq = Irq::request(irq, self.conn.clone(), c_str!("hyper_dmabuf-back"))?;
                 let config = ChannelConfig {
                     max_buffer_bytes: offered.max_buffer_size,
                     allow_rw: offered.feature_rw,
@@ -177,19 +201,27 @@ impl BackDevice {
             Action::Teardown | Action::Disconnect => drop(self.conn.detach(driver)),
             Action::AwaitPeerRelease => {
                 if !xenstore::await_peer_release(&self.dev, BackendMachine::peer_released) {
-                    pr_warn!(
-                        "{}: frontend did not release our pages in time; the grant layer ends access once it does\n",
-                        self.conn.name()
+                    driver.peer_log(
+                        self.conn.peer,
+                        Level::Warn,
+                        format_args!(
+                            "{}: frontend did not release our pages in time; the grant layer ends access once it does",
+                            self.conn.name()
+                        ),
                     );
                 }
             }
             Action::LogProtocolError { ours, peer } => {
-                pr_warn!(
-                    "{}: frontend dom{} moved to {} while we are {}: protocol error, closing\n",
-                    self.conn.name(),
-                    self.conn.peer.get(),
-                    peer.name(),
-                    ours.name()
+                driver.peer_log(
+                    self.conn.peer,
+                    Level::Warn,
+                    format_args!(
+                        "{}: frontend dom{} moved to {} while we are {}: protocol error, closing",
+                        self.conn.name(),
+                        self.conn.peer.get(),
+                        peer.name(),
+                        ours.name()
+                    ),
                 );
             }
             Action::ReadBackendNodes | Action::AllocRingsAndPublish | Action::Connect => {

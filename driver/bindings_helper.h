@@ -4,6 +4,7 @@
  * no Xen, dma-buf or misc device abstractions). What is bound is narrowed
  * by the allowlists in bindgen_parameters.
  */
+#include <linux/capability.h>
 #include <xen/events.h>
 #include <xen/grant_table.h>
 #include <xen/interface/grant_table.h>

@@ -12,31 +12,36 @@
 
 use kernel::alloc::flags::GFP_KERNEL;
 use kernel::prelude::*;
-use kernel::rbtree::{RBTree, RBTreeNodeReservation};
+use kernel::rbtree::RBTree;
 use kernel::str::{CStr, CString};
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
 use kernel::time::msecs_to_jiffies;
 
-use super::common::channel::{
-    Channel, ChannelConfig, ExportState, Host, ImportState, Pending, MAX_OUTSTANDING,
-};
+use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
 use super::common::id::HyperDmabufId;
-use super::common::limits::MAX_IMPORTS_PER_PEER;
+use super::common::ledger::{
+    self, peer_event, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError,
+    Released, SendError, Sink, Tick,
+};
 use super::common::uapi::{Event, EventType};
-use super::common::wire::{ExportFlags, Message, PrivData};
+use super::common::wire::{Export, PrivData};
 use super::common::xen::{DomId, Status};
 use super::common::Error as ProtoError;
-use crate::entry::ConnIrq;
-use crate::export::{ExportEntry, ExportGrants};
-use crate::ffi::{self, errno, SharedRing, XenbusDev};
-use crate::import::ImportEntry;
-use crate::registry::Driver;
+use crate::context::Context;
+use crate::ffi::device::SeqFile;
+use crate::ffi::dmabuf::DmabufRef;
+use crate::ffi::xenbus::{Irq, SharedRing, XenbusDev};
+use crate::ffi::{self, errno};
+use crate::files::Addressed;
+use crate::grants::{ExportEntry, ExportGrants};
+use crate::peerlog::Level;
 use crate::stats;
+use crate::tree::Tree;
 
 /// The live transport of a connection. Field order is drop order: the
 /// IRQ goes (waiting for a running handler) before the rings.
 pub(crate) struct Link {
-    irq: ConnIrq,
+    irq: Irq<Conn>,
     channel: Channel<SharedRing, PendingBox>,
     dev: XenbusDev,
     broken: bool,
@@ -50,7 +55,7 @@ impl Link {
         config: ChannelConfig,
         ours: SharedRing,
         theirs: SharedRing,
-        irq: ConnIrq,
+        irq: Irq<Conn>,
     ) -> Result<Self> {
         let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
         let table = PendingBox(KVec::from_elem(None, MAX_OUTSTANDING, GFP_KERNEL)?);
@@ -80,59 +85,35 @@ impl AsMut<[Option<Pending>]> for PendingBox {
     }
 }
 
-impl Link {
-    /// Accounts for a send: kicks the peer if the ring asks for it; a full
-    /// ring is `EAGAIN` (the caller retries or queues the message).
-    fn sent(&self, result: core::result::Result<bool, ProtoError>) -> Result {
-        match result {
-            Ok(notify) => {
-                if notify {
-                    self.irq.notify();
-                }
-                stats::MESSAGES.inc();
-                Ok(())
-            }
-            Err(_) => {
-                stats::RING_FULL.inc();
-                Err(EAGAIN)
-            }
-        }
-    }
-}
+/// A buffer a peer announced to us, as the importer keeps it: a live
+/// import's handle is its dma-buf's identity.
+pub(crate) type ImportEntry = ImportRecord<usize>;
+
+/// The ledger of a connection, over the kernel's trees.
+type ConnLedger = Ledger<Tree<ExportEntry>, Tree<ImportEntry>>;
 
 /// Everything behind the connection's lock.
 pub(crate) struct ConnInner {
     link: Option<Link>,
     config: ChannelConfig,
-    pub(crate) exports: RBTree<u64, ExportEntry>,
-    pub(crate) imports: RBTree<u64, ImportEntry>,
-    /// Imports of sessions that ended, still mapped here.
-    orphans: Orphans,
+    ledger: ConnLedger,
     /// Requests someone waits for: `None` until answered.
     results: RBTree<u64, Option<Status>>,
-    /// RELEASE messages that found the ring full, by buffer number.
-    unsent: RBTree<u64, HyperDmabufId>,
 }
 
 /// Work to do once the lock is dropped.
 #[derive(Default)]
 pub(crate) struct Effects {
-    events: KVec<Event>,
+    events: KVec<Addressed>,
     retired: KVec<KBox<ExportGrants>>,
     wake: bool,
 }
 
 impl Effects {
-    pub(crate) fn event(&mut self, event: Event) {
-        if self.events.push(event, GFP_KERNEL).is_err() {
+    fn addressed(&mut self, addressed: Addressed) {
+        if self.events.push(addressed, GFP_KERNEL).is_err() {
             stats::EVENTS_LOST.inc();
         }
-    }
-
-    fn retire(&mut self, grants: KBox<ExportGrants>) {
-        // Without memory for the list, dropping the grants hands them to
-        // the grant layer, which is just as safe.
-        let _ = self.retired.push(grants, GFP_KERNEL);
     }
 }
 
@@ -151,142 +132,29 @@ pub(crate) struct Conn {
     answered: CondVar,
 }
 
-/// Imports of sessions that ended whose dma-bufs are still alive here.
-///
-/// An import outlives its session (`orphaned`) while a local user maps it.
-/// It stays in `imports` under its number until the peer's next instance
-/// announces a buffer of the same number (a reloaded module numbers from
-/// 1 again); then it moves here, under a local key, so that the new buffer
-/// is not refused as a duplicate. Found by the full id.
-#[derive(Default)]
-pub(crate) struct Orphans {
-    table: RBTree<u64, ImportEntry>,
-    next: u64,
-}
-
-impl Orphans {
-    /// Takes `entry` in, in the node allocated beforehand.
-    fn adopt(&mut self, node: RBTreeNodeReservation<u64, ImportEntry>, entry: ImportEntry) {
-        let key = self.next;
-        self.next = self.next.wrapping_add(1);
-        self.table.insert(node.into_node(key, entry));
-    }
-
-    fn key_of(&self, hid: &HyperDmabufId) -> Option<u64> {
-        self.table
-            .iter()
-            .find(|(_, e)| e.state.export.hid.matches(hid))
-            .map(|(k, _)| *k)
-    }
-
-    fn get_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportEntry> {
-        let key = self.key_of(hid)?;
-        self.table.get_mut(&key)
-    }
-
-    fn get(&self, hid: &HyperDmabufId) -> Option<&ImportEntry> {
-        self.table.get(&self.key_of(hid)?)
-    }
-
-    fn remove(&mut self, hid: &HyperDmabufId) -> Option<ImportEntry> {
-        let key = self.key_of(hid)?;
-        self.table.remove(&key)
-    }
-
-    fn len(&self) -> usize {
-        self.table.iter().count()
-    }
-}
-
-/// The connection's protocol state as `common::channel` sees it.
-struct HostView<'a> {
+/// Where the ledger's decisions take effect: the driver's counters, log
+/// lines and readers, the waiters of this connection.
+struct ConnSink<'a> {
+    ctx: &'a Context,
     peer: DomId,
     name: &'a CStr,
-    exports: &'a mut RBTree<u64, ExportEntry>,
-    imports: &'a mut RBTree<u64, ImportEntry>,
-    orphans: &'a mut Orphans,
     results: &'a mut RBTree<u64, Option<Status>>,
     fx: &'a mut Effects,
 }
 
-impl Host for HostView<'_> {
-    fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportState> {
-        self.exports
-            .get_mut(&hid.number())
-            .filter(|e| e.info.hid.matches(hid))
-            .map(|e| &mut e.state)
-    }
-
-    fn end_export(&mut self, hid: &HyperDmabufId) {
-        if self.export_mut(hid).is_none() {
-            return;
-        }
-        if let Some(entry) = self.exports.remove(&hid.number()) {
-            stats::EXPORTS.dec();
-            self.fx.retire(entry.grants);
+impl Sink<KBox<ExportGrants>> for ConnSink<'_> {
+    fn retire(&mut self, grants: KBox<ExportGrants>) {
+        // Once the lock is dropped; without memory for the list, at once
+        // (the registry's locks rank below a connection's).
+        if self.fx.retired.reserve(1, GFP_KERNEL).is_ok() {
+            let _ = self.fx.retired.push(grants, GFP_KERNEL);
+        } else {
+            self.ctx.retire(grants);
         }
     }
 
-    fn import_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportState> {
-        self.imports
-            .get_mut(&hid.number())
-            .filter(|e| e.state.export.hid.matches(hid))
-            .map(|e| &mut e.state)
-    }
-
-    fn add_import(&mut self, import: ImportState) -> Result<(), Status> {
-        let count = self.imports.iter().count() + self.orphans.len();
-        if count >= MAX_IMPORTS_PER_PEER {
-            return Err(Status::NoSpace);
-        }
-        let hid = import.export.hid;
-        let number = hid.number();
-        // A full id stays unique across sessions, or an ended session's
-        // release would find the new buffer: a peer that announces one of
-        // its old ids again is refused.
-        if self.orphans.get(&hid).is_some() {
-            return Err(Status::Exists);
-        }
-        match self.imports.get(&number) {
-            None => {}
-            Some(old) if old.state.export.hid.matches(&hid) => return Err(Status::Exists),
-            // Of a session that ended: it makes way for the new instance's.
-            Some(old) if old.orphaned => {
-                let node = RBTreeNodeReservation::new(GFP_KERNEL).map_err(|_| Status::NoMemory)?;
-                if let Some(old) = self.imports.remove(&number) {
-                    self.orphans.adopt(node, old);
-                }
-            }
-            Some(_) => return Err(Status::Exists),
-        }
-        self.imports
-            .try_create_and_insert(number, ImportEntry::new(import), GFP_KERNEL)
-            .map_err(|_| Status::NoMemory)?;
-        stats::IMPORTS.inc();
-        // The peer decides how often this happens: rate-limited.
-        if ffi::params::log_buffers() {
-            ffi::log_info_ratelimited(
-                self.peer,
-                format_args!(
-                    "{}: dom{} announced buffer {} ({} bytes)",
-                    self.name,
-                    self.peer.get(),
-                    import.export.hid,
-                    import.export.size
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    fn remove_import(&mut self, hid: &HyperDmabufId) {
-        if self.import_mut(hid).is_some() && self.imports.remove(&hid.number()).is_some() {
-            stats::IMPORTS.dec();
-        }
-    }
-
-    fn post_event(&mut self, event: Event) {
-        self.fx.event(event);
+    fn event(&mut self, event: Event, owner: Option<u64>) {
+        self.fx.addressed(Addressed { event, owner });
     }
 
     fn complete(&mut self, token: u64, status: Status) {
@@ -298,8 +166,9 @@ impl Host for HostView<'_> {
 
     fn protocol_error(&mut self, error: ProtoError) {
         stats::PROTOCOL_ERRORS.inc();
-        ffi::log_ratelimited(
+        self.ctx.peer_log(
             self.peer,
+            Level::Warn,
             format_args!(
                 "{}: refused a request from dom{}: {}",
                 self.name,
@@ -308,18 +177,90 @@ impl Host for HostView<'_> {
             ),
         );
     }
+
+    fn announced(&mut self, export: &Export) {
+        // The peer decides how often this happens: within its budget.
+        if ffi::params::log_buffers() {
+            self.ctx.peer_log(
+                self.peer,
+                Level::Info,
+                format_args!(
+                    "{}: dom{} announced buffer {} ({} bytes)",
+                    self.name,
+                    self.peer.get(),
+                    export.hid,
+                    export.size
+                ),
+            );
+        }
+    }
+
+    fn gauge(&mut self, gauge: Gauge, up: bool) {
+        let counter = match gauge {
+            Gauge::Exports => &stats::EXPORTS,
+            Gauge::Imports => &stats::IMPORTS,
+        };
+        if up {
+            counter.inc();
+        } else {
+            counter.dec();
+        }
+    }
+
+    fn sent(&mut self, sent: bool) {
+        if sent {
+            stats::MESSAGES.inc();
+        } else {
+            stats::RING_FULL.inc();
+        }
+    }
+
+    fn unexporting(&mut self, hid: &HyperDmabufId) {
+        ffi::log_buffer(format_args!(
+            "{}: unexporting {} from dom{}",
+            self.name,
+            hid,
+            self.peer.get()
+        ));
+    }
 }
 
-/// What an import ioctl does next.
-pub(crate) enum ImportStep {
+/// What one pass over a connection's rings found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Nothing: the event that woke us was spurious.
+    Idle,
+    /// Work done; none left.
+    Done,
+    /// The budget is spent and work is left: run another pass.
+    More,
+}
+
+/// What an import ioctl does next (returned once per ioctl, by value:
+/// boxing the announcement would allocate for nothing).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Import {
     /// The buffer is mapped and its dma-buf alive: a new reference.
-    Reuse(ffi::DmabufRef, u64),
+    Reuse(DmabufRef, u64),
     /// Map it: the announcement and the directory size limit.
-    Map(super::common::wire::Export, u64),
+    Map(Export, u64),
+}
+
+/// The errno of a ledger's refusal to send.
+fn send_errno(e: SendError) -> Error {
+    match e {
+        SendError::NoMemory => ENOMEM,
+        SendError::RingFull => EAGAIN,
+        SendError::NotConnected => errno::enotconn(),
+    }
 }
 
 impl Conn {
     /// A connection to `peer` that is not connected yet.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if the connection cannot be allocated.
     pub(crate) fn new(id: u64, peer: DomId, name: CString) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Conn {
@@ -329,52 +270,48 @@ impl Conn {
                 inner <- new_mutex!(ConnInner {
                     link: None,
                     config: ChannelConfig { max_buffer_bytes: 0, allow_rw: false },
-                    exports: RBTree::new(),
-                    imports: RBTree::new(),
-                    orphans: Orphans::default(),
+                    ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new()),
                     results: RBTree::new(),
-                    unsent: RBTree::new(),
-                }),
-                answered <- new_condvar!(),
+                }, "Conn::inner"),
+                answered <- new_condvar!("Conn::answered"),
             }),
             GFP_KERNEL,
         )
     }
 
-    /// Runs `f` on the locked state with a view for the channel, then
-    /// carries out the effects.
+    /// Runs `f` on the locked state (the live link's channel if any, the
+    /// ledger, a sink for the effects), then carries out the effects.
     fn locked<R>(
         &self,
-        driver: &Driver,
-        f: impl FnOnce(&mut Option<Link>, &mut ConnInnerView<'_>, &mut HostView<'_>) -> R,
+        ctx: &Context,
+        f: impl FnOnce(&mut ConnInnerParts<'_>, &mut ConnSink<'_>) -> R,
     ) -> R {
         let mut fx = Effects::default();
         let result = {
             let mut guard = self.inner.lock();
             let inner = &mut *guard;
-            let mut view = ConnInnerView {
-                config: &mut inner.config,
-                unsent: &mut inner.unsent,
-            };
-            let mut host = HostView {
+            let mut sink = ConnSink {
+                ctx,
                 peer: self.peer,
                 name: &self.name,
-                exports: &mut inner.exports,
-                imports: &mut inner.imports,
-                orphans: &mut inner.orphans,
                 results: &mut inner.results,
                 fx: &mut fx,
             };
-            f(&mut inner.link, &mut view, &mut host)
+            let mut parts = ConnInnerParts {
+                link: &mut inner.link,
+                config: &mut inner.config,
+                ledger: &mut inner.ledger,
+            };
+            f(&mut parts, &mut sink)
         };
-        self.finish(driver, fx);
+        self.finish(ctx, fx);
         result
     }
 
-    fn finish(&self, driver: &Driver, fx: Effects) {
-        driver.post(&fx.events);
+    fn finish(&self, ctx: &Context, fx: Effects) {
+        ctx.post(&fx.events);
         for grants in fx.retired {
-            driver.retire(grants);
+            ctx.retire(grants);
         }
         if fx.wake {
             self.answered.notify_all();
@@ -389,7 +326,7 @@ impl Conn {
     /// Writes the state of both rings as this end sees it, plus what waits
     /// on them (the debugfs `rings` file): enough to tell a lost
     /// notification from a peer that stopped answering.
-    pub(crate) fn show_rings(&self, m: &ffi::SeqFile) {
+    pub(crate) fn show_rings(&self, m: &SeqFile) {
         let inner = self.inner.lock();
         let line = match &inner.link {
             None => CString::try_from_fmt(kernel::fmt!(
@@ -399,6 +336,8 @@ impl Conn {
             )),
             Some(link) => {
                 let (ours, theirs, outstanding) = link.channel.views();
+                let mut exports = 0usize;
+                inner.ledger.for_each(|_, _| exports += 1, |_| {});
                 CString::try_from_fmt(kernel::fmt!(
                     "{}: dom{}{} outstanding={} waiters={} unsent={} exports={} imports={}\n  \
                      we request: {}\n  we answer:  {}\n",
@@ -407,9 +346,9 @@ impl Conn {
                     if link.broken { " broken" } else { "" },
                     outstanding,
                     inner.results.iter().count(),
-                    inner.unsent.iter().count(),
-                    inner.exports.iter().count(),
-                    inner.imports.iter().count() + inner.orphans.len(),
+                    inner.ledger.releases_unsent(),
+                    exports,
+                    inner.ledger.imports_held(),
                     ours,
                     theirs
                 ))
@@ -418,6 +357,13 @@ impl Conn {
         drop(inner);
         if let Ok(line) = line {
             m.puts(&line);
+        }
+    }
+
+    /// Runs the event's work item as if the peer had signalled.
+    fn kick(&self) {
+        if let Some(link) = &self.inner.lock().link {
+            link.irq.kick();
         }
     }
 
@@ -433,160 +379,147 @@ impl Conn {
     }
 
     /// Starts using `link`.
-    pub(crate) fn attach(&self, driver: &Driver, link: Link, config: ChannelConfig) {
-        self.locked(driver, |slot, view, host| {
-            *view.config = config;
-            *slot = Some(link);
-            host.fx
-                .event(peer_event(EventType::PeerConnected, self.peer));
+    pub(crate) fn attach(&self, ctx: &Context, link: Link, config: ChannelConfig) {
+        self.locked(ctx, |parts, sink| {
+            *parts.config = config;
+            *parts.link = Some(link);
+            sink.event(peer_event(EventType::PeerConnected, self.peer), None);
         });
         stats::CONNECTIONS.inc();
-        pr_info!(
-            "{}: connected to dom{} (buffers up to {} bytes{})\n",
-            self.name(),
-            self.peer.get(),
-            config.max_buffer_bytes,
-            if config.allow_rw {
-                ", read-write allowed"
-            } else {
-                ""
-            }
+        ctx.peer_log(
+            self.peer,
+            Level::Info,
+            format_args!(
+                "{}: connected to dom{} (buffers up to {} bytes{})",
+                self.name(),
+                self.peer.get(),
+                config.max_buffer_bytes,
+                if config.allow_rw {
+                    ", read-write allowed"
+                } else {
+                    ""
+                }
+            ),
         );
-        // Requests may have arrived before we looked.
-        self.process(driver);
+        // Requests may have arrived before we looked; the event's work
+        // item takes what one pass leaves.
+        if self.process(ctx) == Pass::More {
+            self.kick();
+        }
     }
 
-    /// Stops using the rings: waiting requests fail, every export ends
-    /// (grants the peer still maps drain until it unmaps them), imports
-    /// that are not mapped are forgotten and mapped ones live on until
-    /// their users let go. Returns the transport for the caller to drop
-    /// outside any lock.
-    pub(crate) fn detach(&self, driver: &Driver) -> Option<Link> {
-        let link = self.locked(driver, |slot, view, host| {
-            let mut link = slot.take()?;
-            link.channel.disconnect(host);
-            loop {
-                let Some(number) = host.exports.keys().next().copied() else {
-                    break;
-                };
-                if let Some(entry) = host.exports.remove(&number) {
-                    stats::EXPORTS.dec();
-                    host.fx.retire(entry.grants);
-                }
-            }
-            let mut cursor = host.imports.cursor_front();
-            while let Some(mut c) = cursor {
-                let (_, entry) = c.current_mut();
-                if !entry.orphaned {
-                    host.fx.event(buffer_event(
-                        EventType::Unexport,
-                        self.peer,
-                        &entry.state.export.hid,
-                        entry.state.export.size,
-                    ));
-                }
-                if entry.live.is_some() || entry.busy {
-                    entry.orphaned = true;
-                    cursor = c.move_next();
-                } else {
-                    stats::IMPORTS.dec();
-                    cursor = c.remove_current().0;
-                }
-            }
-            loop {
-                let Some(number) = view.unsent.keys().next().copied() else {
-                    break;
-                };
-                view.unsent.remove(&number);
-            }
-            host.fx
-                .event(peer_event(EventType::PeerDisconnected, self.peer));
-            host.fx.wake = true;
+    /// Stops using the rings ([`Ledger::detach`]). Returns the transport
+    /// for the caller to drop outside any lock.
+    pub(crate) fn detach(&self, ctx: &Context) -> Option<Link> {
+        let link = self.locked(ctx, |parts, sink| {
+            let mut link = parts.link.take()?;
+            parts.ledger.detach(&mut link.channel, sink);
+            sink.fx.wake = true;
             Some(link)
         });
         if link.is_some() {
             stats::CONNECTIONS.dec();
-            pr_info!(
-                "{}: disconnected from dom{}\n",
-                self.name(),
-                self.peer.get()
+            ctx.peer_log(
+                self.peer,
+                Level::Info,
+                format_args!("{}: disconnected from dom{}", self.name(), self.peer.get()),
             );
         }
         link
     }
 
-    /// Handles what the peer sent (the IRQ thread). Returns whether there
-    /// was anything to do.
-    pub(crate) fn process(&self, driver: &Driver) -> bool {
+    /// Handles what the peer sent: one pass of at most
+    /// `PROCESS_BUDGET` requests under the lock (the event's work item
+    /// runs it again while there is more, letting other work in between).
+    pub(crate) fn process(&self, ctx: &Context) -> Pass {
         let mut close = None;
-        let work = self.locked(driver, |slot, view, host| {
-            let Some(link) = slot.as_mut().filter(|l| !l.broken) else {
-                return false;
+        let pass = self.locked(ctx, |parts, sink| {
+            let Some(link) = parts.link.as_mut().filter(|l| !l.broken) else {
+                return Pass::Idle;
             };
-            let mut any = false;
-            loop {
-                match link.channel.process(host) {
-                    Ok(progress) => {
-                        any |= progress.handled > 0;
-                        if progress.notify {
-                            link.irq.notify();
-                        }
-                        if !progress.more {
-                            break;
-                        }
+            let pass = match link.channel.process(&mut parts.ledger.view(sink)) {
+                Ok(progress) => {
+                    if progress.notify {
+                        link.irq.notify();
                     }
-                    Err(e) => {
-                        stats::RING_ERRORS.inc();
-                        pr_warn!(
-                            "{}: dom{} broke the ring ({}); closing the device\n",
+                    if progress.more {
+                        Pass::More
+                    } else if progress.handled > 0 {
+                        Pass::Done
+                    } else {
+                        Pass::Idle
+                    }
+                }
+                Err(e) => {
+                    stats::RING_ERRORS.inc();
+                    ctx.peer_log(
+                        self.peer,
+                        Level::Warn,
+                        format_args!(
+                            "{}: dom{} broke the ring ({}); closing the device",
                             self.name(),
                             self.peer.get(),
                             e
-                        );
-                        link.broken = true;
-                        close = Some(link.dev);
-                        return true;
-                    }
+                        ),
+                    );
+                    link.broken = true;
+                    close = Some(link.dev);
+                    return Pass::Done;
                 }
+            };
+            // Answers made room: the RELEASEs that found the ring full.
+            if parts.ledger.flush_releases(&mut link.channel, sink) {
+                link.irq.notify();
             }
-            flush_unsent(link, view, host);
-            any
+            pass
         });
         if let Some(dev) = close {
             // The XenBus machines see Closing and tear the session down.
             dev.switch_state(xenbus_closing());
         }
-        work
+        pass
     }
 
     /// Announces a new export and registers `token` for its answer.
-    pub(crate) fn announce(&self, driver: &Driver, entry: ExportEntry, token: u64) -> Result {
-        self.locked(driver, |slot, _view, host| {
-            let link = slot
-                .as_mut()
-                .filter(|l| !l.broken)
-                .ok_or_else(errno::enotconn)?;
-            let info = entry.info;
-            let number = info.hid.number();
-            host.results
-                .try_create_and_insert(token, None, GFP_KERNEL)?;
-            if let Err(e) = host
-                .exports
-                .try_create_and_insert(number, entry, GFP_KERNEL)
-            {
-                host.results.remove(&token);
-                return Err(e);
+    /// On failure the grants are retired (the peer may map them already).
+    ///
+    /// # Errors
+    ///
+    /// `ENOTCONN` if the peer is not connected or its ring is broken,
+    /// `ENOMEM` if the answer's slot cannot be allocated, `EAGAIN` if the
+    /// ring is full.
+    pub(crate) fn announce(&self, ctx: &Context, entry: ExportEntry, token: u64) -> Result {
+        self.locked(ctx, |parts, sink| {
+            let link = parts.link.as_mut().filter(|l| !l.broken);
+            let connected = link.is_some();
+            let waiter = sink.results.try_create_and_insert(token, None, GFP_KERNEL);
+            let (Some(link), Ok(_)) = (link, waiter) else {
+                sink.results.remove(&token);
+                sink.retire(entry.grants);
+                return Err(if connected { ENOMEM } else { errno::enotconn() });
+            };
+            match parts.ledger.announce(&mut link.channel, sink, entry, token) {
+                Ok(notify) => {
+                    if notify {
+                        link.irq.notify();
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    sink.results.remove(&token);
+                    Err(send_errno(e))
+                }
             }
-            stats::EXPORTS.inc();
-            let sent = link.channel.announce(info, Some(token));
-            link.sent(sent).inspect_err(|_| {
-                host.results.remove(&token);
-                host.end_export(&info.hid);
-            })
         })
     }
 
     /// Waits up to `ms` for the answer to `token`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if `token` has no registered answer, `ENOTCONN` if the
+    /// connection went away before the answer came, `ETIMEDOUT` after `ms`,
+    /// `EINTR` if a signal woke the waiter.
     pub(crate) fn wait(&self, token: u64, ms: u32) -> Result<Status> {
         let mut guard = self.inner.lock();
         let mut left = msecs_to_jiffies(ms);
@@ -610,47 +543,53 @@ impl Conn {
     }
 
     /// If this domain already exports the dma-buf `identity` to the peer,
-    /// gives it `priv_data`, cancels a pending delayed unexport, tells the
-    /// peer, and returns its id.
+    /// re-exports it ([`Ledger::update_existing`]) and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// `None` if it is not exported to this peer; `Some(Err(_))` if the
+    /// re-export's UPDATE cannot be sent: `EAGAIN` (ring full), `ENOMEM`,
+    /// `ENOTCONN`.
     pub(crate) fn update_existing(
         &self,
-        driver: &Driver,
+        ctx: &Context,
         identity: usize,
         priv_data: PrivData,
     ) -> Option<Result<HyperDmabufId>> {
-        self.locked(driver, |slot, _view, host| {
-            let entry = host
-                .exports
-                .values_mut()
-                .find(|e| e.identity == identity && !e.state.unexported())?;
-            entry.info.priv_data = priv_data;
-            entry.unexport_at = None;
-            let hid = entry.info.hid;
-            let Some(link) = slot.as_mut().filter(|l| !l.broken) else {
-                return Some(Err(errno::enotconn()));
+        self.locked(ctx, |parts, sink| {
+            let link = parts.link.as_mut().filter(|l| !l.broken);
+            let (channel, irq) = match link {
+                Some(l) => (Some(&mut l.channel), Some(&l.irq)),
+                None => (None, None),
             };
-            let sent = link.channel.send(Message::Update { hid, priv_data }, None);
-            Some(link.sent(sent).map(|()| hid))
+            let updated = parts
+                .ledger
+                .update_existing(channel, sink, identity, priv_data)?;
+            Some(match updated {
+                Ok((hid, notify)) => {
+                    if let (true, Some(irq)) = (notify, irq) {
+                        irq.notify();
+                    }
+                    Ok(hid)
+                }
+                Err(e) => Err(send_errno(e)),
+            })
         })
     }
 
     /// Starts the unexport of `hid` now (`delay_ms == 0`) or later.
+    ///
+    /// # Errors
+    ///
     /// `ENOENT` if we export no such buffer to this peer.
-    pub(crate) fn unexport(&self, driver: &Driver, hid: &HyperDmabufId, delay_ms: u32) -> Result {
+    pub(crate) fn unexport(&self, ctx: &Context, hid: &HyperDmabufId, delay_ms: u32) -> Result {
         let due = ffi::now_ms() + u64::from(delay_ms);
-        let found = self.locked(driver, |_slot, _view, host| {
-            let entry = host
-                .exports
-                .get_mut(&hid.number())
-                .filter(|e| e.info.hid.matches(hid))?;
-            if !entry.state.unexported() {
-                entry.unexport_at = Some(due);
-            }
-            Some(())
-        });
-        found.ok_or(ENOENT)?;
+        let found = self.locked(ctx, |parts, _sink| parts.ledger.schedule_unexport(hid, due));
+        if !found {
+            return Err(ENOENT);
+        }
         if delay_ms == 0 {
-            self.tick(driver, ffi::now_ms());
+            self.tick_now(ctx);
         } else {
             ffi::tick_schedule(delay_ms);
         }
@@ -658,174 +597,130 @@ impl Conn {
     }
 
     /// Unexports, now, every buffer the file `owner` exported.
-    pub(crate) fn unexport_owned_by(&self, driver: &Driver, owner: u64) {
+    pub(crate) fn unexport_owned_by(&self, ctx: &Context, owner: u64) {
         let now = ffi::now_ms();
-        self.locked(driver, |_slot, _view, host| {
-            for entry in host.exports.values_mut() {
-                if entry.owner == owner && !entry.state.unexported() {
-                    entry.unexport_at = Some(now);
-                }
-            }
+        self.locked(ctx, |parts, _sink| {
+            parts.ledger.unexport_owned_by(owner, now)
         });
-        self.tick(driver, now);
+        self.tick_now(ctx);
     }
 
-    /// Timed work: starts due unexports and sends queued RELEASEs.
-    /// Returns when it wants to run next, if ever.
-    pub(crate) fn tick(&self, driver: &Driver, now: u64) -> Option<u64> {
-        self.locked(driver, |slot, view, host| {
-            let mut due = KVec::new();
-            let mut next: Option<u64> = None;
-            for entry in host.exports.values() {
-                match entry.unexport_at {
-                    Some(at) if at <= now => {
-                        let _ = due.push(entry.info.hid, GFP_KERNEL);
-                    }
-                    Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
-                    None => {}
-                }
-            }
-            let Some(link) = slot.as_mut().filter(|l| !l.broken) else {
-                return next;
+    /// Runs [`Conn::tick`] now and has the driver's timed work run it
+    /// again when it asks: an UNEXPORT that found the ring full is sent
+    /// by that later tick (answers free the ring, but handling them does
+    /// not send what is due).
+    fn tick_now(&self, ctx: &Context) {
+        let now = ffi::now_ms();
+        if let Some(due) = self.tick(ctx, now) {
+            let ms = due.saturating_sub(now).clamp(1, u64::from(u32::MAX));
+            ffi::tick_schedule(u32::try_from(ms).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Timed work ([`Ledger::tick`]). Returns when it wants to run next,
+    /// if ever.
+    pub(crate) fn tick(&self, ctx: &Context, now: u64) -> Option<u64> {
+        self.locked(ctx, |parts, sink| {
+            let link = parts.link.as_mut().filter(|l| !l.broken);
+            let (channel, irq) = match link {
+                Some(l) => (Some(&mut l.channel), Some(&l.irq)),
+                None => (None, None),
             };
-            let mut notify = false;
-            for hid in due.iter() {
-                match link.channel.revoke(host, hid, None) {
-                    Ok(n) => {
-                        notify |= n;
-                        stats::MESSAGES.inc();
-                        if let Some(e) = host.exports.get_mut(&hid.number()) {
-                            e.unexport_at = None;
-                        }
-                        ffi::log_buffer(format_args!(
-                            "{}: unexporting {} from dom{}",
-                            self.name(),
-                            hid,
-                            self.peer.get()
-                        ));
-                    }
-                    // Ring full: the answers that free it wake us again.
-                    Err(_) => {
-                        stats::RING_FULL.inc();
-                        next = Some(now + 10);
-                    }
-                }
-            }
-            if notify {
-                link.irq.notify();
-            }
-            flush_unsent(link, view, host);
-            if view.unsent.iter().next().is_some() {
-                next = Some(next.map_or(now + 10, |n| n.min(now + 10)));
+            let Tick { notify, next } = parts.ledger.tick(channel, sink, now);
+            if let (true, Some(irq)) = (notify, irq) {
+                irq.notify();
             }
             next
         })
     }
 
     /// First step of an import: reuse a live mapping or claim the buffer
-    /// for mapping.
-    pub(crate) fn import_begin(&self, hid: &HyperDmabufId, writable: bool) -> Result<ImportStep> {
+    /// for mapping ([`Ledger::import_begin`]).
+    ///
+    /// # Errors
+    ///
+    /// The ledger's refusal as its errno (`ENOENT`, `EBUSY`, `EPERM`;
+    /// [`ImportRefusal::errno`]), or `EAGAIN` if the live mapping is being
+    /// released right now (the caller may retry).
+    pub(crate) fn import_begin(&self, hid: &HyperDmabufId, writable: bool) -> Result<Import> {
         let mut inner = self.inner.lock();
         let max = inner.config.max_buffer_bytes;
-        let entry = inner
-            .imports
-            .get_mut(&hid.number())
-            .filter(|e| e.state.export.hid.matches(hid))
-            .ok_or(ENOENT)?;
-        if entry.orphaned || entry.state.revoked() {
-            return Err(ENOENT);
-        }
-        if writable && !entry.state.export.flags.contains(ExportFlags::WRITABLE) {
-            return Err(EPERM);
-        }
-        if let Some(identity) = entry.live {
-            if writable && !entry.live_writable {
-                // Mapped read-only by another user; one mapping per buffer.
-                return Err(EBUSY);
+        match inner.ledger.import_begin(hid, writable) {
+            Ok(ImportStep::Map(export)) => Ok(Import::Map(*export, max)),
+            Ok(ImportStep::Reuse { handle, size }) => {
+                // SAFETY: a live import's identity is cleared under this
+                // lock by its dma-buf's release (`import_unmapping`,
+                // `import_released`) before the dma-buf's memory goes, so
+                // it names a live dma-buf.
+                let buf = unsafe { DmabufRef::try_get(*handle) };
+                // `None`: being released right now; the caller may retry.
+                buf.map(|buf| Import::Reuse(buf, size)).ok_or(EAGAIN)
             }
-            // `live` is cleared under this lock by the dma-buf's release
-            // before its memory goes, so the identity is a live dma-buf.
-            if let Some(buf) = crate::entry::dmabuf_try_get(identity) {
-                return Ok(ImportStep::Reuse(buf, entry.state.export.size));
-            }
-            // Being released right now: the caller may retry.
-            return Err(EAGAIN);
+            Err(refusal) => Err(import_errno(refusal)),
         }
-        if entry.busy {
-            return Err(EBUSY);
-        }
-        entry.busy = true;
-        Ok(ImportStep::Map(entry.state.export, max))
     }
 
     /// The buffer claimed with [`Conn::import_begin`] is mapped: tell
     /// the exporter. It stays claimed until [`Conn::import_live`].
-    pub(crate) fn import_mapped(&self, driver: &Driver, hid: &HyperDmabufId) -> Result {
-        self.locked(driver, |slot, _view, host| {
-            let alive = host.import_mut(hid).is_some_and(|s| !s.revoked());
-            let link = slot.as_mut().filter(|l| !l.broken);
-            let (true, Some(link)) = (alive, link) else {
+    ///
+    /// # Errors
+    ///
+    /// `ENOENT` if the peer is gone or the claim ended (revoked), `EAGAIN`
+    /// if the MAPPED notice cannot be sent yet (ring full).
+    pub(crate) fn import_mapped(&self, ctx: &Context, hid: &HyperDmabufId) -> Result {
+        self.locked(ctx, |parts, sink| {
+            let Some(link) = parts.link.as_mut().filter(|l| !l.broken) else {
                 return Err(ENOENT);
             };
-            let sent = link.channel.import_mapped(host, hid);
-            link.sent(sent)
+            match parts.ledger.import_mapped(&mut link.channel, sink, hid) {
+                Ok(notify) => {
+                    if notify {
+                        link.irq.notify();
+                    }
+                    Ok(())
+                }
+                Err(MappedError::NotFound) => Err(ENOENT),
+                Err(MappedError::Again) => Err(EAGAIN),
+            }
         })
     }
 
     /// Records the dma-buf of a mapped import and ends the claim.
     pub(crate) fn import_live(&self, hid: &HyperDmabufId, identity: usize, writable: bool) {
-        let mut guard = self.inner.lock();
-        let inner = &mut *guard;
-        if let Some(e) = import_entry(&mut inner.imports, &mut inner.orphans, hid) {
-            e.busy = false;
-            e.live = Some(identity);
-            e.live_writable = writable;
-        }
+        self.inner
+            .lock()
+            .ledger
+            .import_live(hid, identity, writable);
     }
 
     /// An import that was claimed with [`Conn::import_begin`] failed.
-    ///
-    /// If the peer went away meanwhile, the teardown kept the entry only
-    /// because this import was under way (`busy`): nothing maps it, so it
-    /// goes now, or it would stay counted for good.
-    pub(crate) fn import_abort(&self, hid: &HyperDmabufId) {
-        let mut guard = self.inner.lock();
-        let inner = &mut *guard;
-        let Some(e) = import_entry(&mut inner.imports, &mut inner.orphans, hid) else {
-            return;
-        };
-        e.busy = false;
-        if e.orphaned && e.live.is_none() {
-            forget_import(&mut inner.imports, &mut inner.orphans, hid);
-        }
+    pub(crate) fn import_abort(&self, ctx: &Context, hid: &HyperDmabufId) {
+        self.locked(ctx, |parts, sink| parts.ledger.import_abort(sink, hid));
+    }
+
+    /// The dma-buf of import `hid` is released but a page is still held:
+    /// it is no longer live and cannot be imported again until unmapped.
+    pub(crate) fn import_unmapping(&self, hid: &HyperDmabufId) {
+        self.inner.lock().ledger.import_unmapping(hid);
     }
 
     /// The last user of an imported buffer let go and its pages are
     /// unmapped: tell the exporter (now, or once the ring has room).
-    pub(crate) fn import_released(&self, driver: &Driver, hid: &HyperDmabufId) {
-        self.locked(driver, |slot, view, host| {
-            let number = hid.number();
-            let Some(entry) = import_entry(host.imports, host.orphans, hid) else {
-                return;
+    pub(crate) fn import_released(&self, ctx: &Context, hid: &HyperDmabufId) {
+        self.locked(ctx, |parts, sink| {
+            let link = parts.link.as_mut().filter(|l| !l.broken);
+            let (channel, irq) = match link {
+                Some(l) => (Some(&mut l.channel), Some(&l.irq)),
+                None => (None, None),
             };
-            entry.live = None;
-            if entry.orphaned {
-                forget_import(host.imports, host.orphans, hid);
-                return;
-            }
-            let link = slot.as_mut().filter(|l| !l.broken);
-            let sent = link.is_some_and(|link| {
-                let sent = link.channel.import_unmapped(host, hid);
-                link.sent(sent).is_ok()
-            });
-            if !sent {
-                if view
-                    .unsent
-                    .try_create_and_insert(number, *hid, GFP_KERNEL)
-                    .is_ok()
-                {
-                    ffi::tick_schedule(10);
+            match parts.ledger.import_released(channel, sink, hid) {
+                Released::Sent(true) => {
+                    if let Some(irq) = irq {
+                        irq.notify();
+                    }
                 }
+                Released::Queued => ffi::tick_schedule(ledger::RETRY_MS as u32),
+                Released::Forgotten | Released::Sent(false) | Released::Unknown => {}
             }
         });
     }
@@ -836,12 +731,7 @@ impl Conn {
         hid: &HyperDmabufId,
         f: impl FnOnce(&ExportEntry) -> R,
     ) -> Option<R> {
-        let inner = self.inner.lock();
-        inner
-            .exports
-            .get(&hid.number())
-            .filter(|e| e.info.hid.matches(hid))
-            .map(f)
+        self.inner.lock().ledger.export(hid).map(f)
     }
 
     /// Calls `f` on the import `hid`, if the peer announced it.
@@ -850,137 +740,56 @@ impl Conn {
         hid: &HyperDmabufId,
         f: impl FnOnce(&ImportEntry) -> R,
     ) -> Option<R> {
-        let inner = self.inner.lock();
-        inner
-            .imports
-            .get(&hid.number())
-            .filter(|e| e.state.export.hid.matches(hid))
-            .or_else(|| inner.orphans.get(hid))
-            .map(f)
+        self.inner.lock().ledger.import(hid).map(f)
     }
 
     /// The events a reader opened now has missed and still needs: this
     /// connection is up, and which buffers it may import.
-    pub(crate) fn replay(&self, out: &mut KVec<Event>) {
+    pub(crate) fn replay(&self, out: &mut KVec<Addressed>) {
         let inner = self.inner.lock();
         if inner.link.is_none() {
             return;
         }
-        let _ = out.push(peer_event(EventType::PeerConnected, self.peer), GFP_KERNEL);
-        for e in inner.imports.values() {
-            if e.orphaned || e.state.revoked() {
-                continue;
-            }
-            let export = &e.state.export;
+        let everyone = |event| Addressed { event, owner: None };
+        let _ = out.push(
+            everyone(peer_event(EventType::PeerConnected, self.peer)),
+            GFP_KERNEL,
+        );
+        inner.ledger.announced(|export| {
             let event = Event {
                 priv_data: export.priv_data,
                 flags: export.flags,
-                ..buffer_event(EventType::NewExport, self.peer, &export.hid, export.size)
+                ..ledger::buffer_event(EventType::NewExport, self.peer, &export.hid, export.size)
             };
-            let _ = out.push(event, GFP_KERNEL);
-        }
+            let _ = out.push(everyone(event), GFP_KERNEL);
+        });
     }
 
     /// Calls `f` on every export and import.
     pub(crate) fn for_each(
         &self,
         mut exports: impl FnMut(&ExportEntry),
-        mut imports: impl FnMut(&ImportEntry),
+        imports: impl FnMut(&ImportEntry),
     ) {
-        let inner = self.inner.lock();
-        inner.exports.values().for_each(&mut exports);
-        inner.imports.values().for_each(&mut imports);
-        inner.orphans.table.values().for_each(&mut imports);
+        self.inner
+            .lock()
+            .ledger
+            .for_each(|_, e| exports(e), imports);
     }
 }
 
-/// The parts of the state next to the channel's view.
-struct ConnInnerView<'a> {
+/// The parts of the locked state next to the sink.
+struct ConnInnerParts<'a> {
+    link: &'a mut Option<Link>,
     config: &'a mut ChannelConfig,
-    unsent: &'a mut RBTree<u64, HyperDmabufId>,
+    ledger: &'a mut ConnLedger,
 }
 
-/// The import `hid`: of the current session, or of one that ended.
-fn import_entry<'a>(
-    imports: &'a mut RBTree<u64, ImportEntry>,
-    orphans: &'a mut Orphans,
-    hid: &HyperDmabufId,
-) -> Option<&'a mut ImportEntry> {
-    match imports
-        .get_mut(&hid.number())
-        .filter(|e| e.state.export.hid.matches(hid))
-    {
-        Some(e) => Some(e),
-        None => orphans.get_mut(hid),
-    }
-}
-
-/// Forgets the import `hid`, wherever it is.
-fn forget_import(
-    imports: &mut RBTree<u64, ImportEntry>,
-    orphans: &mut Orphans,
-    hid: &HyperDmabufId,
-) {
-    let number = hid.number();
-    let current = imports
-        .get(&number)
-        .is_some_and(|e| e.state.export.hid.matches(hid));
-    let gone = if current {
-        imports.remove(&number)
-    } else {
-        orphans.remove(hid)
-    };
-    if gone.is_some() {
-        stats::IMPORTS.dec();
-    }
-}
-
-/// Sends the RELEASEs that found the ring full, while it has room.
-fn flush_unsent(link: &mut Link, view: &mut ConnInnerView<'_>, host: &mut HostView<'_>) {
-    let mut notify = false;
-    loop {
-        let Some((number, hid)) = view.unsent.iter().next().map(|(n, h)| (*n, *h)) else {
-            break;
-        };
-        if !link.channel.can_send() {
-            break;
-        }
-        view.unsent.remove(&number);
-        match link.channel.import_unmapped(host, &hid) {
-            Ok(n) => {
-                notify |= n;
-                stats::MESSAGES.inc();
-            }
-            // Forgotten meanwhile (revoked and removed): nothing to send.
-            Err(_) => {}
-        }
-    }
-    if notify {
-        link.irq.notify();
-    }
+/// The errno of an import ioctl the ledger refused.
+fn import_errno(refusal: ImportRefusal) -> Error {
+    Error::from_errno(-refusal.errno())
 }
 
 fn xenbus_closing() -> u32 {
     super::xenbus_proto::XenbusState::Closing.as_u32()
-}
-
-fn peer_event(kind: EventType, peer: DomId) -> Event {
-    Event {
-        kind,
-        peer,
-        hid: None,
-        size: 0,
-        flags: ExportFlags::default(),
-        priv_data: PrivData::EMPTY,
-        lost: 0,
-    }
-}
-
-/// An event about one buffer.
-pub(crate) fn buffer_event(kind: EventType, peer: DomId, hid: &HyperDmabufId, size: u64) -> Event {
-    Event {
-        hid: Some(*hid),
-        size,
-        ..peer_event(kind, peer)
-    }
 }

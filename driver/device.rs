@@ -9,151 +9,25 @@ use core::cell::{Cell, RefCell};
 
 use kernel::alloc::flags::GFP_KERNEL;
 use kernel::prelude::*;
-use kernel::sync::{new_mutex, Arc, Mutex};
-use kernel::uaccess::{UserPtr, UserSlice};
+use kernel::uaccess::UserSlice;
 
 use super::common::id::HyperDmabufId;
 use super::common::uapi::{
-    self, Event, ExportArgs, ImportArgs, ListArgs, ListEntry, LostEvents, QueryArgs, QueryItem,
-    UnexportArgs, EVENT_QUEUE_LEN, IMPORT_RW,
+    self, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, QueryItem, UnexportArgs,
+    IMPORT_RW,
 };
 use super::common::wire::ExportFlags;
 use super::common::xen::DomId;
 use super::common::Error as ProtoError;
-use crate::ffi::FileWaker;
+use crate::files::{Addressed, FileCtx};
 use crate::registry::Driver;
-use crate::{export, import, stats};
+use crate::{export, import};
 
-/// Peers whose lost events a queue reports separately.
-const LOST_PEERS_TRACKED: usize = 16;
-
-/// The events waiting for one reader: a ring of whole records, shared
-/// fairly between peers (`uapi::event_admitted`). A record that is not
-/// admitted is dropped and counted in the `lost` of the next record about
-/// the same peer.
-struct EventQueue {
-    slots: KVVec<[u8; Event::SIZE]>,
-    head: usize,
-    len: usize,
-    lost: LostEvents<LOST_PEERS_TRACKED>,
-}
-
-impl EventQueue {
-    fn new() -> Result<Self> {
-        Ok(EventQueue {
-            slots: KVVec::from_elem([0u8; Event::SIZE], EVENT_QUEUE_LEN, GFP_KERNEL)?,
-            head: 0,
-            len: 0,
-            lost: LostEvents::default(),
-        })
-    }
-
-    /// The queued records, oldest first.
-    fn queued(&self) -> impl Iterator<Item = &[u8; Event::SIZE]> {
-        (0..self.len).filter_map(|i| self.slots.get((self.head + i) % EVENT_QUEUE_LEN))
-    }
-
-    fn push(&mut self, event: &Event, peers: usize) {
-        let from_peer = self
-            .queued()
-            .filter(|r| Event::is_about(r, event.peer))
-            .count();
-        if !uapi::event_admitted(EVENT_QUEUE_LEN, self.len, from_peer, peers) {
-            self.lost.note(event.peer);
-            stats::EVENTS_LOST.inc();
-            return;
-        }
-        let mut e = *event;
-        e.lost = self.lost.take(event.peer);
-        let index = (self.head + self.len) % EVENT_QUEUE_LEN;
-        if let Some(slot) = self.slots.get_mut(index) {
-            *slot = e.encode();
-            self.len += 1;
-        }
-    }
-
-    fn pop(&mut self) -> Option<[u8; Event::SIZE]> {
-        if self.len == 0 {
-            return None;
-        }
-        let record = *self.slots.get(self.head)?;
-        self.head = (self.head + 1) % EVENT_QUEUE_LEN;
-        self.len -= 1;
-        Some(record)
-    }
-}
-
-/// One open file of the control device.
-#[pin_data]
-pub(crate) struct FileCtx {
-    /// Registry key, and the owner of the buffers it exports.
-    pub(crate) id: u64,
-    waker: FileWaker,
-    #[pin]
-    queue: Mutex<EventQueue>,
-}
-
-impl FileCtx {
-    /// A new open file.
-    pub(crate) fn new(id: u64, waker: FileWaker) -> Result<Arc<Self>> {
-        let queue = EventQueue::new()?;
-        Arc::pin_init(
-            pin_init!(FileCtx {
-                id,
-                waker,
-                queue <- new_mutex!(queue),
-            }),
-            GFP_KERNEL,
-        )
-    }
-
-    /// Queues events (`peers`: how many peers are connected) and wakes
-    /// readers.
-    pub(crate) fn push(&self, events: &[Event], peers: usize) {
-        {
-            let mut queue = self.queue.lock();
-            for e in events {
-                queue.push(e, peers);
-            }
-        }
-        self.waker.wake();
-    }
-
-    /// Whether an event is waiting.
-    pub(crate) fn readable(&self) -> bool {
-        self.queue.lock().len > 0
-    }
-
-    /// Copies one whole event to `buf`: its size, `EAGAIN` if none.
-    pub(crate) fn read(&self, buf: UserPtr, len: usize) -> Result<isize> {
-        if len < Event::SIZE {
-            return Err(EINVAL);
-        }
-        // Take the record only once it can be delivered: a bad address
-        // must not lose it. A concurrent reader may take it first.
-        let record = {
-            let queue = self.queue.lock();
-            if queue.len == 0 {
-                return Err(EAGAIN);
-            }
-            *queue.slots.get(queue.head).ok_or(EAGAIN)?
-        };
-        UserSlice::new(buf, Event::SIZE)
-            .writer()
-            .write_slice(&record)?;
-        let mut queue = self.queue.lock();
-        if queue.slots.get(queue.head) == Some(&record) {
-            queue.pop();
-        }
-        Ok(Event::SIZE as isize)
-    }
-
-    /// Unexports what this file exported (it is being closed).
-    pub(crate) fn close(&self, driver: &Driver) {
-        if let Ok(conns) = driver.all_conns() {
-            for conn in conns.iter() {
-                conn.unexport_owned_by(driver, self.id);
-            }
+/// Unexports what `file` exported (it is being closed).
+pub(crate) fn close(driver: &Driver, file: &FileCtx) {
+    if let Ok(conns) = driver.all_conns() {
+        for conn in conns.iter() {
+            conn.unexport_owned_by(driver, file.id);
         }
     }
 }
@@ -163,7 +37,7 @@ impl FileCtx {
 /// buffer it may import. Registered before this runs, the reader may see
 /// an announcement made meanwhile twice, but never miss one.
 pub(crate) fn replay(driver: &Driver, file: &FileCtx) {
-    let mut events = KVec::new();
+    let mut events: KVec<Addressed> = KVec::new();
     let mut peers = 0;
     if let Ok(conns) = driver.all_conns() {
         peers = conns.len();
@@ -196,6 +70,12 @@ fn write_record(arg: usize, record: &[u8]) -> Result {
 }
 
 /// Handles one ioctl of file `file`.
+///
+/// # Errors
+///
+/// The ioctl's errno as docs/uapi.md lists it: `ENOTTY` for an unknown
+/// command, `EFAULT` for an argument that cannot be copied, `EINVAL` for a
+/// malformed record, and each operation's own errors.
 pub(crate) fn ioctl(driver: &Driver, file: &FileCtx, cmd: u32, arg: usize) -> Result<isize> {
     match cmd {
         uapi::IOCTL_EXPORT => {
@@ -222,22 +102,25 @@ pub(crate) fn ioctl(driver: &Driver, file: &FileCtx, cmd: u32, arg: usize) -> Re
             let record = read_record::<{ UnexportArgs::SIZE }>(arg)?;
             let args = UnexportArgs::decode(&record).map_err(bad_record)?;
             let conns = driver.all_conns()?;
-            let conn = conns
+            let (conn, owner) = conns
                 .iter()
-                .find(|c| c.with_export(&args.hid, |_| ()).is_some())
+                .find_map(|c| Some((c, c.with_export(&args.hid, |e| e.owner)?)))
                 .ok_or(ENOENT)?;
+            if !file.manages(owner) {
+                return Err(EPERM);
+            }
             conn.unexport(driver, &args.hid, args.delay_ms)?;
         }
         uapi::IOCTL_QUERY => {
             let record = read_record::<{ QueryArgs::SIZE }>(arg)?;
             let mut args = QueryArgs::decode(&record).map_err(bad_record)?;
-            args.value = query(driver, &args)?;
+            args.value = query(driver, file, &args)?;
             write_record(arg, &args.encode())?;
         }
         uapi::IOCTL_LIST => {
             let record = read_record::<{ ListArgs::SIZE }>(arg)?;
             let mut args = ListArgs::decode(&record);
-            args.count = list(driver, &args)?;
+            args.count = list(driver, file, &args)?;
             write_record(arg, &args.encode())?;
         }
         _ => return Err(ENOTTY),
@@ -258,9 +141,11 @@ struct Facts {
     priv_data: super::common::wire::PrivData,
 }
 
-fn facts(driver: &Driver, hid: &HyperDmabufId) -> Result<Facts> {
-    let own = crate::entry::own_domid();
+/// What `file` may know of buffer `hid`: exports only if it manages them.
+fn facts(driver: &Driver, file: &FileCtx, hid: &HyperDmabufId) -> Result<Facts> {
+    let own = driver.own_domid();
     for conn in driver.all_conns()?.iter() {
+        let managed = conn.with_export(hid, |e| file.manages(e.owner));
         if let Some(f) = conn.with_export(hid, |e| Facts {
             imported: false,
             exporter: own,
@@ -268,19 +153,23 @@ fn facts(driver: &Driver, hid: &HyperDmabufId) -> Result<Facts> {
             size: e.info.size,
             busy: e.state.peer_maps(),
             unexported: e.state.unexported(),
-            delayed: e.unexport_at.is_some(),
+            delayed: e.unexport_at().is_some(),
             flags: e.info.flags,
             priv_data: e.info.priv_data,
         }) {
-            return Ok(f);
+            if managed == Some(true) {
+                return Ok(f);
+            }
+            // Another file's export: as if it did not exist.
+            continue;
         }
         if let Some(f) = conn.with_import(hid, |e| Facts {
             imported: true,
             exporter: conn.peer,
             importer: own,
             size: e.state.export.size,
-            busy: e.live.is_some(),
-            unexported: e.state.revoked() || e.orphaned,
+            busy: e.held(),
+            unexported: e.ended(),
             delayed: false,
             flags: e.state.export.flags,
             priv_data: e.state.export.priv_data,
@@ -291,8 +180,8 @@ fn facts(driver: &Driver, hid: &HyperDmabufId) -> Result<Facts> {
     Err(ENOENT)
 }
 
-fn query(driver: &Driver, args: &QueryArgs) -> Result<u64> {
-    let f = facts(driver, &args.hid)?;
+fn query(driver: &Driver, file: &FileCtx, args: &QueryArgs) -> Result<u64> {
+    let f = facts(driver, file, &args.hid)?;
     Ok(match args.item {
         QueryItem::Type => u64::from(if f.imported {
             uapi::KIND_IMPORTED
@@ -319,8 +208,9 @@ fn query(driver: &Driver, args: &QueryArgs) -> Result<u64> {
     })
 }
 
-/// Writes up to `capacity` entries; returns how many buffers exist.
-fn list(driver: &Driver, args: &ListArgs) -> Result<u32> {
+/// Writes up to `capacity` entries; returns how many buffers `file` may
+/// see exist (its exports, or all for an administrator's, and imports).
+fn list(driver: &Driver, file: &FileCtx, args: &ListArgs) -> Result<u32> {
     let entries: RefCell<KVVec<ListEntry>> = RefCell::new(KVVec::new());
     let alloc_failed = Cell::new(false);
     let push = |e: ListEntry| {
@@ -332,6 +222,9 @@ fn list(driver: &Driver, args: &ListArgs) -> Result<u32> {
         let peer = conn.peer;
         conn.for_each(
             |e| {
+                if !file.manages(e.owner) {
+                    return;
+                }
                 let mut state = 0;
                 if e.state.peer_maps() {
                     state |= uapi::STATE_BUSY;
@@ -339,7 +232,7 @@ fn list(driver: &Driver, args: &ListArgs) -> Result<u32> {
                 if e.state.unexported() {
                     state |= uapi::STATE_UNEXPORTED;
                 }
-                if e.unexport_at.is_some() {
+                if e.unexport_at().is_some() {
                     state |= uapi::STATE_DELAYED_UNEXPORT;
                 }
                 if e.info.flags.contains(ExportFlags::WRITABLE) {
@@ -355,10 +248,10 @@ fn list(driver: &Driver, args: &ListArgs) -> Result<u32> {
             },
             |e| {
                 let mut state = 0;
-                if e.live.is_some() {
+                if e.held() {
                     state |= uapi::STATE_BUSY;
                 }
-                if e.state.revoked() || e.orphaned {
+                if e.ended() {
                     state |= uapi::STATE_UNEXPORTED;
                 }
                 if e.state.export.flags.contains(ExportFlags::WRITABLE) {

@@ -5,34 +5,53 @@
 //! turns raw pointers into references under the lifetime rule the kernel
 //! guarantees for that callback, then runs safe code.
 
-use core::ffi::{c_long, c_uint, c_ulong, c_void};
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
 
 use super::common::xen::DomId;
+use super::common::{mmap, uapi};
 use crate::backend::BackDevice;
 use crate::bindings;
-use crate::conn::Conn;
-use crate::device::FileCtx;
-use crate::ffi::{self, DmabufRef, DmabufSource, FileWaker, Irq, SeqFile, XenbusDev};
+use crate::conn::{Conn, Pass};
+use crate::ffi;
+use crate::ffi::device::{FileWaker, Opening, SeqFile};
+use crate::ffi::dmabuf::{DmabufOwner, DmabufSource};
+use crate::ffi::xenbus::{IrqContext, XenbusDev};
+use crate::files::FileCtx;
 use crate::frontend::FrontDevice;
-use crate::import::ImportedBuffer;
+use crate::mapping::{ImportedBuffer, VmaEvent};
 use crate::registry::Driver;
 
 // --- the driver state ----------------------------------------------------------
 
-/// The driver state, from `registry::start` to `registry::stop`.
+/// The driver state, from [`start`] to [`stop`].
 static DRIVER: AtomicPtr<Driver> = AtomicPtr::new(core::ptr::null_mut());
-/// This domain's id (`DOMID_SELF` until read).
-static OWN_DOMID: AtomicU32 = AtomicU32::new(0x7ff0);
+
+/// Creates the driver state (module init, before registration).
+///
+/// # Errors
+///
+/// `ENOMEM` if the state cannot be allocated.
+pub(crate) fn start() -> Result {
+    install_driver(Driver::new()?);
+    Ok(())
+}
+
+/// Frees the driver state (module exit, after unregistration, when no
+/// callback can run any more). Grants still draining are handed to the
+/// grant layer, which ends them once the peer unmaps.
+pub(crate) fn stop() {
+    ffi::tick_cancel();
+    if let Some(driver) = take_driver() {
+        driver.abandon_drain();
+    }
+}
 
 /// Publishes the driver state for the callbacks.
-pub(crate) fn install_driver(driver: Arc<Driver>) {
-    if let Some(id) = ffi::own_domid() {
-        OWN_DOMID.store(u32::from(id), Ordering::Relaxed);
-    }
+fn install_driver(driver: Arc<Driver>) {
     let old = DRIVER.swap(Arc::into_raw(driver).cast_mut(), Ordering::AcqRel);
     if !old.is_null() {
         // SAFETY: a non-null pointer here came from `Arc::into_raw` above.
@@ -41,7 +60,7 @@ pub(crate) fn install_driver(driver: Arc<Driver>) {
 }
 
 /// Takes the driver state back (module exit).
-pub(crate) fn take_driver() -> Option<Arc<Driver>> {
+fn take_driver() -> Option<Arc<Driver>> {
     let ptr = DRIVER.swap(core::ptr::null_mut(), Ordering::AcqRel);
     // SAFETY: a non-null pointer came from `Arc::into_raw` in
     // `install_driver`, and the swap makes this the only reclaim.
@@ -57,83 +76,18 @@ fn driver() -> Option<&'static Driver> {
     (!ptr.is_null()).then(|| unsafe { &*ptr })
 }
 
-/// This domain's id.
-pub(crate) fn own_domid() -> DomId {
-    DomId::new(OWN_DOMID.load(Ordering::Relaxed)).unwrap_or(DomId::DOM0)
-}
+// --- the types C hands back ----------------------------------------------------------
 
-// --- pointers handed to C --------------------------------------------------------
+// SAFETY: `hdm_rs_irq` below reads its context as a `Conn`, the only
+// implementer.
+unsafe impl IrqContext for Conn {}
 
-/// A connection's event-channel IRQ, whose handler context is a strong
-/// reference to the connection.
-pub(crate) struct ConnIrq(Option<Irq>);
-
-impl ConnIrq {
-    /// Installs the handler of `conn` on the bound `irq`.
-    pub(crate) fn new(
-        conn: &Arc<Conn>,
-        irq: u32,
-        name: &'static kernel::str::CStr,
-    ) -> Result<Self> {
-        let ctx = Arc::into_raw(conn.clone()).cast::<c_void>();
-        match Irq::request(irq, ctx, name) {
-            Ok(irq) => Ok(ConnIrq(Some(irq))),
-            Err(e) => {
-                // SAFETY: `ctx` came from `Arc::into_raw` just above and no
-                // handler uses it.
-                drop(unsafe { Arc::from_raw(ctx.cast::<Conn>()) });
-                Err(e)
-            }
-        }
-    }
-
-    /// Kicks the peer.
-    pub(crate) fn notify(&self) {
-        if let Some(irq) = &self.0 {
-            irq.notify();
-        }
-    }
-}
-
-impl Drop for ConnIrq {
-    fn drop(&mut self) {
-        if let Some(irq) = self.0.take() {
-            let ctx = irq.ctx();
-            // Frees the IRQ, waiting for a running handler.
-            drop(irq);
-            // SAFETY: `ctx` came from `Arc::into_raw` in `new`; the handler
-            // that used it is gone.
-            drop(unsafe { Arc::from_raw(ctx.cast::<Conn>()) });
-        }
-    }
-}
-
-/// A new reference to the imported dma-buf `identity`.
-///
-/// The caller holds the lock of the connection the buffer was imported on,
-/// and found `identity` in its `live` field: the dma-buf's release clears
-/// that field under the same lock before the dma-buf is freed.
-pub(crate) fn dmabuf_try_get(identity: usize) -> Option<DmabufRef> {
-    // SAFETY: per the contract above the dma-buf's memory is live.
-    unsafe { DmabufRef::try_get(identity) }
-}
-
-/// Exports `source` as a dma-buf owned by `buffer`, which the dma-buf's
-/// release gets back. On failure, `buffer` is returned.
-pub(crate) fn export_dmabuf(
-    buffer: KBox<ImportedBuffer>,
-) -> core::result::Result<DmabufRef, (Error, KBox<ImportedBuffer>)> {
-    let owner = KBox::into_raw(buffer);
-    // SAFETY: `owner` is valid (just leaked) and stays so until reclaimed
-    // below or by `hdm_rs_gbuf_release`.
-    let source: DmabufSource<'_> = unsafe { &*owner }.source();
-    // SAFETY: `source` borrows from `*owner`, which is neither moved nor
-    // freed until `hdm_rs_gbuf_release` reclaims it.
-    match unsafe { DmabufRef::export(&source, owner.cast_const().cast()) } {
-        Ok(buf) => Ok(buf),
-        // SAFETY: `owner` came from `KBox::into_raw` just above and no
-        // dma-buf refers to it.
-        Err(e) => Err((e, unsafe { KBox::from_raw(owner) })),
+// SAFETY: `hdm_rs_gbuf_release` below reclaims its owner as a
+// `KBox<ImportedBuffer>`, the only implementer; the source borrows the
+// buffer's own mapping and references.
+unsafe impl DmabufOwner for ImportedBuffer {
+    fn source(&self) -> DmabufSource<'_> {
+        ImportedBuffer::source(self)
     }
 }
 
@@ -150,19 +104,25 @@ unsafe fn file_ctx<'a>(ctx: *mut c_void) -> ArcBorrow<'a, FileCtx> {
 }
 
 #[no_mangle]
-extern "C" fn hdm_rs_open(hf: *mut bindings::hdm_file) -> *mut c_void {
+extern "C" fn hdm_rs_open(hf: *mut bindings::hdm_file, file: *mut bindings::file) -> *mut c_void {
     let Some(driver) = driver() else {
         return core::ptr::null_mut();
     };
+    // SAFETY: `file` is the file this open is for; the value is dropped
+    // before this call returns.
+    let Some(opening) = (unsafe { Opening::from_raw(file) }) else {
+        return core::ptr::null_mut();
+    };
+    let admin = opening.opener_capable(uapi::ADMIN_CAPABILITY);
     // SAFETY: `hf` is the argument of this open; the context holding the
     // waker is dropped in `hdm_rs_release`, before the C part is freed.
     let Some(waker) = (unsafe { FileWaker::from_raw(hf) }) else {
         return core::ptr::null_mut();
     };
-    let Ok(file) = FileCtx::new(driver.next_id(), waker) else {
+    let Ok(file) = FileCtx::new(driver.next_id(), admin, waker) else {
         return core::ptr::null_mut();
     };
-    if driver.add_file(file.clone()).is_err() {
+    if driver.files.add(file.clone()).is_err() {
         return core::ptr::null_mut();
     }
     crate::device::replay(driver, &file);
@@ -175,8 +135,8 @@ extern "C" fn hdm_rs_release(ctx: *mut c_void) {
     // one release.
     let file = unsafe { Arc::from_raw(ctx.cast::<FileCtx>()) };
     if let Some(driver) = driver() {
-        driver.remove_file(file.id);
-        file.close(driver);
+        driver.files.remove(file.id);
+        crate::device::close(driver, &file);
     }
 }
 
@@ -336,22 +296,53 @@ extern "C" fn hdm_rs_back_remove(dev: *mut bindings::xenbus_device) {
 }
 
 #[no_mangle]
-extern "C" fn hdm_rs_irq(ctx: *mut c_void) -> bool {
-    // SAFETY: `ctx` is the strong reference `ConnIrq::new` leaked for the
-    // handler, reclaimed only after the IRQ is freed.
+extern "C" fn hdm_rs_irq(ctx: *mut c_void) -> c_int {
+    // SAFETY: `ctx` is the strong reference `Irq::<Conn>::request` leaked
+    // for the handler, reclaimed only after the IRQ is freed.
     let conn = unsafe { ArcBorrow::from_raw(ctx.cast::<Conn>()) };
-    driver().is_some_and(|d| conn.process(d))
+    let pass = driver().map_or(Pass::Idle, |d| conn.process(d));
+    (match pass {
+        Pass::Idle => bindings::hdm_irq_pass_HDM_IRQ_IDLE,
+        Pass::Done => bindings::hdm_irq_pass_HDM_IRQ_DONE,
+        Pass::More => bindings::hdm_irq_pass_HDM_IRQ_MORE,
+    }) as c_int
 }
 
-// --- dma-buf, timed jobs, debugfs ------------------------------------------------------
+// --- dma-buf, user mappings, timed jobs, debugfs --------------------------------------
 
 #[no_mangle]
 extern "C" fn hdm_rs_gbuf_release(owner: *mut c_void) {
-    // SAFETY: `owner` is the `KBox::into_raw` of `export_dmabuf`, passed
-    // back once by the dma-buf's release.
+    // SAFETY: `owner` is the `KBox::into_raw` of
+    // `DmabufRef::export_owned::<ImportedBuffer>`, passed back once by the
+    // dma-buf's release.
     let buffer = unsafe { KBox::from_raw(owner.cast::<ImportedBuffer>()) };
     if let Some(driver) = driver() {
-        buffer.release(driver);
+        buffer.release(driver, &driver.unmaps);
+    }
+}
+
+#[no_mangle]
+extern "C" fn hdm_rs_mmap_verdict(req: bindings::hdm_mmap_request) -> c_int {
+    let (buffer, request) = ffi::dmabuf::mmap_request(&req);
+    match mmap::mmap_verdict(buffer, request) {
+        Ok(plan) => ffi::dmabuf::mmap_plan_bits(plan),
+        Err(refusal) => -refusal.errno(),
+    }
+}
+
+#[no_mangle]
+extern "C" fn hdm_rs_vma_event(event: c_uint, domid: u16, status: c_int) {
+    let event = match event {
+        bindings::hdm_vma_event_HDM_VMA_COPY_NO_MEMORY => VmaEvent::CopyNoMemory,
+        bindings::hdm_vma_event_HDM_VMA_PTE_CLEARED => VmaEvent::PteCleared,
+        bindings::hdm_vma_event_HDM_VMA_FAULT_UNMAPPED => VmaEvent::FaultUnmapped { status },
+        _ => return,
+    };
+    let Ok(peer) = DomId::new(u32::from(domid)) else {
+        return;
+    };
+    if let Some(driver) = driver() {
+        crate::mapping::vma_event(driver, peer, event);
     }
 }
 
@@ -364,7 +355,7 @@ extern "C" fn hdm_rs_tick() -> c_uint {
 extern "C" fn hdm_rs_stats_show(m: *mut bindings::seq_file) {
     // SAFETY: the seq_file of the running show callback.
     if let Some(m) = unsafe { SeqFile::from_raw(m) } {
-        crate::stats::show(&m);
+        crate::stats::lines(|line| m.puts(line));
     }
 }
 

@@ -7,20 +7,70 @@
 //! `/dev/xen/hyper_dmabuf`, whatever role the domain plays: a domain can
 //! export to and import from several peers at once, each over one device.
 //!
-//! Layout of the crate:
+//! # Layers
 //!
-//! * `registry` — the driver-wide state: connections, open files, grants
-//!   still draining, and the timed jobs.
-//! * `conn` — one connection to a peer: its rings, its event channel and
-//!   the protocol of `common::channel` over them, with the buffers shared
-//!   over it.
-//! * `export`, `import` — the two halves of sharing a buffer.
-//! * `device` — the ioctls and event queues of the control device.
-//! * `xenstore`, `stats`, `role` — support.
-//! * `ffi`, `entry` — the only `unsafe` code: calls into C and from C.
+//! Each module uses only those listed before it; none reaches back up.
 //!
-//! The protocol itself (`common/`, `xenbus-proto/`) is compiled in from
-//! the crates the tools and tests use.
+//! 1. `ffi` (`ffi/`, one file per kernel subsystem) — every call into C,
+//!    behind safe types; `stats`, `tree`, `peerlog`, `role`, `xenstore`
+//!    — counters, the ledger's tables, log budgets, the domain's kind,
+//!    xenstore as `xenbus_proto`'s store.
+//! 2. `files` — the open files of the control device and their event
+//!    queues; `grants` — an exported buffer's grants, and those draining
+//!    after their export ended.
+//! 3. `context` — what every connection works in: ids, files, draining
+//!    grants, log budgets.
+//! 4. `conn` — one connection to a peer: its rings and event channel,
+//!    `common::channel` over them, and `common::ledger`'s bookkeeping of
+//!    its buffers.
+//! 5. `mapping` — an imported buffer's mapped pages, the buffer its
+//!    dma-buf stands on, and the releases that wait for a held page.
+//! 6. `registry` — the driver: the context, every connection, the waiting
+//!    unmaps, the timed jobs.
+//! 7. `export`, `import` — the two ioctls that share a buffer; `device`
+//!    — the ioctl dispatch, QUERY and LIST; `frontend` (`front/`),
+//!    `backend` (`back/`) — the two XenBus roles.
+//! 8. `entry` — the calls from C into Rust, and the driver state they
+//!    find.
+//!
+//! Every decision about a buffer is `common::ledger`'s; the protocol
+//! itself (`common/`, `xenbus-proto/`) is compiled in from the crates the
+//! tools and tests use. `unsafe` is in `ffi/` and `entry.rs`, plus one
+//! block in `conn.rs` whose proof is that connection's lock (a live
+//! import's dma-buf identity).
+//!
+//! # Lock order
+//!
+//! Every lock of the driver, each named for lockdep as below. A lock may
+//! be taken while holding only locks of a smaller number; none is held
+//! across a sleep on the peer (a wait for an answer drops `Conn::inner`
+//! through its condition variable).
+//!
+//! 1. `FrontDevice::state`, `BackDevice::state` — a device's XenBus
+//!    machine, held while its actions run (they attach and detach the
+//!    connection).
+//! 2. `BackDevice::online_watch` — alone.
+//! 3. `Conn::inner` — a connection's rings, exports and imports
+//!    (`Conn::answered` waits on it).
+//! 4. `Files::table`, then 5. `FileCtx::queue` — posting events.
+//! 6. `Driver::conns`, `Drain::table`, `Unmaps::table` — leaves: nothing
+//!    is taken under them (a connection is looked up under `conns`, then
+//!    used after it is dropped).
+//! 7. `PeerLogs::budgets`, `PeerLogs::local` — leaves, taken to print a
+//!    line a peer caused, or one no peer did (a user mapping's callbacks
+//!    report them without holding `hdm_vma.lock`).
+//!
+//! The C shim's `hdm_state_lock` serialises every change of a device's
+//! XenBus state (from its callbacks, or from a connection's event work
+//! when the peer broke a ring); it is a leaf, taken under any of these.
+//!
+//! The C shim's `hdm_vma.lock` (a PV user mapping's grant handles) is taken
+//! under the mm's `mmap_lock` and by the MMU notifier, never with any of
+//! these; nothing that allocates memory runs under it.
+//!
+//! Rules that keep it so: allocate before locking (reservations of tree
+//! nodes, the records a release or a retirement will need), collect side
+//! effects under `Conn::inner` and carry them out after (`conn::Effects`).
 
 use kernel::prelude::*;
 
@@ -35,16 +85,22 @@ pub mod xenbus_proto;
 #[path = "../back/backend.rs"]
 mod backend;
 mod conn;
+mod context;
 mod device;
 mod entry;
 mod export;
 mod ffi;
+mod files;
 #[path = "../front/frontend.rs"]
 mod frontend;
+mod grants;
 mod import;
+mod mapping;
+mod peerlog;
 mod registry;
 mod role;
 mod stats;
+mod tree;
 mod xenstore;
 
 module! {
@@ -64,9 +120,9 @@ struct HyperDmabuf {
 impl kernel::Module for HyperDmabuf {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         let role = role::announce()?;
-        registry::start()?;
-        if let Err(e) = ffi::register_all() {
-            registry::stop();
+        entry::start()?;
+        if let Err(e) = ffi::register_all(role::page_tables()) {
+            entry::stop();
             return Err(e);
         }
         pr_info!("loaded ({}), /dev/xen/hyper_dmabuf ready\n", role);
@@ -79,7 +135,7 @@ impl Drop for HyperDmabuf {
         // Unbinding the drivers removes every device, which tears down
         // every connection; then nothing can queue timed jobs any more.
         ffi::unregister_all();
-        registry::stop();
+        entry::stop();
         pr_info!("unloaded ({})\n", self.role);
     }
 }

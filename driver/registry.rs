@@ -1,99 +1,104 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The driver-wide state: every connection (one per bound XenBus device,
-//! either role), every open file of the control device, and the grants of
-//! unexported buffers that the peer still maps.
+//! either role) over the context they all work in (`context.rs`: ids,
+//! open files, draining grants, log budgets), and the releases of
+//! imported buffers that wait for a held page.
 //!
-//! Lock order: a connection's lock, then `files`, then a file's queue.
-//! `conns` and `draining` are never held while taking another lock.
+//! Locks: see the lock order at the crate root (`hyper_dmabuf_main.rs`);
+//! the registry's `conns` and the tables of the context are leaves.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ops::Deref;
 
 use kernel::alloc::flags::GFP_KERNEL;
 use kernel::prelude::*;
-use kernel::rbtree::{RBTree, RBTreeNode};
+use kernel::rbtree::RBTree;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
-use super::common::uapi::Event;
 use super::common::xen::DomId;
 use crate::conn::Conn;
-use crate::device::FileCtx;
-use crate::export::ExportGrants;
-use crate::{entry, ffi, stats};
-
-/// How often grants of unexported buffers are retried while the peer
-/// still maps them.
-const DRAIN_RETRY_MS: u32 = 1000;
+use crate::context::Context;
+use crate::ffi;
+use crate::mapping::Unmaps;
+use crate::xenstore;
 
 /// The driver-wide state.
 #[pin_data]
 pub(crate) struct Driver {
-    next: AtomicU64,
+    /// What every connection works in.
+    #[pin]
+    ctx: Context,
     #[pin]
     conns: Mutex<RBTree<u64, Arc<Conn>>>,
+    /// Released imports whose pages something still holds.
     #[pin]
-    files: Mutex<RBTree<u64, Arc<FileCtx>>>,
-    #[pin]
-    draining: Mutex<RBTree<u64, KBox<ExportGrants>>>,
+    pub(crate) unmaps: Unmaps,
 }
 
-/// Creates the driver state (module init, before registration).
-pub(crate) fn start() -> Result {
-    let driver = Arc::pin_init(
-        pin_init!(Driver {
-            next: AtomicU64::new(1),
-            conns <- new_mutex!(RBTree::new()),
-            files <- new_mutex!(RBTree::new()),
-            draining <- new_mutex!(RBTree::new()),
-        }),
-        GFP_KERNEL,
-    )?;
-    entry::install_driver(driver);
-    Ok(())
-}
+impl Deref for Driver {
+    type Target = Context;
 
-/// Frees the driver state (module exit, after unregistration, when no
-/// callback can run any more). Grants still draining are handed to the
-/// grant layer, which ends them once the peer unmaps.
-pub(crate) fn stop() {
-    ffi::tick_cancel();
-    if let Some(driver) = entry::take_driver() {
-        let leftovers = core::mem::replace(&mut *driver.draining.lock(), RBTree::new());
-        drop(leftovers);
+    fn deref(&self) -> &Context {
+        &self.ctx
     }
 }
 
 impl Driver {
-    /// A fresh number for a connection, file, buffer or request token.
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
+    /// The state of a driver that has nothing yet, in the domain that
+    /// xenstore names (dom0 if it names none).
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if the driver's state cannot be allocated.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        let own = xenstore::own_domid().unwrap_or(DomId::DOM0);
+        Arc::pin_init(
+            pin_init!(Driver {
+                ctx <- Context::new(own),
+                conns <- new_mutex!(RBTree::new(), "Driver::conns"),
+                unmaps <- Unmaps::new(),
+            }),
+            GFP_KERNEL,
+        )
     }
 
     /// Registers a connection.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if the table's node cannot be allocated.
     pub(crate) fn add_conn(&self, conn: Arc<Conn>) -> Result {
         self.conns
             .lock()
             .try_create_and_insert(conn.id, conn, GFP_KERNEL)?;
+        self.peers_changed(true);
         Ok(())
     }
 
     /// Forgets a connection.
     pub(crate) fn remove_conn(&self, id: u64) {
         let removed = self.conns.lock().remove(&id);
+        if removed.is_some() {
+            self.peers_changed(false);
+        }
         drop(removed);
     }
 
     /// The connected connection to `peer` (the oldest if several).
     pub(crate) fn conn_for_peer(&self, peer: DomId) -> Option<Arc<Conn>> {
-        let conns = self.conns.lock();
-        let found = conns
-            .values()
+        // A snapshot first: a connection's lock ranks above the registry's.
+        let conns = self.all_conns().ok()?;
+        conns
+            .iter()
             .find(|c| c.peer == peer && c.is_connected())
-            .cloned();
-        found
+            .cloned()
     }
 
     /// A snapshot of every connection.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if the snapshot cannot be allocated.
     pub(crate) fn all_conns(&self) -> Result<KVec<Arc<Conn>>> {
         let conns = self.conns.lock();
         let mut out = KVec::new();
@@ -103,86 +108,24 @@ impl Driver {
         Ok(out)
     }
 
-    /// Registers an open file.
-    pub(crate) fn add_file(&self, file: Arc<FileCtx>) -> Result {
-        self.files
-            .lock()
-            .try_create_and_insert(file.id, file, GFP_KERNEL)?;
-        Ok(())
-    }
-
-    /// Forgets an open file.
-    pub(crate) fn remove_file(&self, id: u64) -> Option<Arc<FileCtx>> {
-        self.files.lock().remove(&id)
-    }
-
-    /// Queues `events` for every open file and wakes their readers.
-    pub(crate) fn post(&self, events: &[Event]) {
-        if events.is_empty() {
-            return;
-        }
-        let peers = self.conns.lock().iter().count();
-        let files = self.files.lock();
-        for file in files.values() {
-            file.push(events, peers);
-        }
-    }
-
-    /// Ends the grants of a buffer that is no longer exported; those the
-    /// peer still maps are retried until it unmaps them.
-    pub(crate) fn retire(&self, mut grants: KBox<ExportGrants>) {
-        if grants.try_end() {
-            grants.announce_ended(self);
-            return;
-        }
-        let live = grants.live() as i64;
-        // Without memory to wait, dropping hands the rest to the grant
-        // layer, which ends them once the peer unmaps.
-        if let Ok(node) = RBTreeNode::new(self.next_id(), grants, GFP_KERNEL) {
-            stats::GRANTS_DRAINING.add(live);
-            self.draining.lock().insert(node);
-            ffi::tick_schedule(DRAIN_RETRY_MS);
-        }
-    }
-
     /// The timed jobs: delayed unexports, queued messages, draining
-    /// grants. Returns milliseconds until the next run is due, 0 for none.
+    /// grants, pending unmaps. Returns milliseconds until the next run is
+    /// due, 0 for none.
     pub(crate) fn tick(&self) -> u32 {
         let now = ffi::now_ms();
         let mut next: Option<u64> = None;
+        let mut due = |at: Option<u64>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
         if let Ok(conns) = self.all_conns() {
             for conn in conns.iter() {
-                if let Some(due) = conn.tick(self, now) {
-                    next = Some(next.map_or(due, |n| n.min(due)));
-                }
+                due(conn.tick(self, now));
             }
         }
-        let mut done = KVec::new();
-        {
-            let mut draining = self.draining.lock();
-            let mut cursor = draining.cursor_front();
-            while let Some(mut c) = cursor {
-                let (_, grants) = c.current_mut();
-                let before = grants.live();
-                let ended = grants.try_end();
-                stats::GRANTS_DRAINING.add(grants.live() as i64 - before as i64);
-                if ended {
-                    let (rest, node) = c.remove_current();
-                    let _ = done.push(node, GFP_KERNEL);
-                    cursor = rest;
-                } else {
-                    cursor = c.move_next();
-                }
-            }
-            if draining.iter().next().is_some() {
-                let due = now + u64::from(DRAIN_RETRY_MS);
-                next = Some(next.map_or(due, |n| n.min(due)));
-            }
-        }
-        for node in done {
-            let (_, grants) = node.to_key_value();
-            grants.announce_ended(self);
-        }
+        due(self.unmaps.tick(self, now));
+        due(self.tick_drain(now));
         next.map_or(0, |due| {
             u32::try_from(due.saturating_sub(now).max(1)).unwrap_or(u32::MAX)
         })

@@ -7,6 +7,7 @@ use kernel::c_str;
 use kernel::prelude::*;
 
 use crate::ffi;
+use crate::ffi::dmabuf::PageTables;
 
 /// How the domain is virtualised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,18 @@ impl fmt::Display for Role {
             Virt::Hvm => "HVM",
         };
         write!(f, "{dom} {virt}")
+    }
+}
+
+/// How this domain puts a peer's pages into page tables: the pages
+/// themselves where Xen translates our physical addresses (PVH, HVM);
+/// in PV, where a PTE may not point at another domain's frame unless Xen
+/// writes it, each grant mapped again into its PTE.
+pub(crate) fn page_tables() -> PageTables {
+    if ffi::xen_auto_translated() {
+        PageTables::Pages
+    } else {
+        PageTables::GrantPtes
     }
 }
 

@@ -1,18 +1,27 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The C side of hyper_dmabuf.ko, the contract between shim.c and Rust.
+ * The C side of hyper_dmabuf.ko (driver/shim/, one file per concern),
+ * and its contract with Rust: bindgen binds this header.
  *
  * Linux 6.12's Rust crate has no abstractions for misc devices, XenBus,
  * grant tables, dma-buf, VMAs or MMU notifiers. The shim therefore holds
+ * only what Rust cannot do there yet:
  * (1) the static tables the kernel calls through (file_operations, two
- * xenbus_drivers, dma_buf_ops, vm_operations, mmu notifier ops), each slot
- * a trampoline into an hdm_rs_* function implemented in Rust;
+ * xenbus_drivers, dma_buf_ops, vm_operations, the MMU interval notifier's
+ * ops, module parameters, debugfs files), each slot a trampoline into an
+ * hdm_rs_* function implemented in Rust;
  * (2) out-of-line copies of the inline helpers and macros bindgen cannot
- * bind; and (3) the two memory-management mechanisms that only make sense
- * next to the mm internals they touch: walking a dma-buf's DMA addresses
- * into Xen frames, and mapping grant-mapped pages into user and kernel
- * page tables (the imported dma-buf's mmap/vmap). Every decision (what to
- * grant, map, accept or refuse, and when) is taken in Rust.
+ * bind, among them the walk of a pinned dma-buf's DMA addresses into Xen
+ * frames (pin.c);
+ * (3) the PV grant PTEs (pte.c) and what keeps them true, the MMU
+ * interval notifier of each user mapping (vma.c) and the kernel vmap
+ * (gbuf.c).
+ *
+ * It decides nothing. It reports facts (a dma-buf's pages and what they
+ * are, what an mmap asks for, a parameter as root set it, the domain's
+ * kind, what a mapping callback ran into) and carries out what Rust
+ * returns: which pages may be granted, the mmap's verdict, how this
+ * domain maps a peer's pages, whether a line is logged.
  */
 #ifndef HYPER_DMABUF_SHIM_H
 #define HYPER_DMABUF_SHIM_H
@@ -20,6 +29,7 @@
 #include <linux/types.h>
 
 struct dma_buf;
+struct file;
 struct page;
 struct seq_file;
 struct xenbus_device;
@@ -34,23 +44,22 @@ bool hdm_xen_hvm_domain(void);
 bool hdm_xen_pvh_domain(void);
 /* xen_feature(XENFEAT_auto_translated_physmap): false in PV. */
 bool hdm_xen_auto_translated(void);
-/* Our own domain id, read once from xenstore's "domid" at load. */
-int hdm_read_own_domid(void);
 
 /* --- module parameters and fault injection --------------------------------- */
 bool hdm_inject_warn_requested(void);
 void hdm_warn(const char *msg);
-unsigned long long hdm_param_max_buffer_bytes(void);
+unsigned long long hdm_param_max_buffer_mib(void);
 unsigned int hdm_param_ring_page_order(void);
 bool hdm_param_allow_rw(void);
 bool hdm_param_log_buffers(void);
-/* A line a peer can trigger at will: pr_warn/pr_info, rate-limited. */
-void hdm_log_ratelimited(u16 peer, const char *msg);
-void hdm_log_info_ratelimited(u16 peer, const char *msg);
 
 /* --- registration ---------------------------------------------------------- */
-/* Misc device, debugfs, then the frontend and backend xenbus drivers. */
-int hdm_register_all(void);
+/*
+ * Misc device, debugfs, then the frontend and backend xenbus drivers;
+ * `tables` (enum hdm_page_tables) is how imported buffers will be mapped:
+ * the grant-PTE vmap needs a page with no frame, allocated here.
+ */
+int hdm_register_all(unsigned int tables);
 void hdm_unregister_all(void);
 
 /* --- the control device ---------------------------------------------------- */
@@ -58,8 +67,13 @@ void hdm_unregister_all(void);
 struct hdm_file;
 void hdm_file_wake(struct hdm_file *hf);
 
-/* Rust's per-file context, or NULL when it cannot be allocated. */
-void *hdm_rs_open(struct hdm_file *hf);
+/*
+ * Rust's per-file context, or NULL when it cannot be allocated. `file` is
+ * the file being opened, for hdm_file_capable() during the call.
+ */
+void *hdm_rs_open(struct hdm_file *hf, struct file *file);
+/* file_ns_capable(file, &init_user_ns, cap): the opener's capability. */
+bool hdm_file_capable(struct file *file, int cap);
 void hdm_rs_release(void *ctx);
 bool hdm_rs_readable(void *ctx);
 /* One whole event into `buf` (a user address), or -EAGAIN when none. */
@@ -86,19 +100,43 @@ void hdm_rs_back_online(struct xenbus_device *dev);
 const char *hdm_xb_nodename(struct xenbus_device *dev);
 const char *hdm_xb_otherend(struct xenbus_device *dev);
 int hdm_xb_otherend_id(struct xenbus_device *dev);
+/*
+ * xenbus_switch_state() and xenbus_frontend_closed(), serialised by one
+ * lock: the XenBus callbacks switch a device's state, and so does a
+ * connection's event work when the peer breaks a ring, concurrently.
+ */
+void hdm_xb_switch_state(struct xenbus_device *dev, int state);
+void hdm_xb_frontend_closed(struct xenbus_device *dev);
 void hdm_xb_set_drvdata(struct xenbus_device *dev, void *data);
 void *hdm_xb_get_drvdata(struct xenbus_device *dev);
 /* xenbus_read() into `buf`: length, -ENOENT, -ENOSPC if it does not fit. */
 int hdm_xs_read(unsigned int txn, const char *path, char *buf, unsigned int len);
 int hdm_xs_write(unsigned int txn, const char *path, const char *value);
-int hdm_xs_rm(unsigned int txn, const char *path);
+int hdm_xs_rm(unsigned int txn, const char *path);	/* -ENOENT if absent */
 int hdm_xs_transaction_start(unsigned int *txn);
 int hdm_xs_transaction_end(unsigned int txn, bool abort);
 
-/* Threaded handler for an event-channel IRQ: hdm_rs_irq(ctx) then late EOI. */
-int hdm_request_irq(unsigned int irq, void *ctx, const char *name);
-/* Returns whether the pass found work (else the EOI is marked spurious). */
-bool hdm_rs_irq(void *ctx);
+/*
+ * An event-channel IRQ (bound with a _lateeoi call) whose events are
+ * handled in process context at normal priority: the hard handler only
+ * queues a work item, which runs hdm_rs_irq(ctx) for one bounded pass and
+ * then either queues itself again (more work: other tasks and other
+ * connections run in between) or signals the late EOI, which lets the
+ * next event in. NULL on failure (the IRQ is left bound).
+ */
+struct hdm_irq;
+struct hdm_irq *hdm_irq_request(unsigned int irq, void *ctx, const char *name);
+/* Queues a pass as if the peer had signalled. */
+void hdm_irq_kick(struct hdm_irq *hi);
+/* Stops the IRQ, waits for a running pass, unbinds the IRQ (and port). */
+void hdm_irq_free(struct hdm_irq *hi);
+/* What one pass of hdm_rs_irq() found. */
+enum hdm_irq_pass {
+	HDM_IRQ_IDLE = 0,	/* nothing: the event was spurious */
+	HDM_IRQ_DONE = 1,	/* work done, none left */
+	HDM_IRQ_MORE = 2,	/* budget spent, work left */
+};
+int hdm_rs_irq(void *ctx);
 
 /* --- debugfs --------------------------------------------------------------- */
 void hdm_rs_stats_show(struct seq_file *m);
@@ -119,15 +157,35 @@ struct hdm_pin {
 	void *sgt;
 	unsigned long long size;
 };
-/* dma_buf_get + attach to our device + map: -EBADF, -EINVAL, ... */
-int hdm_pin_dmabuf(int fd, struct hdm_pin *pin);
+/* Where hdm_pin_dmabuf() failed. */
+enum hdm_pin_step {
+	HDM_PIN_GET = 1,	/* dma_buf_get */
+	HDM_PIN_ATTACH = 2,	/* dma_buf_attach to our device */
+	HDM_PIN_MAP = 3,	/* dma_buf_map_attachment */
+};
+/* dma_buf_get + attach + map: 0, or that call's -errno and *step. */
+int hdm_pin_dmabuf(int fd, struct hdm_pin *pin, unsigned int *step);
 void hdm_unpin_dmabuf(struct hdm_pin *pin);
+/* What hdm_pin_frames() saw of one page (common::grantable::PAGE_*). */
+enum hdm_page_fact {
+	HDM_PAGE_RAM = 1 << 0,		/* pfn_valid(): in the memory map */
+	HDM_PAGE_BOUNCE = 1 << 1,	/* a swiotlb bounce buffer */
+	HDM_PAGE_FOREIGN = 1 << 2,	/* PageForeign(): another domain's frame */
+};
+/* What hdm_pin_frames() saw of the sg table. */
+struct hdm_pin_walk {
+	bool segment;			/* it has a first segment */
+	unsigned int first_offset;	/* that segment's offset into its page */
+	unsigned int pages;		/* DMA pages, counted up to cap + 1 */
+};
 /*
- * The frame of every 4 KiB page of a pinned dma-buf, in order, as gntdev
- * derives them: offset 0, exactly `nr` pages, each ordinary RAM and not a
- * bounce buffer; -EINVAL otherwise.
+ * Walks a pinned dma-buf's DMA pages in order, deriving each page's frame
+ * as gntdev does: for each of the first `cap`, its frame into gfns[i] (0
+ * unless RAM) and its HDM_PAGE_* facts into facts[i]. Rust decides
+ * whether they may be granted (common::grantable::accept_frames).
  */
-int hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns, unsigned int nr);
+void hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns,
+		    unsigned char *facts, unsigned int cap, struct hdm_pin_walk *walk);
 
 /* A zeroed page we own (for directory pages), its frame and contents. */
 struct page *hdm_alloc_page(void);
@@ -141,17 +199,28 @@ void hdm_set_map_op(struct gnttab_map_grant_ref *op, struct page *page,
 		    unsigned int flags, unsigned int ref, unsigned short domid);
 void hdm_set_unmap_op(struct gnttab_unmap_grant_ref *op, struct page *page,
 		      unsigned int flags, unsigned int handle);
-/* gnttab_unmap_refs_sync over a whole array (waits for page references). */
-int hdm_unmap_refs_sync(struct gnttab_unmap_grant_ref *ops, struct page **pages,
-			unsigned int count);
+/* The largest page_count() of `pages` (Rust judges what it means). */
+int hdm_pages_max_refs(struct page **pages, unsigned int count);
+/* gnttab_unmap_refs over a whole array, once no page is busy. */
+int hdm_unmap_refs(struct gnttab_unmap_grant_ref *ops, struct page **pages,
+		   unsigned int count);
+/* Pin or unpin this module: it cannot be unloaded while pinned. */
+void hdm_module_get(void);
+void hdm_module_put(void);
 
 /* The imported buffer as a dma-buf over grant-mapped pages. */
+/* How its pages go into page tables (Rust decides, from the domain). */
+enum hdm_page_tables {
+	HDM_PT_PAGES = 0,	/* auto-translated: the pages themselves */
+	HDM_PT_GRANT_PTES = 1,	/* PV: each grant mapped again into its PTE */
+};
 struct hdm_gbuf_desc {
 	struct page **pages;
 	const unsigned int *refs;
 	unsigned int nr;
 	unsigned short domid;
 	bool writable;
+	unsigned int tables;	/* enum hdm_page_tables */
 	unsigned long long size;
 	void *owner;
 };
@@ -159,6 +228,37 @@ struct hdm_gbuf_desc {
 struct dma_buf *hdm_gbuf_export(const struct hdm_gbuf_desc *desc);
 /* Called once, from the dma-buf's release, with desc->owner. */
 void hdm_rs_gbuf_release(void *owner);
+
+/* What an mmap of an imported buffer asks for: facts of the VMA and buffer. */
+struct hdm_mmap_request {
+	unsigned long long pgoff;		/* vm_pgoff */
+	unsigned long long pages;		/* vma_pages() */
+	unsigned long long buffer_pages;	/* desc->nr */
+	bool shared;				/* VM_MAYSHARE */
+	bool write;				/* VM_WRITE */
+	bool buffer_writable;			/* desc->writable */
+};
+/* What becomes of the VMA (common::mmap::MmapPlan). */
+enum hdm_mmap_plan {
+	HDM_MMAP_NEVER_WRITABLE = 1 << 0,	/* clear VM_MAYWRITE */
+	HDM_MMAP_DONTCOPY = 1 << 1,		/* set VM_DONTCOPY */
+	HDM_MMAP_DONTDUMP = 1 << 2,		/* set VM_DONTDUMP */
+	HDM_MMAP_DONTEXPAND = 1 << 3,		/* set VM_DONTEXPAND */
+};
+/* The HDM_MMAP_* bits to apply, or a negative errno: refuse the mmap. */
+int hdm_rs_mmap_verdict(struct hdm_mmap_request req);
+
+/*
+ * What a user mapping's callbacks ran into, for a log line: Rust decides
+ * whether it is printed (the budget of the peer that caused it, or the
+ * driver's own). Never called with hdm_vma.lock held: it may sleep.
+ */
+enum hdm_vma_event {
+	HDM_VMA_COPY_NO_MEMORY = 1,	/* a copied VMA got no state: it SIGBUSes */
+	HDM_VMA_PTE_CLEARED = 2,	/* our grant PTE found empty: a bug */
+	HDM_VMA_FAULT_UNMAPPED = 3,	/* the peer's grant did not map on a fault */
+};
+void hdm_rs_vma_event(unsigned int event, unsigned short domid, int status);
 /* A new reference to a live dma-buf, false if it is being released. */
 bool hdm_dmabuf_tryget(struct dma_buf *buf);
 void hdm_dmabuf_put(struct dma_buf *buf);

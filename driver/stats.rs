@@ -8,9 +8,7 @@
 
 use core::sync::atomic::{AtomicI64, Ordering};
 
-use kernel::str::CString;
-
-use crate::ffi::SeqFile;
+use kernel::str::{CStr, CString};
 
 /// One counter.
 pub(crate) struct Counter {
@@ -65,8 +63,17 @@ pub(crate) static GRANTS_DRAINING: Counter = Counter::new("grants_draining");
 pub(crate) static PAGES_MAPPED: Counter = Counter::new("pages_mapped");
 /// Imported dma-bufs alive (file references anywhere in the system).
 pub(crate) static DMABUFS: Counter = Counter::new("dmabufs_live");
+/// Local dma-bufs this domain holds pinned for exports: from the export
+/// until every grant of it has ended (a peer still mapping a page keeps
+/// it pinned, across an unexport, a failed export or a device's removal).
+pub(crate) static EXPORTS_PINNED: Counter = Counter::new("dmabufs_pinned");
+/// Released imports still mapped because something holds one of their
+/// pages (a pipe after `vmsplice`); the exporter is told once let go.
+pub(crate) static UNMAPS_PENDING: Counter = Counter::new("unmaps_pending");
 /// Pages whose grant mapping could not be undone (never reused).
 pub(crate) static PAGES_LEAKED: Counter = Counter::new("pages_leaked");
+/// Log lines a peer caused past its budget (`common::logbudget`).
+pub(crate) static LOG_SUPPRESSED: Counter = Counter::new("log_lines_suppressed");
 /// Requests from peers that were refused as malformed.
 pub(crate) static PROTOCOL_ERRORS: Counter = Counter::new("protocol_errors");
 /// Rings closed because a peer broke them (overflow, bogus response).
@@ -79,7 +86,7 @@ pub(crate) static EVENTS_LOST: Counter = Counter::new("events_lost");
 /// Messages handled (both directions).
 pub(crate) static MESSAGES: Counter = Counter::new("messages");
 
-static ALL: [&Counter; 14] = [
+static ALL: [&Counter; 17] = [
     &CONNECTIONS,
     &EXPORTS,
     &IMPORTS,
@@ -87,20 +94,24 @@ static ALL: [&Counter; 14] = [
     &GRANTS_DRAINING,
     &PAGES_MAPPED,
     &DMABUFS,
+    &EXPORTS_PINNED,
+    &UNMAPS_PENDING,
     &PAGES_LEAKED,
     &PROTOCOL_ERRORS,
     &RING_ERRORS,
     &RING_FULL,
     &EVENTS_LOST,
+    &LOG_SUPPRESSED,
     &MESSAGES,
     &BUFFERS_MAPPED,
 ];
 
-/// Writes `name value` lines, one per counter.
-pub(crate) fn show(m: &SeqFile) {
+/// Hands `out` one `name value` line per counter (the debugfs `stats`
+/// file).
+pub(crate) fn lines(mut out: impl FnMut(&CStr)) {
     for c in ALL.iter() {
         if let Ok(line) = CString::try_from_fmt(kernel::fmt!("{} {}\n", c.name, c.get())) {
-            m.puts(&line);
+            out(&line);
         }
     }
 }

@@ -7,8 +7,11 @@
 use kernel::prelude::*;
 use kernel::str::CString;
 
+use super::common::xen::DomId;
+use super::xenbus_proto::parse::parse_domid;
 use super::xenbus_proto::{schema, Error, Store, Txn, XenbusState};
-use crate::ffi::{self, XenbusDev};
+use crate::ffi;
+use crate::ffi::xenbus::{self, XenbusDev};
 
 /// Xenstore through the kernel's xenbus client.
 pub(crate) struct XenStore;
@@ -29,7 +32,7 @@ fn store_err(e: kernel::error::Error) -> Error {
 
 impl Store for XenStore {
     fn read(&mut self, txn: Txn, p: &str, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        match ffi::xs_read(txn.0, &path(p)?, buf) {
+        match xenbus::xs_read(txn.0, &path(p)?, buf) {
             Ok(found) => Ok(found),
             Err(e) if e == ENOSPC => Err(Error::ValueTooLong),
             Err(e) => Err(store_err(e)),
@@ -40,24 +43,41 @@ impl Store for XenStore {
         let text = core::str::from_utf8(value).map_err(|_| Error::InvalidArgument)?;
         let value =
             CString::try_from_fmt(kernel::fmt!("{}", text)).map_err(|_| Error::ValueTooLong)?;
-        ffi::xs_write(txn.0, &path(p)?, &value).map_err(store_err)
+        xenbus::xs_write(txn.0, &path(p)?, &value).map_err(store_err)
     }
 
     fn remove(&mut self, txn: Txn, p: &str) -> Result<(), Error> {
-        ffi::xs_rm(txn.0, &path(p)?).map_err(store_err)
+        match xenbus::xs_rm(txn.0, &path(p)?) {
+            // Removing what is not there leaves the store as asked.
+            Err(e) if e == ENOENT => Ok(()),
+            other => other.map_err(store_err),
+        }
     }
 
     fn transaction_start(&mut self) -> Result<Txn, Error> {
-        ffi::xs_transaction_start().map(Txn).map_err(store_err)
+        xenbus::xs_transaction_start().map(Txn).map_err(store_err)
     }
 
     fn transaction_end(&mut self, txn: Txn, commit: bool) -> Result<(), Error> {
-        ffi::xs_transaction_end(txn.0, !commit).map_err(store_err)
+        xenbus::xs_transaction_end(txn.0, !commit).map_err(store_err)
     }
 }
 
-/// The state of the device's peer; `Unknown` when absent, an error when
-/// malformed.
+/// This domain's id, from its xenstore node `domid` (relative paths are
+/// the domain's own directory); `None` when absent or not a domain id.
+pub(crate) fn own_domid() -> Option<DomId> {
+    let mut buf = [0u8; 16];
+    let len = XenStore.read(Txn::NONE, "domid", &mut buf).ok()??;
+    let id = parse_domid(buf.get(..len)?).ok()?;
+    DomId::new(u32::from(id)).ok()
+}
+
+/// The state of the device's peer; `Unknown` when absent.
+///
+/// # Errors
+///
+/// The xenstore error when the node cannot be read or its value is not a
+/// state; `InvalidArgument` if the peer's directory is not UTF-8.
 pub(crate) fn peer_state(dev: &XenbusDev) -> Result<XenbusState, Error> {
     let otherend = dev
         .otherend()
@@ -113,6 +133,10 @@ impl core::fmt::Display for StepError {
 }
 
 /// Our directory and the peer's, as text.
+///
+/// # Errors
+///
+/// `EINVAL` if either path is not UTF-8.
 pub(crate) fn dirs(dev: &XenbusDev) -> Result<(&str, &str)> {
     let ours = dev.nodename().to_str().map_err(|_| EINVAL)?;
     let theirs = dev.otherend().to_str().map_err(|_| EINVAL)?;

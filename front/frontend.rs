@@ -12,13 +12,15 @@ use kernel::str::CString;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
 use super::common::channel::ChannelConfig;
+use super::common::limits::{max_buffer_bytes_from_mib, MAX_RING_PAGE_ORDER};
 use super::common::ring;
 use super::common::xen::DomId;
 use super::xenbus_proto::schema::{self, FrontendLimits, FrontendRings, Negotiated};
 use super::xenbus_proto::{Action, Actions, FrontendMachine, XenbusState};
 use crate::conn::{Conn, Link};
-use crate::entry::ConnIrq;
-use crate::ffi::{self, params, SharedRing, XenbusDev};
+use crate::ffi::params;
+use crate::ffi::xenbus::{self, Irq, SharedRing, XenbusDev};
+use crate::peerlog::Level;
 use crate::registry::Driver;
 use crate::xenstore::{self, StepError, XenStore};
 
@@ -26,7 +28,7 @@ use crate::xenstore::{self, StepError, XenStore};
 struct Offer {
     ours: SharedRing,
     theirs: SharedRing,
-    irq: ConnIrq,
+    irq: Irq<Conn>,
     config: ChannelConfig,
 }
 
@@ -49,6 +51,10 @@ pub(crate) struct FrontDevice {
 
 impl FrontDevice {
     /// Probe: a connection (not yet connected) registered with the driver.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the backend's domain id is not one, `ENOMEM`.
     pub(crate) fn probe(driver: &Driver, dev: XenbusDev) -> Result<Arc<Self>> {
         let peer = DomId::new(u32::from(dev.otherend_id())).map_err(|_| EINVAL)?;
         let name = CString::try_from_fmt(kernel::fmt!("{}", dev.nodename()))?;
@@ -64,7 +70,7 @@ impl FrontDevice {
                     negotiated: None,
                     offer: None,
                     parked: None,
-                }),
+                }, "FrontDevice::state"),
             }),
             GFP_KERNEL,
         );
@@ -93,7 +99,16 @@ impl FrontDevice {
                 // leaves it malformed is reported once, until a new
                 // instance of it clears the error.
                 if !st.machine.failed() {
-                    pr_warn!("{}: unreadable backend state: {}\n", self.conn.name(), e);
+                    driver.peer_log(
+                        self.conn.peer,
+                        Level::Warn,
+                        format_args!(
+                            "{}: unreadable backend state of dom{}: {}",
+                            self.conn.name(),
+                            self.conn.peer.get(),
+                            e
+                        ),
+                    );
                 }
                 st.machine.on_local_error()
             }
@@ -116,7 +131,17 @@ impl FrontDevice {
     fn run(&self, driver: &Driver, st: &mut FrontState, acts: Actions) {
         for &action in acts.as_slice() {
             if let Err(e) = self.step(driver, st, action) {
-                pr_warn!("{}: {:?} failed: {}\n", self.conn.name(), action, e);
+                driver.peer_log(
+                    self.conn.peer,
+                    Level::Warn,
+                    format_args!(
+                        "{}: {:?} with dom{} failed: {}",
+                        self.conn.name(),
+                        action,
+                        self.conn.peer.get(),
+                        e
+                    ),
+                );
                 let recovery = st.machine.on_local_error();
                 for &action in recovery.as_slice() {
                     let _ = self.step(driver, st, action);
@@ -134,9 +159,8 @@ impl FrontDevice {
             Action::ReadBackendNodes => {
                 let offer = schema::read_backend_config(&mut XenStore, theirs)?;
                 let limits = FrontendLimits {
-                    max_ring_page_order: params::ring_page_order()
-                        .min(super::common::limits::MAX_RING_PAGE_ORDER),
-                    max_buffer_size: params::max_buffer_bytes(),
+                    max_ring_page_order: params::ring_page_order().min(MAX_RING_PAGE_ORDER),
+                    max_buffer_size: max_buffer_bytes_from_mib(params::max_buffer_mib()),
                 };
                 st.negotiated = Some(schema::negotiate(&offer, &limits)?);
             }
@@ -149,14 +173,14 @@ impl FrontDevice {
                 ring::init_shared(&ours_ring).map_err(|_| EINVAL)?;
                 ring::init_shared(&theirs_ring).map_err(|_| EINVAL)?;
                 let port = self.dev.alloc_evtchn()?;
-                let irq = match ffi::bind_evtchn(port) {
+                let irq = match xenbus::bind_evtchn(port) {
                     Ok(irq) => irq,
                     Err(e) => {
                         self.dev.free_evtchn(port);
                         return Err(e.into());
                     }
                 };
-                let irq = ConnIrq::new(&self.conn, irq, c_str!("hyper_dmabuf-front"))?;
+                let irq = Irq::request(irq, self.conn.clone(), c_str!("hyper_dmabuf-front"))?;
                 let rings = FrontendRings::new(
                     neg.version,
                     neg.ring_page_order,
@@ -191,19 +215,27 @@ impl FrontDevice {
             }
             Action::AwaitPeerRelease => {
                 if !xenstore::await_peer_release(&self.dev, FrontendMachine::peer_released) {
-                    pr_warn!(
-                        "{}: backend did not release our pages in time; the grant layer ends access once it does\n",
-                        self.conn.name()
+                    driver.peer_log(
+                        self.conn.peer,
+                        Level::Warn,
+                        format_args!(
+                            "{}: backend did not release our pages in time; the grant layer ends access once it does",
+                            self.conn.name()
+                        ),
                     );
                 }
             }
             Action::LogProtocolError { ours, peer } => {
-                pr_warn!(
-                    "{}: backend dom{} moved to {} while we are {}: protocol error, closing\n",
-                    self.conn.name(),
-                    self.conn.peer.get(),
-                    peer.name(),
-                    ours.name()
+                driver.peer_log(
+                    self.conn.peer,
+                    Level::Warn,
+                    format_args!(
+                        "{}: backend dom{} moved to {} while we are {}: protocol error, closing",
+                        self.conn.name(),
+                        self.conn.peer.get(),
+                        peer.name(),
+                        ours.name()
+                    ),
                 );
             }
             Action::PublishBackendNodes | Action::MapRingsAndBind => return Err(EINVAL.into()),

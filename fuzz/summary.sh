@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # fuzz/summary.sh LOGDIR TARGET...: one table row per target from the logs
 # `make fuzz` leaves (libFuzzer with -print_final_stats=1): seconds run,
 # executions, executions per second, edges covered (`cov`), features

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Host checks and tests: everything that needs neither a kernel nor a VM.
 #
 #   make test-host   fmt, clippy, docs, unit/property/simulation tests,
@@ -23,7 +24,9 @@ fmt-check:
 	@$(CARGO) fmt --all --check
 	@rustfmt --edition 2021 --check driver/hyper_dmabuf_main.rs
 	@echo "[host] every unsafe block of the kernel module has a SAFETY comment"
-	@platform/check-safety.sh driver/*.rs front/*.rs back/*.rs
+	@platform/check-safety.sh driver/*.rs driver/*/*.rs front/*.rs back/*.rs
+	@echo "[host] every source file has an SPDX licence line"
+	@platform/check-spdx.sh
 
 clippy:
 	@echo "[host] cargo clippy (-D warnings -D clippy::undocumented_unsafe_blocks)"

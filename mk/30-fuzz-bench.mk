@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Coverage-guided fuzzing (libFuzzer through cargo-fuzz, on the stable
 # toolchain) and the host benchmarks. See fuzz/README.md.
 #
@@ -17,7 +18,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 20
-FUZZ_TARGETS ?= ring_responder ring_requester channel wire pgdir uapi \
+FUZZ_TARGETS ?= ring_responder ring_requester channel ledger wire pgdir uapi \
 	xenstore_values xenstore_schema xenbus_machines
 # libFuzzer options added to every run (e.g. FUZZ_ARGS=-jobs=2).
 FUZZ_ARGS ?=

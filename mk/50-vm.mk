@@ -1,9 +1,11 @@
+# SPDX-License-Identifier: MIT
 # The embedded Xen platform and the VM tests (issue 4).
 #
 #   make deps        install the host toolchain (apt, bindgen-cli), idempotent
 #   make kernel      Linux 6.12 with platform/kernel/hyper-dmabuf.config (cached)
 #   make xen         Xen 4.17 + tools from Debian, unpacked into the cache
-#   make modules     hyper_dmabuf.ko (driver/) out of tree against the cached kernel
+#   make modules     hyper_dmabuf.ko (driver/), and the test-only
+#                    hyper_dmabuf_check.ko, out of tree against the cached kernel
 #   make images      dom0 + domU initramfs (cached, keyed by their inputs)
 #   make vm-smoke    dom0 + a PV and a PVH domU load the modules
 #   make vm-selftest the runner must fail on a module WARNING and a dead guest
@@ -13,27 +15,45 @@
 #   make vm-run SCENARIOS="a b"   run scenarios from tests/vm/scenarios
 #
 # Heavy outputs live in $(HDMABUF_CACHE); every stage prints its time.
+#
+# HDMABUF_KERNEL picks the kernel every domain boots: `debug` (the default:
+# lockdep, slab poisoning and red zones, atomic-sleep, list, sg and VM
+# checks; what `make test` runs) or `release` (`make demo`, `make bench`).
+# Each flavour has its own cached kernel tree, module build and images.
 # HDMABUF_VM_TOOLS: host-built binaries to install into every domain's
 # /usr/bin (see platform/build-images.sh); the hdmabuf CLI and the
-# test-only hdmabuf-hostile (the hostile peer, its referee, the ioctl
-# abuser) by default.
+# test-only hdmabuf-agent (stress, soak, bench, kcheck) and
+# hdmabuf-hostile (the hostile peer, its referee, the ioctl abuser) by
+# default.
 
 .PHONY: deps kernel xen modules modules-clean vm-tools images vm-runner vm-smoke \
 	vm-selftest vm-drivers test-vm vm-shell vm-run vm-list
 
+HDMABUF_KERNEL ?= debug
+export HDMABUF_KERNEL
+
 VM_RUNNER := target/release/hdmabuf-vmtest
-HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf $(CURDIR)/target/release/hdmabuf-hostile
+HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf $(CURDIR)/target/release/hdmabuf-agent \
+	$(CURDIR)/target/release/hdmabuf-hostile
 # Exported: the image key (build-images.sh --dir) depends on it.
 export HDMABUF_VM_TOOLS
 COUNTS_DIR ?= target/test-counts
 VM_IMAGES = $$(platform/build-images.sh --dir)
+# Scenarios of vm-drivers run at once, each in its own QEMU: two on the
+# 2-core reference machine take 1.3x less time than one after the other
+# (lifecycle, reconnect, cycles, demo: 230 s in a row, 176 s two at once).
+VM_JOBS ?= 2
 SCENARIOS ?= smoke
 # The driver's VM tests: both directions, PV and PVH, 4 KiB to 1 GiB, the
 # make-demo scenario, randomized cycles, the xl toolstack commands, peer
 # death at every step, a hostile peer and ioctl abuse, module unload under
 # traffic, a one-minute soak with guests destroyed, agents killed and drivers
 # restarted.
-VM_DRIVER_TESTS ?= share demo sizes-pvh sizes-pv lifecycle reconnect cycles xl death hostile unload soak-short
+# Longest first (debug kernel, seconds alone: hostile 324, hostile-backend
+# 280, mm, sizes-pvh 255, unload 216, soak-short 179, death 162, xl 144,
+# sizes-pv 144, share 117, cycles 75, demo 66, lifecycle 50, reconnect 44),
+# so that the two jobs end together.
+VM_DRIVER_TESTS ?= hostile hostile-backend mm sizes-pvh unload soak-short death xl sizes-pv share cycles demo lifecycle reconnect
 
 deps:
 	@platform/install-deps.sh
@@ -49,10 +69,10 @@ modules: kernel
 
 modules-clean:
 	@make -C "$$(platform/build-kernel.sh --dir)" -s M="$(CURDIR)/driver" clean
-	@rm -f driver/bindings_generated.rs.inc
+	@rm -f driver/bindings_generated.rs.inc driver/.hdm-kdir
 
 vm-tools:
-	@cargo build --release -q -p hdmabuf -p hdmabuf-hostile
+	@cargo build --release -q -p hdmabuf -p hdmabuf-agent -p hdmabuf-hostile
 
 images: modules xen vm-tools
 	@HDMABUF_VM_TOOLS="$(HDMABUF_VM_TOOLS)" platform/build-images.sh >/dev/null
@@ -69,7 +89,7 @@ vm-selftest: images vm-runner
 	  selftest-warn selftest-noboot
 
 vm-drivers: images vm-runner
-	@$(VM_RUNNER) run --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" $(VM_DRIVER_TESTS)
+	@$(VM_RUNNER) run --jobs $(VM_JOBS) --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" $(VM_DRIVER_TESTS)
 
 test-vm: vm-smoke vm-selftest vm-drivers
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # make soak: the long randomized soak (issue 8; docs/security.md, "Long
 # run"): tests/vm/scenarios/soak.sh, 20 minutes of sharing between dom0
 # and two PV guests while guests are destroyed and created again, agents

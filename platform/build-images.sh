@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Build (or reuse) the boot images of the embedded platform:
 #
 #   <dir>/xen            the Xen 4.17 hypervisor (multiboot ELF)
@@ -27,7 +28,9 @@ KDIR=$("$PLATFORM_DIR/build-kernel.sh" --dir)
 XEN=$("$PLATFORM_DIR/fetch-xen.sh" --dir)
 BUSYBOX=/bin/busybox
 SCEN_DIR=$REPO_DIR/tests/vm/scenarios
-KOS=("$REPO_DIR/driver/hyper_dmabuf.ko")
+# The driver, and the test-only module the scenarios that read a buffer as
+# a kernel importer load beside it (hdm_load_check).
+KOS=("$MODULE_OUT/hyper_dmabuf.ko" "$MODULE_OUT/hyper_dmabuf_check.ko")
 read -r -a TOOLS <<<"${HDMABUF_VM_TOOLS:-}"
 XEN_BINS=(xl xenstored xenconsoled xenconsole xen-init-dom0)
 
@@ -98,6 +101,8 @@ base_root() {
     "$(command -v depmod || echo /usr/sbin/depmod)" -b "$root" "$KVER"
     install -m 0644 "$SCEN_DIR"/* "$root/hdm/scenarios/"
     for t in "${TOOLS[@]}"; do copy_with_libs "$root" "$t" "usr/bin/$(basename "$t")"; done
+    # Which kernel the image boots (smoke checks the debug one's checks).
+    echo "$HDMABUF_KERNEL" >"$root/hdm/kernel-flavour"
     echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
     echo "root:x:0:" >"$root/etc/group"
 }

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Checks that every `unsafe` block or `unsafe impl` in the given Rust files
 # has a `// SAFETY:` comment on one of the lines just above it (the rule
 # clippy's undocumented_unsafe_blocks enforces for the workspace, which

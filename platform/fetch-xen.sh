@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Download Xen 4.17 (hypervisor and tools) from Debian's archive and unpack
 # it into the cache. Nothing is installed on the host.
 #

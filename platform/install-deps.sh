@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Install the host toolchain the embedded Xen platform needs, idempotently.
 #
 # Debian bookworm packages (after `apt-get update`, only when something is
@@ -11,9 +12,9 @@ set -euo pipefail
 BINDGEN_VERSION=0.69.5
 PKGS=(
     linux-source-6.12
-    rustc-web rust-web-src
+    rustc-web rust-web-src rust-web-clippy
     clang-19 libclang-19-dev llvm-19 lld-19
-    bc bison flex libelf-dev libssl-dev cpio kmod
+    bc bison flex libelf-dev libssl-dev cpio kmod patch
     qemu-system-x86 busybox-static
     build-essential pkg-config zstd xz-utils
 )

@@ -6,6 +6,23 @@ REPO_DIR=$(cd "$PLATFORM_DIR/.." && pwd)
 HDMABUF_CACHE=${HDMABUF_CACHE:-$HOME/.cache/hyper-dmabuf}
 export HDMABUF_CACHE
 
+# The kernel flavour every domain boots: `debug` (lockdep, slab poisoning
+# and red zones, atomic-sleep and list checks: what `make test` runs) or
+# `release` (the base config alone: `make bench`, `make demo`). Each has
+# its own cached kernel tree, module build and images.
+HDMABUF_KERNEL=${HDMABUF_KERNEL:-debug}
+case $HDMABUF_KERNEL in
+debug) KERNEL_FRAGMENTS=("$PLATFORM_DIR/kernel/hyper-dmabuf.config" "$PLATFORM_DIR/kernel/debug.config") ;;
+release) KERNEL_FRAGMENTS=("$PLATFORM_DIR/kernel/hyper-dmabuf.config") ;;
+*)
+    printf '[platform] error: HDMABUF_KERNEL=%s: expected debug or release\n' "$HDMABUF_KERNEL" >&2
+    exit 1
+    ;;
+esac
+export HDMABUF_KERNEL
+# Where the module is built for this flavour (one Kbuild output per tree).
+MODULE_OUT=$REPO_DIR/target/modules/$HDMABUF_KERNEL
+
 # The toolchain the kernel and the modules are built with (PLATFORM.md).
 KLLVM=-19
 KRUSTC=/usr/bin/rustc

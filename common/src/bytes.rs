@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Little-endian field access for the fixed-size records of the wire format
 //! and the uapi.
 //!

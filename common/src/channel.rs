@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The protocol logic of one connection: what each end does with every
 //! message, independent of how grants are mapped or buffers stored.
 //!
@@ -7,8 +8,8 @@
 //! protocol state machines ([`ExportState`], [`ImportState`]) and drives
 //! them from messages; everything that touches real resources — ending a
 //! grant, mapping a buffer, queueing an event for user space, waking a
-//! waiting ioctl — goes through the [`Host`] trait. The kernel modules
-//! implement `Host` over grant tables and dma-bufs, the two-domain
+//! waiting ioctl — goes through the [`Host`] trait. The kernel module
+//! implements `Host` over grant tables and dma-bufs, the two-domain
 //! simulation over a simulated grant table, so both run this same code.
 //!
 //! The life-cycle of a buffer exported by A to B:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The one error type of the protocol core.
 
 use core::fmt;

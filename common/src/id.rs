@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! `hyper_dmabuf_id`: the handle of a shared buffer.
 //!
 //! The exporter picks a 64-bit number, unique among its live exports, and
@@ -81,7 +82,10 @@ impl HyperDmabufId {
             .iter()
             .zip(other.key.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (self.id == other.id) & (diff == 0)
+        // `&`, not `&&`: both halves are evaluated whatever the first says.
+        #[allow(clippy::needless_bitwise_bool)]
+        let same = (self.id == other.id) & (diff == 0);
+        same
     }
 }
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Protocol limits and Xen constants.
 //!
 //! Every size a peer or user space sends is checked against one of these
@@ -26,6 +27,22 @@ pub const MAX_IMPORTS_PER_PEER: usize = 4096;
 /// Default largest buffer a domain accepts to import or export: 1 GiB.
 pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
 
+/// Largest `max_buffer_mib` module parameter taken as it is: 1 TiB (in
+/// MiB). A larger value means this, so that the size in bytes cannot
+/// overflow; it is far above [`PGDIR_MAX_BUFFER_BYTES`] anyway.
+pub const MAX_BUFFER_MIB_PARAM: u64 = 1 << 20;
+
+/// The largest buffer in bytes that the `max_buffer_mib` module parameter
+/// (`mib`, as root set it) allows.
+pub const fn max_buffer_bytes_from_mib(mib: u64) -> u64 {
+    let mib = if mib > MAX_BUFFER_MIB_PARAM {
+        MAX_BUFFER_MIB_PARAM
+    } else {
+        mib
+    };
+    mib << 20
+}
+
 /// Hard ceiling of the page directory format: a root page of leaf
 /// references, each leaf full of data references (about 3.96 GiB). A
 /// configured maximum above this is clamped to it.
@@ -49,5 +66,18 @@ pub const fn pages_for_bytes(size: u64) -> Option<u32> {
         None
     } else {
         Some(pages as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_parameter_is_mib_clamped_to_a_tebibyte() {
+        assert_eq!(max_buffer_bytes_from_mib(1024), DEFAULT_MAX_BUFFER_BYTES);
+        assert_eq!(max_buffer_bytes_from_mib(0), 0);
+        assert_eq!(max_buffer_bytes_from_mib(1 << 20), 1 << 40);
+        assert_eq!(max_buffer_bytes_from_mib(u64::MAX), 1 << 40);
     }
 }

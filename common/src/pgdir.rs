@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The page directory: how an exporter tells the importer which grant
 //! references make up a buffer.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! A shared ring with the layout and the rules of Xen's `io/ring.h`.
 //!
 //! A ring lives in `2^order` shared pages: a 64-byte header

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Memory shared with a peer domain.
 //!
 //! The peer can write shared pages at any moment, so no Rust reference to

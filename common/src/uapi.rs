@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The user-space interface of `/dev/xen/hyper_dmabuf`.
 //!
 //! One misc device per domain, whatever role the domain plays, beside
@@ -717,10 +718,62 @@ pub fn event_admitted(
     queued < capacity && queued_from_peer < capacity / (peers.max(1) + 1)
 }
 
+/// The local trust model: who may see and manage a buffer this domain
+/// exports (QUERY, LIST, UNEXPORT, and its `Mapped`, `Released` and
+/// `GrantsEnded` events).
+///
+/// Who may open the device is the device node's permission (0600 root by
+/// default; an administrator may grant a group); an open file is then the
+/// capability, passed on with it. A buffer belongs to the open file that
+/// exported it. That file manages it; so does a file whose opener had
+/// `CAP_SYS_ADMIN` in the initial user namespace (an administrator, as
+/// `hdmabuf unexport` run by root). Any other file does not see it: QUERY
+/// says `ENOENT`, LIST leaves it out, its events are not delivered, and
+/// UNEXPORT is `EPERM`. Buffers peers announce (imports) are every
+/// file's: any open file sees their events and may import them.
+pub fn may_manage_export(owner_file: u64, file: u64, file_is_admin: bool) -> bool {
+    owner_file == file || file_is_admin
+}
+
+/// The capability whose holder, in the initial user namespace, opens the
+/// device as an administrator ([`may_manage_export`]): `CAP_SYS_ADMIN`
+/// (`linux/capability.h`).
+pub const ADMIN_CAPABILITY: u32 = 21;
+
+/// Whether an event of `kind` goes only to the files that may manage the
+/// export it is about ([`may_manage_export`]); the others go to every
+/// open file.
+pub const fn is_export_event(kind: EventType) -> bool {
+    matches!(
+        kind,
+        EventType::Mapped | EventType::Released | EventType::GrantsEnded
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::id::KEY_LEN;
+
+    #[test]
+    fn an_export_is_managed_by_its_file_or_an_administrator() {
+        assert!(may_manage_export(7, 7, false));
+        assert!(may_manage_export(7, 8, true));
+        assert!(!may_manage_export(7, 8, false));
+    }
+
+    #[test]
+    fn only_exporter_side_events_are_private() {
+        let private = [
+            EventType::Mapped,
+            EventType::Released,
+            EventType::GrantsEnded,
+        ];
+        for raw in 1..=8 {
+            let kind = EventType::from_raw(raw).unwrap();
+            assert_eq!(is_export_event(kind), private.contains(&kind), "{kind:?}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

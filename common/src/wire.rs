@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The messages carried on the shared rings.
 //!
 //! Each end of a connection sends requests on its own ring and answers the
@@ -43,7 +44,7 @@
 use super::bytes::{check_zero, get_i32, get_u32, get_u64, put_i32, put_u32, put_u64};
 use super::error::Error;
 use super::id::HyperDmabufId;
-use super::limits::{pages_for_bytes, MAX_PRIV_LEN};
+use super::limits::{pages_for_bytes, MAX_PRIV_LEN, PGDIR_MAX_BUFFER_BYTES};
 use super::xen::{GrantRef, Status};
 
 /// Size of one ring slot: every request and every response.
@@ -411,6 +412,9 @@ impl Request {
         let hid = HyperDmabufId::decode(&hid_bytes)?;
         let message = match op {
             Op::Export => {
+                // A buffer the page directory cannot describe could never
+                // be imported: refused now, whatever the limit configured.
+                let max_buffer_bytes = max_buffer_bytes.min(PGDIR_MAX_BUFFER_BYTES);
                 let size = get_u64(slot, REQ_SIZE);
                 if size == 0 {
                     return Err(Error::EmptyBuffer);
@@ -676,6 +680,20 @@ mod tests {
             Request::decode(&slot, MAX),
             Err(Error::BufferTooLarge { .. })
         ));
+
+        // Within a limit above the directory's reach, but beyond it: no
+        // importer could read its directory, so it is refused at once.
+        let huge = 1 << 40;
+        let slot = export(PGDIR_MAX_BUFFER_BYTES).encode();
+        assert!(Request::decode(&slot, huge).is_ok());
+        let slot = export(PGDIR_MAX_BUFFER_BYTES + 4096).encode();
+        assert_eq!(
+            Request::decode(&slot, huge),
+            Err(Error::BufferTooLarge {
+                size: PGDIR_MAX_BUFFER_BYTES + 4096,
+                max: PGDIR_MAX_BUFFER_BYTES
+            })
+        );
 
         let mut slot = export(4096).encode();
         put_u64(&mut slot, REQ_SIZE, 0);

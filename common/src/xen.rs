@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Xen basics the protocol names: grant references, domain ids and the
 //! status codes carried in responses.
 

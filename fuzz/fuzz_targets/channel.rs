@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `channel`: see `hdmabuf_fuzz::channel`.
 #![no_main]
 

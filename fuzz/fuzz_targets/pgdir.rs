@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `pgdir`: see `hdmabuf_fuzz::pgdir`.
 #![no_main]
 

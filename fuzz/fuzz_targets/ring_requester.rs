@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `ring_requester`: see `hdmabuf_fuzz::ring`.
 #![no_main]
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `ring_responder`: see `hdmabuf_fuzz::ring`.
 #![no_main]
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `uapi`: see `hdmabuf_fuzz::uapi`.
 #![no_main]
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `wire`: see `hdmabuf_fuzz::wire`.
 #![no_main]
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `xenbus_machines`: see `hdmabuf_fuzz::xenstore`.
 #![no_main]
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Fuzz target `xenstore_schema`: see `hdmabuf_fuzz::xenstore`.
 #![no_main]
 

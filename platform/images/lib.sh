@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Shell helpers for scenarios and the init scripts, at /hdm/lib.sh in every
 # domain's initramfs. Scenarios start with `. /hdm/lib.sh`.
 #
@@ -100,6 +101,15 @@ hdm_load() {
 }
 
 HDM_STATS=/sys/kernel/debug/hyper_dmabuf/stats
+HDM_CHECK=/sys/kernel/debug/hyper_dmabuf/check
+
+# hdm_load_check: after hdm_load, load the test-only hyper_dmabuf_check.ko,
+# whose $HDM_CHECK lets `hdmabuf-agent kcheck` read a buffer as a
+# kernel importer would (the shipped hyper_dmabuf.ko has no such hook).
+hdm_load_check() {
+    hdm_insmod hyper_dmabuf_check
+    [ -e "$HDM_CHECK" ] || hdm_fail "hyper_dmabuf_check.ko loaded, but $HDM_CHECK is missing"
+}
 
 # hdm_stat NAME: the value of one counter.
 hdm_stat() { awk -v n="$1" '$1 == n { print $2 }' "$HDM_STATS"; }
@@ -173,19 +183,29 @@ hdm_check_clean() {
 }
 
 # hdm_watch FILE [SECONDS]: record events as JSON lines in FILE, in the
-# background (the watcher's pid in HDM_WATCH_PID).
+# background, for SECONDS (300) at most (the watcher's pid in HDM_WATCH_PID
+# and in FILE.pid, where hdm_wait_event looks for it).
 hdm_watch() {
     hdmabuf --json watch --timeout "${2:-300}" >"$1" 2>&1 &
     HDM_WATCH_PID=$!
+    echo $HDM_WATCH_PID >"$1.pid"
 }
 
 # hdm_wait_event FILE EVENT [MATCH] [SECONDS]: wait until FILE has an event
 # EVENT (e.g. NewExport) whose line also contains MATCH; print its id.
+# Fails at once if the hdm_watch writing FILE has ended: no event can come.
 hdm_wait_event() {
-    local deadline=$(hdm_deadline ${4:-60}) line
+    local deadline=$(hdm_deadline ${4:-60}) line watcher
+    watcher=$(cat "$1.pid" 2>/dev/null)
     while :; do
         line=$(grep "\"event\":\"$2\"" "$1" | grep -F -- "${3:-}" | head -n 1)
         [ -z "$line" ] || break
+        if [ -n "$watcher" ] && ! kill -0 "$watcher" 2>/dev/null; then
+            # It may have written the event just before it ended.
+            line=$(grep "\"event\":\"$2\"" "$1" | grep -F -- "${3:-}" | head -n 1)
+            [ -n "$line" ] && break
+            hdm_fail "no $2 event${3:+ matching $3}: the event watch writing $1 has ended ($(tail -n 1 "$1"))"
+        fi
         hdm_in_time $deadline || hdm_fail "no $2 event${3:+ matching $3} within ${4:-60} s"
         sleep 0.1
     done
@@ -229,6 +249,28 @@ hdm_deadline() { echo $(($(hdm_ms) + $1 * 1000)); }
 # hdm_in_time DEADLINE: whether DEADLINE (from hdm_deadline) is not past.
 hdm_in_time() { [ "$(hdm_ms)" -le "$1" ]; }
 
+# hdm_watch_stuck LABEL SECONDS: in the background, if LABEL is not done
+# within SECONDS (the caller kills $HDM_STUCK_PID when it is), log the
+# driver's gauges and rings and every task's kernel stack once. A step
+# blocked in the kernel says nothing else: a run of unload hung once in
+# dom0's 4th cycle, a soak-short guest once in the unbind of its driver
+# restart, both with no line saying where.
+hdm_watch_stuck() {
+    (
+        sleep "$2"
+        hdm_log "$1: not done after $2 s: $(hdm_stats)"
+        hdm_log "$1: rings: $(tr '\n' ' ' </sys/kernel/debug/hyper_dmabuf/rings 2>/dev/null)"
+        hdm_log "$1: irqs: $(grep hyper_dmabuf /proc/interrupts | tr -s ' ')"
+        hdm_log "$1: tasks in the kernel:"
+        for t in /proc/[0-9]*; do
+            [ -r "$t/stack" ] || continue
+            hdm_log "$1: ${t#/proc/} $(cat "$t/comm" 2>/dev/null) $(cat "$t/wchan" 2>/dev/null)" \
+                "$(tr '\n' ' ' <"$t/stack" 2>/dev/null)"
+        done
+    ) &
+    HDM_STUCK_PID=$!
+}
+
 # hdm_export_each PEER SIZE:SEED...: export a buffer of each size to PEER,
 # one after the other, each until its importer released it (`--once`).
 hdm_export_each() {
@@ -245,12 +287,15 @@ hdm_export_each() {
 }
 
 # hdm_import_each EVENTS SIZE:SEED...: for each size, wait for its export
-# (recorded by hdm_watch in EVENTS), import it and verify every byte.
+# (recorded by hdm_watch in EVENTS), import it and verify every byte, in
+# user space and as a kernel importer (hdmabuf-agent kcheck; call
+# hdm_load_check first).
 hdm_import_each() {
     local events=$1 spec id
     shift
+    [ -e "$HDM_CHECK" ] || hdm_fail "hdm_import_each: no $HDM_CHECK (call hdm_load_check after hdm_load)"
     for spec in "$@"; do
         id=$(hdm_wait_event "$events" NewExport "\"priv\":\"size-${spec%:*}\"" 300)
-        hdmabuf import "$id" --verify "${spec#*:}" --kernel-check || hdm_fail "import of ${spec%:*} ($id) failed"
+        hdmabuf-agent kcheck "$id" --verify "${spec#*:}" || hdm_fail "import of ${spec%:*} ($id) failed"
     done
 }

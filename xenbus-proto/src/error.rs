@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The error types of the XenBus protocol crate.
 //!
 //! [`ValueError`] says what is wrong with one node value (a string the peer

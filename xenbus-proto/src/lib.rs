@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The XenBus side of hyper-dmabuf: the state machines of both ends and the
 //! xenstore schema of the `hyper_dmabuf` device, with strict parsing of
 //! every node value.
@@ -10,7 +11,6 @@
 //!   that publish and read them.
 //! * [`machine`] — [`FrontendMachine`] and [`BackendMachine`]: pure
 //!   transition logic that answers each event with a list of [`Action`]s.
-//! * [`fuzz`] — entry points for coverage-guided fuzz targets.
 //! * [`Error`] and [`ValueError`].
 //!
 //! Nothing here allocates, panics on input, or uses `unsafe`. The
@@ -19,7 +19,7 @@
 //!
 //! # Kernel build
 //!
-//! The kernel modules compile these files into themselves with
+//! The kernel module compiles these files into itself with
 //! `#[path = ".../xenbus-proto/src/lib.rs"] pub mod xenbus_proto;`, so
 //! modules here name each other through `super::`, never `crate::`, the
 //! crate uses nothing but `core`, and the only `cfg` is `cfg(test)`.
@@ -27,7 +27,6 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
-pub mod fuzz;
 pub mod machine;
 pub mod parse;
 pub mod schema;

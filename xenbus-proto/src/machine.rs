@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The XenBus state machines of both ends, as pure logic.
 //!
 //! A machine is told what happened ([`FrontendMachine::on_peer_state`],

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The xenstore schema of the `hyper_dmabuf` device, and the functions that
 //! publish and read it.
 //!

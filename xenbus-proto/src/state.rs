@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! `enum xenbus_state` of Xen's `io/xenbus.h`.
 
 use core::fmt;

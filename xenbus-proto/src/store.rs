@@ -1,7 +1,8 @@
+// SPDX-License-Identifier: MIT
 //! The small xenstore interface the protocol logic runs over, and node
 //! paths built in fixed buffers.
 //!
-//! The kernel modules implement [`Store`] over Linux's `xenbus_read`,
+//! The kernel module implements [`Store`] over Linux's `xenbus_read`,
 //! `xenbus_write`, `xenbus_rm` and `xenbus_transaction_start/end`; the host
 //! tests over the in-memory store of the `hyper-dmabuf-xenbus-mem-store`
 //! crate; the xl-config tool over the xenstore wire protocol.

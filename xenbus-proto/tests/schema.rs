@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The schema helpers against the in-memory store: round trips, hostile
 //! node values, transactions, the toolstack's layout.
 

@@ -1,6 +1,7 @@
+// SPDX-License-Identifier: MIT
 //! Two-domain simulation: a frontend and a backend driver, each a state
 //! machine plus an executor of its actions, talk through one in-memory
-//! xenstore with watches, as the kernel modules do through xenstored.
+//! xenstore with watches, as the kernel module does through xenstored.
 //!
 //! The executors model what the kernel drivers do with the actions: the
 //! frontend grants ring pages (a set of grant references stands for its
@@ -478,7 +479,7 @@ impl World {
 
     fn assert_nothing_shared(&self) {
         assert!(self.granted.is_empty(), "grants left: {:?}", self.granted);
-        assert!(self.back.as_ref().is_none_or(|b| b.mapped.is_none()));
+        assert!(self.back.as_ref().map_or(true, |b| b.mapped.is_none()));
         for node in ["ring-ref0", "back-ring-ref0", "event-channel", "version"] {
             assert_eq!(self.s.get(&format!("{}/{node}", self.fdir)), None, "{node}");
         }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Prints a fuzz input as the operations its target decodes, for triage:
 //!
 //! ```text

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The `channel` target: [`Channel`], the per-connection protocol logic
 //! both drivers run, against a hostile peer.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The byte format of fuzz inputs.
 //!
 //! An input is read front to back by a [`Reader`]: a tag byte selects an

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! What the hyper-dmabuf fuzz targets run.
 //!
 //! Each fuzz target in `fuzz/fuzz_targets/` is one line that hands the
@@ -21,6 +22,9 @@
 //!   shared ring, one of them facing a hostile peer;
 //! * `channel` — [`channel`]: the per-connection protocol logic both
 //!   drivers run, against a hostile peer;
+//! * `ledger` — [`ledger`]: the per-connection bookkeeping both drivers
+//!   run (admission, claims, orphans, schedules), against a hostile peer
+//!   and any order of local operations;
 //! * `wire` — [`wire`]: the ring message decoders;
 //! * `pgdir` — [`pgdir`]: the grant-reference page directory decoder;
 //! * `uapi` — [`uapi`]: the ioctl and event record decoders;
@@ -30,11 +34,13 @@
 
 pub mod channel;
 pub mod input;
+pub mod ledger;
 pub mod pgdir;
 pub mod ring;
 pub mod seeds;
 pub mod uapi;
 pub mod wire;
+pub mod xenbus_oracles;
 pub mod xenstore;
 
 /// A fuzz target: its name and the function it runs on each input.
@@ -59,6 +65,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "channel",
         run: channel::run,
+    },
+    Target {
+        name: "ledger",
+        run: ledger::run,
     },
     Target {
         name: "wire",

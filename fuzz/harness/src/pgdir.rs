@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The `pgdir` target: the page-directory decoder, [`decode`], on
 //! directory pages a hostile exporter wrote.
 //!

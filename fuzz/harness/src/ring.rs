@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The `ring_responder` and `ring_requester` targets: both ends of one
 //! shared ring, over simulated shared memory, with a hostile peer that can
 //! write any word of it between any two operations.

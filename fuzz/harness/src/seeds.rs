@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The seed corpus: for each target, inputs that drive it through valid,
 //! deep states (honest ring traffic, valid messages, valid directories of
 //! several sizes, valid records) and a few classic attacks, from which
@@ -18,6 +19,7 @@ use hyper_dmabuf_common::wire::{ExportFlags, PrivData, SLOT_SIZE};
 use hyper_dmabuf_common::xen::DomId;
 
 use crate::channel::{self, ChannelOp};
+use crate::ledger::{self, LedgerOp};
 use crate::pgdir::{self, PgdirOp, BUILD_CAP};
 use crate::ring::{self, RingOp};
 use crate::uapi::{self, Record, UapiOp};
@@ -48,6 +50,7 @@ pub fn all() -> Vec<Seed> {
         out.extend(ring_seeds(target));
     }
     out.extend(channel_seeds());
+    out.extend(ledger_seeds());
     out.extend(wire_seeds());
     out.extend(pgdir_seeds());
     out.extend(uapi_seeds());
@@ -202,6 +205,105 @@ fn ring_seeds(target: &'static str) -> Vec<Seed> {
         out.push(seed(target, name, ring::encode(&setup(0), &ops)));
     }
     out
+}
+
+fn ledger_seeds() -> Vec<Seed> {
+    use LedgerOp::*;
+    let announce = |sel, generation| PeerExport {
+        sel,
+        generation,
+        writable: true,
+    };
+    let begin = |sel, generation, writable| Begin {
+        sel,
+        generation,
+        writable,
+    };
+    let mapped = |sel, generation| Mapped {
+        sel,
+        generation,
+        ok: true,
+    };
+    let flows: [(&str, u8, Vec<LedgerOp>); 4] = [
+        (
+            // A user keeps a buffer across the peer's reload; the new
+            // instance announces the same number, then the old id again.
+            "orphan-adopted-then-id-reused",
+            5,
+            vec![
+                announce(0, 0),
+                begin(0, 0, true),
+                mapped(0, 0),
+                Reconnect,
+                announce(0, 1),
+                announce(0, 0),
+                begin(0, 1, false),
+                mapped(0, 1),
+                Unmap {
+                    sel: 0,
+                    generation: 0,
+                    held: true,
+                },
+                LetGo {
+                    sel: 0,
+                    generation: 0,
+                },
+            ],
+        ),
+        (
+            "limit-reached",
+            1,
+            vec![
+                announce(0, 0),
+                announce(1, 0),
+                PeerUnexport {
+                    sel: 0,
+                    generation: 0,
+                },
+                announce(1, 0),
+            ],
+        ),
+        (
+            "release-on-a-full-ring",
+            5,
+            (0..5u8)
+                .flat_map(|i| [announce(i, 0), begin(i, 0, false), mapped(i, 0)])
+                .chain((0..5u8).map(|i| Unmap {
+                    sel: i,
+                    generation: 0,
+                    held: false,
+                }))
+                .chain([PeerAnswer { busy: false }, Process])
+                .collect(),
+        ),
+        (
+            "delayed-unexport-and-close",
+            5,
+            vec![
+                Export { local: 0, owner: 0 },
+                Export { local: 1, owner: 1 },
+                PeerAnswer { busy: false },
+                Unexport {
+                    local: 0,
+                    delay: 50,
+                },
+                Export { local: 0, owner: 0 },
+                Unexport {
+                    local: 0,
+                    delay: 20,
+                },
+                Tick { advance: 30 },
+                Close { owner: 1 },
+                Tick { advance: 0 },
+                PeerAnswer { busy: true },
+                Reconnect,
+            ],
+        ),
+    ];
+    flows
+        .into_iter()
+        .map(|(name, limit, ops)| seed("ledger", name, ledger::encode(limit, &ops)))
+        .collect()
 }
 
 fn channel_seeds() -> Vec<Seed> {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The `uapi` target: the decoders of the ioctl records and event records
 //! of `/dev/xen/hyper_dmabuf`, and the text form of ids the tools parse.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The `wire` target: the decoders of ring messages, [`Request::decode`]
 //! and [`Response::decode`], on slots a hostile peer wrote.
 //!
@@ -13,8 +14,7 @@
 
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::limits::{
-    pages_for_bytes, DEFAULT_MAX_BUFFER_BYTES, GNTTAB_NR_RESERVED_ENTRIES, MAX_PRIV_LEN,
-    PGDIR_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_BUFFER_BYTES, GNTTAB_NR_RESERVED_ENTRIES, MAX_PRIV_LEN, PGDIR_MAX_BUFFER_BYTES,
 };
 use hyper_dmabuf_common::wire::{
     request_id, Export, ExportFlags, MapEpoch, Message, Op, PrivData, Request, Response, Slot,
@@ -269,9 +269,10 @@ pub fn run(data: &[u8]) {
                 let mut slot = request.encode();
                 if patches.is_empty() {
                     // Unpatched: a message we encode from valid fields is
-                    // accepted exactly when its size is within the limit.
+                    // accepted exactly when its size is within the limit
+                    // and the page directory's reach.
                     let fits = match request.message {
-                        Message::Export(e) => e.size <= max && pages_for_bytes(e.size).is_some(),
+                        Message::Export(e) => e.size <= max.min(PGDIR_MAX_BUFFER_BYTES),
                         _ => true,
                     };
                     let decoded = Request::decode(&slot, max);
@@ -337,7 +338,10 @@ pub fn check_request(slot: &Slot, max: u64) {
             assert_eq!(&request.encode(), slot, "accepted a non-canonical request");
             assert_eq!(request.req_id, request_id(slot));
             if let Message::Export(export) = request.message {
-                assert!(export.size > 0 && export.size <= max, "size out of limits");
+                assert!(
+                    export.size > 0 && export.size <= max.min(PGDIR_MAX_BUFFER_BYTES),
+                    "size out of limits"
+                );
                 assert!(export.dir_gref.get() >= GNTTAB_NR_RESERVED_ENTRIES);
                 assert!(export.priv_data.len() <= MAX_PRIV_LEN);
             }

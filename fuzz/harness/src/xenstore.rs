@@ -1,7 +1,7 @@
+// SPDX-License-Identifier: MIT
 //! The `xenstore_values`, `xenstore_schema` and `xenbus_machines`
-//! targets: thin wrappers around the oracles that `hyper-dmabuf-xenbus-proto`
-//! exports for fuzzing (`hyper_dmabuf_xenbus_proto::fuzz`), which decode
-//! their input themselves:
+//! targets: thin wrappers around the oracles of [`crate::xenbus_oracles`],
+//! which decode their input themselves:
 //!
 //! * `check_value_parsers` — every xenstore node-value parser on the
 //!   input; accepted values must be canonical and in range;
@@ -13,7 +13,7 @@
 //! A broken oracle comes back as `Err(description)` and is turned into a
 //! panic here.
 
-use hyper_dmabuf_xenbus_proto::fuzz;
+use crate::xenbus_oracles as fuzz;
 
 /// The `xenstore_values` target.
 pub fn run_values(data: &[u8]) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Writes the seed corpus and checks it.
 //!
 //! `cargo test` here writes every seed of [`hdmabuf_fuzz::seeds::all`] to
@@ -9,7 +10,7 @@
 use std::path::PathBuf;
 
 use hdmabuf_fuzz::input::{decode_all, Reader};
-use hdmabuf_fuzz::{channel, pgdir, ring, seeds, target, uapi, wire, TARGETS};
+use hdmabuf_fuzz::{channel, ledger, pgdir, ring, seeds, target, uapi, wire, TARGETS};
 
 fn corpus_root() -> PathBuf {
     match std::env::var_os("HDMABUF_FUZZ_CORPUS") {
@@ -51,6 +52,12 @@ fn operations_round_trip() {
                 let setup = channel::Setup::decode(&mut r);
                 let ops = decode_all(&mut r, channel::ChannelOp::decode);
                 assert_eq!(channel::encode(&setup, &ops), s.bytes, "{}", s.name);
+            }
+            "ledger" => {
+                let mut r = Reader::new(&s.bytes);
+                let limit = r.u8();
+                let ops = decode_all(&mut r, ledger::LedgerOp::decode);
+                assert_eq!(ledger::encode(limit, &ops), s.bytes, "{}", s.name);
             }
             "wire" => {
                 let ops = decode_all(&mut Reader::new(&s.bytes), wire::WireOp::decode);

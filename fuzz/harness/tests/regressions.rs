@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Replays every input under `fuzz/regressions/<target>/` through its
 //! target, so that a crash the fuzzer once found stays fixed.
 //!

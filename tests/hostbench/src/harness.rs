@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! A small, honest timing harness: warm-up, a batch size calibrated so
 //! that one sample lasts long enough for the clock, many samples, and the
 //! median with the 10th and 90th percentiles.

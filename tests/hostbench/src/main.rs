@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Host benchmarks of the protocol core (`make bench-host`; not tests).
 //!
 //! * Ring: one 256-byte message pushed, published and popped, answered

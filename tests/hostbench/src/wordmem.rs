@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! [`WordMem`]: shared memory as atomic words, like the `[AtomicU32]`
 //! implementation of `hyper-dmabuf-common`, with one difference: byte
 //! copies that start on a word boundary and cover whole words (every ring

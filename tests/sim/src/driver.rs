@@ -1,11 +1,14 @@
+// SPDX-License-Identifier: MIT
 //! A simulated hyper-dmabuf driver in one domain: what the kernel module
 //! does around [`Channel`], over the simulated hypervisor.
 //!
 //! It keeps the tables the real driver keeps — exports (id → protocol
 //! state, granted data pages, directory pages), imports (id → protocol
 //! state, mapping handles), the event queue user space reads, completions
-//! of waiting ioctls — and implements [`Host`] over them, so that every
-//! message is handled by the real protocol code. The ioctl-level
+//! of waiting ioctls — and implements the ledger's
+//! [`Sink`] over them, so that every
+//! message is handled by the real protocol code and every decision by the
+//! driver's own ledger. The ioctl-level
 //! operations ([`Domain::export`], [`Domain::import`], [`Domain::release`],
 //! [`Domain::unexport`], [`Domain::update`]) and the connection teardown
 //! ([`Domain::teardown`]) follow the design: grant every page, build the
@@ -14,24 +17,25 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use hyper_dmabuf_common::channel::{Channel, ChannelConfig, ExportState, Host, ImportState};
+use hyper_dmabuf_common::channel::{Channel, ChannelConfig, ExportState, ImportState};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
+use hyper_dmabuf_common::ledger::{
+    self, Claim, ExportRecord, ExportRefusal, ImportRecord, ImportRefusal, ImportStep, Ledger,
+    MappedError, SendError, Sink,
+};
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{
-    encode_leaf, encode_root, read_leaf, read_root_entries, read_root_header, DirPage, Layout,
+    encode_leaf, encode_root, read_leaf, read_root_entries, read_root_header, DirPage,
 };
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::{Event, EventType};
-use hyper_dmabuf_common::wire::{Export, ExportFlags, Message, PrivData};
+use hyper_dmabuf_common::wire::{Export, ExportFlags, PrivData};
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
 
 use crate::hv::{GrantError, Hypervisor, MapHandle, MapStatus, PageId, FIRST_GREF};
 use crate::mem::Window;
 use crate::rng::Rng;
-
-/// Most imports accepted from one peer.
-pub const MAX_IMPORTS_PER_PEER: usize = 256;
 
 /// Why an operation of the simulated driver failed (the errno of the
 /// ioctl).
@@ -41,21 +45,41 @@ pub enum DriverError {
     NotConnected,
     /// No such buffer (or not from/to the connected peer).
     NoSuchBuffer,
-    /// The buffer was revoked by its exporter.
-    Revoked,
     /// A writable import of a read-only export, or a read-write export on
     /// a device without `feature-rw`.
     NotWritable,
+    /// Mapped by another import ioctl, or read-only by another user while
+    /// writable was asked.
+    Busy,
     /// No ring slot now; try again after the peer answered.
     Again,
     /// The buffer size was refused.
-    Size(Error),
+    Size(ExportRefusal),
     /// A grant map failed with this status.
     Map(MapStatus),
     /// The peer's page directory is malformed.
     Decode(Error),
     /// A grant operation failed.
     Grant(GrantError),
+}
+
+impl From<ImportRefusal> for DriverError {
+    fn from(refusal: ImportRefusal) -> Self {
+        match refusal {
+            ImportRefusal::NotFound => DriverError::NoSuchBuffer,
+            ImportRefusal::Busy => DriverError::Busy,
+            ImportRefusal::NotWritable => DriverError::NotWritable,
+        }
+    }
+}
+
+impl From<SendError> for DriverError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::NotConnected => DriverError::NotConnected,
+            SendError::RingFull | SendError::NoMemory => DriverError::Again,
+        }
+    }
 }
 
 /// A local buffer (what a dma-buf's pages are in the simulation).
@@ -67,47 +91,25 @@ struct UserBuffer {
     size: u64,
 }
 
-struct ExportEntry {
+/// What keeps an export's pages granted: its data and directory grants.
+#[derive(Debug)]
+pub struct Grants {
+    hid: HyperDmabufId,
     peer: DomId,
-    state: ExportState,
-    export: Export,
     data: Vec<GrantRef>,
     dir: Vec<(PageId, GrantRef)>,
 }
 
-struct Mapping {
+/// A mapped import: what a live import's local buffer is here.
+pub struct Mapping {
     handles: Vec<MapHandle>,
     window: Window,
     users: u32,
 }
 
-struct ImportEntry {
-    peer: DomId,
-    state: ImportState,
-    mapping: Option<Mapping>,
-}
-
-/// A message waiting for a ring slot, in order. Each entry is the channel
-/// call to make once a slot is free, so that state changes happen when
-/// the message is really sent.
-#[derive(Debug, Clone, Copy)]
-enum Outgoing {
-    Announce(Export, u64),
-    Revoke(HyperDmabufId, u64),
-    Update(HyperDmabufId, PrivData, u64),
-    Unmapped(HyperDmabufId),
-}
-
-impl Outgoing {
-    fn token(&self) -> Option<u64> {
-        match *self {
-            Outgoing::Announce(_, t) | Outgoing::Revoke(_, t) | Outgoing::Update(_, _, t) => {
-                Some(t)
-            }
-            Outgoing::Unmapped(_) => None,
-        }
-    }
-}
+/// The simulated driver's ledger: the same code as the kernel module's,
+/// over ordered maps.
+type SimLedger = Ledger<BTreeMap<u64, ExportRecord<Grants>>, BTreeMap<u64, ImportRecord<Mapping>>>;
 
 /// What a connection holds of the two ring areas.
 pub enum RingHold {
@@ -128,8 +130,6 @@ pub struct Conn {
     pub chan: Channel<Window>,
     /// Negotiated settings.
     pub config: ChannelConfig,
-    /// Slots of our request ring.
-    pub slots: u32,
     /// The ring pages.
     pub rings: RingHold,
     /// Our request ring and the peer's, for a test that takes over the
@@ -139,7 +139,6 @@ pub struct Conn {
     pub more: bool,
     /// A test drives this end by hand; the pump leaves it alone.
     pub hijacked: bool,
-    outbox: VecDeque<Outgoing>,
 }
 
 impl Conn {
@@ -156,148 +155,71 @@ impl Conn {
         theirs: Window,
         rings: RingHold,
     ) -> Result<Self, Error> {
-        let slots = hyper_dmabuf_common::ring::slots_for_len(ours.len());
         let chan = Channel::new(peer, config, ours.clone(), theirs.clone())?;
         Ok(Conn {
             peer,
             port,
             chan,
             config,
-            slots,
             rings,
             windows: (ours, theirs),
             more: false,
             hijacked: false,
-            outbox: VecDeque::new(),
         })
-    }
-
-    /// Messages waiting for a ring slot.
-    pub fn queued(&self) -> usize {
-        self.outbox.len()
     }
 }
 
-/// The tables the [`Host`] implementation works on.
+/// What user space sees of the driver: its event queue, the answers of
+/// waiting requests, the peer's refused requests.
 #[derive(Default)]
-struct Tables {
-    exports: BTreeMap<[u8; 24], ExportEntry>,
-    imports: BTreeMap<[u8; 24], ImportEntry>,
-    /// Imports still mapped by local users after their connection died.
-    orphans: BTreeMap<[u8; 24], Mapping>,
+struct UserView {
     events: VecDeque<Event>,
     completions: BTreeMap<u64, Status>,
     protocol_errors: Vec<Error>,
 }
 
-impl Tables {
-    fn end_export(&mut self, hv: &mut Hypervisor, me: DomId, key: &[u8; 24]) {
-        let Some(e) = self.exports.remove(key) else {
-            return;
-        };
-        for gref in &e.data {
-            hv.end_access_deferred(me, *gref)
-                .expect("export grants exist until the export ends");
-        }
-        for (page, gref) in &e.dir {
-            hv.end_access_deferred(me, *gref)
-                .expect("directory grants exist until the export ends");
-            hv.put_page(me, *page).expect("directory pages are ours");
-        }
-        self.events.push_back(buffer_event(
-            EventType::GrantsEnded,
-            e.peer,
-            Some(e.export.hid),
-        ));
-    }
-}
-
+/// Where the ledger's decisions take effect in the simulation.
 struct Ctx<'a> {
-    t: &'a mut Tables,
+    user: &'a mut UserView,
     hv: &'a mut Hypervisor,
     me: DomId,
-    peer: DomId,
 }
 
-impl Host for Ctx<'_> {
-    fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportState> {
-        let peer = self.peer;
-        self.t
-            .exports
-            .get_mut(&hid.encode())
-            .filter(|e| e.peer == peer && e.export.hid.matches(hid))
-            .map(|e| &mut e.state)
-    }
-
-    fn end_export(&mut self, hid: &HyperDmabufId) {
-        let key = hid.encode();
-        if self
-            .t
-            .exports
-            .get(&key)
-            .is_some_and(|e| e.peer == self.peer)
-        {
-            self.t.end_export(self.hv, self.me, &key);
+impl Sink<Grants> for Ctx<'_> {
+    fn retire(&mut self, grants: Grants) {
+        for gref in &grants.data {
+            self.hv
+                .end_access_deferred(self.me, *gref)
+                .expect("export grants exist until the export ends");
         }
-    }
-
-    fn import_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportState> {
-        let peer = self.peer;
-        self.t
-            .imports
-            .get_mut(&hid.encode())
-            .filter(|e| e.peer == peer)
-            .map(|e| &mut e.state)
-    }
-
-    fn add_import(&mut self, import: ImportState) -> Result<(), Status> {
-        let peer = self.peer;
-        if self.t.imports.values().filter(|e| e.peer == peer).count() >= MAX_IMPORTS_PER_PEER {
-            return Err(Status::NoSpace);
+        for (page, gref) in &grants.dir {
+            self.hv
+                .end_access_deferred(self.me, *gref)
+                .expect("directory grants exist until the export ends");
+            self.hv
+                .put_page(self.me, *page)
+                .expect("directory pages are ours");
         }
-        self.t.imports.insert(
-            import.export.hid.encode(),
-            ImportEntry {
-                peer,
-                state: import,
-                mapping: None,
-            },
-        );
-        Ok(())
+        self.user.events.push_back(ledger::buffer_event(
+            EventType::GrantsEnded,
+            grants.peer,
+            &grants.hid,
+            0,
+        ));
     }
 
-    fn remove_import(&mut self, hid: &HyperDmabufId) {
-        if let Some(e) = self.t.imports.remove(&hid.encode()) {
-            assert!(
-                e.mapping.is_none(),
-                "the channel forgot an import this domain still maps"
-            );
-        }
-    }
-
-    fn post_event(&mut self, event: Event) {
-        self.t.events.push_back(event);
+    fn event(&mut self, event: Event, _owner: Option<u64>) {
+        // One user-space reader: every event is its.
+        self.user.events.push_back(event);
     }
 
     fn complete(&mut self, token: u64, status: Status) {
-        let old = self.t.completions.insert(token, status);
+        let old = self.user.completions.insert(token, status);
         assert!(old.is_none(), "token {token} completed twice");
     }
 
     fn protocol_error(&mut self, error: Error) {
-        self.t.protocol_errors.push(error);
-    }
-}
-
-fn buffer_event(kind: EventType, peer: DomId, hid: Option<HyperDmabufId>) -> Event {
-    Event {
-        kind,
-        peer,
-        hid,
-        size: 0,
-        flags: ExportFlags::default(),
-        priv_data: PrivData::EMPTY,
-        lost: 0,
+        self.user.protocol_errors.push(error);
     }
 }
 
@@ -306,15 +228,15 @@ fn buffer_event(kind: EventType, peer: DomId, hid: Option<HyperDmabufId>) -> Eve
 pub struct DriverStats {
     /// Live exports.
     pub exports: usize,
-    /// Known imports (mapped or not).
+    /// Known imports of the current session (mapped or not).
     pub imports: usize,
-    /// Mapped imports.
+    /// Mapped imports of the current session.
     pub mapped: usize,
-    /// Mapped imports of a dead connection.
+    /// Mapped imports of an ended session.
     pub orphans: usize,
     /// Local buffers.
     pub buffers: usize,
-    /// Messages waiting for a ring slot.
+    /// Messages waiting for a ring slot: RELEASEs, and UNEXPORTs due.
     pub queued: usize,
 }
 
@@ -327,7 +249,8 @@ pub struct Domain {
     buffers: BTreeMap<BufId, UserBuffer>,
     next_buf: u32,
     next_token: u64,
-    t: Tables,
+    ledger: SimLedger,
+    user: UserView,
     /// The connection to the peer, once XenBus connected it.
     pub conn: Option<Conn>,
     /// The rings and port of a stopped connection, until teardown.
@@ -336,6 +259,10 @@ pub struct Domain {
     /// checked.
     pub hostile: bool,
 }
+
+/// The simulation's clock for the ledger's schedule: unexports are due at
+/// once, and each pump's tick retries what found the ring full.
+const NOW: u64 = 0;
 
 fn unmap_all(hv: &mut Hypervisor, me: DomId, handles: &[MapHandle]) {
     let results = hv.unmap(me, handles);
@@ -357,7 +284,8 @@ impl Domain {
             buffers: BTreeMap::new(),
             next_buf: 1,
             next_token: 1,
-            t: Tables::default(),
+            ledger: Ledger::new(BTreeMap::new(), BTreeMap::new(), BTreeMap::new()),
+            user: UserView::default(),
             conn: None,
             detached: None,
             hostile: false,
@@ -369,11 +297,18 @@ impl Domain {
         self.conn.as_ref().map(|c| c.peer)
     }
 
+    /// The ledger's effects in this domain.
+    fn ctx<'a>(user: &'a mut UserView, hv: &'a mut Hypervisor, me: DomId) -> Ctx<'a> {
+        Ctx { user, hv, me }
+    }
+
     // ---- local buffers ----
 
-    /// Allocates a local buffer of `size` bytes (at least one page).
+    /// Allocates a local buffer of at least `size` bytes, in whole pages
+    /// (at least one) as a dma-buf is.
     pub fn create_buffer(&mut self, hv: &mut Hypervisor, size: u64) -> BufId {
         let nr = size.div_ceil(XEN_PAGE_SIZE as u64).max(1);
+        let size = nr * XEN_PAGE_SIZE as u64;
         let pages = (0..nr).map(|_| hv.alloc_page(self.id)).collect();
         let id = BufId(self.next_buf);
         self.next_buf += 1;
@@ -414,19 +349,19 @@ impl Domain {
     /// User space exits: every mapping of an import is released (each
     /// user), every local buffer freed.
     pub fn close_all(&mut self, hv: &mut Hypervisor) {
-        let mapped: Vec<(HyperDmabufId, u32)> = self
-            .t
-            .imports
-            .values()
-            .filter_map(|e| e.mapping.as_ref().map(|m| (e.state.export.hid, m.users)))
-            .collect();
+        let mut mapped = Vec::new();
+        self.ledger.for_each(
+            |_, _| {},
+            |i| {
+                if let Claim::Live { handle, .. } = i.claim() {
+                    mapped.push((i.state.export.hid, handle.users));
+                }
+            },
+        );
         for (hid, users) in mapped {
             for _ in 0..users {
                 self.release(hv, &hid).expect("mapped import");
             }
-        }
-        for m in std::mem::take(&mut self.t.orphans).into_values() {
-            unmap_all(hv, self.id, &m.handles);
         }
         for b in self.buffers() {
             self.free_buffer(hv, b);
@@ -448,34 +383,32 @@ impl Domain {
                 chunk.copy_from_slice(&self.rng.next().to_le_bytes()[..chunk.len()]);
             }
             if let Ok(hid) = HyperDmabufId::new(number, key) {
-                if !self.t.exports.contains_key(&hid.encode()) {
+                if self.ledger.export(&hid).is_none() {
                     return hid;
                 }
             }
         }
     }
 
-    /// Grants the buffer's pages to the peer and builds its directory, and
-    /// records the export, without announcing it.
-    ///
-    /// # Errors
-    ///
-    /// [`DriverError::NotConnected`], [`DriverError::NotWritable`],
-    /// [`DriverError::Size`].
-    pub fn export_unannounced(
+    /// Grants the buffer's pages to the peer and builds its directory:
+    /// the record of an export not yet announced.
+    fn prepare_export(
         &mut self,
         hv: &mut Hypervisor,
         buf: BufId,
         rw: bool,
         priv_data: PrivData,
-    ) -> Result<Export, DriverError> {
+    ) -> Result<ExportRecord<Grants>, DriverError> {
         let conn = self.conn.as_ref().ok_or(DriverError::NotConnected)?;
         let (peer, config) = (conn.peer, conn.config);
-        if rw && !config.allow_rw {
-            return Err(DriverError::NotWritable);
-        }
+        let flags = if rw {
+            ExportFlags::WRITABLE
+        } else {
+            ExportFlags::default()
+        };
+        ledger::export_flags_allowed(&config, flags).map_err(|_| DriverError::NotWritable)?;
         let b = &self.buffers[&buf];
-        let layout = Layout::new(b.size, config.max_buffer_bytes).map_err(DriverError::Size)?;
+        let layout = ledger::export_layout(&config, b.size).map_err(DriverError::Size)?;
         let me = self.id;
         let pages = b.pages.clone();
         let mut data = Vec::with_capacity(pages.len());
@@ -509,39 +442,55 @@ impl Domain {
         };
         encode_root(&layout, &root_entries, &mut page).expect("layout counts");
         let root = grant_dir_page(hv, &page);
-        // The root goes first in `dir`, as the teardown does not care.
         let hid = self.new_hid();
         let export = Export {
             hid,
             size: layout.size(),
             dir_gref: root,
-            flags: if rw {
-                ExportFlags::WRITABLE
-            } else {
-                ExportFlags::default()
-            },
+            flags,
             priv_data,
         };
-        self.t.exports.insert(
-            hid.encode(),
-            ExportEntry {
-                peer,
-                state: ExportState::new(),
-                export,
-                data,
-                dir,
-            },
-        );
+        let grants = Grants {
+            hid,
+            peer,
+            data,
+            dir,
+        };
+        Ok(ExportRecord::new(export, 0, buf.0 as usize, grants))
+    }
+
+    /// Grants the buffer's pages to the peer, builds its directory and
+    /// records the export, without announcing it (a hostile exporter's
+    /// way).
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::NotConnected`], [`DriverError::NotWritable`],
+    /// [`DriverError::Size`].
+    pub fn export_unannounced(
+        &mut self,
+        hv: &mut Hypervisor,
+        buf: BufId,
+        rw: bool,
+        priv_data: PrivData,
+    ) -> Result<Export, DriverError> {
+        let record = self.prepare_export(hv, buf, rw, priv_data)?;
+        let export = record.info;
+        let me = self.id;
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        self.ledger.record_export(&mut ctx, record)?;
         Ok(export)
     }
 
     /// Exports a local buffer to the peer: grants, directory, EXPORT.
     /// Returns the id and the token whose completion says whether the peer
-    /// accepted it.
+    /// accepted it. A buffer exported already is updated instead (its
+    /// token completes at once, as the ioctl returns).
     ///
     /// # Errors
     ///
-    /// As [`Domain::export_unannounced`].
+    /// As [`Domain::export_unannounced`]; [`DriverError::Again`] if the
+    /// ring is full (the grants are ended again).
     pub fn export(
         &mut self,
         hv: &mut Hypervisor,
@@ -549,10 +498,37 @@ impl Domain {
         rw: bool,
         priv_data: PrivData,
     ) -> Result<(HyperDmabufId, u64), DriverError> {
-        let export = self.export_unannounced(hv, buf, rw, priv_data)?;
+        self.flush(hv);
+        let me = self.id;
         let token = self.token();
-        self.submit(hv, Outgoing::Announce(export, token));
-        Ok((export.hid, token))
+        if self.ledger.exports_identity(buf.0 as usize) {
+            let chan = self.conn.as_mut().map(|c| &mut c.chan);
+            let mut ctx = Self::ctx(&mut self.user, hv, me);
+            if let Some(updated) =
+                self.ledger
+                    .update_existing(chan, &mut ctx, buf.0 as usize, priv_data)
+            {
+                let (hid, notify) = updated?;
+                self.notify_if(hv, notify);
+                self.user.completions.insert(token, Status::Ok);
+                return Ok((hid, token));
+            }
+        }
+        let record = self.prepare_export(hv, buf, rw, priv_data)?;
+        let hid = record.info.hid;
+        let conn = self.conn.as_mut().expect("connected: checked above");
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let notify = self
+            .ledger
+            .announce(&mut conn.chan, &mut ctx, record, token)?;
+        self.notify_if(hv, notify);
+        Ok((hid, token))
+    }
+
+    fn notify_if(&self, hv: &mut Hypervisor, notify: bool) {
+        if let (true, Some(conn)) = (notify, self.conn.as_ref()) {
+            hv.notify(self.id, conn.port);
+        }
     }
 
     fn token(&mut self) -> u64 {
@@ -561,8 +537,10 @@ impl Domain {
         t
     }
 
-    /// Starts the unexport handshake. Returns the token completed with the
-    /// peer's answer.
+    /// Starts the unexport handshake: the ledger schedules it now and the
+    /// next tick sends it (at once, or once the ring has room). The
+    /// peer's answer shows in [`Domain::export_state`] (awaiting release)
+    /// or in the export's end ([`EventType::GrantsEnded`]).
     ///
     /// # Errors
     ///
@@ -571,97 +549,109 @@ impl Domain {
         &mut self,
         hv: &mut Hypervisor,
         hid: &HyperDmabufId,
-    ) -> Result<u64, DriverError> {
-        let peer = self.peer().ok_or(DriverError::NotConnected)?;
-        if self
-            .t
-            .exports
-            .get(&hid.encode())
-            .is_none_or(|e| e.peer != peer)
-        {
+    ) -> Result<(), DriverError> {
+        if self.conn.is_none() {
+            return Err(DriverError::NotConnected);
+        }
+        if !self.ledger.schedule_unexport(hid, NOW) {
             return Err(DriverError::NoSuchBuffer);
         }
-        let token = self.token();
-        self.submit(hv, Outgoing::Revoke(*hid, token));
-        Ok(token)
+        self.flush(hv);
+        Ok(())
     }
 
-    /// Sends new private data for an export.
+    /// Sends new private data for an export (a re-export of its buffer).
+    /// Returns a token completed as the ioctl returns.
     ///
     /// # Errors
     ///
-    /// As [`Domain::unexport`].
+    /// As [`Domain::unexport`]; [`DriverError::Again`] if the ring is
+    /// full.
     pub fn update(
         &mut self,
         hv: &mut Hypervisor,
         hid: &HyperDmabufId,
         priv_data: PrivData,
     ) -> Result<u64, DriverError> {
-        let peer = self.peer().ok_or(DriverError::NotConnected)?;
-        if self
-            .t
-            .exports
-            .get(&hid.encode())
-            .is_none_or(|e| e.peer != peer)
-        {
-            return Err(DriverError::NoSuchBuffer);
-        }
+        let conn = self.conn.as_mut().ok_or(DriverError::NotConnected)?;
+        let identity = self
+            .ledger
+            .export(hid)
+            .ok_or(DriverError::NoSuchBuffer)?
+            .identity;
+        let me = self.id;
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let (_, notify) = self
+            .ledger
+            .update_existing(Some(&mut conn.chan), &mut ctx, identity, priv_data)
+            .ok_or(DriverError::NoSuchBuffer)??;
+        self.notify_if(hv, notify);
         let token = self.token();
-        self.submit(hv, Outgoing::Update(*hid, priv_data, token));
+        self.user.completions.insert(token, Status::Ok);
         Ok(token)
     }
 
     /// The protocol state of an export.
     pub fn export_state(&self, hid: &HyperDmabufId) -> Option<ExportState> {
-        self.t.exports.get(&hid.encode()).map(|e| e.state)
+        self.ledger.export(hid).map(|e| e.state)
     }
 
     /// The grant references of an export's data pages, in order.
     pub fn export_grants(&self, hid: &HyperDmabufId) -> Option<Vec<GrantRef>> {
-        self.t.exports.get(&hid.encode()).map(|e| e.data.clone())
+        self.ledger.export(hid).map(|e| e.grants.data.clone())
     }
 
     /// The ids of every live export.
     pub fn exports(&self) -> Vec<HyperDmabufId> {
-        self.t.exports.values().map(|e| e.export.hid).collect()
+        let mut out = Vec::new();
+        self.ledger.for_each(|_, e| out.push(e.info.hid), |_| {});
+        out
     }
 
     // ---- import side ----
 
-    /// The protocol state of an import.
+    /// The protocol state of an import of the current session.
     pub fn import_state(&self, hid: &HyperDmabufId) -> Option<ImportState> {
-        self.t.imports.get(&hid.encode()).map(|e| e.state)
+        self.ledger
+            .import(hid)
+            .filter(|i| !i.orphaned())
+            .map(|i| i.state)
     }
 
-    /// The ids of every known import.
+    fn current_imports(&self) -> Vec<&ImportRecord<Mapping>> {
+        let mut out = Vec::new();
+        self.ledger.for_each(
+            |_, _| {},
+            |i| {
+                if !i.orphaned() {
+                    out.push(i);
+                }
+            },
+        );
+        out
+    }
+
+    /// The ids of every known import of the current session.
     pub fn imports(&self) -> Vec<HyperDmabufId> {
-        self.t
-            .imports
-            .values()
-            .map(|e| e.state.export.hid)
+        self.current_imports()
+            .iter()
+            .map(|i| i.state.export.hid)
             .collect()
     }
 
     /// The imports this domain maps through its live connection (orphans
     /// excluded).
     pub fn mapped_imports(&self) -> Vec<HyperDmabufId> {
-        self.t
-            .imports
-            .values()
-            .filter(|e| e.mapping.is_some())
-            .map(|e| e.state.export.hid)
+        self.current_imports()
+            .iter()
+            .filter(|i| mapping_of(i).is_some())
+            .map(|i| i.state.export.hid)
             .collect()
     }
 
     /// Users holding the mapping of an import (or of an orphan).
     pub fn users(&self, hid: &HyperDmabufId) -> u32 {
-        let key = hid.encode();
-        self.t
-            .imports
-            .get(&key)
-            .and_then(|e| e.mapping.as_ref())
-            .or_else(|| self.t.orphans.get(&key))
-            .map_or(0, |m| m.users)
+        self.mapping(hid).map_or(0, |m| m.users)
     }
 
     /// Imports a buffer: maps it (root, leaves in one batch, data pages in
@@ -670,8 +660,9 @@ impl Domain {
     ///
     /// # Errors
     ///
-    /// [`DriverError::NotConnected`], [`DriverError::NoSuchBuffer`],
-    /// [`DriverError::Revoked`], [`DriverError::NotWritable`],
+    /// [`DriverError::NotConnected`], [`DriverError::NoSuchBuffer`]
+    /// (also for a revoked buffer or one of an ended session),
+    /// [`DriverError::NotWritable`], [`DriverError::Busy`],
     /// [`DriverError::Again`], [`DriverError::Map`],
     /// [`DriverError::Decode`]. On error nothing stays mapped.
     pub fn import(
@@ -683,71 +674,45 @@ impl Domain {
         self.flush(hv);
         let me = self.id;
         let conn = self.conn.as_mut().ok_or(DriverError::NotConnected)?;
-        let peer = conn.peer;
-        let entry = self
-            .t
-            .imports
-            .get_mut(&hid.encode())
-            .filter(|e| e.peer == peer)
-            .ok_or(DriverError::NoSuchBuffer)?;
-        if entry.state.revoked() {
-            return Err(DriverError::Revoked);
-        }
-        if let Some(m) = &mut entry.mapping {
-            if rw && !m.window.writable() {
-                return Err(DriverError::NotWritable);
+        let (peer, max) = (conn.peer, conn.config.max_buffer_bytes);
+        let export = match self.ledger.import_begin(hid, rw)? {
+            ImportStep::Reuse { handle, .. } => {
+                handle.users += 1;
+                return Ok(());
             }
-            m.users += 1;
-            return Ok(());
-        }
-        let export = entry.state.export;
-        if rw && !export.flags.contains(ExportFlags::WRITABLE) {
-            return Err(DriverError::NotWritable);
-        }
-        if conn.queued() > 0 || conn.chan.outstanding() >= conn.slots as usize {
-            return Err(DriverError::Again);
-        }
-        let (handles, window) =
-            map_buffer(hv, me, peer, &export, conn.config.max_buffer_bytes, rw)?;
-        entry.mapping = Some(Mapping {
+            ImportStep::Map(export) => *export,
+        };
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let (handles, window) = match map_buffer(ctx.hv, me, peer, &export, max, rw) {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                self.ledger.import_abort(&mut ctx, hid);
+                return Err(e);
+            }
+        };
+        let notify = match self.ledger.import_mapped(&mut conn.chan, &mut ctx, hid) {
+            Ok(notify) => notify,
+            Err(e) => {
+                unmap_all(ctx.hv, me, &handles);
+                self.ledger.import_abort(&mut ctx, hid);
+                return Err(match e {
+                    MappedError::NotFound => DriverError::NoSuchBuffer,
+                    MappedError::Again => DriverError::Again,
+                });
+            }
+        };
+        let mapping = Mapping {
             handles,
             window,
             users: 1,
-        });
-        let mut ctx = Ctx {
-            t: &mut self.t,
-            hv,
-            me,
-            peer,
         };
-        match conn.chan.import_mapped(&mut ctx, hid) {
-            Ok(true) => hv.notify(me, conn.port),
-            Ok(false) => {}
-            Err(_) => {
-                // Only a peer answering out of order can leave no request
-                // id free while ring slots are: undo the mapping (the
-                // channel changed nothing and sent nothing).
-                let m = self
-                    .t
-                    .imports
-                    .get_mut(&hid.encode())
-                    .and_then(|e| e.mapping.take());
-                if let Some(m) = m {
-                    unmap_all(hv, me, &m.handles);
-                }
-                return Err(DriverError::Again);
-            }
-        }
+        self.ledger.import_live(hid, mapping, rw);
+        self.notify_if(hv, notify);
         Ok(())
     }
 
     fn mapping(&self, hid: &HyperDmabufId) -> Option<&Mapping> {
-        let key = hid.encode();
-        self.t
-            .imports
-            .get(&key)
-            .and_then(|e| e.mapping.as_ref())
-            .or_else(|| self.t.orphans.get(&key))
+        self.ledger.import(hid).and_then(mapping_of)
     }
 
     /// Reads bytes of a mapped import, as user space reading its mmap.
@@ -778,54 +743,39 @@ impl Domain {
     }
 
     /// A user of an imported buffer lets it go; the last one unmaps it and
-    /// tells the exporter.
+    /// tells the exporter (or, for an orphan, forgets it).
     ///
     /// # Errors
     ///
     /// [`DriverError::NoSuchBuffer`] if it is not mapped.
     pub fn release(&mut self, hv: &mut Hypervisor, hid: &HyperDmabufId) -> Result<(), DriverError> {
-        let key = hid.encode();
         let me = self.id;
-        if let Some(o) = self.t.orphans.get_mut(&key) {
-            o.users -= 1;
-            if o.users == 0 {
-                let o = self.t.orphans.remove(&key).expect("present");
-                unmap_all(hv, me, &o.handles);
-            }
+        let users = {
+            let m = self.ledger.live_mut(hid).ok_or(DriverError::NoSuchBuffer)?;
+            m.users -= 1;
+            m.users
+        };
+        if users > 0 {
             return Ok(());
         }
-        let entry = self
-            .t
-            .imports
-            .get_mut(&key)
-            .ok_or(DriverError::NoSuchBuffer)?;
-        let m = entry.mapping.as_mut().ok_or(DriverError::NoSuchBuffer)?;
-        m.users -= 1;
-        if m.users > 0 {
-            return Ok(());
-        }
-        let m = entry.mapping.take().expect("present");
+        let m = self
+            .ledger
+            .import_unmapping(hid)
+            .expect("a live import has its mapping");
         unmap_all(hv, me, &m.handles);
-        self.submit(hv, Outgoing::Unmapped(*hid));
+        let conn = self.conn.as_mut().map(|c| &mut c.chan);
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let released = self.ledger.import_released(conn, &mut ctx, hid);
+        if let ledger::Released::Sent(notify) = released {
+            self.notify_if(hv, notify);
+        }
         Ok(())
     }
 
     // ---- messages ----
 
-    fn submit(&mut self, hv: &mut Hypervisor, item: Outgoing) {
-        match self.conn.as_mut() {
-            Some(conn) => conn.outbox.push_back(item),
-            None => {
-                if let Some(token) = item.token() {
-                    self.t.completions.insert(token, Status::NoSuchBuffer);
-                }
-                return;
-            }
-        }
-        self.flush(hv);
-    }
-
-    /// Sends queued messages while the ring has free slots.
+    /// The timed work: sends the UNEXPORTs that are due and the RELEASEs
+    /// that found the ring full, as far as the ring has room.
     pub fn flush(&mut self, hv: &mut Hypervisor) {
         let me = self.id;
         let Some(conn) = self.conn.as_mut() else {
@@ -834,54 +784,9 @@ impl Domain {
         if conn.hijacked {
             return;
         }
-        while let Some(&item) = conn.outbox.front() {
-            if conn.chan.outstanding() >= conn.slots as usize {
-                break;
-            }
-            let mut ctx = Ctx {
-                t: &mut self.t,
-                hv,
-                me,
-                peer: conn.peer,
-            };
-            let sent = match item {
-                Outgoing::Announce(export, token) => conn.chan.announce(export, Some(token)),
-                Outgoing::Revoke(hid, token) => {
-                    // `revoke` answers Ok(false) both for "sent, no
-                    // notification needed" and for "already unexported,
-                    // nothing sent"; only in the first case will the token
-                    // ever complete, so tell them apart here.
-                    if ctx.export_mut(&hid).is_some_and(|s| s.unexported()) {
-                        conn.outbox.pop_front();
-                        ctx.complete(token, Status::Ok);
-                        continue;
-                    }
-                    conn.chan.revoke(&mut ctx, &hid, Some(token))
-                }
-                Outgoing::Update(hid, priv_data, token) => conn
-                    .chan
-                    .send(Message::Update { hid, priv_data }, Some(token)),
-                Outgoing::Unmapped(hid) => conn.chan.import_unmapped(&mut ctx, &hid),
-            };
-            if sent == Err(Error::RingFull) {
-                // Only a peer answering out of order can hold every request
-                // id while ring slots are free: wait for its answers.
-                break;
-            }
-            conn.outbox.pop_front();
-            match sent {
-                Ok(true) => hv.notify(me, conn.port),
-                Ok(false) => {}
-                Err(Error::BadId) => {
-                    // The buffer went away while the message waited (the
-                    // export was refused, or the import forgotten).
-                    if let Some(token) = item.token() {
-                        ctx.complete(token, Status::NoSuchBuffer);
-                    }
-                }
-                Err(e) => panic!("send failed: {e}"),
-            }
-        }
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let tick = self.ledger.tick(Some(&mut conn.chan), &mut ctx, NOW);
+        self.notify_if(hv, tick.notify);
     }
 
     /// Handles what the peer sent (the event-channel handler).
@@ -894,14 +799,10 @@ impl Domain {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        let mut ctx = Ctx {
-            t: &mut self.t,
-            hv,
-            me,
-            peer: conn.peer,
-        };
-        let progress = conn.chan.process(&mut ctx)?;
-        if progress.notify {
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let progress = conn.chan.process(&mut self.ledger.view(&mut ctx))?;
+        let released = self.ledger.flush_releases(&mut conn.chan, &mut ctx);
+        if progress.notify || released {
             hv.notify(me, conn.port);
         }
         conn.more = progress.more;
@@ -929,88 +830,57 @@ impl Domain {
     }
 
     /// The connection stops (peer closed or died, or a fatal protocol
-    /// error): fail waiting requests, end every export to the peer
-    /// (deferred where still mapped), forget its imports (those still
-    /// mapped by local users stay mapped until released). The rings and
-    /// the event channel are kept until [`Domain::teardown`], since the
-    /// backend may still map them. Idempotent.
+    /// error): [`Ledger::detach`]. The rings and the event channel are
+    /// kept until [`Domain::teardown`], since the backend may still map
+    /// them. Idempotent.
     pub fn disconnect(&mut self, hv: &mut Hypervisor) {
         let me = self.id;
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let peer = conn.peer;
-        let mut ctx = Ctx {
-            t: &mut self.t,
-            hv,
-            me,
-            peer,
-        };
-        conn.chan.disconnect(&mut ctx);
-        for item in conn.outbox.drain(..) {
-            if let Some(token) = item.token() {
-                ctx.complete(token, Status::NoSuchBuffer);
-            }
-        }
-        let t = &mut self.t;
-        let doomed: Vec<[u8; 24]> = t
-            .exports
-            .iter()
-            .filter(|(_, e)| e.peer == peer)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in doomed {
-            t.end_export(hv, me, &key);
-        }
-        let gone: Vec<[u8; 24]> = t
-            .imports
-            .iter()
-            .filter(|(_, e)| e.peer == peer)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in gone {
-            let e = t.imports.remove(&key).expect("present");
-            if let Some(m) = e.mapping {
-                t.orphans.insert(key, m);
-            }
-        }
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        self.ledger.detach(&mut conn.chan, &mut ctx);
         self.detached = Some((conn.rings, conn.port));
-        t.events
-            .push_back(buffer_event(EventType::PeerDisconnected, peer, None));
     }
 
     // ---- what user space and the tests see ----
 
     /// Takes the queued events.
     pub fn take_events(&mut self) -> Vec<Event> {
-        self.t.events.drain(..).collect()
+        self.user.events.drain(..).collect()
     }
 
     /// The status a waiting request completed with, if it did.
     pub fn completion(&self, token: u64) -> Option<Status> {
-        self.t.completions.get(&token).copied()
+        self.user.completions.get(&token).copied()
     }
 
     /// Requests of the peer refused as malformed.
     pub fn protocol_errors(&self) -> &[Error] {
-        &self.t.protocol_errors
+        &self.user.protocol_errors
     }
 
     /// What the driver holds.
     pub fn stats(&self) -> DriverStats {
-        DriverStats {
-            exports: self.t.exports.len(),
-            imports: self.t.imports.len(),
-            mapped: self
-                .t
-                .imports
-                .values()
-                .filter(|e| e.mapping.is_some())
-                .count(),
-            orphans: self.t.orphans.len(),
+        let mut st = DriverStats {
             buffers: self.buffers.len(),
-            queued: self.conn.as_ref().map_or(0, |c| c.queued()),
-        }
+            queued: self.ledger.releases_unsent(),
+            ..DriverStats::default()
+        };
+        self.ledger.for_each(
+            |_, e| {
+                st.exports += 1;
+                st.queued += usize::from(e.unexport_at().is_some());
+            },
+            |i| match (i.orphaned(), mapping_of(i).is_some()) {
+                (true, _) => st.orphans += 1,
+                (false, mapped) => {
+                    st.imports += 1;
+                    st.mapped += usize::from(mapped);
+                }
+            },
+        );
+        st
     }
 
     /// Checks the driver's tables against the hypervisor: every export's
@@ -1025,29 +895,26 @@ impl Domain {
         let me = self.id;
         let c = hv.counters(me);
         let mut live_grants = 0;
-        for e in self.t.exports.values() {
-            for gref in e.data.iter().chain(e.dir.iter().map(|(_, g)| g)) {
-                assert!(hv.has_grant(me, *gref), "export grant {gref} missing");
-            }
-            live_grants += e.data.len() + e.dir.len();
-        }
         let mut maps = 0;
-        for e in self.t.imports.values() {
-            if let Some(m) = &e.mapping {
-                assert!(m.users > 0);
-                maps += m.handles.len();
-            }
-            assert!(
-                e.mapping.is_none() || e.state.mapped(),
-                "mapped import not marked mapped"
-            );
-        }
-        maps += self
-            .t
-            .orphans
-            .values()
-            .map(|m| m.handles.len())
-            .sum::<usize>();
+        self.ledger.for_each(
+            |_, e| {
+                let g = &e.grants;
+                for gref in g.data.iter().chain(g.dir.iter().map(|(_, g)| g)) {
+                    assert!(hv.has_grant(me, *gref), "export grant {gref} missing");
+                }
+                live_grants += g.data.len() + g.dir.len();
+            },
+            |i| {
+                if let Some(m) = mapping_of(i) {
+                    assert!(m.users > 0);
+                    maps += m.handles.len();
+                    assert!(
+                        i.orphaned() || i.state.mapped(),
+                        "mapped import not marked mapped"
+                    );
+                }
+            },
+        );
         let rings = self.conn.as_ref().map(|c| &c.rings);
         match rings.or(self.detached.as_ref().map(|(r, _)| r)) {
             Some(RingHold::Granted(p)) => live_grants += p.len(),
@@ -1060,6 +927,14 @@ impl Domain {
             live_grants,
             "domain {me}: live grants vs exports"
         );
+    }
+}
+
+/// The mapping of a live import.
+fn mapping_of(import: &ImportRecord<Mapping>) -> Option<&Mapping> {
+    match import.claim() {
+        Claim::Live { handle, .. } => Some(handle),
+        _ => None,
     }
 }
 

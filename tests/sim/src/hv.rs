@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The simulated hypervisor: domains, their pages, grant tables, foreign
 //! mappings and event channels, with per-domain counters.
 //!

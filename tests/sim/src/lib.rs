@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Two-domain simulation of hyper-dmabuf: two simulated domains in one
 //! process run the real protocol code of `hyper-dmabuf-common`
 //! ([`Channel`](hyper_dmabuf_common::channel::Channel), rings, page
@@ -12,8 +13,8 @@
 //!   the same [`SharedMem`](hyper_dmabuf_common::shmem::SharedMem) trait
 //!   the kernel uses.
 //! * [`driver`] — one domain's driver: export, import, release, unexport,
-//!   update, teardown, implementing
-//!   [`Host`](hyper_dmabuf_common::channel::Host).
+//!   update, teardown, implementing the ledger's
+//!   [`Sink`](hyper_dmabuf_common::ledger::Sink).
 //! * [`world`] — two domains, the xenstore, the XenBus handshake, the
 //!   event pump, kills and restarts, and the zero-counter checks.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Simulated machine memory: 4 KiB pages of atomic words, and windows over
 //! one or several of them that the protocol code reads through
 //! [`SharedMem`], exactly as the kernel reads granted or mapped pages.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! A small deterministic random number generator (xorshift64*), so that
 //! every run of the simulation is reproducible from its seed.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Two domains, a hypervisor and a xenstore: the connection is set up and
 //! torn down by the real XenBus state machines of `xenbus-proto` over the
 //! in-memory store, the messages are moved by event-channel
@@ -708,7 +709,8 @@ impl World {
                 0,
                 "{side:?}: requests left unanswered with no notification pending (lost wake-up)"
             );
-            assert_eq!(conn.queued(), 0, "{side:?}: messages left queued");
+            let queued = self.dom(side).stats().queued;
+            assert_eq!(queued, 0, "{side:?}: messages left queued");
         }
     }
 

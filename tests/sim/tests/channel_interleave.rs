@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! The revocation handshake under random two-CPU interleavings.
 //!
 //! An exporter E and an importer I run the real [`Channel`] over shared

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Interleavings the single-threaded pump cannot produce by itself, and
 //! ring sizes it does not use by default: each found a problem in
 //! `common/src/channel.rs` (fixed by mapping epochs and a re-armed event

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! What the simulation's XenBus wiring relies on about watch delivery.
 //!
 //! Linux fires a watch once when it is registered and once per write,

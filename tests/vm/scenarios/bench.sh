@@ -1,9 +1,10 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # `make bench`: hyper_dmabuf against gntdev-dmabuf (with a user-space
 # transport), the grant-map floor and a copy, from dom0 to a PVH guest
 # (gntdev-dmabuf maps grants into a dma-buf only in PVH/HVM). dom0 runs
-# `hdmabuf bench export`, which drives and prints a `bench| {json}` line
-# per figure; the guest runs `hdmabuf bench import`. The host turns the
+# `hdmabuf-agent bench export`, which drives and prints a `bench| {json}` line
+# per figure; the guest runs `hdmabuf-agent bench import`. The host turns the
 # lines into a table, target/bench/results.json and a plot.
 #
 # hdm: description = make bench: ours vs gntdev-dmabuf, grant-map floor and copy, dom0 to PVH
@@ -18,18 +19,18 @@ case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
     # gntalloc grants at most 1024 pages by default: the floor grants as
-    # many pages as the largest buffer, the link 257.
+    # many pages as the largest buffer, the link 259.
     echo 262144 >/sys/module/xen_gntalloc/parameters/limit
     ;;
 dom0/guests)
     hdm_wait_connected
-    hdmabuf bench export --domain "$(xl domid pvh)" || hdm_fail "bench export failed"
+    hdmabuf-agent bench export --domain "$(xl domid pvh)" || hdm_fail "bench export failed"
     hdm_check_released 60
     ;;
 pvh/main)
     hdm_load
     hdm_wait_connected
-    hdmabuf bench import --domain 0 || hdm_fail "bench import failed"
+    hdmabuf-agent bench import --domain 0 || hdm_fail "bench import failed"
     hdm_check_released 60
     ;;
 esac

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # 200 randomized export/import/unexport cycles in each direction at once:
 # a PV guest exports to dom0 while dom0 exports to a second PV guest (sizes from
 # 4 KiB to 2 MiB, read-only and read-write, imported then unexported,
@@ -27,9 +28,9 @@ dom0/main)
 dom0/guests)
     hdm_wait_connected 2
     hdm_log "baseline: $(hdm_stats)"
-    hdmabuf stress import --domain "$(xl domid pv)" >/tmp/import.out 2>&1 &
+    hdmabuf-agent stress import --domain "$(xl domid pv)" >/tmp/import.out 2>&1 &
     importer=$!
-    hdmabuf stress export --domain "$(xl domid pv2)" --cycles $CYCLES --seed 2 --max-size 2M ||
+    hdmabuf-agent stress export --domain "$(xl domid pv2)" --cycles $CYCLES --seed 2 --max-size 2M ||
         hdm_fail "stress export to pv2 failed"
     wait $importer || { cat /tmp/import.out; hdm_fail "stress import from pv failed"; }
     cat /tmp/import.out
@@ -39,14 +40,14 @@ dom0/guests)
 pv/main)
     hdm_load
     hdm_wait_connected
-    hdmabuf stress export --domain 0 --cycles $CYCLES --seed 1 --max-size 2M ||
+    hdmabuf-agent stress export --domain 0 --cycles $CYCLES --seed 1 --max-size 2M ||
         hdm_fail "stress export failed"
     hdm_check_clean
     ;;
 pv2/main)
     hdm_load
     hdm_wait_connected
-    hdmabuf stress import --domain 0 || hdm_fail "stress import failed"
+    hdmabuf-agent stress import --domain 0 || hdm_fail "stress import failed"
     hdm_check_clean
     ;;
 esac

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Peer death at each step of a buffer's life (issue 8): dom0 destroys a PV
 # guest with `xl destroy` at a chosen moment, one guest per step, and must
 # clean up fully each time; its processes get errors or keep their
@@ -31,12 +32,15 @@ kill_guest() {
     xl destroy "$1" || hdm_fail "xl destroy $1 failed"
 }
 
-# until_positive COUNTER: wait (at most 120 s: the exporter first fills
-# its buffer) until dom0's COUNTER is above 0.
+# until_positive COUNTER PID OUTPUT: wait until dom0's COUNTER is above
+# 0, while process PID (which writes OUTPUT) runs. At most 300 s: the
+# exporter first fills its buffer, on the debug kernel while three other
+# guests fill theirs.
 until_positive() {
-    local deadline=$(hdm_deadline 120)
+    local deadline=$(hdm_deadline 300)
     until [ "$(hdm_stat "$1")" -gt 0 ]; do
-        hdm_in_time $deadline || hdm_fail "$1 stayed 0 ($(hdm_stats))"
+        kill -0 "$2" 2>/dev/null || hdm_fail "$1 stayed 0 and the process ended: $(cat "$3")"
+        hdm_in_time $deadline || hdm_fail "$1 stayed 0 ($(hdm_stats)): $(cat "$3")"
         sleep 0.02
     done
 }
@@ -65,7 +69,7 @@ dom0/guests)
         >/tmp/export.out 2>&1 &
     exporter=$!
     # The pages are being granted: d1 dies before it hears of the buffer.
-    until_positive grants_live
+    until_positive grants_live "$exporter" /tmp/export.out
     kill_guest d1
     wait "$exporter"
     hdm_log "export: the exporter exited with $? and said: $(tail -n 2 /tmp/export.out | tr '\n' ' ')"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # `make demo`: a PV domU and dom0 share buffers both ways.
 #
 #   1. The domU exports an 8 MiB and a 256 MiB buffer (read-only) to dom0;

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # The life-cycle of shared buffers between dom0 and a PV domU, and the
 # death of the domU with buffers mapped both ways.
 #

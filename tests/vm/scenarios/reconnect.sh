@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Peer loss and recovery: the guest's frontend is unbound and bound again,
 # then dom0's backend is; each time the other end goes through Closing and
 # the device reconnects, and a buffer is shared over the new connection.
@@ -13,6 +14,7 @@
 case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
+    hdm_load_check
     ;;
 dom0/guests)
     hdm_watch /tmp/events 600

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Runner self-test: the PV domU never comes up (hdm.hang=1 on its kernel
 # command line stops its init before the scenario starts). The runner must
 # FAIL the run on the boot timeout of that guest, showing the guest's

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Runner self-test: the frontend prints a kernel WARNING in the PV domU
 # (module parameter inject_warn=1). The runner must FAIL this run, blaming
 # the pv domain's step and showing its log; `expect-fail` turns that

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # dom0 paired with two guests at once, a PV and a PVH one: each guest
 # exports an 8 MiB buffer to dom0, which learns of both from events,
 # imports them and verifies every byte (in user space and as a kernel
@@ -15,6 +16,7 @@
 case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
+    hdm_load_check
     ;;
 dom0/guests)
     hdm_watch /tmp/events
@@ -26,7 +28,7 @@ dom0/guests)
     for guest in pv:61 pvh:62; do
         id=$(hdm_wait_event /tmp/events NewExport "\"priv\":\"from-${guest%:*}\"")
         hdm_log "learnt of $id from ${guest%:*}"
-        hdmabuf import "$id" --verify "${guest#*:}" --kernel-check ||
+        hdmabuf-agent kcheck "$id" --verify "${guest#*:}" ||
             hdm_fail "import from ${guest%:*} failed"
     done
     wait $to_pv || hdm_fail "export to pv failed"
@@ -36,6 +38,7 @@ dom0/guests)
     ;;
 pv/main | pvh/main)
     hdm_load
+    hdm_load_check
     hdm_watch /tmp/events
     hdm_wait_connected
     case $HDM_DOMAIN in pv) mine=61 theirs=51 ;; *) mine=62 theirs=52 ;; esac

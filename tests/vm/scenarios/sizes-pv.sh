@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Buffer sizes with a PV domU, the other direction: dom0 exports 4 KiB,
 # 8 MiB and 1 GiB (the default max_buffer_mib) to it, and it verifies every
 # byte of each through its PV grant mappings; it exports 4 KiB and 8 MiB to
@@ -15,6 +16,7 @@
 case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
+    hdm_load_check
     ;;
 dom0/guests)
     hdm_watch /tmp/events 900
@@ -27,6 +29,7 @@ dom0/guests)
     ;;
 pv/main)
     hdm_load
+    hdm_load_check
     hdm_watch /tmp/events 900
     hdm_wait_connected
     hdm_export_each 0 4K:1 8M:2 &

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Buffer sizes with a PVH domU: it exports 4 KiB, 8 MiB and 1 GiB (the
 # default max_buffer_mib) to dom0, which verifies every byte of each; dom0
 # exports 4 KiB and 8 MiB to it, which it verifies. Counters end at zero.
@@ -14,6 +15,7 @@
 case $HDM_DOMAIN/$HDM_PHASE in
 dom0/main)
     hdm_load
+    hdm_load_check
     ;;
 dom0/guests)
     hdm_watch /tmp/events 900
@@ -26,6 +28,7 @@ dom0/guests)
     ;;
 pvh/main)
     hdm_load
+    hdm_load_check
     hdm_watch /tmp/events 900
     hdm_wait_connected
     hdm_export_each 0 4K:1 8M:2 1G:3 &

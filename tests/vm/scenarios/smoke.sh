@@ -1,7 +1,11 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Smoke test of the platform: dom0, a PV domU and a PVH domU each load
 # hyper_dmabuf.ko, which logs the domain's role and creates the control
-# device, and unload it cleanly.
+# device, and unload it cleanly. On the debug kernel (`make test`), each
+# domain also shows that the checks are on: lockdep still enabled (it
+# turns itself off after its first report), and every slab cache poisoned,
+# red-zoned, owner-tracked and consistency-checked (slub_debug=FZPU).
 #
 # Scenario format (see tests/vm/README.md): `# hdm: KEY = VALUE` header
 # lines for the runner and dom0's init; the body runs in every domain with
@@ -29,4 +33,15 @@ hdm_expect_dmesg "hyper_dmabuf: role: $HDM_ROLE"
 [ -c /dev/xen/hyper_dmabuf ] || hdm_fail "no /dev/xen/hyper_dmabuf"
 hdm_rmmod hyper_dmabuf
 hdm_expect_dmesg "hyper_dmabuf: unloaded ($HDM_ROLE)"
+
+if [ "$(cat /hdm/kernel-flavour)" = debug ]; then
+    grep -q '^ *debug_locks: *1$' /proc/lockdep_stats ||
+        hdm_fail "lockdep is off: $(grep debug_locks /proc/lockdep_stats)"
+    for cache in /sys/kernel/slab/kmalloc-64 /sys/kernel/slab/kmalloc-4k; do
+        for check in sanity_checks red_zone poison store_user; do
+            [ "$(cat "$cache/$check")" = 1 ] || hdm_fail "$cache/$check is not on"
+        done
+    done
+    hdm_log "debug kernel: lockdep on, slab caches poisoned and red-zoned"
+fi
 hdm_log "smoke ok"

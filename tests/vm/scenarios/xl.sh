@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # `hdmabuf xl` as the toolstack's part for hyper_dmabuf devices. dom0
 # creates both guests with `hdmabuf xl create` from config files with
 # `hyper_dmabuf = [...]` entries (platform/images/dom0-init):
@@ -99,6 +100,7 @@ dom0/final)
     ;;
 dd/main)
     hdm_load
+    hdm_load_check
     hdm_watch /tmp/events
     # The backend of guest's device 1.
     hdm_wait_connected 1 120

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! `hdmabuf-vmtest`: the VM test runner of hyper-dmabuf.
 //!
 //! Boots Xen 4.17 with a PV dom0 under QEMU (TCG), lets dom0 create the
@@ -17,6 +18,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Mutex;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use hdmabuf_vmtest::monitor::{self, Monitor, Source};
@@ -36,12 +39,14 @@ struct Options {
     qemu: String,
     verbose: bool,
     counts: Option<PathBuf>,
+    /// Scenarios run at once, each in its own QEMU.
+    jobs: usize,
     names: Vec<String>,
 }
 
 fn usage() -> String {
     "usage: hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--qemu BIN]\n\
-     \x20                          [--counts FILE] [-v] SCENARIO...\n\
+     \x20                          [--counts FILE] [--jobs N] [-v] SCENARIO...\n\
      \x20      hdmabuf-vmtest shell --images DIR\n\
      \x20      hdmabuf-vmtest list [--scenarios DIR]"
         .to_string()
@@ -60,6 +65,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         qemu: "qemu-system-x86_64".to_string(),
         verbose: std::env::var_os("HDM_VM_VERBOSE").is_some_and(|v| v == "1"),
         counts: None,
+        jobs: 1,
         names: Vec::new(),
     };
     let mut it = args.iter();
@@ -75,6 +81,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--out" => o.out = PathBuf::from(value()?),
             "--qemu" => o.qemu = value()?,
             "--counts" => o.counts = Some(PathBuf::from(value()?)),
+            "--jobs" | "-j" => {
+                let v = value()?;
+                o.jobs = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| format!("--jobs {v}: a number from 1"))?;
+            }
             "-v" | "--verbose" => o.verbose = true,
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{}", usage())),
             s => o.names.push(s.to_string()),
@@ -152,9 +166,28 @@ fn run_all(opts: &Options) -> Result<bool, String> {
         .iter()
         .map(|n| scenario::load(&opts.scenarios, n))
         .collect::<Result<_, _>>()?;
+    // Up to `jobs` QEMUs at once, each taking the next scenario in order.
+    let next = Mutex::new(scenarios.iter());
+    let verdicts: Mutex<Vec<Result<bool, String>>> = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..opts.jobs.min(scenarios.len()) {
+            scope.spawn(|| loop {
+                let Some(s) = next.lock().map(|mut it| it.next()).unwrap_or(None) else {
+                    return;
+                };
+                let verdict = run_one(opts, &images, s);
+                if let Ok(mut v) = verdicts.lock() {
+                    v.push(verdict);
+                }
+            });
+        }
+    });
+    let verdicts = verdicts
+        .into_inner()
+        .map_err(|_| "a runner thread panicked")?;
     let (mut passed, mut failed) = (0, 0);
-    for s in &scenarios {
-        if run_one(opts, &images, s)? {
+    for verdict in verdicts {
+        if verdict? {
             passed += 1;
         } else {
             failed += 1;
@@ -312,6 +345,10 @@ fn boot_once(
 
 /// The verdict on a finished run.
 fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<bool, String> {
+    // Reports of others' code the exclusion table let pass: always shown.
+    for e in &m.excluded {
+        say(s, &format!("excluded: {e}"));
+    }
     match (&m.failure, &s.expect_fail) {
         (None, None) => {
             say(

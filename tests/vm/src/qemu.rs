@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Starting QEMU with Xen, dom0's kernel and initramfs, and reading its
 //! serial line.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! Scenario files: plain shell scripts under `tests/vm/scenarios/` with a
 //! header of `# hdm: KEY = VALUE` lines.
 //!

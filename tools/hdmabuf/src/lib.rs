@@ -1,9 +1,158 @@
-//! The parts of `hdmabuf` that other tools of the project share: the thin
-//! FFI layer, udmabuf-backed dma-bufs and the xenstore client. The hostile
-//! peer (`tools/hdmabuf-hostile`) speaks to the same kernel interfaces and
-//! the same xenstored, so it uses these rather than copies of them.
+// SPDX-License-Identifier: MIT
+//! The conventions of the `hdmabuf` command line, which the project's
+//! test agents (`tests/agents`) keep too, so that scripts read them alike:
+//! sizes with a K/M/G suffix ([`parse_size`]), a line of text or one JSON
+//! object per result ([`Output`]), and the exit status of each way to fail
+//! ([`Failure`]): 0 success, 1 an operation failed (the message says why
+//! and what to do), 2 bad usage (clap's), 3 verification found different
+//! bytes, 4 a wait timed out.
 
-pub mod buffer;
-pub mod rng;
-pub mod sys;
-pub mod xsclient;
+use std::process::ExitCode;
+
+use hyper_dmabuf_common::uapi::{self, Event, DEVICE_PATH};
+use serde_json::{json, Value};
+
+/// The exit statuses, for the end of `--help`.
+pub const EXIT_STATUS_HELP: &str =
+    "Exit status: 0 ok, 1 failure, 2 usage, 3 verification mismatch, 4 timeout.";
+
+/// The options every command takes.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Print machine-readable JSON (one object per line) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The device node.
+    #[arg(long, global = true, default_value = DEVICE_PATH)]
+    pub device: String,
+}
+
+/// Why a command stopped.
+#[derive(Debug)]
+pub enum Failure {
+    /// An operation failed (exit status 1).
+    Error(String),
+    /// Verification found bytes other than the pattern's (exit status 3).
+    Mismatch(String),
+    /// A wait timed out (exit status 4).
+    Timeout(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+impl Failure {
+    /// Reports the failure of `tool` (on stderr, or as a JSON object on
+    /// stdout with `json`) and returns its exit status.
+    pub fn exit(self, tool: &str, json: bool) -> ExitCode {
+        let (code, message) = match self {
+            Failure::Error(m) => (1, m),
+            Failure::Mismatch(m) => (3, m),
+            Failure::Timeout(m) => (4, m),
+        };
+        if json {
+            println!("{}", json!({ "error": message, "exit": code }));
+        } else {
+            eprintln!("{tool}: {message}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+/// A size in bytes, or with a K, M or G suffix (KiB, MiB, GiB); not zero.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "m" | "MiB" => 20,
+        "G" | "g" | "GiB" => 30,
+        _ => return Err(format!("unknown unit {unit:?}: use K, M or G")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    value
+        .checked_mul(1 << shift)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{text:?} is zero or too large"))
+}
+
+/// Human or JSON output.
+pub struct Output {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `text`, or `value` in JSON mode.
+    pub fn line(&self, text: String, value: Value) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// Prints an event of the device.
+    pub fn event(&self, event: &Event) {
+        let hid = event.hid.map(|h| h.to_string());
+        let priv_text = String::from_utf8_lossy(event.priv_data.as_bytes()).into_owned();
+        let value = json!({
+            "event": format!("{:?}", event.kind),
+            "peer": event.peer.get(),
+            "id": hid,
+            "size": event.size,
+            "rw": event.flags.bits() & uapi::EXPORT_RW != 0,
+            "priv": priv_text,
+            "lost": event.lost,
+        });
+        let text = format!(
+            "{:?} from domain {}{}{}{}",
+            event.kind,
+            event.peer,
+            hid.as_deref()
+                .map(|h| format!(" id {h}"))
+                .unwrap_or_default(),
+            if event.size > 0 {
+                format!(" size {}", event.size)
+            } else {
+                String::new()
+            },
+            if priv_text.is_empty() {
+                String::new()
+            } else {
+                format!(" priv {priv_text:?}")
+            },
+        );
+        self.line(text, value);
+        if event.lost > 0 && !self.json {
+            println!(
+                "  ({} earlier events about domain {} were lost: it used up its share of the queue)",
+                event.lost, event.peer
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3X").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+}

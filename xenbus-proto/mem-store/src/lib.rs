@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 //! An in-memory xenstore implementing
 //! [`hyper_dmabuf_xenbus_proto::Store`], for host tests that drive both
 //! ends of a device (and the toolstack) through one store.

@@ -1,0 +1,1180 @@
+// SPDX-License-Identifier: MIT
+//! What one end keeps about the buffers shared over one connection, and
+//! every decision about them that is not a message's.
+//!
+//! [`super::channel`] decides what each message does; a [`Ledger`]
+//! decides the rest, for the kernel module and the two-domain simulation
+//! alike:
+//!
+//! * **admission** of a buffer the peer announces: the per-peer limit,
+//!   and the ids it may not use again ([`Ledger::view`]'s
+//!   [`Host::add_import`]);
+//! * the **claim** on an import: idle, being mapped by one import ioctl,
+//!   live (a local dma-buf exists), or unmapping (released while a page
+//!   is still held) — and so which import ioctl maps, which reuses and
+//!   which is refused ([`Ledger::import_begin`]);
+//! * **orphans**: an import that outlives its session because a local user
+//!   still maps it, kept apart once the peer's next instance announces a
+//!   buffer of the same number ([`Ledger::detach`]);
+//! * the **delayed unexport** schedule ([`Ledger::schedule_unexport`],
+//!   [`Ledger::tick`]);
+//! * the **RELEASE retry** queue: a RELEASE that finds the ring full is
+//!   sent by the next tick or answer; at most one per import, so the queue
+//!   is bounded by the admission limit and needs no memory of its own;
+//! * **export policy**: which buffer may be exported over a connection
+//!   ([`export_layout`]) and what a refusal means to user space.
+//!
+//! The tables are the host's ([`Table`]: red-black trees in the kernel,
+//! `BTreeMap`s in the tests), and so are the side effects ([`Sink`]):
+//! ending grants, queueing events, waking waiters, counting. Nothing here
+//! allocates.
+
+use core::marker::PhantomData;
+
+use super::channel::{Channel, ChannelConfig, ExportState, Host, ImportState, PendingTable};
+use super::error::Error;
+use super::id::HyperDmabufId;
+use super::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
+use super::pgdir::Layout;
+use super::shmem::SharedMem;
+use super::uapi::{self, Event, EventType};
+use super::wire::{Export, ExportFlags, Message, PrivData};
+use super::xen::{DomId, Status};
+
+/// Linux errno values of the refusals below, and of those of
+/// [`super::grantable`] and [`super::mmap`] (`asm-generic/errno-base.h`):
+/// what the control device's ioctls and an imported buffer's mmap return
+/// (docs/uapi.md).
+pub mod errno {
+    /// Operation not permitted.
+    pub const EPERM: i32 = 1;
+    /// No such buffer.
+    pub const ENOENT: i32 = 2;
+    /// I/O error: a refusal with no better name.
+    pub const EIO: i32 = 5;
+    /// Bad file descriptor.
+    pub const EBADF: i32 = 9;
+    /// Argument list too long: the buffer is too large.
+    pub const E2BIG: i32 = 7;
+    /// Try again.
+    pub const EAGAIN: i32 = 11;
+    /// Out of memory.
+    pub const ENOMEM: i32 = 12;
+    /// Permission denied: a writable mapping of a read-only buffer.
+    pub const EACCES: i32 = 13;
+    /// Device or resource busy.
+    pub const EBUSY: i32 = 16;
+    /// Invalid argument.
+    pub const EINVAL: i32 = 22;
+    /// No space left: the peer's table is full.
+    pub const ENOSPC: i32 = 28;
+}
+
+/// A table of records keyed by buffer number, stored as the host likes.
+///
+/// Insertion is the only operation that may need memory, and it may fail
+/// without losing the record.
+pub trait Table {
+    /// The record.
+    type Value;
+
+    /// The record under `key`.
+    fn get(&self, key: u64) -> Option<&Self::Value>;
+
+    /// The record under `key`, to change.
+    fn get_mut(&mut self, key: u64) -> Option<&mut Self::Value>;
+
+    /// Stores `value` under `key`, which the table does not hold.
+    ///
+    /// # Errors
+    ///
+    /// `value`, given back, when there is no memory for it.
+    fn try_insert(&mut self, key: u64, value: Self::Value) -> Result<(), Self::Value>;
+
+    /// Takes the record under `key` out.
+    fn remove(&mut self, key: u64) -> Option<Self::Value>;
+
+    /// The smallest key.
+    fn first(&self) -> Option<u64>;
+
+    /// The smallest key whose record satisfies `pred`.
+    fn find(&self, pred: impl FnMut(&Self::Value) -> bool) -> Option<u64>;
+
+    /// Calls `f` on every record, in key order.
+    fn for_each<'a>(&'a self, f: impl FnMut(u64, &'a Self::Value));
+
+    /// Calls `f` on every record, in key order, to change it.
+    fn for_each_mut(&mut self, f: impl FnMut(u64, &mut Self::Value));
+
+    /// Keeps the records for which `keep` says so; hands the others to
+    /// `removed`.
+    fn retain(
+        &mut self,
+        keep: impl FnMut(&mut Self::Value) -> bool,
+        removed: impl FnMut(Self::Value),
+    );
+}
+
+/// The side effects of the ledger's decisions, carried out by the host.
+///
+/// `G` is what keeps an export's pages granted.
+pub trait Sink<G> {
+    /// An export ended: end foreign access to its pages (deferred for
+    /// those the peer still maps) and post [`EventType::GrantsEnded`]
+    /// once they have all ended.
+    fn retire(&mut self, grants: G);
+
+    /// Queues `event` for user space: for `owner`'s file only if given.
+    fn event(&mut self, event: Event, owner: Option<u64>);
+
+    /// The request sent with `token` was answered (or failed).
+    fn complete(&mut self, token: u64, status: Status);
+
+    /// A request from the peer was refused (for counters and a log line).
+    fn protocol_error(&mut self, error: Error);
+
+    /// The peer announced a buffer and we took it (a log line).
+    fn announced(&mut self, _export: &Export) {}
+
+    /// One of the connection's gauges went up or down.
+    fn gauge(&mut self, _gauge: Gauge, _up: bool) {}
+
+    /// A message was put on the ring, or found it full.
+    fn sent(&mut self, _sent: bool) {}
+
+    /// A due unexport of `hid` started (a log line).
+    fn unexporting(&mut self, _hid: &HyperDmabufId) {}
+}
+
+/// What a [`Sink::gauge`] call counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// Buffers we export to the peer.
+    Exports,
+    /// Buffers the peer announced to us, orphans included.
+    Imports,
+}
+
+/// One of our exports to the peer.
+#[derive(Debug)]
+pub struct ExportRecord<G> {
+    /// Protocol state.
+    pub state: ExportState,
+    /// What was announced (private data updated by re-exports).
+    pub info: Export,
+    /// The open file that exported it (who hears of it).
+    pub owner: u64,
+    /// The local buffer's identity, to recognise it exported again.
+    pub identity: usize,
+    /// When a delayed unexport is due (milliseconds on the host's clock).
+    unexport_at: Option<u64>,
+    /// What keeps its pages granted.
+    pub grants: G,
+}
+
+impl<G> ExportRecord<G> {
+    /// A record of an export about to be announced.
+    pub const fn new(info: Export, owner: u64, identity: usize, grants: G) -> Self {
+        ExportRecord {
+            state: ExportState::new(),
+            info,
+            owner,
+            identity,
+            unexport_at: None,
+            grants,
+        }
+    }
+
+    /// When its delayed unexport is due, if one is scheduled.
+    pub const fn unexport_at(&self) -> Option<u64> {
+        self.unexport_at
+    }
+}
+
+/// Where an import stands with this domain's users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim<L> {
+    /// Nobody maps it.
+    Idle,
+    /// One import ioctl is mapping it.
+    Mapping,
+    /// Mapped, with a local buffer (`handle`) users hold.
+    Live {
+        /// The host's handle of the local buffer.
+        handle: L,
+        /// Whether it was mapped writable.
+        writable: bool,
+    },
+    /// Its local buffer is released but a page is still held; the exporter
+    /// hears once it is let go.
+    Unmapping,
+}
+
+/// A buffer the peer announced to us.
+#[derive(Debug)]
+pub struct ImportRecord<L> {
+    /// Protocol state.
+    pub state: ImportState,
+    claim: Claim<L>,
+    /// Its session ended; it is forgotten once its users let go.
+    orphaned: bool,
+    /// Its RELEASE found the ring full and waits to be sent.
+    release_unsent: bool,
+}
+
+impl<L> ImportRecord<L> {
+    const fn new(state: ImportState) -> Self {
+        ImportRecord {
+            state,
+            claim: Claim::Idle,
+            orphaned: false,
+            release_unsent: false,
+        }
+    }
+
+    /// Where it stands with our users.
+    pub const fn claim(&self) -> &Claim<L> {
+        &self.claim
+    }
+
+    /// Whether its session ended.
+    pub const fn orphaned(&self) -> bool {
+        self.orphaned
+    }
+
+    /// Whether a local user or an import ioctl holds it.
+    pub const fn claimed(&self) -> bool {
+        !matches!(self.claim, Claim::Idle)
+    }
+
+    /// Whether this domain maps it for its users (QUERY's and LIST's
+    /// "busy"): live, or released with a page still held.
+    pub const fn held(&self) -> bool {
+        matches!(self.claim, Claim::Live { .. } | Claim::Unmapping)
+    }
+
+    /// Whether no new import of it can be made because its exporter
+    /// revoked it or its session ended (QUERY's "unexported").
+    pub const fn ended(&self) -> bool {
+        self.orphaned || self.state.revoked()
+    }
+
+    fn is(&self, hid: &HyperDmabufId) -> bool {
+        self.state.export.hid.matches(hid)
+    }
+}
+
+/// Why an import ioctl is refused before anything is mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportRefusal {
+    /// No such buffer from this peer, or it was revoked, or its session
+    /// ended (`ENOENT`).
+    NotFound,
+    /// Another import ioctl is mapping it, its last mapping waits for a
+    /// held page, or it is mapped read-only and writable was asked
+    /// (`EBUSY`).
+    Busy,
+    /// Writable asked of a read-only export (`EPERM`).
+    NotWritable,
+}
+
+impl ImportRefusal {
+    /// The errno the import ioctl returns.
+    pub const fn errno(self) -> i32 {
+        match self {
+            ImportRefusal::NotFound => errno::ENOENT,
+            ImportRefusal::Busy => errno::EBUSY,
+            ImportRefusal::NotWritable => errno::EPERM,
+        }
+    }
+}
+
+/// What an import ioctl does next.
+#[derive(Debug)]
+pub enum ImportStep<'a, L> {
+    /// The buffer is mapped and its local buffer alive: take another
+    /// reference to `handle`.
+    Reuse {
+        /// The live buffer.
+        handle: &'a mut L,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The buffer is claimed for this ioctl: map it, then
+    /// [`Ledger::import_mapped`] and [`Ledger::import_live`], or
+    /// [`Ledger::import_abort`].
+    Map(&'a Export),
+}
+
+/// What [`Ledger::import_released`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// No such import (already forgotten).
+    Unknown,
+    /// An orphan, forgotten: its exporter is gone.
+    Forgotten,
+    /// The RELEASE is on the ring; notify the peer if `true`.
+    Sent(bool),
+    /// The ring is full: a later [`Ledger::flush_releases`] sends it.
+    Queued,
+}
+
+/// What a [`Ledger::tick`] did, and when it wants to run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tick {
+    /// Something was sent: notify the peer.
+    pub notify: bool,
+    /// When to tick again (host clock), if ever.
+    pub next: Option<u64>,
+}
+
+/// How long a message that found the ring full waits before the next
+/// try, in milliseconds: the peer answers within a few.
+pub const RETRY_MS: u64 = 10;
+
+/// Why an export is refused before anything is granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportRefusal {
+    /// Read-write asked on a connection without it (`EPERM`).
+    NotWritable,
+    /// Empty, or not a whole number of pages (`EINVAL`).
+    BadSize,
+    /// Beyond what the peer accepts or a directory can describe (`E2BIG`).
+    TooLarge,
+}
+
+impl ExportRefusal {
+    /// The errno the export ioctl returns.
+    pub const fn errno(self) -> i32 {
+        match self {
+            ExportRefusal::NotWritable => errno::EPERM,
+            ExportRefusal::BadSize => errno::EINVAL,
+            ExportRefusal::TooLarge => errno::E2BIG,
+        }
+    }
+}
+
+/// Whether an export with `flags` may be made over a connection with
+/// `config`: checked first, before the buffer is looked at
+/// (docs/uapi.md).
+///
+/// # Errors
+///
+/// [`ExportRefusal::NotWritable`].
+pub fn export_flags_allowed(
+    config: &ChannelConfig,
+    flags: ExportFlags,
+) -> Result<(), ExportRefusal> {
+    if flags.contains(ExportFlags::WRITABLE) && !config.allow_rw {
+        return Err(ExportRefusal::NotWritable);
+    }
+    Ok(())
+}
+
+/// Whether a buffer of `size` bytes may be exported over a connection
+/// with `config`; its directory's layout if it may.
+///
+/// # Errors
+///
+/// [`ExportRefusal::BadSize`], then [`ExportRefusal::TooLarge`].
+pub fn export_layout(config: &ChannelConfig, size: u64) -> Result<Layout, ExportRefusal> {
+    if size == 0 || size % XEN_PAGE_SIZE as u64 != 0 {
+        return Err(ExportRefusal::BadSize);
+    }
+    if size > config.max_buffer_bytes {
+        return Err(ExportRefusal::TooLarge);
+    }
+    Layout::new(size, config.max_buffer_bytes).map_err(|_| ExportRefusal::TooLarge)
+}
+
+/// The errno of an export the peer answered with `status` (not `Ok`).
+pub const fn export_refusal_errno(status: Status) -> i32 {
+    match status {
+        Status::TooLarge => errno::E2BIG,
+        Status::PermissionDenied => errno::EPERM,
+        Status::NoSpace => errno::ENOSPC,
+        Status::NoMemory => errno::ENOMEM,
+        _ => errno::EIO,
+    }
+}
+
+/// Why a message of ours was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No memory for the record (`ENOMEM`).
+    NoMemory,
+    /// The ring is full (`EAGAIN`).
+    RingFull,
+    /// The connection is down (`ENOTCONN`).
+    NotConnected,
+}
+
+/// Everything one end keeps about the buffers of one connection: its
+/// exports, the imports of the current session and the orphans of ended
+/// ones.
+///
+/// `XT` holds [`ExportRecord`]s and `IT` [`ImportRecord`]s, keyed by
+/// buffer number (orphans by a local key). `G` keeps an export's pages
+/// granted; `L` is a live import's local buffer.
+pub struct Ledger<XT, IT> {
+    exports: XT,
+    imports: IT,
+    orphans: IT,
+    next_orphan_key: u64,
+    /// Records in `imports` and `orphans`: the admission count.
+    imports_held: usize,
+    /// Records with `release_unsent`.
+    releases_unsent: usize,
+    max_imports: usize,
+}
+
+/// The [`Host`] a [`Channel`] works on: a ledger and its sink.
+pub struct View<'a, XT, IT, S, G> {
+    ledger: &'a mut Ledger<XT, IT>,
+    sink: &'a mut S,
+    grants: PhantomData<G>,
+}
+
+impl<G, L, XT, IT> Ledger<XT, IT>
+where
+    XT: Table<Value = ExportRecord<G>>,
+    IT: Table<Value = ImportRecord<L>>,
+{
+    /// An empty ledger over empty tables, admitting up to
+    /// [`MAX_IMPORTS_PER_PEER`] imports.
+    pub fn new(exports: XT, imports: IT, orphans: IT) -> Self {
+        Ledger {
+            exports,
+            imports,
+            orphans,
+            next_orphan_key: 0,
+            imports_held: 0,
+            releases_unsent: 0,
+            max_imports: MAX_IMPORTS_PER_PEER,
+        }
+    }
+
+    /// The same, admitting up to `max` imports (a test's small limit).
+    #[must_use]
+    pub fn with_max_imports(mut self, max: usize) -> Self {
+        self.max_imports = max;
+        self
+    }
+
+    /// The channel's view of this ledger, with `sink` for the effects.
+    pub fn view<'a, S: Sink<G>>(&'a mut self, sink: &'a mut S) -> View<'a, XT, IT, S, G> {
+        View {
+            ledger: self,
+            sink,
+            grants: PhantomData,
+        }
+    }
+
+    /// Our export `hid`.
+    pub fn export(&self, hid: &HyperDmabufId) -> Option<&ExportRecord<G>> {
+        self.exports
+            .get(hid.number())
+            .filter(|e| e.info.hid.matches(hid))
+    }
+
+    fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportRecord<G>> {
+        self.exports
+            .get_mut(hid.number())
+            .filter(|e| e.info.hid.matches(hid))
+    }
+
+    /// The import `hid`: of the current session, or an orphan.
+    pub fn import(&self, hid: &HyperDmabufId) -> Option<&ImportRecord<L>> {
+        match self.imports.get(hid.number()).filter(|e| e.is(hid)) {
+            Some(e) => Some(e),
+            None => self.orphans.get(self.orphans.find(|e| e.is(hid))?),
+        }
+    }
+
+    fn import_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportRecord<L>> {
+        let number = hid.number();
+        if self.imports.get(number).is_some_and(|e| e.is(hid)) {
+            return self.imports.get_mut(number);
+        }
+        let key = self.orphans.find(|e| e.is(hid))?;
+        self.orphans.get_mut(key)
+    }
+
+    /// Calls `exports` on every export and `imports` on every import,
+    /// orphans included.
+    pub fn for_each<'a>(
+        &'a self,
+        exports: impl FnMut(u64, &'a ExportRecord<G>),
+        mut imports: impl FnMut(&'a ImportRecord<L>),
+    ) where
+        G: 'a,
+        L: 'a,
+    {
+        self.exports.for_each(exports);
+        self.imports.for_each(|_, e| imports(e));
+        self.orphans.for_each(|_, e| imports(e));
+    }
+
+    /// Imports held (orphans included): what the admission limit counts.
+    pub fn imports_held(&self) -> usize {
+        self.imports_held
+    }
+
+    /// RELEASEs waiting for room on the ring.
+    pub fn releases_unsent(&self) -> usize {
+        self.releases_unsent
+    }
+
+    // ---- exports ----
+
+    /// Records `record` and announces it on `channel` with `token`. On
+    /// failure the record is gone and its grants retired (the peer may
+    /// map them already: grant references are enumerable).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::NoMemory`], [`SendError::RingFull`].
+    pub fn announce<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G>,
+        record: ExportRecord<G>,
+        token: u64,
+    ) -> Result<bool, SendError> {
+        let info = record.info;
+        self.record_export(sink, record)?;
+        let sent = channel.announce(info, Some(token));
+        sink.sent(sent.is_ok());
+        sent.map_err(|_| {
+            self.end_export(sink, &info.hid);
+            SendError::RingFull
+        })
+    }
+
+    /// Records `record` without announcing it: the first half of
+    /// [`Ledger::announce`] (and all of a test's hostile exporter's).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::NoMemory`]; the grants were retired.
+    pub fn record_export(
+        &mut self,
+        sink: &mut impl Sink<G>,
+        record: ExportRecord<G>,
+    ) -> Result<(), SendError> {
+        let number = record.info.hid.number();
+        // Numbers are never reused; should one be, the old export is
+        // retired, not dropped.
+        if let Some(old) = self.exports.remove(number) {
+            sink.gauge(Gauge::Exports, false);
+            sink.retire(old.grants);
+        }
+        if let Err(record) = self.exports.try_insert(number, record) {
+            sink.retire(record.grants);
+            return Err(SendError::NoMemory);
+        }
+        sink.gauge(Gauge::Exports, true);
+        Ok(())
+    }
+
+    fn end_export(&mut self, sink: &mut impl Sink<G>, hid: &HyperDmabufId) {
+        if self.export(hid).is_none() {
+            return;
+        }
+        if let Some(record) = self.exports.remove(hid.number()) {
+            sink.gauge(Gauge::Exports, false);
+            sink.retire(record.grants);
+        }
+    }
+
+    /// Our live export of the local buffer `identity` (one not being
+    /// unexported): it takes `priv_data`, a pending delayed unexport is
+    /// cancelled, and the peer is sent an UPDATE. `None` if there is no
+    /// such export.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(_))`: [`SendError::RingFull`], or
+    /// [`SendError::NotConnected`] without a channel; the export took the
+    /// private data all the same.
+    pub fn update_existing<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: Option<&mut Channel<M, P>>,
+        sink: &mut impl Sink<G>,
+        identity: usize,
+        priv_data: PrivData,
+    ) -> Option<Result<(HyperDmabufId, bool), SendError>> {
+        let key = self
+            .exports
+            .find(|e| e.identity == identity && !e.state.unexported())?;
+        let record = self.exports.get_mut(key)?;
+        record.info.priv_data = priv_data;
+        record.unexport_at = None;
+        let hid = record.info.hid;
+        let Some(channel) = channel else {
+            return Some(Err(SendError::NotConnected));
+        };
+        let sent = channel.send(Message::Update { hid, priv_data }, None);
+        sink.sent(sent.is_ok());
+        Some(
+            sent.map(|notify| (hid, notify))
+                .map_err(|_| SendError::RingFull),
+        )
+    }
+
+    /// Whether we export the local buffer `identity` and it is not being
+    /// unexported (so an export of it is an update).
+    pub fn exports_identity(&self, identity: usize) -> bool {
+        self.exports
+            .find(|e| e.identity == identity && !e.state.unexported())
+            .is_some()
+    }
+
+    /// Schedules the unexport of `hid` at `due` (host clock); one already
+    /// under way is left alone. `false` if we export no such buffer.
+    pub fn schedule_unexport(&mut self, hid: &HyperDmabufId, due: u64) -> bool {
+        let Some(record) = self.export_mut(hid) else {
+            return false;
+        };
+        if !record.state.unexported() {
+            record.unexport_at = Some(due);
+        }
+        true
+    }
+
+    /// Schedules, at `now`, the unexport of every buffer the file `owner`
+    /// exported (it was closed).
+    pub fn unexport_owned_by(&mut self, owner: u64, now: u64) {
+        self.exports.for_each_mut(|_, e| {
+            if e.owner == owner && !e.state.unexported() {
+                e.unexport_at = Some(now);
+            }
+        });
+    }
+
+    /// The timed work at `now`: sends the UNEXPORTs that are due and the
+    /// RELEASEs that found the ring full, as far as the ring has room.
+    /// Without a channel (not connected) nothing is sent and only the
+    /// schedule is reported.
+    pub fn tick<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: Option<&mut Channel<M, P>>,
+        sink: &mut impl Sink<G>,
+        now: u64,
+    ) -> Tick {
+        let mut tick = Tick::default();
+        let mut due = None;
+        self.exports.for_each(|_, e| match e.unexport_at {
+            Some(at) if at <= now => {
+                due.get_or_insert(at);
+            }
+            Some(at) => tick.next = Some(tick.next.map_or(at, |n| n.min(at))),
+            None => {}
+        });
+        let Some(channel) = channel else {
+            return tick;
+        };
+        // One at a time, smallest number first: a revoke changes the
+        // record, so no borrow of the table is held across it.
+        let mut after = None;
+        while due.is_some() {
+            let Some(key) = self.next_due(now, after) else {
+                break;
+            };
+            after = Some(key);
+            let Some(hid) = self.exports.get(key).map(|e| e.info.hid) else {
+                break;
+            };
+            match channel.revoke(&mut self.view(sink), &hid, None) {
+                Ok(notify) => {
+                    sink.sent(true);
+                    sink.unexporting(&hid);
+                    tick.notify |= notify;
+                    if let Some(e) = self.exports.get_mut(key) {
+                        e.unexport_at = None;
+                    }
+                }
+                Err(_) => {
+                    sink.sent(false);
+                    tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
+                    break;
+                }
+            }
+        }
+        tick.notify |= self.flush_releases(channel, sink);
+        if self.releases_unsent > 0 {
+            tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
+        }
+        tick
+    }
+
+    /// The smallest key above `after` whose unexport is due at `now`.
+    fn next_due(&self, now: u64, after: Option<u64>) -> Option<u64> {
+        let mut found = None;
+        self.exports.for_each(|key, e| {
+            let later = after.map_or(true, |a| key > a);
+            if found.is_none() && later && e.unexport_at.is_some_and(|at| at <= now) {
+                found = Some(key);
+            }
+        });
+        found
+    }
+
+    // ---- imports ----
+
+    /// The first step of an import ioctl, writable if asked: reuse the
+    /// live buffer, or claim the import for mapping.
+    ///
+    /// # Errors
+    ///
+    /// [`ImportRefusal`].
+    pub fn import_begin(
+        &mut self,
+        hid: &HyperDmabufId,
+        writable: bool,
+    ) -> Result<ImportStep<'_, L>, ImportRefusal> {
+        let record = self
+            .imports
+            .get_mut(hid.number())
+            .filter(|e| e.is(hid))
+            .ok_or(ImportRefusal::NotFound)?;
+        if record.orphaned || record.state.revoked() {
+            return Err(ImportRefusal::NotFound);
+        }
+        if matches!(record.claim, Claim::Unmapping) {
+            // Its last mapping waits for a held page (docs/uapi.md).
+            return Err(ImportRefusal::Busy);
+        }
+        if writable && !record.state.export.flags.contains(ExportFlags::WRITABLE) {
+            return Err(ImportRefusal::NotWritable);
+        }
+        if matches!(record.claim, Claim::Idle) {
+            record.claim = Claim::Mapping;
+            return Ok(ImportStep::Map(&record.state.export));
+        }
+        let size = record.state.export.size;
+        match &mut record.claim {
+            // Mapped read-only by another user; one mapping per buffer.
+            Claim::Live {
+                writable: false, ..
+            } if writable => Err(ImportRefusal::Busy),
+            Claim::Live { handle, .. } => Ok(ImportStep::Reuse { handle, size }),
+            // Another ioctl maps it.
+            Claim::Idle | Claim::Mapping | Claim::Unmapping => Err(ImportRefusal::Busy),
+        }
+    }
+
+    /// The import claimed by [`Ledger::import_begin`] is mapped: tell the
+    /// exporter (MAPPED). It stays claimed until [`Ledger::import_live`].
+    ///
+    /// # Errors
+    ///
+    /// [`MappedError`]; nothing was sent.
+    pub fn import_mapped<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G>,
+        hid: &HyperDmabufId,
+    ) -> Result<bool, MappedError> {
+        let current = self.imports.get(hid.number()).filter(|e| e.is(hid));
+        match current {
+            Some(e) if !e.ended() => {}
+            _ => return Err(MappedError::NotFound),
+        }
+        let sent = channel.import_mapped(&mut self.view(sink), hid);
+        sink.sent(sent.is_ok());
+        // Besides a full ring, the channel refuses while the RELEASE of
+        // the previous mapping waits for room: both pass.
+        sent.map_err(|_| MappedError::Again)
+    }
+
+    /// The import `hid` has a live local buffer, `handle`; the claim of
+    /// the ioctl that mapped it ends.
+    pub fn import_live(&mut self, hid: &HyperDmabufId, handle: L, writable: bool) {
+        if let Some(record) = self.import_mut(hid) {
+            record.claim = Claim::Live { handle, writable };
+        }
+    }
+
+    /// The live buffer of import `hid` (of this session or an ended one).
+    pub fn live_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut L> {
+        match &mut self.import_mut(hid)?.claim {
+            Claim::Live { handle, .. } => Some(handle),
+            _ => None,
+        }
+    }
+
+    /// The import claimed by [`Ledger::import_begin`] failed. If its
+    /// session ended meanwhile, the teardown kept it only for this ioctl:
+    /// nothing maps it, so it goes now.
+    pub fn import_abort(&mut self, sink: &mut impl Sink<G>, hid: &HyperDmabufId) {
+        let Some(record) = self.import_mut(hid) else {
+            return;
+        };
+        if matches!(record.claim, Claim::Mapping) {
+            record.claim = Claim::Idle;
+        }
+        if record.orphaned && !record.claimed() {
+            self.forget(sink, hid);
+        }
+    }
+
+    /// The live buffer of import `hid` is released but a page is still
+    /// held: it cannot be imported again until [`Ledger::import_released`].
+    /// Returns the handle it had.
+    pub fn import_unmapping(&mut self, hid: &HyperDmabufId) -> Option<L> {
+        let record = self.import_mut(hid)?;
+        match core::mem::replace(&mut record.claim, Claim::Unmapping) {
+            Claim::Live { handle, .. } => Some(handle),
+            _ => None,
+        }
+    }
+
+    /// The last user of import `hid` let go and its pages are unmapped:
+    /// an orphan is forgotten, otherwise the exporter is told (RELEASE),
+    /// now or, if the ring is full or the connection down, by a later
+    /// [`Ledger::flush_releases`].
+    pub fn import_released<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: Option<&mut Channel<M, P>>,
+        sink: &mut impl Sink<G>,
+        hid: &HyperDmabufId,
+    ) -> Released {
+        let Some(record) = self.import_mut(hid) else {
+            return Released::Unknown;
+        };
+        record.claim = Claim::Idle;
+        if record.orphaned {
+            self.forget(sink, hid);
+            return Released::Forgotten;
+        }
+        if let Some(channel) = channel {
+            match channel.import_unmapped(&mut self.view(sink), hid) {
+                Ok(notify) => {
+                    sink.sent(true);
+                    return Released::Sent(notify);
+                }
+                Err(Error::RingFull) => sink.sent(false),
+                // Not mapped in the protocol's view: nothing to tell.
+                Err(_) => return Released::Sent(false),
+            }
+        }
+        if let Some(record) = self.import_mut(hid) {
+            if !record.release_unsent {
+                record.release_unsent = true;
+                self.releases_unsent += 1;
+            }
+        }
+        Released::Queued
+    }
+
+    /// Sends the RELEASEs that found the ring full, smallest number first,
+    /// while it has room. Returns whether to notify the peer.
+    pub fn flush_releases<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G>,
+    ) -> bool {
+        let mut notify = false;
+        while self.releases_unsent > 0 && channel.can_send() {
+            let Some(key) = self.imports.find(|e| e.release_unsent) else {
+                break;
+            };
+            let Some(record) = self.imports.get_mut(key) else {
+                break;
+            };
+            record.release_unsent = false;
+            self.releases_unsent -= 1;
+            let hid = record.state.export.hid;
+            // An import revoked and forgotten meanwhile has nothing to
+            // send: `BadId`.
+            if let Ok(n) = channel.import_unmapped(&mut self.view(sink), &hid) {
+                sink.sent(true);
+                notify |= n;
+            }
+        }
+        notify
+    }
+
+    /// The buffers a reader opened now may import: every import of the
+    /// current session that is not revoked.
+    pub fn announced(&self, mut f: impl FnMut(&Export)) {
+        self.imports.for_each(|_, e| {
+            if !e.orphaned && !e.state.revoked() {
+                f(&e.state.export);
+            }
+        });
+    }
+
+    fn forget(&mut self, sink: &mut impl Sink<G>, hid: &HyperDmabufId) {
+        let number = hid.number();
+        let gone = if self.imports.get(number).is_some_and(|e| e.is(hid)) {
+            self.imports.remove(number)
+        } else {
+            self.orphans
+                .find(|e| e.is(hid))
+                .and_then(|key| self.orphans.remove(key))
+        };
+        if let Some(record) = gone {
+            self.dropped(sink, &record);
+        }
+    }
+
+    /// Accounts for a record taken out of `imports` or `orphans`.
+    fn dropped(&mut self, sink: &mut impl Sink<G>, record: &ImportRecord<L>) {
+        sink.gauge(Gauge::Imports, false);
+        self.imports_held -= 1;
+        if record.release_unsent {
+            self.releases_unsent -= 1;
+        }
+    }
+
+    // ---- the session ----
+
+    /// The session ended (the peer closed or died, or broke the ring):
+    /// `channel`'s waiting requests fail, every export ends (grants the
+    /// peer still maps drain until it unmaps them), imports nobody holds
+    /// are forgotten and held ones are orphaned until their users let go.
+    /// Readers hear [`EventType::Unexport`] for each import and then
+    /// [`EventType::PeerDisconnected`].
+    pub fn detach<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G>,
+    ) {
+        let peer = channel.peer();
+        channel.disconnect(&mut self.view(sink));
+        while let Some(key) = self.exports.first() {
+            if let Some(record) = self.exports.remove(key) {
+                sink.gauge(Gauge::Exports, false);
+                sink.retire(record.grants);
+            }
+        }
+        let mut forgotten = 0;
+        let mut unsent = 0;
+        self.imports.retain(
+            |e| {
+                if !e.orphaned {
+                    let export = &e.state.export;
+                    sink.event(
+                        buffer_event(EventType::Unexport, peer, &export.hid, export.size),
+                        None,
+                    );
+                }
+                if e.release_unsent {
+                    e.release_unsent = false;
+                    unsent += 1;
+                }
+                e.orphaned = true;
+                e.claimed()
+            },
+            |_| forgotten += 1,
+        );
+        self.releases_unsent -= unsent;
+        self.imports_held -= forgotten;
+        for _ in 0..forgotten {
+            sink.gauge(Gauge::Imports, false);
+        }
+        sink.event(peer_event(EventType::PeerDisconnected, peer), None);
+    }
+
+    /// Admission of a buffer the peer announced (the channel checked the
+    /// message itself).
+    fn admit(&mut self, sink: &mut impl Sink<G>, import: ImportState) -> Result<(), Status> {
+        if self.imports_held >= self.max_imports {
+            return Err(Status::NoSpace);
+        }
+        let hid = import.export.hid;
+        let number = hid.number();
+        // A full id stays unique across sessions, or an ended session's
+        // release would find the new buffer: a peer that announces one of
+        // its old ids again is refused.
+        if self.orphans.find(|e| e.is(&hid)).is_some() {
+            return Err(Status::Exists);
+        }
+        let adopt = match self.imports.get(number) {
+            None => false,
+            Some(old) if old.is(&hid) || !old.orphaned => return Err(Status::Exists),
+            // Of a session that ended: it makes way for the new instance's.
+            Some(_) => true,
+        };
+        let record = ImportRecord::new(import);
+        if adopt {
+            // The new record takes the old one's place by a swap, so that
+            // once the orphan's node is had nothing can fail and no record
+            // is lost.
+            let key = self.next_orphan_key;
+            self.orphans
+                .try_insert(key, record)
+                .map_err(|_| Status::NoMemory)?;
+            self.next_orphan_key = key.wrapping_add(1);
+            if let (Some(current), Some(orphan)) =
+                (self.imports.get_mut(number), self.orphans.get_mut(key))
+            {
+                core::mem::swap(current, orphan);
+            }
+        } else {
+            self.imports
+                .try_insert(number, record)
+                .map_err(|_| Status::NoMemory)?;
+        }
+        self.imports_held += 1;
+        sink.gauge(Gauge::Imports, true);
+        sink.announced(&import.export);
+        Ok(())
+    }
+}
+
+/// Why [`Ledger::import_mapped`] failed; nothing was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappedError {
+    /// The import was revoked or forgotten meanwhile, or the connection
+    /// is down (`ENOENT`).
+    NotFound,
+    /// The ring has no room now (`EAGAIN`).
+    Again,
+}
+
+impl<'v, G: 'v, L: 'v, XT, IT, S> Host for View<'v, XT, IT, S, G>
+where
+    XT: Table<Value = ExportRecord<G>>,
+    IT: Table<Value = ImportRecord<L>>,
+    S: Sink<G>,
+{
+    fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportState> {
+        self.ledger.export_mut(hid).map(|e| &mut e.state)
+    }
+
+    fn end_export(&mut self, hid: &HyperDmabufId) {
+        self.ledger.end_export(self.sink, hid);
+    }
+
+    fn import_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ImportState> {
+        // The current session's only: an ended session's buffer is no
+        // longer the peer's to update, revoke or announce again.
+        self.ledger
+            .imports
+            .get_mut(hid.number())
+            .filter(|e| e.is(hid) && !e.orphaned)
+            .map(|e| &mut e.state)
+    }
+
+    fn add_import(&mut self, import: ImportState) -> Result<(), Status> {
+        self.ledger.admit(self.sink, import)
+    }
+
+    fn remove_import(&mut self, hid: &HyperDmabufId) {
+        let number = hid.number();
+        if self.ledger.imports.get(number).is_some_and(|e| e.is(hid)) {
+            if let Some(record) = self.ledger.imports.remove(number) {
+                self.ledger.dropped(self.sink, &record);
+            }
+        }
+    }
+
+    fn post_event(&mut self, event: Event) {
+        if !uapi::is_export_event(event.kind) {
+            self.sink.event(event, None);
+            return;
+        }
+        // About one of our exports: for the file that exported it, if it
+        // still exists.
+        let owner = event
+            .hid
+            .and_then(|hid| self.ledger.export(&hid).map(|e| e.owner));
+        if owner.is_some() {
+            self.sink.event(event, owner);
+        }
+    }
+
+    fn complete(&mut self, token: u64, status: Status) {
+        self.sink.complete(token, status);
+    }
+
+    fn protocol_error(&mut self, error: Error) {
+        self.sink.protocol_error(error);
+    }
+}
+
+/// An event about the connection itself.
+pub fn peer_event(kind: EventType, peer: DomId) -> Event {
+    Event {
+        kind,
+        peer,
+        hid: None,
+        size: 0,
+        flags: ExportFlags::default(),
+        priv_data: PrivData::EMPTY,
+        lost: 0,
+    }
+}
+
+/// An event about one buffer.
+pub fn buffer_event(kind: EventType, peer: DomId, hid: &HyperDmabufId, size: u64) -> Event {
+    Event {
+        hid: Some(*hid),
+        size,
+        ..peer_event(kind, peer)
+    }
+}
+
+/// The tables of user-space hosts (the simulation, the fuzzers): ordered
+/// maps.
+#[cfg(any(test, feature = "std"))]
+mod std_table {
+    use std::collections::BTreeMap;
+
+    use super::Table;
+
+    impl<V> Table for BTreeMap<u64, V> {
+        type Value = V;
+
+        fn get(&self, key: u64) -> Option<&V> {
+            BTreeMap::get(self, &key)
+        }
+
+        fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+            BTreeMap::get_mut(self, &key)
+        }
+
+        fn try_insert(&mut self, key: u64, value: V) -> Result<(), V> {
+            if self.contains_key(&key) {
+                return Err(value);
+            }
+            self.insert(key, value);
+            Ok(())
+        }
+
+        fn remove(&mut self, key: u64) -> Option<V> {
+            BTreeMap::remove(self, &key)
+        }
+
+        fn first(&self) -> Option<u64> {
+            self.keys().next().copied()
+        }
+
+        fn find(&self, mut pred: impl FnMut(&V) -> bool) -> Option<u64> {
+            self.iter().find(|(_, v)| pred(v)).map(|(k, _)| *k)
+        }
+
+        fn for_each<'a>(&'a self, mut f: impl FnMut(u64, &'a V)) {
+            self.iter().for_each(|(k, v)| f(*k, v));
+        }
+
+        fn for_each_mut(&mut self, mut f: impl FnMut(u64, &mut V)) {
+            self.iter_mut().for_each(|(k, v)| f(*k, v));
+        }
+
+        fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool, mut removed: impl FnMut(V)) {
+            let gone: std::vec::Vec<u64> = self
+                .iter_mut()
+                .filter_map(|(k, v)| (!keep(v)).then_some(*k))
+                .collect();
+            for key in gone {
+                if let Some(v) = BTreeMap::remove(self, &key) {
+                    removed(v);
+                }
+            }
+        }
+    }
+}

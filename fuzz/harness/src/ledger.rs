@@ -1,0 +1,769 @@
+// SPDX-License-Identifier: MIT
+//! The `ledger` target: [`Ledger`], the bookkeeping of one connection that
+//! the kernel module and the simulation both run, driven by a hostile
+//! peer and by every local operation in any order, across reconnections.
+//!
+//! The peer is a real [`Requester`] on its ring (announcing and revoking
+//! buffers, reusing the numbers and ids of its earlier sessions) and a
+//! real [`Responder`] on ours. Local users import, map, abort, release
+//! and hold pages; the exporter side exports, re-exports, unexports now
+//! or later, closes files and ticks the clock.
+//!
+//! Oracles, after every step:
+//!
+//! * **admission**: the peer's EXPORT is answered as the rule says, from
+//!   what the ledger held before: `NoSpace` at the limit, `Exists` for an
+//!   id it holds (of this session or an ended one) or a number a live
+//!   import of this session holds, `Ok` otherwise;
+//! * **claims**: [`Ledger::import_begin`] follows the decision table
+//!   (docs/uapi.md, IMPORT) from the record's state before the call;
+//! * **no record is lost**: every import a local user holds is found,
+//!   with the claim the harness gave it, until it is let go (one an ioctl
+//!   is still mapping may be revoked by the peer: its MAPPED then fails);
+//! * **counters**: the held count equals the records, stays within the
+//!   limit, and the gauges the sink saw equal the tables; unsent RELEASEs
+//!   never outnumber the imports;
+//! * **grants**: every export's grants are retired exactly once, and never
+//!   while the export is still recorded;
+//! * **teardown**: a detach leaves no import of the ended session
+//!   unorphaned or unclaimed, tells readers of each live one, and all of
+//!   the session's waiting requests complete.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicU32;
+
+use hyper_dmabuf_common::channel::{Channel, ChannelConfig};
+use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
+use hyper_dmabuf_common::ledger::{
+    Claim, ExportRecord, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, Released, Sink,
+};
+use hyper_dmabuf_common::limits::{GNTTAB_NR_RESERVED_ENTRIES, XEN_PAGE_SIZE};
+use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
+use hyper_dmabuf_common::uapi::{Event, EventType};
+use hyper_dmabuf_common::wire::{
+    request_id, request_op, Export, ExportFlags, MapEpoch, Message, PrivData, Request, Response,
+    Slot,
+};
+use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
+use hyper_dmabuf_common::Error;
+
+use crate::input::{decode_all, Reader, Writer};
+
+/// Buffer numbers the operations pick from.
+const NUMBERS: u8 = 5;
+/// Sessions of the peer whose ids the operations pick from: a reloaded
+/// peer numbers from 1 again with new keys.
+const GENERATIONS: u8 = 3;
+/// Local buffers the exporter side picks from.
+const LOCAL: u8 = 4;
+
+/// The peer's buffer `sel` of its session `generation`.
+fn peer_hid(sel: u8, generation: u8) -> HyperDmabufId {
+    let number = u64::from(sel % NUMBERS) + 1;
+    let mut key = [0u8; KEY_LEN];
+    key[0] = generation % GENERATIONS;
+    key[1] = 0xa5;
+    HyperDmabufId::new(number, key).expect("number is not zero")
+}
+
+/// One step of a ledger run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerOp {
+    /// Peer: announces its buffer `sel` of session `generation`.
+    PeerExport {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+        /// Announced read-write.
+        writable: bool,
+    },
+    /// Peer: revokes it.
+    PeerUnexport {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+    },
+    /// Peer: answers every request of ours, `Ok` or `Busy`.
+    PeerAnswer {
+        /// Answers UNEXPORT with `Busy` (the peer maps the buffer).
+        busy: bool,
+    },
+    /// Local: the event handler runs.
+    Process,
+    /// Local: an import ioctl begins.
+    Begin {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+        /// Asks for a writable mapping.
+        writable: bool,
+    },
+    /// Local: the ioctl mapped the buffer, or failed (`ok` false).
+    Mapped {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+        /// The mapping succeeded.
+        ok: bool,
+    },
+    /// Local: the live buffer's dma-buf is released; `held` if a page is
+    /// still held (the release is then a later step).
+    Unmap {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+        /// A page is still held.
+        held: bool,
+    },
+    /// Local: the held page is let go.
+    LetGo {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+    },
+    /// Local: exports local buffer `local` (an update if exported).
+    Export {
+        /// Selects the local buffer.
+        local: u8,
+        /// Selects the owner file.
+        owner: u8,
+    },
+    /// Local: unexports it after `delay` ms.
+    Unexport {
+        /// Selects the local buffer.
+        local: u8,
+        /// Delay in milliseconds.
+        delay: u8,
+    },
+    /// Local: the file `owner` was closed.
+    Close {
+        /// Selects the owner file.
+        owner: u8,
+    },
+    /// Local: the clock advances and the timed work runs.
+    Tick {
+        /// Milliseconds.
+        advance: u8,
+    },
+    /// The connection ends; the next one starts at once.
+    Reconnect,
+}
+
+impl LedgerOp {
+    /// Reads an operation.
+    pub fn decode(r: &mut Reader<'_>) -> Self {
+        let tag = r.u8();
+        let (a, b) = (r.u8(), r.u8());
+        let flag = b & 0x80 != 0;
+        match tag % 13 {
+            0 => LedgerOp::PeerExport {
+                sel: a,
+                generation: b & 0x7f,
+                writable: flag,
+            },
+            1 => LedgerOp::PeerUnexport {
+                sel: a,
+                generation: b & 0x7f,
+            },
+            2 => LedgerOp::PeerAnswer { busy: flag },
+            3 => LedgerOp::Process,
+            4 => LedgerOp::Begin {
+                sel: a,
+                generation: b & 0x7f,
+                writable: flag,
+            },
+            5 => LedgerOp::Mapped {
+                sel: a,
+                generation: b & 0x7f,
+                ok: !flag,
+            },
+            6 => LedgerOp::Unmap {
+                sel: a,
+                generation: b & 0x7f,
+                held: flag,
+            },
+            7 => LedgerOp::LetGo {
+                sel: a,
+                generation: b & 0x7f,
+            },
+            8 => LedgerOp::Export { local: a, owner: b },
+            9 => LedgerOp::Unexport { local: a, delay: b },
+            10 => LedgerOp::Close { owner: a },
+            11 => LedgerOp::Tick { advance: a },
+            _ => LedgerOp::Reconnect,
+        }
+    }
+
+    /// Writes the operation as [`LedgerOp::decode`] reads it.
+    pub fn encode(&self, w: &mut Writer) {
+        let flagged = |g: u8, f: bool| (g & 0x7f) | if f { 0x80 } else { 0 };
+        let (tag, a, b) = match *self {
+            LedgerOp::PeerExport {
+                sel,
+                generation,
+                writable,
+            } => (0, sel, flagged(generation, writable)),
+            LedgerOp::PeerUnexport { sel, generation } => (1, sel, generation & 0x7f),
+            LedgerOp::PeerAnswer { busy } => (2, 0, flagged(0, busy)),
+            LedgerOp::Process => (3, 0, 0),
+            LedgerOp::Begin {
+                sel,
+                generation,
+                writable,
+            } => (4, sel, flagged(generation, writable)),
+            LedgerOp::Mapped {
+                sel,
+                generation,
+                ok,
+            } => (5, sel, flagged(generation, !ok)),
+            LedgerOp::Unmap {
+                sel,
+                generation,
+                held,
+            } => (6, sel, flagged(generation, held)),
+            LedgerOp::LetGo { sel, generation } => (7, sel, generation & 0x7f),
+            LedgerOp::Export { local, owner } => (8, local, owner),
+            LedgerOp::Unexport { local, delay } => (9, local, delay),
+            LedgerOp::Close { owner } => (10, owner, 0),
+            LedgerOp::Tick { advance } => (11, advance, 0),
+            LedgerOp::Reconnect => (12, 0, 0),
+        };
+        w.u8(tag).u8(a).u8(b);
+    }
+}
+
+/// The limit on imports in a run (small, so that it is reached).
+pub fn max_imports(first: u8) -> usize {
+    usize::from(first % 6) + 1
+}
+
+/// An input: the import limit's selector, then the operations.
+pub fn encode(limit: u8, ops: &[LedgerOp]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(limit);
+    for op in ops {
+        op.encode(&mut w);
+    }
+    w.finish()
+}
+
+/// An export's grants: a token retired once.
+#[derive(Debug)]
+struct Grants(u64);
+
+type TestLedger = Ledger<BTreeMap<u64, ExportRecord<Grants>>, BTreeMap<u64, ImportRecord<u64>>>;
+
+/// The sink: records every effect and checks the ones it can.
+#[derive(Default)]
+struct Effects {
+    retired: HashSet<u64>,
+    events: Vec<(Event, Option<u64>)>,
+    issued: HashSet<u64>,
+    completed: HashMap<u64, Status>,
+    gauges: [i64; 2],
+}
+
+impl Sink<Grants> for Effects {
+    fn retire(&mut self, grants: Grants) {
+        assert!(
+            self.retired.insert(grants.0),
+            "grants {} retired twice",
+            grants.0
+        );
+    }
+
+    fn event(&mut self, event: Event, owner: Option<u64>) {
+        self.events.push((event, owner));
+    }
+
+    fn complete(&mut self, token: u64, status: Status) {
+        assert!(
+            self.issued.contains(&token),
+            "completed a token never issued"
+        );
+        assert!(
+            self.completed.insert(token, status).is_none(),
+            "token {token} completed twice"
+        );
+    }
+
+    fn protocol_error(&mut self, _error: Error) {}
+
+    fn gauge(&mut self, gauge: Gauge, up: bool) {
+        self.gauges[gauge as usize] += if up { 1 } else { -1 };
+    }
+}
+
+/// What a local user holds of an import, as the harness sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Mapping {
+        writable: bool,
+    },
+    /// Mapping a record the peer revoked and the channel forgot since.
+    Stale,
+    Live {
+        handle: u64,
+        writable: bool,
+    },
+    Unmapping,
+}
+
+/// The peer's side of one connection.
+struct Peer<'a> {
+    requests: Requester<&'a [AtomicU32]>,
+    answers: Responder<&'a [AtomicU32]>,
+    next_req: u32,
+    /// Request id → the buffer its EXPORT announced.
+    exports: HashMap<u32, HyperDmabufId>,
+}
+
+fn ring() -> Vec<AtomicU32> {
+    let mem: Vec<AtomicU32> = (0..XEN_PAGE_SIZE / 4).map(|_| AtomicU32::new(0)).collect();
+    init_shared(&mem[..]).expect("whole pages");
+    mem
+}
+
+/// What the admission rule answers `hid`, from the ledger before
+/// (docs/protocol.md, EXPORT): an id of this session first (the channel's
+/// check), then the limit, then an id of an ended session or a number a
+/// live import of this session holds.
+fn admission(ledger: &TestLedger, max: usize, hid: &HyperDmabufId) -> Status {
+    let known = ledger.import(hid);
+    if known.is_some_and(|i| !i.orphaned()) {
+        return Status::Exists;
+    }
+    if ledger.imports_held() >= max {
+        return Status::NoSpace;
+    }
+    if known.is_some() {
+        return Status::Exists;
+    }
+    let mut taken = false;
+    ledger.for_each(
+        |_, _| {},
+        |i| taken |= i.state.export.hid.number() == hid.number() && !i.orphaned(),
+    );
+    if taken {
+        Status::Exists
+    } else {
+        Status::Ok
+    }
+}
+
+/// What [`Ledger::import_begin`] must decide, from the record before.
+fn begin_verdict(
+    ledger: &TestLedger,
+    hid: &HyperDmabufId,
+    writable: bool,
+) -> Result<bool, ImportRefusal> {
+    let record = ledger.import(hid).ok_or(ImportRefusal::NotFound)?;
+    if record.ended() {
+        return Err(ImportRefusal::NotFound);
+    }
+    if matches!(record.claim(), Claim::Unmapping) {
+        return Err(ImportRefusal::Busy);
+    }
+    if writable && !record.state.export.flags.contains(ExportFlags::WRITABLE) {
+        return Err(ImportRefusal::NotWritable);
+    }
+    match record.claim() {
+        Claim::Idle => Ok(true),
+        Claim::Live {
+            writable: false, ..
+        } if writable => Err(ImportRefusal::Busy),
+        Claim::Live { .. } => Ok(false),
+        Claim::Mapping | Claim::Unmapping => Err(ImportRefusal::Busy),
+    }
+}
+
+/// The `ledger` target.
+pub fn run(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let max = max_imports(r.u8());
+    let ops = decode_all(&mut r, LedgerOp::decode);
+    let mut ops = ops.into_iter().peekable();
+
+    let mut ledger: TestLedger =
+        Ledger::new(BTreeMap::new(), BTreeMap::new(), BTreeMap::new()).with_max_imports(max);
+    let mut fx = Effects::default();
+    let mut held: HashMap<HyperDmabufId, Held> = HashMap::new();
+    let mut local_hids: HashMap<u8, HyperDmabufId> = HashMap::new();
+    let mut next = 1u64;
+    let mut now = 0u64;
+    let peer_id = DomId::new(1).expect("not reserved");
+    let config = ChannelConfig {
+        max_buffer_bytes: 1 << 30,
+        allow_rw: true,
+    };
+    let mut slot: Slot = [0u8; 256];
+
+    // One connection per round; a Reconnect op ends it.
+    while ops.peek().is_some() {
+        let (ours, theirs) = (ring(), ring());
+        let (ours, theirs) = (&ours[..], &theirs[..]);
+        let mut channel = Channel::new(peer_id, config, ours, theirs).expect("ring fits");
+        let mut peer = Peer {
+            requests: Requester::new(theirs).expect("ring fits"),
+            answers: Responder::new(ours).expect("ring fits"),
+            next_req: 1,
+            exports: HashMap::new(),
+        };
+        for op in ops.by_ref() {
+            match op {
+                LedgerOp::PeerExport {
+                    sel,
+                    generation,
+                    writable,
+                } => {
+                    let hid = peer_hid(sel, generation);
+                    let export = Export {
+                        hid,
+                        size: XEN_PAGE_SIZE as u64,
+                        dir_gref: GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES).expect("valid"),
+                        flags: if writable {
+                            ExportFlags::WRITABLE
+                        } else {
+                            ExportFlags::default()
+                        },
+                        priv_data: PrivData::EMPTY,
+                    };
+                    let expected = admission(&ledger, max, &hid);
+                    let req_id = peer.next_req;
+                    let request = Request {
+                        req_id,
+                        message: Message::Export(export),
+                    };
+                    if peer.requests.push(&request.encode()).is_err() {
+                        continue;
+                    }
+                    peer.next_req += 1;
+                    peer.requests.publish();
+                    peer.exports.insert(req_id, hid);
+                    process(&mut ledger, &mut channel, &mut fx);
+                    while let Ok(true) = peer.requests.pop(&mut slot) {
+                        let answer = Response::decode(&slot).expect("our answers decode");
+                        if let Some(answered) = peer.exports.remove(&answer.req_id) {
+                            if answered == hid {
+                                assert_eq!(answer.status, expected, "admission of {hid}");
+                            }
+                        }
+                    }
+                }
+                LedgerOp::PeerUnexport { sel, generation } => {
+                    let request = Request {
+                        req_id: peer.next_req,
+                        message: Message::Unexport(peer_hid(sel, generation)),
+                    };
+                    if peer.requests.push(&request.encode()).is_ok() {
+                        peer.next_req += 1;
+                        peer.requests.publish();
+                    }
+                    process(&mut ledger, &mut channel, &mut fx);
+                    while let Ok(true) = peer.requests.pop(&mut slot) {}
+                }
+                LedgerOp::PeerAnswer { busy } => {
+                    while let Ok(true) = peer.answers.pop(&mut slot) {
+                        let op = request_op(&slot);
+                        let unexport = op == hyper_dmabuf_common::wire::Op::Unexport as u8;
+                        let answer = Response {
+                            req_id: request_id(&slot),
+                            op,
+                            status: if busy && unexport {
+                                Status::Busy
+                            } else {
+                                Status::Ok
+                            },
+                            map_epoch: (busy && unexport).then_some(MapEpoch::FIRST),
+                        };
+                        let _ = peer.answers.push(&answer.encode());
+                    }
+                    peer.answers.publish();
+                    process(&mut ledger, &mut channel, &mut fx);
+                }
+                LedgerOp::Process => process(&mut ledger, &mut channel, &mut fx),
+                LedgerOp::Begin {
+                    sel,
+                    generation,
+                    writable,
+                } => {
+                    let hid = peer_hid(sel, generation);
+                    let verdict = begin_verdict(&ledger, &hid, writable);
+                    match (ledger.import_begin(&hid, writable), verdict) {
+                        (Ok(ImportStep::Map(export)), Ok(true)) => {
+                            assert_eq!(export.hid, hid);
+                            // Another ioctl may still be mapping an earlier
+                            // record of this id that the peer revoked.
+                            let before = held.insert(hid, Held::Mapping { writable });
+                            assert!(matches!(before, None | Some(Held::Stale)));
+                        }
+                        (Ok(ImportStep::Reuse { handle, .. }), Ok(false)) => {
+                            assert!(
+                                matches!(held.get(&hid), Some(Held::Live { handle: h, .. }) if h == handle),
+                                "reused a handle the user does not hold"
+                            );
+                        }
+                        (Err(e), Err(expected)) => assert_eq!(e, expected, "import of {hid}"),
+                        (got, expected) => {
+                            panic!("import of {hid}: got {got:?}, the table says {expected:?}")
+                        }
+                    }
+                }
+                LedgerOp::Mapped {
+                    sel,
+                    generation,
+                    ok,
+                } => {
+                    let hid = peer_hid(sel, generation);
+                    let writable = match held.get(&hid) {
+                        Some(&Held::Mapping { writable }) => writable,
+                        Some(Held::Stale) => {
+                            ledger.import_abort(&mut fx, &hid);
+                            held.remove(&hid);
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if ok && ledger.import_mapped(&mut channel, &mut fx, &hid).is_ok() {
+                        let handle = next;
+                        next += 1;
+                        ledger.import_live(&hid, handle, writable);
+                        held.insert(hid, Held::Live { handle, writable });
+                    } else {
+                        ledger.import_abort(&mut fx, &hid);
+                        held.remove(&hid);
+                    }
+                }
+                LedgerOp::Unmap {
+                    sel,
+                    generation,
+                    held: page_held,
+                } => {
+                    let hid = peer_hid(sel, generation);
+                    let Some(&Held::Live { handle, .. }) = held.get(&hid) else {
+                        continue;
+                    };
+                    if page_held {
+                        assert_eq!(ledger.import_unmapping(&hid), Some(handle));
+                        held.insert(hid, Held::Unmapping);
+                    } else {
+                        let_go(&mut ledger, &mut channel, &mut fx, &mut held, &hid);
+                    }
+                }
+                LedgerOp::LetGo { sel, generation } => {
+                    let hid = peer_hid(sel, generation);
+                    if held.get(&hid) == Some(&Held::Unmapping) {
+                        let_go(&mut ledger, &mut channel, &mut fx, &mut held, &hid);
+                    }
+                }
+                LedgerOp::Export { local, owner } => {
+                    let local = local % LOCAL;
+                    let identity = usize::from(local);
+                    let owner = u64::from(owner % 3);
+                    if let Some(done) = ledger.update_existing(
+                        Some(&mut channel),
+                        &mut fx,
+                        identity,
+                        PrivData::EMPTY,
+                    ) {
+                        if let Ok((hid, _)) = done {
+                            assert_eq!(local_hids.get(&local), Some(&hid));
+                        }
+                        continue;
+                    }
+                    let number = next;
+                    next += 1;
+                    let hid = HyperDmabufId::new(number, [0x5a; KEY_LEN]).expect("not zero");
+                    let info = Export {
+                        hid,
+                        size: XEN_PAGE_SIZE as u64,
+                        dir_gref: GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES).expect("valid"),
+                        flags: ExportFlags::default(),
+                        priv_data: PrivData::EMPTY,
+                    };
+                    let token = next;
+                    next += 1;
+                    fx.issued.insert(token);
+                    let record = ExportRecord::new(info, owner, identity, Grants(number));
+                    if ledger
+                        .announce(&mut channel, &mut fx, record, token)
+                        .is_ok()
+                    {
+                        local_hids.insert(local, hid);
+                    } else {
+                        fx.issued.remove(&token);
+                        assert!(
+                            fx.retired.contains(&number),
+                            "a failed export kept its grants"
+                        );
+                    }
+                }
+                LedgerOp::Unexport { local, delay } => {
+                    if let Some(hid) = local_hids.get(&(local % LOCAL)) {
+                        let known = ledger.export(hid).is_some();
+                        assert_eq!(ledger.schedule_unexport(hid, now + u64::from(delay)), known);
+                    }
+                }
+                LedgerOp::Close { owner } => ledger.unexport_owned_by(u64::from(owner % 3), now),
+                LedgerOp::Tick { advance } => {
+                    now += u64::from(advance);
+                    let tick = ledger.tick(Some(&mut channel), &mut fx, now);
+                    assert!(tick.next.is_none_or(|n| n > now), "a tick due in the past");
+                }
+                LedgerOp::Reconnect => break,
+            }
+            for (hid, h) in held.iter_mut() {
+                if matches!(h, Held::Mapping { .. }) && ledger.import(hid).is_none() {
+                    *h = Held::Stale;
+                }
+            }
+            check(&ledger, &fx, max, &held);
+        }
+        // The session ends.
+        let mut live = 0;
+        ledger.for_each(|_, _| {}, |i| live += usize::from(!i.orphaned()));
+        let before = fx.events.len();
+        ledger.detach(&mut channel, &mut fx);
+        let told = fx.events[before..]
+            .iter()
+            .filter(|(e, _)| e.kind == EventType::Unexport)
+            .count();
+        assert_eq!(told, live, "readers told of {told} of {live} imports");
+        assert!(
+            matches!(fx.events.last(), Some((e, None)) if e.kind == EventType::PeerDisconnected)
+        );
+        let missing = fx
+            .issued
+            .iter()
+            .filter(|t| !fx.completed.contains_key(t))
+            .count();
+        assert_eq!(missing, 0, "{missing} waiting requests never completed");
+        ledger.for_each(
+            |_, _| panic!("an export outlived its session"),
+            |i| {
+                assert!(
+                    i.orphaned() && i.claimed(),
+                    "an unheld import outlived its session"
+                )
+            },
+        );
+        check(&ledger, &fx, max, &held);
+    }
+}
+
+/// The event handler: process, then send what waited for room.
+fn process(ledger: &mut TestLedger, channel: &mut Channel<&[AtomicU32]>, fx: &mut Effects) {
+    // The peer speaks the protocol: nothing it sends may be fatal.
+    channel
+        .process(&mut ledger.view(fx))
+        .expect("an honest peer broke nothing");
+    ledger.flush_releases(channel, fx);
+}
+
+fn let_go(
+    ledger: &mut TestLedger,
+    channel: &mut Channel<&[AtomicU32]>,
+    fx: &mut Effects,
+    held: &mut HashMap<HyperDmabufId, Held>,
+    hid: &HyperDmabufId,
+) {
+    let orphan = ledger.import(hid).is_some_and(|i| i.orphaned());
+    let released = ledger.import_released(Some(channel), fx, hid);
+    held.remove(hid);
+    if orphan {
+        assert_eq!(released, Released::Forgotten);
+        assert!(ledger.import(hid).is_none(), "a released orphan stayed");
+    } else {
+        assert_ne!(released, Released::Unknown, "a held import was lost");
+    }
+}
+
+fn check(ledger: &TestLedger, fx: &Effects, max: usize, held: &HashMap<HyperDmabufId, Held>) {
+    let (mut exports, mut imports) = (0i64, 0usize);
+    ledger.for_each(
+        |_, e| {
+            exports += 1;
+            assert!(
+                !fx.retired.contains(&e.grants.0),
+                "grants retired while the export is recorded"
+            );
+        },
+        |_| imports += 1,
+    );
+    assert_eq!(ledger.imports_held(), imports, "held count vs records");
+    assert!(imports <= max, "{imports} imports past the limit {max}");
+    assert_eq!(fx.gauges[Gauge::Exports as usize], exports, "exports gauge");
+    assert_eq!(
+        fx.gauges[Gauge::Imports as usize],
+        imports as i64,
+        "imports gauge"
+    );
+    assert!(ledger.releases_unsent() <= imports);
+    for (hid, h) in held {
+        if *h == Held::Stale {
+            // Revoked by the peer before the ioctl said it mapped it: its
+            // MAPPED is refused (ENOENT) and the ioctl undoes its mapping.
+            continue;
+        }
+        let record = ledger
+            .import(hid)
+            .unwrap_or_else(|| panic!("import {hid} lost while held as {h:?}"));
+        let agrees = match (h, record.claim()) {
+            (Held::Mapping { .. }, Claim::Mapping) | (Held::Unmapping, Claim::Unmapping) => true,
+            (
+                Held::Live { handle, writable },
+                Claim::Live {
+                    handle: h,
+                    writable: w,
+                },
+            ) => handle == h && writable == w,
+            _ => false,
+        };
+        assert!(
+            agrees,
+            "import {hid}: held as {h:?}, recorded as {:?}",
+            record.claim()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn op() -> impl Strategy<Value = LedgerOp> {
+        (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(tag, a, b)| LedgerOp::decode(&mut Reader::new(&[tag, a, b])))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Operation sequences against the oracles: the same run as the
+        /// fuzz target, on every `cargo test`.
+        #[test]
+        fn ledger_oracle(limit in any::<u8>(), ops in proptest::collection::vec(op(), 0..80)) {
+            run(&encode(limit, &ops));
+        }
+    }
+
+    #[test]
+    fn operations_round_trip() {
+        for tag in 0..=u8::MAX {
+            for (a, b) in [(0, 0), (7, 0x85), (255, 255)] {
+                let op = LedgerOp::decode(&mut Reader::new(&[tag, a, b]));
+                let mut w = Writer::new();
+                op.encode(&mut w);
+                let again = LedgerOp::decode(&mut Reader::new(&w.finish()));
+                assert_eq!(again, op);
+            }
+        }
+    }
+}

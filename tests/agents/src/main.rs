@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: MIT
+//! `hdmabuf-agent`: the project's test agents, which the VM scenarios run
+//! in each domain with a peer doing the other side: randomized cycles
+//! (`stress`), the long randomized soak (`soak`), the benchmark (`bench`)
+//! and the kernel importer's view of a buffer (`kcheck`). Not part of the
+//! user's `hdmabuf` command; they keep its conventions (`--json`, sizes,
+//! exit statuses: see the `hdmabuf` library).
+
+mod bench;
+mod kcheck;
+mod soak;
+mod stress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hdmabuf::{Options, Output};
+
+/// The test agents of hyper-dmabuf's VM scenarios.
+#[derive(Parser)]
+#[command(version, about, after_help = hdmabuf::EXIT_STATUS_HELP)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Randomized export/import/unexport cycles with a peer running the
+    /// other side (soak tests).
+    Stress {
+        #[command(subcommand)]
+        command: stress::StressCommand,
+    },
+    /// One domain's agent of the long randomized soak: exports to every
+    /// connected peer and imports and verifies what they export, for
+    /// --seconds, tolerating (and counting) the errors of peers that die
+    /// or restart (`make soak`).
+    Soak(soak::SoakArgs),
+    /// Measure sharing against gntdev-dmabuf, the grant-map floor and a
+    /// copy, with a peer running the other side (`make bench`).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+    /// Import a buffer, verify its test pattern, and have the driver read
+    /// it as a kernel importer does (attach, sg table, vmap) through
+    /// debugfs, comparing its sum of the bytes with ours.
+    Kcheck(kcheck::KcheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output {
+        json: cli.options.json,
+    };
+    let done = match &cli.command {
+        Command::Stress { command } => stress::run(command, &cli.options.device, &out),
+        Command::Soak(args) => soak::run(args, &cli.options.device, &out),
+        Command::Bench { command } => bench::run(command, &cli.options.device),
+        Command::Kcheck(args) => kcheck::run(args, &cli.options.device, &out),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.exit("hdmabuf-agent", cli.options.json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
