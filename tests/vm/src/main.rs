@@ -168,7 +168,7 @@ fn run_all(opts: &Options) -> Result<bool, String> {
         .collect::<Result<_, _>>()?;
     // Up to `jobs` QEMUs at once, each taking the next scenario in order.
     let next = Mutex::new(scenarios.iter());
-    let verdicts: Mutex<Vec<Result<bool, String>>> = Mutex::new(Vec::new());
+    let verdicts: Mutex<Vec<Result<Verdict, String>>> = Mutex::new(Vec::new());
     thread::scope(|scope| {
         for _ in 0..opts.jobs.min(scenarios.len()) {
             scope.spawn(|| loop {
@@ -185,14 +185,20 @@ fn run_all(opts: &Options) -> Result<bool, String> {
     let verdicts = verdicts
         .into_inner()
         .map_err(|_| "a runner thread panicked")?;
-    let (mut passed, mut failed) = (0, 0);
+    let mut passed = 0;
+    let mut failures = Vec::new();
     for verdict in verdicts {
-        if verdict? {
-            passed += 1;
-        } else {
-            failed += 1;
+        match verdict? {
+            Verdict::Pass => passed += 1,
+            Verdict::Fail(why) => failures.push(why),
         }
     }
+    // Each failure again at the end: a log cut to its last lines (CI keeps
+    // a tail) still names what failed, when the full report scrolled away.
+    for why in &failures {
+        println!("[vm] failed: {why}");
+    }
+    let failed = failures.len();
     println!("[vm] {passed} passed, {failed} failed");
     if let Some(path) = &opts.counts {
         // `make test` adds up "<passed> <failed>" files of every stage.
@@ -205,12 +211,18 @@ fn run_all(opts: &Options) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
+/// What one scenario came to; a failure carries a one-line summary.
+enum Verdict {
+    Pass,
+    Fail(String),
+}
+
 fn say(s: &Scenario, msg: &str) {
     println!("[vm] {}: {msg}", s.name);
 }
 
-/// Boots the platform for scenario `s`; true if it passed (for a negative
-/// scenario: if it failed as expected).
+/// Boots the platform for scenario `s`; it passes if it ran to its end
+/// cleanly (for a negative scenario: if it failed as expected).
 ///
 /// A run that failed because Xen, dom0 or a domU crashed before any of the
 /// scenario's code ran there (see [`monitor::Monitor::platform_flake`]) is
@@ -218,7 +230,7 @@ fn say(s: &Scenario, msg: &str) {
 /// TCG an early PVH boot triple-faults in up to a third of the boots, which
 /// is not what the scenario tests. `HDM_VM_RETRY=N` sets the number of
 /// retries (0: none).
-fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<bool, String> {
+fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<Verdict, String> {
     let out = opts.out.join(&s.name);
     let (mut m, mut total) = boot_once(opts, images, s, &out)?;
     let retries: u32 = std::env::var("HDM_VM_RETRY")
@@ -344,7 +356,7 @@ fn boot_once(
 }
 
 /// The verdict on a finished run.
-fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<bool, String> {
+fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<Verdict, String> {
     // Reports of others' code the exclusion table let pass: always shown.
     for e in &m.excluded {
         say(s, &format!("excluded: {e}"));
@@ -355,12 +367,12 @@ fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<bool, Stri
                 s,
                 &format!("PASS ({total:.1} s, logs in {})", out.display()),
             );
-            Ok(true)
+            Ok(Verdict::Pass)
         }
         (Some(f), None) => {
             report_failure(s, m, f, out);
             say(s, &format!("FAIL ({total:.1} s)"));
-            Ok(false)
+            Ok(Verdict::Fail(summary(s, f)))
         }
         (Some(f), Some(e)) if f.step == e.step && f.reason.contains(&e.text) => {
             say(
@@ -369,7 +381,7 @@ fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<bool, Stri
             );
             print_log(s, m, &f.log, 40);
             say(s, &format!("PASS (negative test, {total:.1} s)"));
-            Ok(true)
+            Ok(Verdict::Pass)
         }
         (Some(f), Some(e)) => {
             report_failure(s, m, f, out);
@@ -377,7 +389,7 @@ fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<bool, Stri
                 s,
                 &format!("FAIL: expected step `{}` to fail with `{}`", e.step, e.text),
             );
-            Ok(false)
+            Ok(Verdict::Fail(summary(s, f)))
         }
         (None, Some(e)) => {
             say(
@@ -387,9 +399,24 @@ fn judge(s: &Scenario, m: &Monitor, total: f64, out: &Path) -> Result<bool, Stri
                     e.step, e.text
                 ),
             );
-            Ok(false)
+            Ok(Verdict::Fail(format!(
+                "{}: passed, but step `{}` should have failed",
+                s.name, e.step
+            )))
         }
     }
+}
+
+/// One line naming the scenario, the step and the first line of the reason.
+fn summary(s: &Scenario, f: &monitor::Failure) -> String {
+    let reason = f.reason.lines().next().unwrap_or_default();
+    let cut: String = reason.chars().take(200).collect();
+    format!(
+        "{}: step `{}` after {:.1} s: {cut}",
+        s.name,
+        f.step,
+        f.at.as_secs_f64()
+    )
 }
 
 fn log_file(source: &Source) -> String {
