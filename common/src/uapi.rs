@@ -35,7 +35,7 @@ pub mod layout;
 use super::bytes::{check_zero, get_i32, get_u32, get_u64, put_i32, put_u32, put_u64};
 use super::error::Error;
 use super::id::HyperDmabufId;
-use super::wire::{ExportFlags, PrivData};
+use super::wire::{Export, ExportFlags, PrivData};
 use super::xen::DomId;
 use layout::{event, export, import, list, list_entry, query, unexport, Field};
 
@@ -589,13 +589,16 @@ impl EventType {
 ///      0    4  type        EventType
 ///      4    4  peer_domid  the other domain
 ///      8   24  hid         the buffer (zero for peer events)
-///     32    8  size        buffer size in bytes
-///     40    4  flags       export flags (EXPORT_RW)
+///     32    8  size        buffer size in bytes (0 for peer events)
+///     40    4  flags       export flags, EXPORT_RW (importer-side events)
 ///     44    4  priv_len    bytes of priv used
 ///     48  192  priv        private data (NewExport, Update)
 ///    240    4  lost        events about the same peer dropped before this one
 ///    244   12  reserved    zero
 /// ```
+///
+/// Which fields each kind fills is decided by its constructor:
+/// [`Event::about_peer`], [`Event::about_import`], [`Event::about_export`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     /// What happened.
@@ -618,6 +621,50 @@ pub struct Event {
 impl Event {
     /// Record size.
     pub const SIZE: usize = event::RECORD.size;
+
+    /// An event about `peer` itself ([`EventType::PeerConnected`],
+    /// [`EventType::PeerDisconnected`]): no buffer, size 0.
+    pub fn about_peer(kind: EventType, peer: DomId) -> Self {
+        Event {
+            kind,
+            peer,
+            hid: None,
+            size: 0,
+            flags: ExportFlags::default(),
+            priv_data: PrivData::EMPTY,
+            lost: 0,
+        }
+    }
+
+    /// An importer-side event ([`EventType::NewExport`],
+    /// [`EventType::Update`], [`EventType::Unexport`]) about a buffer
+    /// `peer` exported to this domain: its id, size and flags, and
+    /// `priv_data`.
+    pub fn about_import(
+        kind: EventType,
+        peer: DomId,
+        export: &Export,
+        priv_data: PrivData,
+    ) -> Self {
+        Event {
+            hid: Some(export.hid),
+            size: export.size,
+            flags: export.flags,
+            priv_data,
+            ..Self::about_peer(kind, peer)
+        }
+    }
+
+    /// An exporter-side event ([`EventType::Mapped`],
+    /// [`EventType::Released`], [`EventType::GrantsEnded`]) about a buffer
+    /// of `size` bytes this domain exports to `peer`: its id and size.
+    pub fn about_export(kind: EventType, peer: DomId, hid: &HyperDmabufId, size: u64) -> Self {
+        Event {
+            hid: Some(*hid),
+            size,
+            ..Self::about_peer(kind, peer)
+        }
+    }
 
     /// Encodes the record.
     pub fn encode(&self) -> [u8; Self::SIZE] {
