@@ -23,9 +23,9 @@
 # HDMABUF_VM_TOOLS: the host-built binaries installed into every domain's
 # /usr/bin (see platform/build-images.sh): by default the hdmabuf CLI,
 # the test-only hdmabuf-agent (stress, soak, bench, kcheck) and
-# hdmabuf-hostile (the hostile peer, its referee, the ioctl abuser).
-# Setting it replaces that list, which the scenarios need;
-# HDMABUF_VM_EXTRA_TOOLS adds binaries beside it.
+# hdmabuf-hostile (the hostile peer, its referee, the ioctl abuser), and
+# the C example (mk/20-c.mk). Setting it replaces that list, which the
+# scenarios need; HDMABUF_VM_EXTRA_TOOLS adds binaries beside it.
 
 .PHONY: deps kernel xen modules modules-clean vm-tools images vm-runner vm-smoke \
 	vm-selftest vm-drivers test-vm vm-shell vm-run vm-list
@@ -35,7 +35,7 @@ export HDMABUF_KERNEL
 
 VM_RUNNER := target/release/hdmabuf-vmtest
 HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf $(CURDIR)/target/release/hdmabuf-agent \
-	$(CURDIR)/target/release/hdmabuf-hostile
+	$(CURDIR)/target/release/hdmabuf-hostile $(CURDIR)/$(C_EXAMPLE)
 HDMABUF_VM_EXTRA_TOOLS ?=
 # What build-images.sh installs, and what its image key (--dir) hashes:
 # both lists, passed to every call of it.
@@ -79,7 +79,7 @@ vm-tools:
 
 # The script's stdout is the images' path; what it does and why it failed
 # go to stderr, which stays visible.
-images: modules xen vm-tools
+images: modules xen vm-tools c-example
 	@HDMABUF_VM_TOOLS="$(VM_TOOLS)" platform/build-images.sh >/dev/null
 
 vm-runner:
