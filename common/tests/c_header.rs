@@ -19,8 +19,9 @@
 //! says it skipped the i386 build.
 //!
 //! The header is also checked the other way (every `#define` and struct it
-//! has is in the table), and the tables drawn in the Rust doc comments
-//! against the table.
+//! has is in the table), the tables drawn in the Rust doc comments against
+//! the table, and docs/uapi.md's C records and constant tables against the
+//! header and the table.
 
 use hyper_dmabuf_common::uapi::layout::{CType, Record, Value, CONSTANTS, RECORDS};
 use std::collections::BTreeMap;
@@ -394,5 +395,117 @@ fn the_tables_drawn_in_the_rust_docs_are_the_layout() {
             .map(|f| (f.offset, f.size(), f.name.to_string()))
             .collect();
         assert_eq!(tables[0].1, fields, "the drawing of struct {}", record.name);
+    }
+}
+
+fn docs_text() -> String {
+    std::fs::read_to_string(repo().join("docs/uapi.md")).unwrap()
+}
+
+/// `text` with each line trimmed and every run of blanks made one space.
+fn normalized(text: &str) -> String {
+    text.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the ```c blocks of a Markdown text show: each struct definition
+/// (`struct x {` to `};`) and each `#define` line.
+fn c_items(markdown: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut in_c = false;
+    let mut open: Option<String> = None;
+    for line in markdown.lines() {
+        match line.trim() {
+            "```c" => in_c = true,
+            "```" => in_c = false,
+            _ if !in_c => {}
+            text if text.starts_with("#define") => items.push(line.to_string()),
+            text if text.starts_with("struct ") && text.ends_with('{') => {
+                open = Some(format!("{line}\n"));
+            }
+            text => {
+                if let Some(item) = &mut open {
+                    item.push_str(line);
+                    item.push('\n');
+                    if text == "};" {
+                        items.extend(open.take());
+                    }
+                }
+            }
+        }
+    }
+    items
+}
+
+#[test]
+fn the_c_records_shown_in_the_docs_are_the_header() {
+    let header = normalized(&header_text());
+    let items = c_items(&docs_text());
+    for item in &items {
+        assert!(
+            header.contains(&normalized(item)),
+            "docs/uapi.md shows what the header does not say (verbatim, blanks aside):\n{item}"
+        );
+    }
+    for record in RECORDS {
+        let opening = format!("struct {} {{", record.name);
+        assert!(
+            items
+                .iter()
+                .any(|item| item.trim_start().starts_with(&opening)),
+            "docs/uapi.md does not show struct {}",
+            record.name
+        );
+    }
+}
+
+/// The value a table cell of the docs gives: `"text"`, `0x…` or decimal.
+fn documented_value(cell: &str) -> Value {
+    let cell = cell.trim().trim_matches('`');
+    if let Some(text) = cell.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
+        // Leaked: a test's few strings, to compare with `Value::Text`.
+        return Value::Text(Box::leak(text.to_string().into_boxed_str()));
+    }
+    let number = match cell.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => cell.parse(),
+    };
+    Value::Number(number.unwrap_or_else(|_| panic!("docs/uapi.md: `{cell}` is no value")))
+}
+
+#[test]
+fn the_constants_in_the_docs_tables_are_the_table() {
+    let mut documented = Vec::new();
+    for line in docs_text().lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, name, value, ..] = cells.as_slice() else {
+            continue;
+        };
+        let Some(name) = name
+            .strip_prefix("`HDMABUF_")
+            .and_then(|n| n.strip_suffix('`'))
+        else {
+            continue;
+        };
+        let name = format!("HDMABUF_{name}");
+        let constant = CONSTANTS
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("docs/uapi.md documents {name}, which the table lacks"));
+        assert_eq!(
+            documented_value(value),
+            constant.value,
+            "docs/uapi.md: the value of {name}"
+        );
+        documented.push(name);
+    }
+    for constant in CONSTANTS {
+        assert!(
+            documented.iter().any(|name| name == constant.name),
+            "docs/uapi.md gives no value for {}",
+            constant.name
+        );
     }
 }
