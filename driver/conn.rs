@@ -20,8 +20,8 @@ use kernel::time::msecs_to_jiffies;
 use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
-    self, peer_event, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError,
-    Released, SendError, Sink, Tick,
+    self, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError, Released, SendError,
+    Sink, Tick,
 };
 use super::common::uapi::{Event, EventType};
 use super::common::wire::{Export, PrivData};
@@ -383,7 +383,7 @@ impl Conn {
         self.locked(ctx, |parts, sink| {
             *parts.config = config;
             *parts.link = Some(link);
-            sink.event(peer_event(EventType::PeerConnected, self.peer), None);
+            sink.event(Event::about_peer(EventType::PeerConnected, self.peer), None);
         });
         stats::CONNECTIONS.inc();
         ctx.peer_log(
@@ -752,15 +752,12 @@ impl Conn {
         }
         let everyone = |event| Addressed { event, owner: None };
         let _ = out.push(
-            everyone(peer_event(EventType::PeerConnected, self.peer)),
+            everyone(Event::about_peer(EventType::PeerConnected, self.peer)),
             GFP_KERNEL,
         );
         inner.ledger.announced(|export| {
-            let event = Event {
-                priv_data: export.priv_data,
-                flags: export.flags,
-                ..ledger::buffer_event(EventType::NewExport, self.peer, &export.hid, export.size)
-            };
+            let event =
+                Event::about_import(EventType::NewExport, self.peer, export, export.priv_data);
             let _ = out.push(everyone(event), GFP_KERNEL);
         });
     }

@@ -21,10 +21,10 @@ use kernel::sync::{new_mutex, Mutex};
 
 use super::common::grantable;
 use super::common::id::HyperDmabufId;
-use super::common::ledger::{buffer_event, ExportRecord};
+use super::common::ledger::ExportRecord;
 use super::common::limits::XEN_PAGE_SIZE;
 use super::common::pgdir::{self, DirPage, Layout};
-use super::common::uapi::EventType;
+use super::common::uapi::{Event, EventType};
 use super::common::xen::{DomId, GrantRef};
 use crate::ffi::dmabuf::PinnedDmabuf;
 use crate::ffi::grant::{DmabufGrants, GrantedPage, OwnedPage};
@@ -183,7 +183,7 @@ impl ExportGrants {
             self.peer.get()
         ));
         Addressed {
-            event: buffer_event(EventType::GrantsEnded, self.peer, &self.hid, self.size),
+            event: Event::about_export(EventType::GrantsEnded, self.peer, &self.hid, self.size),
             owner: Some(self.owner),
         }
     }

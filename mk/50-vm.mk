@@ -20,11 +20,12 @@
 # lockdep, slab poisoning and red zones, atomic-sleep, list, sg and VM
 # checks; what `make test` runs) or `release` (`make demo`, `make bench`).
 # Each flavour has its own cached kernel tree, module build and images.
-# HDMABUF_VM_TOOLS: host-built binaries to install into every domain's
-# /usr/bin (see platform/build-images.sh); the hdmabuf CLI and the
-# test-only hdmabuf-agent (stress, soak, bench, kcheck) and
-# hdmabuf-hostile (the hostile peer, its referee, the ioctl abuser) by
-# default.
+# HDMABUF_VM_TOOLS: the host-built binaries installed into every domain's
+# /usr/bin (see platform/build-images.sh): by default the hdmabuf CLI,
+# the test-only hdmabuf-agent (stress, soak, bench, kcheck) and
+# hdmabuf-hostile (the hostile peer, its referee, the ioctl abuser), and
+# the C example (mk/20-c.mk). Setting it replaces that list, which the
+# scenarios need; HDMABUF_VM_EXTRA_TOOLS adds binaries beside it.
 
 .PHONY: deps kernel xen modules modules-clean vm-tools images vm-runner vm-smoke \
 	vm-selftest vm-drivers test-vm vm-shell vm-run vm-list
@@ -34,11 +35,13 @@ export HDMABUF_KERNEL
 
 VM_RUNNER := target/release/hdmabuf-vmtest
 HDMABUF_VM_TOOLS ?= $(CURDIR)/target/release/hdmabuf $(CURDIR)/target/release/hdmabuf-agent \
-	$(CURDIR)/target/release/hdmabuf-hostile
-# Exported: the image key (build-images.sh --dir) depends on it.
-export HDMABUF_VM_TOOLS
+	$(CURDIR)/target/release/hdmabuf-hostile $(CURDIR)/$(C_EXAMPLE)
+HDMABUF_VM_EXTRA_TOOLS ?=
+# What build-images.sh installs, and what its image key (--dir) hashes:
+# both lists, passed to every call of it.
+VM_TOOLS = $(strip $(HDMABUF_VM_TOOLS) $(HDMABUF_VM_EXTRA_TOOLS))
 COUNTS_DIR ?= target/test-counts
-VM_IMAGES = $$(platform/build-images.sh --dir)
+VM_IMAGES = $$(HDMABUF_VM_TOOLS="$(VM_TOOLS)" platform/build-images.sh --dir)
 # Scenarios of vm-drivers run at once, each in its own QEMU: two on the
 # 2-core reference machine take 1.3x less time than one after the other
 # (lifecycle, reconnect, cycles, demo: 230 s in a row, 176 s two at once).
@@ -74,8 +77,10 @@ modules-clean:
 vm-tools:
 	@cargo build --release -q -p hdmabuf -p hdmabuf-agent -p hdmabuf-hostile
 
-images: modules xen vm-tools
-	@HDMABUF_VM_TOOLS="$(HDMABUF_VM_TOOLS)" platform/build-images.sh >/dev/null
+# The script's stdout is the images' path; what it does and why it failed
+# go to stderr, which stays visible.
+images: modules xen vm-tools c-example
+	@HDMABUF_VM_TOOLS="$(VM_TOOLS)" platform/build-images.sh >/dev/null
 
 vm-runner:
 	@t0=$$(date +%s.%N); cargo build --release -q -p hdmabuf-vmtest; \

@@ -18,11 +18,17 @@
 # busybox and the user-space tools. A change of any input gives a new image.
 #
 # User-space tools: HDMABUF_VM_TOOLS is a space-separated list of host-built
-# binaries (static musl binaries preferably; dynamic ones get their ldd
-# libraries copied too) installed into /usr/bin of every domain.
-set -euo pipefail
+# binaries installed into /usr/bin of every domain: static ones as they
+# are, dynamic ones with the shared libraries ldd finds for them.
+#
+# Progress and errors go to stderr, the path to stdout: a failure says
+# what failed even when stdout is discarded (as `make images` does).
+set -Eeuo pipefail
 STAGE_NAME=images
 . "$(dirname "$0")/lib.sh"
+# Any command that fails without a message of its own (set -e would end
+# the script silently) is named, with its line. -E: also inside functions.
+trap 'die "line $LINENO: \`$BASH_COMMAND\` failed (exit status $?)"' ERR
 
 KDIR=$("$PLATFORM_DIR/build-kernel.sh" --dir)
 XEN=$("$PLATFORM_DIR/fetch-xen.sh" --dir)
@@ -59,7 +65,8 @@ fi
 
 [[ -f $KDIR/.hdm-complete ]] || die "kernel not built: run 'make kernel'"
 [[ -f $XEN/.hdm-complete ]] || die "Xen not fetched: run 'make xen'"
-for f in "${KOS[@]}" "${TOOLS[@]}"; do [[ -f $f ]] || die "missing $f (run 'make modules')"; done
+for f in "${KOS[@]}"; do [[ -f $f ]] || die "missing $f (run 'make modules')"; done
+for f in "${TOOLS[@]}"; do [[ -f $f ]] || die "missing tool $f (HDMABUF_VM_TOOLS, HDMABUF_VM_EXTRA_TOOLS: build it first)"; done
 [[ -x $BUSYBOX ]] || die "$BUSYBOX missing (busybox-static)"
 KVER=$(cat "$KDIR/include/config/kernel.release")
 
@@ -68,12 +75,20 @@ rm -rf "$OUT" "$OUT.tmp"
 mkdir -p "$OUT.tmp"
 T=$OUT.tmp
 
-# copy_with_libs ROOT BIN DEST: BIN to ROOT/DEST and its shared libraries
-# (resolved with the unpacked Xen libraries first) to the same paths.
+# is_dynamic BIN: whether BIN names a program interpreter (ld.so), that is
+# whether it loads shared libraries at all. ldd fails on a static binary.
+# (A test on the whole output, not `readelf | grep -q`: grep's early exit
+# would fail readelf, and the pipeline, under pipefail.)
+is_dynamic() { [[ $(LC_ALL=C readelf -l "$1" 2>/dev/null) == *'Requesting program interpreter'* ]]; }
+
+# copy_with_libs ROOT BIN DEST: BIN to ROOT/DEST and, if it is dynamic, its
+# shared libraries (resolved with the unpacked Xen libraries first) to the
+# same paths.
 copy_with_libs() {
     local root=$1 bin=$2 dest=$3 lib rel
     install -D -m 0755 "$bin" "$root/$dest"
-    LD_LIBRARY_PATH=$XEN/root/usr/lib/x86_64-linux-gnu ldd "$bin" 2>/dev/null |
+    is_dynamic "$bin" || return 0
+    LD_LIBRARY_PATH=$XEN/root/usr/lib/x86_64-linux-gnu ldd "$bin" |
         awk '/=> \// { print $3 } /^\t\// { print $1 }' | while IFS= read -r lib; do
         rel=${lib#"$XEN/root"}
         rel=${rel#/}

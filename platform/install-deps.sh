@@ -16,6 +16,9 @@ PKGS=(
     clang-19 libclang-19-dev llvm-19 lld-19
     bc bison flex libelf-dev libssl-dev cpio kmod patch
     qemu-system-x86 busybox-static
+    # build-essential: `cc` for the C header's host test
+    # (common/tests/c_header.rs) and libc6-dev's libc.a for the static C
+    # example (examples/c/).
     build-essential pkg-config zstd xz-utils
 )
 

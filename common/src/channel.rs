@@ -84,21 +84,29 @@ pub struct ExportState {
     mapped: Option<MapEpoch>,
     /// Latest epoch the peer said it released.
     released: Option<MapEpoch>,
+    /// The size announced, which every exporter-side event reports.
+    size: u64,
 }
 
 impl ExportState {
-    /// The state of an export about to be announced.
-    pub const fn new() -> Self {
+    /// The state of an export of `size` bytes about to be announced.
+    pub const fn new(size: u64) -> Self {
         ExportState {
             phase: ExportPhase::Announcing,
             mapped: None,
             released: None,
+            size,
         }
     }
 
     /// The phase.
     pub const fn phase(&self) -> ExportPhase {
         self.phase
+    }
+
+    /// The buffer's size in bytes, as announced.
+    pub const fn size(&self) -> u64 {
+        self.size
     }
 
     /// Whether the peer said it maps the buffer (QUERY's "busy"): its
@@ -121,12 +129,6 @@ impl ExportState {
     /// Whether the peer has released mapping `epoch` (or a later one).
     fn released(&self, epoch: MapEpoch) -> bool {
         self.released.is_some_and(|released| released >= epoch)
-    }
-}
-
-impl Default for ExportState {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -594,7 +596,12 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             host.remove_import(hid);
         }
         if first_time {
-            host.post_event(event(EventType::Unexport, peer, &export, PrivData::EMPTY));
+            host.post_event(Event::about_import(
+                EventType::Unexport,
+                peer,
+                &export,
+                PrivData::EMPTY,
+            ));
         }
         match live {
             Some(epoch) => (Status::Busy, Some(epoch)),
@@ -615,14 +622,24 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
                 if let Err(status) = host.add_import(ImportState::new(export)) {
                     return status;
                 }
-                host.post_event(event(EventType::NewExport, peer, &export, export.priv_data));
+                host.post_event(Event::about_import(
+                    EventType::NewExport,
+                    peer,
+                    &export,
+                    export.priv_data,
+                ));
                 Status::Ok
             }
             Message::Update { hid, priv_data } => match host.import_mut(&hid) {
                 Some(state) if !state.revoked => {
                     state.export.priv_data = priv_data;
                     let export = state.export;
-                    host.post_event(event(EventType::Update, peer, &export, priv_data));
+                    host.post_event(Event::about_import(
+                        EventType::Update,
+                        peer,
+                        &export,
+                        priv_data,
+                    ));
                     Status::Ok
                 }
                 _ => Status::NoSuchBuffer,
@@ -632,7 +649,8 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             Message::Mapped { hid, epoch } => match host.export_mut(&hid) {
                 Some(state) => {
                     state.mapped = state.mapped.max(Some(epoch));
-                    host.post_event(buffer_event(EventType::Mapped, peer, hid));
+                    let size = state.size();
+                    host.post_event(Event::about_export(EventType::Mapped, peer, &hid, size));
                     Status::Ok
                 }
                 None => Status::NoSuchBuffer,
@@ -641,7 +659,8 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
                 Some(state) => {
                     state.released = state.released.max(Some(epoch));
                     let done = matches!(state.phase, ExportPhase::AwaitingRelease(awaited) if epoch >= awaited);
-                    host.post_event(buffer_event(EventType::Released, peer, hid));
+                    let size = state.size();
+                    host.post_event(Event::about_export(EventType::Released, peer, &hid, size));
                     if done {
                         host.end_export(&hid);
                     }
@@ -669,29 +688,5 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
     /// [`Channel::process`] (used when a send was batched).
     pub fn want_notify(&mut self) {
         self.notify_pending = true;
-    }
-}
-
-fn event(kind: EventType, peer: DomId, export: &Export, priv_data: PrivData) -> Event {
-    Event {
-        kind,
-        peer,
-        hid: Some(export.hid),
-        size: export.size,
-        flags: export.flags,
-        priv_data,
-        lost: 0,
-    }
-}
-
-fn buffer_event(kind: EventType, peer: DomId, hid: HyperDmabufId) -> Event {
-    Event {
-        kind,
-        peer,
-        hid: Some(hid),
-        size: 0,
-        flags: ExportFlags::default(),
-        priv_data: PrivData::EMPTY,
-        lost: 0,
     }
 }

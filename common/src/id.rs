@@ -17,6 +17,15 @@ pub const KEY_LEN: usize = 16;
 
 /// A `hyper_dmabuf_id`.
 ///
+/// On the wire and in the uapi, `struct hdmabuf_id`
+/// ([`uapi::layout::id`](super::uapi::layout::id)):
+///
+/// ```text
+/// offset size  field  meaning
+///      0    8  id     the exporter's number, never 0
+///      8   16  key    random bytes that make the id unguessable
+/// ```
+///
 /// # Invariants
 ///
 /// `id` is not zero (zero marks "no buffer" in the uapi).

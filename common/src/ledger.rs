@@ -39,7 +39,7 @@ use super::pgdir::Layout;
 use super::shmem::SharedMem;
 use super::uapi::{self, Event, EventType};
 use super::wire::{Export, ExportFlags, Message, PrivData};
-use super::xen::{DomId, Status};
+use super::xen::Status;
 
 /// Linux errno values of the refusals below, and of those of
 /// [`super::grantable`] and [`super::mmap`] (`asm-generic/errno-base.h`):
@@ -176,7 +176,7 @@ impl<G> ExportRecord<G> {
     /// A record of an export about to be announced.
     pub const fn new(info: Export, owner: u64, identity: usize, grants: G) -> Self {
         ExportRecord {
-            state: ExportState::new(),
+            state: ExportState::new(info.size),
             info,
             owner,
             identity,
@@ -957,7 +957,7 @@ where
                 if !e.orphaned {
                     let export = &e.state.export;
                     sink.event(
-                        buffer_event(EventType::Unexport, peer, &export.hid, export.size),
+                        Event::about_import(EventType::Unexport, peer, export, PrivData::EMPTY),
                         None,
                     );
                 }
@@ -975,7 +975,7 @@ where
         for _ in 0..forgotten {
             sink.gauge(Gauge::Imports, false);
         }
-        sink.event(peer_event(EventType::PeerDisconnected, peer), None);
+        sink.event(Event::about_peer(EventType::PeerDisconnected, peer), None);
     }
 
     /// Admission of a buffer the peer announced (the channel checked the
@@ -1093,28 +1093,6 @@ where
 
     fn protocol_error(&mut self, error: Error) {
         self.sink.protocol_error(error);
-    }
-}
-
-/// An event about the connection itself.
-pub fn peer_event(kind: EventType, peer: DomId) -> Event {
-    Event {
-        kind,
-        peer,
-        hid: None,
-        size: 0,
-        flags: ExportFlags::default(),
-        priv_data: PrivData::EMPTY,
-        lost: 0,
-    }
-}
-
-/// An event about one buffer.
-pub fn buffer_event(kind: EventType, peer: DomId, hid: &HyperDmabufId, size: u64) -> Event {
-    Event {
-        hid: Some(*hid),
-        size,
-        ..peer_event(kind, peer)
     }
 }
 

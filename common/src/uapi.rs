@@ -14,6 +14,11 @@
 //! runs on. Reserved fields must be zero; output fields are ignored on
 //! input. The only pointers are documented `u64` user addresses.
 //!
+//! Where each field sits is [`layout`]'s table, which the codecs below
+//! read and write by; the C header `include/uapi/linux/hyper_dmabuf.h`
+//! declares the same records, and a host test checks it against the
+//! table.
+//!
 //! | ioctl | number | record | original hyper_dmabuf |
 //! |---|---|---|---|
 //! | [`IOCTL_EXPORT`] | `_IOWR(0xB9, 1, 232)` | [`ExportArgs`] | `EXPORT_REMOTE` |
@@ -25,12 +30,14 @@
 //! The original's `TX_CH_SETUP`/`RX_CH_SETUP` have no counterpart: channels
 //! are XenBus devices set up by the toolstack.
 
+pub mod layout;
+
 use super::bytes::{check_zero, get_i32, get_u32, get_u64, put_i32, put_u32, put_u64};
 use super::error::Error;
 use super::id::HyperDmabufId;
-use super::limits::MAX_PRIV_LEN;
-use super::wire::{ExportFlags, PrivData};
+use super::wire::{Export, ExportFlags, PrivData};
 use super::xen::DomId;
+use layout::{event, export, import, list, list_entry, query, unexport, Field};
 
 // The records are defined in the machine's byte order; these codecs write
 // little-endian, which is the same thing on every Xen architecture.
@@ -68,14 +75,34 @@ pub const IOCTL_LIST: u32 = iowr(IOCTL_MAGIC, 5, ListArgs::SIZE);
 /// Longest delay an unexport may be scheduled after: 10 minutes.
 pub const MAX_UNEXPORT_DELAY_MS: u32 = 600_000;
 
-fn get_hid(record: &[u8], at: usize) -> Result<HyperDmabufId, Error> {
+fn get_hid(record: &[u8], field: Field) -> Result<HyperDmabufId, Error> {
     let mut raw = [0u8; HyperDmabufId::WIRE_SIZE];
-    raw.copy_from_slice(&record[at..at + HyperDmabufId::WIRE_SIZE]);
+    raw.copy_from_slice(&record[field.bytes()]);
     HyperDmabufId::decode(&raw)
 }
 
-fn put_hid(record: &mut [u8], at: usize, hid: &HyperDmabufId) {
-    record[at..at + HyperDmabufId::WIRE_SIZE].copy_from_slice(&hid.encode());
+fn put_hid(record: &mut [u8], field: Field, hid: &HyperDmabufId) {
+    record[field.bytes()].copy_from_slice(&hid.encode());
+}
+
+/// Checks that a reserved field is zero.
+fn check_reserved(record: &[u8], field: Field) -> Result<(), Error> {
+    check_zero(record, field.offset, field.end())
+}
+
+/// Decodes the private data of `len` and `area`.
+fn get_priv(record: &[u8], len: Field, area: Field) -> Result<PrivData, Error> {
+    PrivData::decode(
+        get_u32(record, len.offset),
+        &record[area.bytes()],
+        area.offset,
+    )
+}
+
+/// Encodes private data into `len` and `area`.
+fn put_priv(record: &mut [u8], len: Field, area: Field, data: &PrivData) {
+    put_u32(record, len.offset, data.len() as u32);
+    record[area.bytes()].copy_from_slice(data.area());
 }
 
 /// Flags of [`ExportArgs`].
@@ -114,9 +141,7 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     /// Record size.
-    pub const SIZE: usize = 232;
-    const PRIV: usize = 16;
-    const HID: usize = 208;
+    pub const SIZE: usize = export::RECORD.size;
 
     /// Decodes the record user space passed in. The output field is
     /// ignored.
@@ -126,19 +151,15 @@ impl ExportArgs {
     /// [`Error::BadDomId`], [`Error::UnknownFlags`], [`Error::PrivTooLong`],
     /// [`Error::ReservedNotZero`] (private bytes past `priv_len`).
     pub fn decode_in(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
-        let flags = get_u32(record, 8);
+        let flags = get_u32(record, export::FLAGS.offset);
         if flags & !EXPORT_RW != 0 {
             return Err(Error::UnknownFlags(flags & !EXPORT_RW));
         }
         Ok(ExportArgs {
-            dmabuf_fd: get_i32(record, 0),
-            remote: DomId::new(get_u32(record, 4))?,
+            dmabuf_fd: get_i32(record, export::DMABUF_FD.offset),
+            remote: DomId::new(get_u32(record, export::REMOTE_DOMID.offset))?,
             flags: ExportFlags::from_bits(flags)?,
-            priv_data: PrivData::decode(
-                get_u32(record, 12),
-                &record[Self::PRIV..Self::HID],
-                Self::PRIV,
-            )?,
+            priv_data: get_priv(record, export::PRIV_LEN, export::PRIV)?,
             hid: None,
         })
     }
@@ -146,13 +167,16 @@ impl ExportArgs {
     /// Encodes the whole record (input fields and, if set, the output).
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_i32(&mut record, 0, self.dmabuf_fd);
-        put_u32(&mut record, 4, u32::from(self.remote.get()));
-        put_u32(&mut record, 8, self.flags.bits());
-        put_u32(&mut record, 12, self.priv_data.len() as u32);
-        record[Self::PRIV..Self::HID].copy_from_slice(self.priv_data.area());
+        put_i32(&mut record, export::DMABUF_FD.offset, self.dmabuf_fd);
+        put_u32(
+            &mut record,
+            export::REMOTE_DOMID.offset,
+            u32::from(self.remote.get()),
+        );
+        put_u32(&mut record, export::FLAGS.offset, self.flags.bits());
+        put_priv(&mut record, export::PRIV_LEN, export::PRIV, &self.priv_data);
         if let Some(hid) = &self.hid {
-            put_hid(&mut record, Self::HID, hid);
+            put_hid(&mut record, export::HID, hid);
         }
         record
     }
@@ -163,7 +187,7 @@ impl ExportArgs {
     ///
     /// [`Error::BadId`] if the kernel wrote no id.
     pub fn decode_out(record: &[u8; Self::SIZE]) -> Result<HyperDmabufId, Error> {
-        get_hid(record, Self::HID)
+        get_hid(record, export::HID)
     }
 }
 
@@ -190,7 +214,7 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     /// Record size.
-    pub const SIZE: usize = 40;
+    pub const SIZE: usize = import::RECORD.size;
 
     /// Decodes the input fields.
     ///
@@ -198,12 +222,12 @@ impl ImportArgs {
     ///
     /// [`Error::BadId`] or [`Error::UnknownFlags`].
     pub fn decode_in(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
-        let flags = get_u32(record, 24);
+        let flags = get_u32(record, import::FLAGS.offset);
         if flags & !IMPORT_RW != 0 {
             return Err(Error::UnknownFlags(flags & !IMPORT_RW));
         }
         Ok(ImportArgs {
-            hid: get_hid(record, 0)?,
+            hid: get_hid(record, import::HID)?,
             flags,
             fd: -1,
             size: 0,
@@ -217,8 +241,8 @@ impl ImportArgs {
     /// As [`ImportArgs::decode_in`].
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
         Ok(ImportArgs {
-            fd: get_i32(record, 28),
-            size: get_u64(record, 32),
+            fd: get_i32(record, import::FD.offset),
+            size: get_u64(record, import::SIZE.offset),
             ..Self::decode_in(record)?
         })
     }
@@ -226,10 +250,10 @@ impl ImportArgs {
     /// Encodes the whole record.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_hid(&mut record, 0, &self.hid);
-        put_u32(&mut record, 24, self.flags);
-        put_i32(&mut record, 28, self.fd);
-        put_u64(&mut record, 32, self.size);
+        put_hid(&mut record, import::HID, &self.hid);
+        put_u32(&mut record, import::FLAGS.offset, self.flags);
+        put_i32(&mut record, import::FD.offset, self.fd);
+        put_u64(&mut record, import::SIZE.offset, self.size);
         record
     }
 }
@@ -255,7 +279,7 @@ pub struct UnexportArgs {
 
 impl UnexportArgs {
     /// Record size.
-    pub const SIZE: usize = 32;
+    pub const SIZE: usize = unexport::RECORD.size;
 
     /// Decodes the record.
     ///
@@ -264,13 +288,13 @@ impl UnexportArgs {
     /// [`Error::BadId`], [`Error::ReservedNotZero`], or
     /// [`Error::DelayTooLong`] past [`MAX_UNEXPORT_DELAY_MS`].
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
-        check_zero(record, 28, 32)?;
-        let delay_ms = get_u32(record, 24);
+        check_reserved(record, unexport::RESERVED)?;
+        let delay_ms = get_u32(record, unexport::DELAY_MS.offset);
         if delay_ms > MAX_UNEXPORT_DELAY_MS {
             return Err(Error::DelayTooLong(delay_ms));
         }
         Ok(UnexportArgs {
-            hid: get_hid(record, 0)?,
+            hid: get_hid(record, unexport::HID)?,
             delay_ms,
         })
     }
@@ -278,8 +302,8 @@ impl UnexportArgs {
     /// Encodes the record.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_hid(&mut record, 0, &self.hid);
-        put_u32(&mut record, 24, self.delay_ms);
+        put_hid(&mut record, unexport::HID, &self.hid);
+        put_u32(&mut record, unexport::DELAY_MS.offset, self.delay_ms);
         record
     }
 }
@@ -339,11 +363,11 @@ impl QueryItem {
 /// offset size  field      dir
 ///      0   24  hid        in   the buffer
 ///     24    4  item       in   a QueryItem
-///     28    4  reserved   in   zero
+///     28    4  reserved0  in   zero
 ///     32    8  value      out  the answer
 ///     40    8  data_ptr   in   user address for QueryItem::Priv, else 0
 ///     48    4  data_len   in   bytes at data_ptr
-///     52    4  reserved   in   zero
+///     52    4  reserved1  in   zero
 /// ```
 ///
 /// For [`QueryItem::Priv`] the private data is copied to `data_ptr` and
@@ -365,7 +389,7 @@ pub struct QueryArgs {
 
 impl QueryArgs {
     /// Record size.
-    pub const SIZE: usize = 56;
+    pub const SIZE: usize = query::RECORD.size;
 
     /// Decodes the record.
     ///
@@ -374,25 +398,25 @@ impl QueryArgs {
     /// [`Error::BadId`], [`Error::UnknownQueryItem`],
     /// [`Error::ReservedNotZero`].
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
-        check_zero(record, 28, 32)?;
-        check_zero(record, 52, 56)?;
+        check_reserved(record, query::RESERVED0)?;
+        check_reserved(record, query::RESERVED1)?;
         Ok(QueryArgs {
-            hid: get_hid(record, 0)?,
-            item: QueryItem::from_raw(get_u32(record, 24))?,
-            value: get_u64(record, 32),
-            data_ptr: get_u64(record, 40),
-            data_len: get_u32(record, 48),
+            hid: get_hid(record, query::HID)?,
+            item: QueryItem::from_raw(get_u32(record, query::ITEM.offset))?,
+            value: get_u64(record, query::VALUE.offset),
+            data_ptr: get_u64(record, query::DATA_PTR.offset),
+            data_len: get_u32(record, query::DATA_LEN.offset),
         })
     }
 
     /// Encodes the record.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_hid(&mut record, 0, &self.hid);
-        put_u32(&mut record, 24, self.item as u32);
-        put_u64(&mut record, 32, self.value);
-        put_u64(&mut record, 40, self.data_ptr);
-        put_u32(&mut record, 48, self.data_len);
+        put_hid(&mut record, query::HID, &self.hid);
+        put_u32(&mut record, query::ITEM.offset, self.item as u32);
+        put_u64(&mut record, query::VALUE.offset, self.value);
+        put_u64(&mut record, query::DATA_PTR.offset, self.data_ptr);
+        put_u32(&mut record, query::DATA_LEN.offset, self.data_len);
         record
     }
 }
@@ -417,23 +441,23 @@ pub struct ListArgs {
 
 impl ListArgs {
     /// Record size.
-    pub const SIZE: usize = 16;
+    pub const SIZE: usize = list::RECORD.size;
 
     /// Decodes the record.
     pub fn decode(record: &[u8; Self::SIZE]) -> Self {
         ListArgs {
-            entries_ptr: get_u64(record, 0),
-            capacity: get_u32(record, 8),
-            count: get_u32(record, 12),
+            entries_ptr: get_u64(record, list::ENTRIES_PTR.offset),
+            capacity: get_u32(record, list::CAPACITY.offset),
+            count: get_u32(record, list::COUNT.offset),
         }
     }
 
     /// Encodes the record.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_u64(&mut record, 0, self.entries_ptr);
-        put_u32(&mut record, 8, self.capacity);
-        put_u32(&mut record, 12, self.count);
+        put_u64(&mut record, list::ENTRIES_PTR.offset, self.entries_ptr);
+        put_u32(&mut record, list::CAPACITY.offset, self.capacity);
+        put_u32(&mut record, list::COUNT.offset, self.count);
         record
     }
 }
@@ -479,7 +503,7 @@ pub struct ListEntry {
 
 impl ListEntry {
     /// Record size.
-    pub const SIZE: usize = 48;
+    pub const SIZE: usize = list_entry::RECORD.size;
 
     /// Decodes an entry.
     ///
@@ -487,24 +511,28 @@ impl ListEntry {
     ///
     /// [`Error::BadId`], [`Error::BadDomId`], [`Error::ReservedNotZero`].
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
-        check_zero(record, 44, 48)?;
+        check_reserved(record, list_entry::RESERVED)?;
         Ok(ListEntry {
-            hid: get_hid(record, 0)?,
-            size: get_u64(record, 24),
-            peer: DomId::new(get_u32(record, 32))?,
-            kind: get_u32(record, 36),
-            state: get_u32(record, 40),
+            hid: get_hid(record, list_entry::HID)?,
+            size: get_u64(record, list_entry::SIZE.offset),
+            peer: DomId::new(get_u32(record, list_entry::PEER_DOMID.offset))?,
+            kind: get_u32(record, list_entry::KIND.offset),
+            state: get_u32(record, list_entry::STATE.offset),
         })
     }
 
     /// Encodes an entry.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_hid(&mut record, 0, &self.hid);
-        put_u64(&mut record, 24, self.size);
-        put_u32(&mut record, 32, u32::from(self.peer.get()));
-        put_u32(&mut record, 36, self.kind);
-        put_u32(&mut record, 40, self.state);
+        put_hid(&mut record, list_entry::HID, &self.hid);
+        put_u64(&mut record, list_entry::SIZE.offset, self.size);
+        put_u32(
+            &mut record,
+            list_entry::PEER_DOMID.offset,
+            u32::from(self.peer.get()),
+        );
+        put_u32(&mut record, list_entry::KIND.offset, self.kind);
+        put_u32(&mut record, list_entry::STATE.offset, self.state);
         record
     }
 }
@@ -561,13 +589,16 @@ impl EventType {
 ///      0    4  type        EventType
 ///      4    4  peer_domid  the other domain
 ///      8   24  hid         the buffer (zero for peer events)
-///     32    8  size        buffer size in bytes
-///     40    4  flags       export flags (EXPORT_RW)
+///     32    8  size        buffer size in bytes (0 for peer events)
+///     40    4  flags       export flags, EXPORT_RW (importer-side events)
 ///     44    4  priv_len    bytes of priv used
 ///     48  192  priv        private data (NewExport, Update)
 ///    240    4  lost        events about the same peer dropped before this one
 ///    244   12  reserved    zero
 /// ```
+///
+/// Which fields each kind fills is decided by its constructor:
+/// [`Event::about_peer`], [`Event::about_import`], [`Event::about_export`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     /// What happened.
@@ -589,23 +620,68 @@ pub struct Event {
 
 impl Event {
     /// Record size.
-    pub const SIZE: usize = 256;
-    const PRIV: usize = 48;
-    const LOST: usize = Self::PRIV + MAX_PRIV_LEN;
+    pub const SIZE: usize = event::RECORD.size;
+
+    /// An event about `peer` itself ([`EventType::PeerConnected`],
+    /// [`EventType::PeerDisconnected`]): no buffer, size 0.
+    pub fn about_peer(kind: EventType, peer: DomId) -> Self {
+        Event {
+            kind,
+            peer,
+            hid: None,
+            size: 0,
+            flags: ExportFlags::default(),
+            priv_data: PrivData::EMPTY,
+            lost: 0,
+        }
+    }
+
+    /// An importer-side event ([`EventType::NewExport`],
+    /// [`EventType::Update`], [`EventType::Unexport`]) about a buffer
+    /// `peer` exported to this domain: its id, size and flags, and
+    /// `priv_data`.
+    pub fn about_import(
+        kind: EventType,
+        peer: DomId,
+        export: &Export,
+        priv_data: PrivData,
+    ) -> Self {
+        Event {
+            hid: Some(export.hid),
+            size: export.size,
+            flags: export.flags,
+            priv_data,
+            ..Self::about_peer(kind, peer)
+        }
+    }
+
+    /// An exporter-side event ([`EventType::Mapped`],
+    /// [`EventType::Released`], [`EventType::GrantsEnded`]) about a buffer
+    /// of `size` bytes this domain exports to `peer`: its id and size.
+    pub fn about_export(kind: EventType, peer: DomId, hid: &HyperDmabufId, size: u64) -> Self {
+        Event {
+            hid: Some(*hid),
+            size,
+            ..Self::about_peer(kind, peer)
+        }
+    }
 
     /// Encodes the record.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut record = [0u8; Self::SIZE];
-        put_u32(&mut record, 0, self.kind as u32);
-        put_u32(&mut record, 4, u32::from(self.peer.get()));
+        put_u32(&mut record, event::TYPE.offset, self.kind as u32);
+        put_u32(
+            &mut record,
+            event::PEER_DOMID.offset,
+            u32::from(self.peer.get()),
+        );
         if let Some(hid) = &self.hid {
-            put_hid(&mut record, 8, hid);
+            put_hid(&mut record, event::HID, hid);
         }
-        put_u64(&mut record, 32, self.size);
-        put_u32(&mut record, 40, self.flags.bits());
-        put_u32(&mut record, 44, self.priv_data.len() as u32);
-        record[Self::PRIV..Self::LOST].copy_from_slice(self.priv_data.area());
-        put_u32(&mut record, Self::LOST, self.lost);
+        put_u64(&mut record, event::SIZE.offset, self.size);
+        put_u32(&mut record, event::FLAGS.offset, self.flags.bits());
+        put_priv(&mut record, event::PRIV_LEN, event::PRIV, &self.priv_data);
+        put_u32(&mut record, event::LOST.offset, self.lost);
         record
     }
 
@@ -615,31 +691,27 @@ impl Event {
     ///
     /// Any field this version does not define.
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
-        check_zero(record, Self::LOST + 4, Self::SIZE)?;
-        let hid = if record[8..32].iter().all(|&b| b == 0) {
+        check_reserved(record, event::RESERVED)?;
+        let hid = if record[event::HID.bytes()].iter().all(|&b| b == 0) {
             None
         } else {
-            Some(get_hid(record, 8)?)
+            Some(get_hid(record, event::HID)?)
         };
         Ok(Event {
-            kind: EventType::from_raw(get_u32(record, 0))?,
-            peer: DomId::new(get_u32(record, 4))?,
+            kind: EventType::from_raw(get_u32(record, event::TYPE.offset))?,
+            peer: DomId::new(get_u32(record, event::PEER_DOMID.offset))?,
             hid,
-            size: get_u64(record, 32),
-            flags: ExportFlags::from_bits(get_u32(record, 40))?,
-            priv_data: PrivData::decode(
-                get_u32(record, 44),
-                &record[Self::PRIV..Self::LOST],
-                Self::PRIV,
-            )?,
-            lost: get_u32(record, Self::LOST),
+            size: get_u64(record, event::SIZE.offset),
+            flags: ExportFlags::from_bits(get_u32(record, event::FLAGS.offset))?,
+            priv_data: get_priv(record, event::PRIV_LEN, event::PRIV)?,
+            lost: get_u32(record, event::LOST.offset),
         })
     }
 
     /// Whether an encoded record is about `peer` (read straight from the
     /// record, for a queue that counts its records per peer).
     pub fn is_about(record: &[u8; Self::SIZE], peer: DomId) -> bool {
-        get_u32(record, 4) == u32::from(peer.get())
+        get_u32(record, event::PEER_DOMID.offset) == u32::from(peer.get())
     }
 }
 
@@ -754,6 +826,7 @@ pub const fn is_export_event(kind: EventType) -> bool {
 mod tests {
     use super::*;
     use crate::id::KEY_LEN;
+    use crate::limits::MAX_PRIV_LEN;
 
     #[test]
     fn an_export_is_managed_by_its_file_or_an_administrator() {

@@ -337,7 +337,7 @@ pub fn run(data: &[u8]) {
                     unreachable!("tag % 5 == 0 selects an export")
                 };
                 export.hid = id;
-                host.exports.insert(id, ExportState::new());
+                host.exports.insert(id, ExportState::new(export.size));
                 let token = next_token;
                 next_token += 1;
                 host.issued.insert(token);

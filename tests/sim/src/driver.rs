@@ -96,6 +96,8 @@ struct UserBuffer {
 pub struct Grants {
     hid: HyperDmabufId,
     peer: DomId,
+    /// The buffer's size, for its `GrantsEnded`.
+    size: u64,
     data: Vec<GrantRef>,
     dir: Vec<(PageId, GrantRef)>,
 }
@@ -200,11 +202,11 @@ impl Sink<Grants> for Ctx<'_> {
                 .put_page(self.me, *page)
                 .expect("directory pages are ours");
         }
-        self.user.events.push_back(ledger::buffer_event(
+        self.user.events.push_back(Event::about_export(
             EventType::GrantsEnded,
             grants.peer,
             &grants.hid,
-            0,
+            grants.size,
         ));
     }
 
@@ -453,6 +455,7 @@ impl Domain {
         let grants = Grants {
             hid,
             peer,
+            size: export.size,
             data,
             dir,
         };

@@ -286,7 +286,6 @@ fn run(choices: Vec<u8>, hooks: Vec<u8>, maps: u32) {
     {
         let mut a = e.borrow_mut();
         let a = &mut *a;
-        a.host.exports.push((hid(), ExportState::new()));
         let export = Export {
             hid: hid(),
             size: 4096,
@@ -294,6 +293,7 @@ fn run(choices: Vec<u8>, hooks: Vec<u8>, maps: u32) {
             flags: ExportFlags::default(),
             priv_data: PrivData::EMPTY,
         };
+        a.host.exports.push((hid(), ExportState::new(export.size)));
         if a.chan.announce(export, None).unwrap() {
             sched.pending[I].set(true);
         }

@@ -153,7 +153,8 @@ fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
         flags: ExportFlags::default(),
         priv_data: PrivData::EMPTY,
     };
-    e.1.exports.insert(hid.encode(), ExportState::new());
+    e.1.exports
+        .insert(hid.encode(), ExportState::new(export.size));
     e.0.announce(export, None).unwrap();
     let run_i = |i: &Rc<RefCell<End>>| {
         let (c, h) = &mut *i.borrow_mut();

@@ -7,7 +7,8 @@ mod common;
 
 use common::{assert_same_bytes, events_about, export};
 use hyper_dmabuf_common::channel::ExportPhase;
-use hyper_dmabuf_common::uapi::EventType;
+use hyper_dmabuf_common::uapi::{Event, EventType};
+use hyper_dmabuf_common::wire::ExportFlags;
 use hyper_dmabuf_common::xen::Status;
 use hyper_dmabuf_sim::{DriverError, Side, World, WorldConfig};
 
@@ -294,6 +295,63 @@ fn refused_export_is_ended() {
     );
     for s in &shared[..MAX_IMPORTS_PER_PEER] {
         assert_eq!(w.dom(Side::Front).completion(s.token), Some(Status::Ok));
+    }
+    w.finish();
+}
+
+/// What a C program reading `struct hdmabuf_event` may rely on
+/// (docs/uapi.md, "Events"): every event about a buffer carries its size,
+/// on both sides; the importer-side ones its flags; events about a peer
+/// neither.
+#[test]
+fn every_event_about_a_buffer_carries_its_size() {
+    let mut w = World::new(WorldConfig::default());
+    let (exporter, importer) = (Side::Front, Side::Back);
+    let size = 3 * 4096;
+    let s = export(&mut w, exporter, size, true, 1);
+    let t = export(&mut w, exporter, 4096, true, 2);
+    w.pump();
+    let (dom, hv) = w.split(importer);
+    dom.import(hv, &s.hid, false).unwrap();
+    w.pump();
+    let (dom, hv) = w.split(importer);
+    dom.release(hv, &s.hid).unwrap();
+    w.pump();
+    let (dom, hv) = w.split(exporter);
+    dom.unexport(hv, &s.hid).unwrap();
+    w.pump();
+    // `t` is still exported when the connection goes: the importer hears
+    // of its end from the disconnection, not from an UNEXPORT.
+    w.disconnect();
+
+    let exporter_events = w.split(exporter).0.take_events();
+    let importer_events = w.split(importer).0.take_events();
+    let seen = |events: &[Event], kind| events_about(events, kind, &s.hid);
+    for kind in [
+        EventType::Mapped,
+        EventType::Released,
+        EventType::GrantsEnded,
+    ] {
+        assert_eq!(seen(&exporter_events, kind), 1, "{kind:?}");
+    }
+    for kind in [EventType::NewExport, EventType::Unexport] {
+        assert_eq!(seen(&importer_events, kind), 1, "{kind:?}");
+        assert_eq!(events_about(&importer_events, kind, &t.hid), 1, "{kind:?}");
+    }
+    for event in exporter_events.iter().chain(&importer_events) {
+        let (expected_size, importer_side) = match event.hid {
+            None => (0, false),
+            Some(hid) if hid.matches(&s.hid) => (size as u64, event.peer == w.id(exporter)),
+            Some(hid) if hid.matches(&t.hid) => (4096, event.peer == w.id(exporter)),
+            Some(_) => panic!("an event about no buffer of this test: {event:?}"),
+        };
+        assert_eq!(event.size, expected_size, "{event:?}");
+        let flags = if importer_side {
+            ExportFlags::WRITABLE
+        } else {
+            ExportFlags::default()
+        };
+        assert_eq!(event.flags, flags, "{event:?}");
     }
     w.finish();
 }

@@ -3,8 +3,11 @@
 # dom0 paired with two guests at once, a PV and a PVH one: each guest
 # exports an 8 MiB buffer to dom0, which learns of both from events,
 # imports them and verifies every byte (in user space and as a kernel
-# importer); dom0 exports a buffer to each guest, which verifies it. Every
-# counter ends at zero in every domain.
+# importer); dom0 exports a buffer to each guest, which verifies it. Then
+# the C example (examples/c/, nothing but the uapi header and libc) with
+# hdmabuf at the other end: the PV guest exports with it to dom0, which
+# verifies with hdmabuf, and imports with it what hdmabuf exports from
+# dom0. Every counter ends at zero in every domain.
 #
 # hdm: description = dom0 shares both ways with a PV and a PVH guest at the same time
 # hdm: domains = pv pvh
@@ -31,6 +34,10 @@ dom0/guests)
         hdmabuf-agent kcheck "$id" --verify "${guest#*:}" ||
             hdm_fail "import from ${guest%:*} failed"
     done
+    id=$(hdm_wait_event /tmp/events NewExport '"priv":"c-example"' 180)
+    hdmabuf import "$id" --verify 71 || hdm_fail "import of the C example's export failed"
+    hdmabuf export --domain "$(xl domid pv)" --size 1M --seed 72 --priv to-c-example --once ||
+        hdm_fail "export to the C example failed"
     wait $to_pv || hdm_fail "export to pv failed"
     wait $to_pvh || hdm_fail "export to pvh failed"
     hdm_wait_stat connections_live 0 120
@@ -45,6 +52,11 @@ pv/main | pvh/main)
     hdmabuf export --domain 0 --size 8M --seed $mine --priv "from-$HDM_DOMAIN" --once ||
         hdm_fail "export failed"
     hdm_import_each /tmp/events 8M:$theirs
+    if [ "$HDM_DOMAIN" = pv ]; then
+        hdmabuf-example export 0 1048576 71 c-example || hdm_fail "C example: export failed"
+        id=$(hdm_wait_event /tmp/events NewExport '"priv":"to-c-example"')
+        hdmabuf-example import "$id" 72 || hdm_fail "C example: import failed"
+    fi
     hdm_check_released
     ;;
 esac
