@@ -49,9 +49,7 @@ use msg::Msg;
 
 mod link;
 mod msg;
-use hyper_dmabuf_client::buffer::{self, Udmabuf};
-use hyper_dmabuf_client::device::Device;
-use hyper_dmabuf_client::sys::{self, Mapping};
+use hyper_dmabuf_client::{Device, ExportOptions, Mapping, Udmabuf};
 
 /// `hdmabuf-agent bench ...`.
 #[derive(Subcommand)]
@@ -112,6 +110,34 @@ pub(crate) fn run(command: &BenchCommand, device: &str) -> Result<(), Failure> {
         }
         BenchCommand::Import { domain } => Importer::new(device, *domain)?.serve(),
     }
+}
+
+/// CPU time the calling thread has used, user and kernel, in
+/// nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Reads the first byte of `map`, as a consumer's first access would.
+fn touch(map: &Mapping) {
+    let mut first = [0u8];
+    map.read_at(0, &mut first);
+    black_box(first[0]);
+}
+
+/// The first bytes of a frame, where the exporter draws its number.
+fn frame_head(frame: &[u8]) -> [u8; 4] {
+    frame[..4].try_into().expect("frames are pages")
+}
+
+/// The same, read from the mapping of a frame.
+fn mapped_frame_head(map: &Mapping) -> [u8; 4] {
+    let mut head = [0u8; 4];
+    map.read_at(0, &mut head);
+    head
 }
 
 /// Nanoseconds since `t`.
@@ -249,7 +275,7 @@ enum Answer {
 
 impl Exporter {
     fn new(device: &str, peer: u16) -> Result<Self, Failure> {
-        let dev = Device::open(device)?;
+        let dev = Device::open_path(device)?;
         let link = Link::offer(peer).map_err(|e| fail(format!("offering the link: {e}")))?;
         Ok(Exporter {
             dev,
@@ -345,9 +371,9 @@ impl Exporter {
 
     fn cases(&mut self, size: u64, reps: u32) -> Result<(), Failure> {
         eprintln!("bench: {size} bytes, {reps} repetitions");
-        let buf = buffer::create_udmabuf(size, |b| b[0] = 0x5a)
-            .map_err(|e| fail(format!("a {size}-byte udmabuf: {e}")))?;
-        let source = Mapping::new(buf.memfd.as_fd(), buf.size as usize, false)?;
+        let buf = Udmabuf::new(size)?;
+        buf.map(true)?.write_at(0, &[0x5a]);
+        let source = buf.map(false)?;
         let mut results = Results::default();
         let mut broken: Vec<&'static str> = Vec::new();
         type Case = fn(&mut Exporter, &Udmabuf, &Mapping, &mut Results) -> Result<(), String>;
@@ -381,13 +407,11 @@ impl Exporter {
     fn ours(&mut self, buf: &Udmabuf, r: &mut Results) -> Result<(), Failure> {
         let size = buf.size;
         self.start(Msg::CaseOurs, size)?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let t0 = Instant::now();
-        let hid = self
-            .dev
-            .export(buf.dmabuf.as_fd(), self.peer, false, PrivData::EMPTY)?;
+        let hid = self.dev.export(buf, self.peer, &ExportOptions::new())?;
         r.add("ours", "export", size, ns(t0));
-        r.add("ours", "export_cpu", size, sys::thread_cpu_ns() - c0);
+        r.add("ours", "export_cpu", size, thread_cpu_ns() - c0);
         let Answer::Ack(v) = self.answer()? else {
             return Err(fail("the importer could not import our buffer"));
         };
@@ -396,7 +420,7 @@ impl Exporter {
             "ours",
             "end_to_end_cpu_exporter",
             size,
-            sys::thread_cpu_ns() - c0,
+            thread_cpu_ns() - c0,
         );
         r.add_importer("ours", size, &v)?;
         let Answer::Ack(v) = self.answer()? else {
@@ -404,7 +428,7 @@ impl Exporter {
         };
         r.add("ours", "reimport", size, figure(&v, 0)?);
         let t = Instant::now();
-        self.dev.unexport(&hid, 0)?;
+        self.dev.unexport(&hid, Duration::ZERO)?;
         self.wait_event(&hid, EventType::GrantsEnded)?;
         r.add("ours", "unexport", size, ns(t));
         Ok(())
@@ -414,7 +438,7 @@ impl Exporter {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(event) = self.dev.next_event(left.as_millis() as i32)? else {
+            let Some(event) = self.dev.wait_event(Some(left))? else {
                 return Err(Failure::Timeout(format!("no {kind:?} event for {hid}")));
             };
             if event.kind == kind && event.hid.as_ref().is_some_and(|h| h.matches(hid)) {
@@ -446,14 +470,14 @@ impl Exporter {
         let size = buf.size;
         imp_to_refs_fits(pages_of(size))?;
         self.start(Msg::CaseGntdev, size).map_err(failure_text)?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let t0 = Instant::now();
         let refs = self
             .gntdev
             .dmabuf_to_refs(buf.dmabuf.as_fd(), pages_of(size), self.peer16())
             .map_err(|e| format!("IOCTL_GNTDEV_DMABUF_IMP_TO_REFS: {e}"));
         let export_ns = ns(t0);
-        let export_cpu = sys::thread_cpu_ns() - c0;
+        let export_cpu = thread_cpu_ns() - c0;
         self.send_refs(refs)?;
         let v = match self.answer().map_err(failure_text)? {
             Answer::Ack(v) => v,
@@ -478,7 +502,7 @@ impl Exporter {
             "gntdev",
             "end_to_end_cpu_exporter",
             size,
-            sys::thread_cpu_ns() - c0,
+            thread_cpu_ns() - c0,
         );
         r.add("gntdev", "export", size, export_ns);
         r.add("gntdev", "export_cpu", size, export_cpu);
@@ -496,14 +520,14 @@ impl Exporter {
         let size = buf.size;
         let pages = pages_of(size);
         self.start(Msg::CaseFloor, size).map_err(failure_text)?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let t0 = Instant::now();
         let granted = self
             .gntalloc
             .grant(self.peer16(), pages, false)
             .map_err(|e| format!("IOCTL_GNTALLOC_ALLOC_GREF: {e}"));
         let export_ns = ns(t0);
-        let export_cpu = sys::thread_cpu_ns() - c0;
+        let export_cpu = thread_cpu_ns() - c0;
         let index = granted.as_ref().map(|g| g.0).ok();
         let sent = self.send_refs(granted.map(|g| g.1));
         let answer = sent.and_then(|_| self.answer().map_err(failure_text));
@@ -524,7 +548,7 @@ impl Exporter {
             "floor",
             "end_to_end_cpu_exporter",
             size,
-            sys::thread_cpu_ns() - c0,
+            thread_cpu_ns() - c0,
         );
         r.add("floor", "export", size, export_ns);
         r.add("floor", "export_cpu", size, export_cpu);
@@ -541,10 +565,14 @@ impl Exporter {
     fn copy(&mut self, buf: &Udmabuf, source: &Mapping, r: &mut Results) -> Result<(), String> {
         let size = buf.size;
         self.start(Msg::CaseCopy, size).map_err(failure_text)?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let t0 = Instant::now();
+        // SAFETY: nobody writes these pages meanwhile: this process wrote
+        // them before the cases began, and the buffer is exported only in
+        // the `ours` case, read-only.
+        let bytes = unsafe { source.as_slice() };
         self.link
-            .send(Msg::Data, 0, 0, source.as_slice())
+            .send(Msg::Data, 0, 0, bytes)
             .map_err(|e| e.to_string())?;
         let v = match self.answer().map_err(failure_text)? {
             Answer::Ack(v) => v,
@@ -555,7 +583,7 @@ impl Exporter {
             "copy",
             "end_to_end_cpu_exporter",
             size,
-            sys::thread_cpu_ns() - c0,
+            thread_cpu_ns() - c0,
         );
         r.add("copy", "end_to_end_cpu_importer", size, figure(&v, 2)?);
         Ok(())
@@ -570,9 +598,8 @@ impl Exporter {
         let mut bufs = Vec::new();
         let mut maps = Vec::new();
         for _ in 0..SWAP_BUFFERS {
-            let b = buffer::create_udmabuf(size, |_| {})
-                .map_err(|e| fail(format!("a {size}-byte udmabuf: {e}")))?;
-            maps.push(Mapping::new(b.memfd.as_fd(), b.size as usize, true)?);
+            let b = Udmabuf::new(size)?;
+            maps.push(b.map(true)?);
             bufs.push(b);
         }
         let mut results = Results::default();
@@ -622,8 +649,7 @@ impl Exporter {
                 await_answer(self, &mut answered)?;
             }
             let b = frame as usize % SWAP_BUFFERS;
-            let bytes = maps[b].as_mut_slice().expect("mapped writable");
-            bytes[..4].copy_from_slice(&frame.to_le_bytes());
+            maps[b].write_at(0, &frame.to_le_bytes());
             present(self, frame, b)?;
         }
         while answered < total {
@@ -644,18 +670,20 @@ impl Exporter {
         let mut hids = Vec::new();
         for (b, buf) in bufs.iter().enumerate() {
             let tag = PrivData::new(format!("swap {b}").as_bytes()).map_err(fail)?;
-            hids.push(self.dev.export(buf.dmabuf.as_fd(), self.peer, false, tag)?);
+            let options = ExportOptions::new().private_data(tag);
+            hids.push(self.dev.export(buf, self.peer, &options)?);
         }
         self.expect(Msg::Ready)?;
         self.frames("ours", size, maps, frames, r, |me, frame, b| {
             // Exporting the same dma-buf again is the UPDATE message: the
             // importer gets an Update event with the new private data.
             let tag = PrivData::new(format!("frame {frame} {b}").as_bytes()).map_err(fail)?;
-            me.dev.export(bufs[b].dmabuf.as_fd(), me.peer, false, tag)?;
+            let options = ExportOptions::new().private_data(tag);
+            me.dev.export(&bufs[b], me.peer, &options)?;
             Ok(())
         })?;
         for hid in &hids {
-            self.dev.unexport(hid, 0)?;
+            self.dev.unexport(hid, Duration::ZERO)?;
         }
         for hid in &hids {
             self.wait_event(hid, EventType::GrantsEnded)?;
@@ -717,16 +745,17 @@ impl Exporter {
         // drawn frame through a second, read-only mapping.
         let sources = bufs
             .iter()
-            .map(|b| Mapping::new(b.memfd.as_fd(), b.size as usize, false))
+            .map(|b| b.map(false))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         self.frames("copy", size, maps, frames, r, |me, frame, b| {
-            Ok(me.link.send(
-                Msg::Frame,
-                b as u32,
-                u64::from(frame),
-                sources[b].as_slice(),
-            )?)
+            // SAFETY: the frame was drawn before this call and the next
+            // is drawn after it returns, by this thread; the buffers are
+            // not exported in this case.
+            let bytes = unsafe { sources[b].as_slice() };
+            Ok(me
+                .link
+                .send(Msg::Frame, b as u32, u64::from(frame), bytes)?)
         })
         .map_err(failure_text)?;
         self.release_remote()
@@ -787,7 +816,7 @@ type CaseResult = Result<(), String>;
 
 impl Importer {
     fn new(device: &str, peer: u16) -> Result<Self, Failure> {
-        let dev = Device::open(device)?;
+        let dev = Device::open_path(device)?;
         let link = Link::join(peer).map_err(|e| fail(format!("joining the link: {e}")))?;
         Ok(Importer {
             dev,
@@ -881,7 +910,7 @@ impl Importer {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.dev.next_event(left.as_millis() as i32) {
+            match self.dev.wait_event(Some(left)) {
                 Ok(Some(e)) if want(&e) => return Ok(e),
                 Ok(Some(_)) => {}
                 Ok(None) => return Err("no event from the driver in time".into()),
@@ -892,17 +921,17 @@ impl Importer {
 
     fn ours(&mut self) -> CaseResult {
         self.ready_settled("ours")?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let event = self.event(|e| e.kind == EventType::NewExport)?;
         let hid = event.hid.ok_or("a NewExport without an id")?;
-        let c1 = sys::thread_cpu_ns();
+        let c1 = thread_cpu_ns();
         let t = Instant::now();
-        let (fd, size) = self.dev.import(&hid, false).map_err(|e| e.to_string())?;
+        let imported = self.dev.import(&hid, false).map_err(|e| e.to_string())?;
         let import_ns = ns(t);
-        let import_cpu = sys::thread_cpu_ns() - c1;
-        let map = Mapping::new(fd.as_fd(), size as usize, false).map_err(|e| e.to_string())?;
-        black_box(map.as_slice()[0]);
-        self.ack(&[import_ns, import_cpu, sys::thread_cpu_ns() - c0])?;
+        let import_cpu = thread_cpu_ns() - c1;
+        let map = imported.map().map_err(|e| e.to_string())?;
+        touch(&map);
+        self.ack(&[import_ns, import_cpu, thread_cpu_ns() - c0])?;
         // The cached import: the buffer is still mapped.
         let t = Instant::now();
         let again = self.dev.import(&hid, false).map_err(|e| e.to_string())?;
@@ -913,7 +942,7 @@ impl Importer {
             e.kind == EventType::Unexport && e.hid.as_ref().is_some_and(|h| h.matches(&hid))
         })?;
         drop(map);
-        drop(fd);
+        drop(imported);
         Ok(())
     }
 
@@ -927,18 +956,18 @@ impl Importer {
 
     fn gntdev(&mut self) -> CaseResult {
         self.ready_settled("gntdev")?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let refs = self.recv_refs()?;
         if self.exp_from_refs_refused.is_none() {
-            let c1 = sys::thread_cpu_ns();
+            let c1 = thread_cpu_ns();
             let t = Instant::now();
             match self.gntdev.dmabuf_from_refs(self.peer, &refs) {
                 Ok(dmabuf) => {
                     let import_ns = ns(t);
-                    let import_cpu = sys::thread_cpu_ns() - c1;
+                    let import_cpu = thread_cpu_ns() - c1;
                     // No CPU access to compare: gntdev's dma-buf has no
                     // mmap or vmap.
-                    self.ack(&[import_ns, import_cpu, sys::thread_cpu_ns() - c0, 0])?;
+                    self.ack(&[import_ns, import_cpu, thread_cpu_ns() - c0, 0])?;
                     self.expect(Msg::Release)?;
                     drop(dmabuf);
                     return self
@@ -954,7 +983,7 @@ impl Importer {
         // The stand-in: the same gntdev grant map without the dma-buf.
         let errno = self.exp_from_refs_refused.unwrap_or(0) as u64;
         let (map_ns, map_cpu, held) = self.map_refs(&refs)?;
-        self.ack(&[map_ns, map_cpu, sys::thread_cpu_ns() - c0, errno])?;
+        self.ack(&[map_ns, map_cpu, thread_cpu_ns() - c0, errno])?;
         self.expect(Msg::Release)?;
         self.unmap_refs(held)?;
         self.link
@@ -965,7 +994,7 @@ impl Importer {
     /// Maps a peer's grants in one batch (gntdev MAP_GRANT_REF + mmap)
     /// and reads the first byte; returns the time and CPU time it took.
     fn map_refs(&mut self, refs: &[u32]) -> Result<(u64, u64, (GrantRange, Mapping)), String> {
-        let c = sys::thread_cpu_ns();
+        let c = thread_cpu_ns();
         let t = Instant::now();
         let range = self
             .gntdev
@@ -978,8 +1007,8 @@ impl Importer {
                 return Err(format!("mmap of {} grants: {e}", refs.len()));
             }
         };
-        black_box(map.as_slice()[0]);
-        Ok((ns(t), sys::thread_cpu_ns() - c, (range, map)))
+        touch(&map);
+        Ok((ns(t), thread_cpu_ns() - c, (range, map)))
     }
 
     fn unmap_refs(&mut self, (range, map): (GrantRange, Mapping)) -> CaseResult {
@@ -991,10 +1020,10 @@ impl Importer {
 
     fn floor(&mut self) -> CaseResult {
         self.ready_settled("floor")?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let refs = self.recv_refs()?;
         let (map_ns, map_cpu, held) = self.map_refs(&refs)?;
-        self.ack(&[map_ns, map_cpu, sys::thread_cpu_ns() - c0])?;
+        self.ack(&[map_ns, map_cpu, thread_cpu_ns() - c0])?;
         self.expect(Msg::Release)?;
         self.unmap_refs(held)?;
         self.link
@@ -1006,7 +1035,7 @@ impl Importer {
         // A destination a user would have ready: allocated and touched.
         let mut dst = vec![1u8; size as usize];
         self.ready()?;
-        let c0 = sys::thread_cpu_ns();
+        let c0 = thread_cpu_ns();
         let h = self.link.recv_header().map_err(|e| e.to_string())?;
         if h.kind != Msg::Data || h.len != size {
             return Err(format!("expected {size} bytes of data, got {h:?}"));
@@ -1015,12 +1044,13 @@ impl Importer {
             .recv_payload(&mut dst)
             .map_err(|e| e.to_string())?;
         black_box(dst[0]);
-        self.ack(&[0, 0, sys::thread_cpu_ns() - c0])
+        self.ack(&[0, 0, thread_cpu_ns() - c0])
     }
 
-    /// Answers one frame after checking the number drawn into its buffer.
-    fn present(&mut self, frame: u64, bytes: &[u8]) -> CaseResult {
-        let drawn = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    /// Answers one frame after checking the number drawn into its
+    /// buffer, whose first bytes are `head`.
+    fn present(&mut self, frame: u64, head: [u8; 4]) -> CaseResult {
+        let drawn = u32::from_le_bytes(head);
         if u64::from(drawn) != frame {
             return Err(format!("frame {frame} shows {drawn}"));
         }
@@ -1033,9 +1063,9 @@ impl Importer {
         while held.len() < SWAP_BUFFERS {
             let e = self.event(|e| e.kind == EventType::NewExport)?;
             let hid = e.hid.ok_or("a NewExport without an id")?;
-            let (fd, size) = self.dev.import(&hid, false).map_err(|e| e.to_string())?;
-            let map = Mapping::new(fd.as_fd(), size as usize, false).map_err(|e| e.to_string())?;
-            held.push((hid, fd, map));
+            let imported = self.dev.import(&hid, false).map_err(|e| e.to_string())?;
+            let map = imported.map().map_err(|e| e.to_string())?;
+            held.push((hid, imported.fd, map));
         }
         self.ready()?;
         while !held.is_empty() {
@@ -1054,7 +1084,7 @@ impl Importer {
                 .nth(1)
                 .and_then(|f| f.parse::<u64>().ok())
                 .ok_or_else(|| format!("update tagged {tag:?}"))?;
-            self.present(frame, held[i].2.as_slice())?;
+            self.present(frame, mapped_frame_head(&held[i].2))?;
         }
         Ok(())
     }
@@ -1084,7 +1114,7 @@ impl Importer {
                         let Some((_, map)) = held.get(h.arg as usize) else {
                             break Err(format!("frame for buffer {}", h.arg));
                         };
-                        if let Err(e) = self.present(h.value, map.as_slice()) {
+                        if let Err(e) = self.present(h.value, mapped_frame_head(map)) {
                             break Err(e);
                         }
                     }
@@ -1116,7 +1146,7 @@ impl Importer {
                         .recv_payload(&mut frames[b])
                         .map_err(|e| e.to_string())?;
                     let frame = std::mem::take(&mut frames[b]);
-                    let presented = self.present(h.value, &frame);
+                    let presented = self.present(h.value, frame_head(&frame));
                     frames[b] = frame;
                     presented?;
                 }

@@ -8,12 +8,13 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use clap::Args;
 use hdmabuf::{Failure, Output};
-use hyper_dmabuf_client::device::Device;
-use hyper_dmabuf_client::imported::Verified;
+use hyper_dmabuf_client::testing::Verified;
+use hyper_dmabuf_client::{Device, Mapping};
 use hyper_dmabuf_common::id::HyperDmabufId;
 use serde_json::json;
 
@@ -30,9 +31,9 @@ pub(crate) struct KcheckArgs {
 /// Imports the buffer read-only, verifies every byte, runs the driver's
 /// check on it, and releases it.
 pub(crate) fn run(args: &KcheckArgs, device: &str, out: &Output) -> Result<(), Failure> {
-    let dev = Device::open(device)?;
-    let (fd, size) = dev.import(&args.id, false)?;
-    let buffer = Verified::new(fd, size, false, args.verify)?;
+    let imported = Device::open_path(device)?.import(&args.id, false)?;
+    let size = imported.size;
+    let buffer = Verified::new(imported.fd, size, false, args.verify)?;
     out.line(
         format!(
             "imported {}: verified {size} bytes (seed {})",
@@ -40,7 +41,7 @@ pub(crate) fn run(args: &KcheckArgs, device: &str, out: &Output) -> Result<(), F
         ),
         json!({ "imported": args.id.to_string(), "verified": size, "seed": args.verify }),
     );
-    let report = check(buffer.fd(), buffer.bytes())?;
+    let report = check(buffer.fd(), buffer.mapping())?;
     out.line(
         format!("kernel importer view: {report}"),
         json!({ "kernel_check": report }),
@@ -57,6 +58,17 @@ fn word_sum(bytes: &[u8]) -> u64 {
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
         .fold(0u64, u64::wrapping_add)
+}
+
+/// The same over a whole mapping, read a chunk at a time (chunks are
+/// whole words, so the sums add up).
+fn mapped_word_sum(map: &Mapping) -> u64 {
+    let mut sum = 0u64;
+    map.read_chunks(|_, piece| {
+        sum = sum.wrapping_add(word_sum(piece));
+        ControlFlow::<()>::Continue(())
+    });
+    sum
 }
 
 /// Parses `pages=N segments=M mapped=B sum=0xS`.
@@ -80,9 +92,9 @@ fn parse(report: &str) -> Option<(u64, u64, u64, u64)> {
     Some((fields[0]?, fields[1]?, fields[2]?, fields[3]?))
 }
 
-/// Runs the driver's check on `fd` and compares it with `bytes`, the
+/// Runs the driver's check on `fd` and compares it with `map`, the
 /// buffer as mapped here. Returns the driver's report.
-fn check(fd: BorrowedFd<'_>, bytes: &[u8]) -> Result<String, String> {
+fn check(fd: BorrowedFd<'_>, map: &Mapping) -> Result<String, String> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -96,12 +108,12 @@ fn check(fd: BorrowedFd<'_>, bytes: &[u8]) -> Result<String, String> {
     let report = report.trim().to_string();
     let (pages, segments, mapped, sum) =
         parse(&report).ok_or_else(|| format!("unexpected report from the driver: {report}"))?;
-    let expect_pages = bytes.len() as u64 / 4096;
-    let ours = word_sum(bytes);
-    if pages != expect_pages || mapped != bytes.len() as u64 || segments == 0 || segments > pages {
+    let expect_pages = map.len() as u64 / 4096;
+    let ours = mapped_word_sum(map);
+    if pages != expect_pages || mapped != map.len() as u64 || segments == 0 || segments > pages {
         return Err(format!(
             "kernel importer view disagrees: {report} for a {}-byte buffer",
-            bytes.len()
+            map.len()
         ));
     }
     if sum != ours {

@@ -41,7 +41,6 @@
 //! `--status-every` seconds and a summary at the end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,10 +54,8 @@ use serde_json::{json, Map, Value};
 
 use hdmabuf::{Failure, Output};
 use hdmabuf_agent::rng::Rng;
-use hyper_dmabuf_client::buffer::{self, Udmabuf};
-use hyper_dmabuf_client::device::{Device, DeviceError};
-use hyper_dmabuf_client::imported::{retry_full, ImportError, Verified};
-use hyper_dmabuf_client::pattern;
+use hyper_dmabuf_client::testing::{pattern, retry_full, ImportError, Verified};
+use hyper_dmabuf_client::{Device, Error, ExportOptions, Udmabuf};
 
 /// How long a tolerated error may wait for the event that explains it.
 /// The driver posts `PeerDisconnected` as soon as it sees the peer's
@@ -423,16 +420,15 @@ impl Ctx {
 }
 
 /// The errno of a failed ioctl (0 if the error carries none).
-fn errno_of(e: &DeviceError) -> i32 {
-    e.source.raw_os_error().unwrap_or(0)
+fn errno_of(e: &Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
 }
 
 /// The next event, at most `wait` from now; lost events fail the run (a
 /// `Released` or `GrantsEnded` may be among them).
 fn next_event(dev: &Device, wait: Duration) -> Result<Option<Event>, Stop> {
-    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
     let event = dev
-        .next_event(ms)
+        .wait_event(Some(wait))
         .map_err(|e| Stop::Failed(e.to_string()))?;
     if let Some(e) = &event {
         if e.lost > 0 {
@@ -579,7 +575,7 @@ impl Exporter<'_> {
         let peer = self.rng.pick(&peers);
         let plan = next_export(&mut self.rng, self.ctx.args.max_size);
         let domid = DomId::new(peer).map_err(|e| Stop::Failed(format!("domain {peer}: {e}")))?;
-        let buf = buffer::create_udmabuf(plan.size, |b| pattern::fill(plan.seed, b))
+        let buf = Udmabuf::with_contents(plan.size, |at, b| pattern::fill_at(plan.seed, at, b))
             .map_err(|e| Stop::Failed(format!("a buffer of {} bytes: {e}", plan.size)))?;
         let generation = self.peers.generation(peer);
         let kept_by = matches!(plan.act, Act::Share | Act::Update).then_some(self.ctx.args.seed);
@@ -590,8 +586,9 @@ impl Exporter<'_> {
         };
         let first = PrivData::new(tag(t).as_bytes()).map_err(|e| Stop::Failed(e.to_string()))?;
         let what = || format!("export of {} bytes to domain {peer}", plan.size);
+        let options = ExportOptions::new().writable(plan.rw);
         let r = self.ioctl(Op::Export, what, || {
-            self.dev.export(buf.dmabuf.as_fd(), domid, plan.rw, first)
+            self.dev.export(&buf, domid, &options.private_data(first))
         });
         let hid = match r {
             Ok(hid) => hid,
@@ -623,7 +620,7 @@ impl Exporter<'_> {
                 let what = || format!("re-export of {}", f.describe());
                 let r = self.ioctl(Op::Update, what, || {
                     self.dev
-                        .export(f._buf.dmabuf.as_fd(), domid, plan.rw, again)
+                        .export(&f._buf, domid, &options.private_data(again))
                 });
                 match r {
                     Ok(same) if same.matches(&hid) => self.ctx.add("updates_sent", 1),
@@ -654,7 +651,7 @@ impl Exporter<'_> {
         &self,
         op: Op,
         what: impl Fn() -> String,
-        mut f: impl FnMut() -> Result<T, DeviceError>,
+        mut f: impl FnMut() -> Result<T, Error>,
     ) -> Result<T, i32> {
         let until = Instant::now() + self.ctx.op_timeout();
         self.ctx.watched(EXPORTER, &what, || loop {
@@ -710,7 +707,9 @@ impl Exporter<'_> {
         };
         let (hid, peer, generation) = (f.hid, f.peer, f.generation);
         let what = || format!("unexport of {}", self.flights[at].describe());
-        let r = self.ioctl(Op::Unexport, what, || self.dev.unexport(&hid, delay));
+        let r = self.ioctl(Op::Unexport, what, || {
+            self.dev.unexport(&hid, Duration::from_millis(delay.into()))
+        });
         let text = what();
         let f = &mut self.flights[at];
         f.phase = Phase::Ending;
@@ -1096,8 +1095,8 @@ pub(crate) fn run(args: &SoakArgs, device: &str, out: &Output) -> Result<(), Fai
     let args = args.clone();
     let mut seeds = Rng::new(args.seed);
     let (export_seed, import_seed) = (seeds.next_u64(), seeds.next_u64());
-    let ex_dev = Device::open(device)?;
-    let im_dev = Device::open(device)?;
+    let ex_dev = Device::open_path(device)?;
+    let im_dev = Device::open_path(device)?;
     let seconds = args.seconds;
     let status_every = Duration::from_secs(args.status_every);
     let op_timeout = Duration::from_secs(args.op_timeout);

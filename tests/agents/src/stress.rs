@@ -19,7 +19,6 @@
 //! buffer, `stress end`, tells the importer to stop.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -31,10 +30,8 @@ use serde_json::json;
 
 use hdmabuf::{Failure, Output};
 use hdmabuf_agent::rng::Rng;
-use hyper_dmabuf_client::buffer::{self, Udmabuf};
-use hyper_dmabuf_client::device::Device;
-use hyper_dmabuf_client::imported::{retry_full, ImportError, Verified};
-use hyper_dmabuf_client::pattern;
+use hyper_dmabuf_client::testing::{pattern, retry_full, ImportError, Verified};
+use hyper_dmabuf_client::{Device, ExportOptions, Udmabuf};
 
 /// `hdmabuf-agent stress ...`.
 #[derive(Subcommand)]
@@ -95,7 +92,7 @@ pub(crate) fn run(command: &StressCommand, device: &str, out: &Output) -> Result
         StressCommand::Export { domain, .. } | StressCommand::Import { domain, .. } => *domain,
     };
     let peer = DomId::new(domain).map_err(|e| Failure::Error(format!("--domain {domain}: {e}")))?;
-    let dev = Device::open(device)?;
+    let dev = Device::open_path(device)?;
     let started = Instant::now();
     let (side, s) = match command {
         StressCommand::Export {
@@ -323,9 +320,8 @@ fn next_event(dev: &Device, peer: DomId, deadline: Instant) -> Result<Option<Eve
         if left.is_zero() {
             return Ok(None);
         }
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
         let Some(event) = dev
-            .next_event(ms)
+            .wait_event(Some(left))
             .map_err(|e| Stop::Failed(e.to_string()))?
         else {
             continue;
@@ -389,10 +385,11 @@ fn start(dev: &Device, peer: DomId, c: &Cycle) -> Result<Flight, Stop> {
             c.size
         ))
     };
-    let buf = buffer::create_udmabuf(c.size, |b| pattern::fill(c.seed, b))
+    let buf = Udmabuf::with_contents(c.size, |at, b| pattern::fill_at(c.seed, at, b))
         .map_err(|e| fail(format!("creating the buffer: {e}")))?;
     let first = PrivData::new(tag(c, false).as_bytes()).map_err(|e| fail(e.to_string()))?;
-    let hid = retry_full(|| dev.export(buf.dmabuf.as_fd(), peer, c.rw, first))
+    let options = ExportOptions::new().writable(c.rw);
+    let hid = retry_full(|| dev.export(&buf, peer, &options.private_data(first)))
         .map_err(|e| fail(e.to_string()))?;
     let mut flight = Flight {
         cycle: *c,
@@ -403,12 +400,13 @@ fn start(dev: &Device, peer: DomId, c: &Cycle) -> Result<Flight, Stop> {
     match c.act {
         Act::Share => {}
         Act::Revoke => {
-            dev.unexport(&hid, c.delay_ms).map_err(|e| flight.fail(e))?;
+            dev.unexport(&hid, Duration::from_millis(c.delay_ms.into()))
+                .map_err(|e| flight.fail(e))?;
             flight.phase = Phase::AwaitGrantsEnded;
         }
         Act::Update => {
             let again = PrivData::new(tag(c, true).as_bytes()).map_err(|e| flight.fail(e))?;
-            let same = retry_full(|| dev.export(flight.buf.dmabuf.as_fd(), peer, c.rw, again))
+            let same = retry_full(|| dev.export(&flight.buf, peer, &options.private_data(again)))
                 .map_err(|e| flight.fail(format!("exporting again: {e}")))?;
             if !same.matches(&hid) {
                 return Err(flight.fail(format!(
@@ -467,7 +465,8 @@ pub(crate) fn export(
         let f = &mut flying[at];
         match (event.kind, f.phase) {
             (EventType::Released, Phase::AwaitRelease) => {
-                dev.unexport(&f.hid, 0).map_err(|e| f.fail(e))?;
+                dev.unexport(&f.hid, Duration::ZERO)
+                    .map_err(|e| f.fail(e))?;
                 f.phase = Phase::AwaitGrantsEnded;
             }
             (EventType::GrantsEnded, Phase::AwaitGrantsEnded) => {
@@ -485,10 +484,10 @@ pub(crate) fn export(
         }
     }
     // The end marker: the importer imports it, releases it and stops.
-    let end = buffer::create_udmabuf(4096, |b| b.fill(0))
-        .map_err(|e| Stop::Failed(format!("end marker: {e}")))?;
+    let end = Udmabuf::new(4096).map_err(|e| Stop::Failed(format!("end marker: {e}")))?;
     let priv_data = PrivData::new(b"stress end").map_err(|e| Stop::Failed(e.to_string()))?;
-    let hid = retry_full(|| dev.export(end.dmabuf.as_fd(), peer, false, priv_data))
+    let options = ExportOptions::new().private_data(priv_data);
+    let hid = retry_full(|| dev.export(&end, peer, &options))
         .map_err(|e| Stop::Failed(format!("end marker: {e}")))?;
     for kind in [EventType::Released, EventType::GrantsEnded] {
         loop {
@@ -504,7 +503,7 @@ pub(crate) fn export(
             }
         }
         if kind == EventType::Released {
-            dev.unexport(&hid, 0)
+            dev.unexport(&hid, Duration::ZERO)
                 .map_err(|e| Stop::Failed(format!("end marker: {e}")))?;
         }
     }
@@ -581,10 +580,10 @@ pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Sum
                      act=c2) before the end marker"
                 )));
             }
-            let (fd, _) = dev
+            let marker = dev
                 .import(&hid, false)
                 .map_err(|e| Stop::Failed(format!("end marker (id {hid}): {e}")))?;
-            drop(fd);
+            drop(marker);
             return Ok(summary);
         };
         last = Some(index);
@@ -611,10 +610,10 @@ pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Sum
             // act b allows.
             Err(ImportError::Import(e))
                 if act == Act::Revoke
-                    && matches!(e.source.raw_os_error(), Some(libc::ENOENT | libc::EIO)) =>
+                    && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EIO)) =>
             {
                 summary.revoked_first += 1;
-                if e.source.raw_os_error() == Some(libc::EIO) {
+                if e.raw_os_error() == Some(libc::EIO) {
                     summary.revoked_mid_map += 1;
                 }
             }

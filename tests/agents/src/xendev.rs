@@ -6,11 +6,17 @@
 //! hostile peer (`tests/hostile`) maps grants it was never told of
 //! with `gntdev`; the records are those of
 //! `include/uapi/xen/{gntalloc,gntdev,evtchn}.h`.
+//!
+//! Every record here carries numbers only (domain ids, counts, grant
+//! references, offsets), no user address; each ioctl is given a record at
+//! least as long as the count it encodes says the kernel touches. That is
+//! what each `unsafe` block below relies on.
 
-use hyper_dmabuf_client::sys;
+use hyper_dmabuf_client::testing::{ioctl_in_place, wait_readable};
+use hyper_dmabuf_client::Mapping;
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// `_IOC(_IOC_NONE, type, nr, size)`: these devices use no direction bits.
@@ -81,7 +87,9 @@ impl Gntalloc {
         let flags = if writable { GNTALLOC_FLAG_WRITABLE } else { 0 };
         rec[2..4].copy_from_slice(&flags.to_le_bytes());
         put32(&mut rec, 4, count32(pages)?);
-        sys::ioctl_slice(self.file.as_fd(), GNTALLOC_ALLOC_GREF, &mut rec)?;
+        // SAFETY: the kernel reads the 16-byte header and writes `pages`
+        // references after it, which `rec` has room for; no addresses.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTALLOC_ALLOC_GREF, &mut rec) }?;
         let index = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
         Ok((index, refs_from(&rec, 16, pages)))
     }
@@ -92,12 +100,13 @@ impl Gntalloc {
         let mut rec = [0u8; 16];
         rec[0..8].copy_from_slice(&index.to_le_bytes());
         put32(&mut rec, 8, count32(pages)?);
-        sys::ioctl_record(self.file.as_fd(), GNTALLOC_DEALLOC_GREF, &mut rec).map(drop)
+        // SAFETY: the whole 16-byte record, numbers only.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTALLOC_DEALLOC_GREF, &mut rec) }.map(drop)
     }
 
     /// Maps pages granted by [`Gntalloc::grant`] into this process.
-    pub fn map(&self, index: u64, pages: usize) -> io::Result<sys::Mapping> {
-        sys::Mapping::at(self.file.as_fd(), pages * PAGE, index, true)
+    pub fn map(&self, index: u64, pages: usize) -> io::Result<Mapping> {
+        Mapping::at(&self.file, pages * PAGE, index, true)
     }
 }
 
@@ -131,7 +140,9 @@ impl Gntdev {
             put32(&mut rec, 16 + 8 * i, u32::from(domid));
             put32(&mut rec, 20 + 8 * i, *r);
         }
-        sys::ioctl_slice(self.file.as_fd(), GNTDEV_MAP_GRANT_REF, &mut rec)?;
+        // SAFETY: the kernel reads the 16-byte header and the `refs.len()`
+        // (domain, reference) pairs after it, all in `rec`; no addresses.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTDEV_MAP_GRANT_REF, &mut rec) }?;
         Ok(GrantRange {
             index: u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes")),
             pages: refs.len(),
@@ -140,8 +151,8 @@ impl Gntdev {
 
     /// Maps a prepared range into this process (read-only unless
     /// `writable`).
-    pub fn map(&self, range: &GrantRange, writable: bool) -> io::Result<sys::Mapping> {
-        sys::Mapping::at(self.file.as_fd(), range.pages * PAGE, range.index, writable)
+    pub fn map(&self, range: &GrantRange, writable: bool) -> io::Result<Mapping> {
+        Mapping::at(&self.file, range.pages * PAGE, range.index, writable)
     }
 
     /// `IOCTL_GNTDEV_UNMAP_GRANT_REF`: forgets a range (its mapping must
@@ -150,7 +161,8 @@ impl Gntdev {
         let mut rec = [0u8; 16];
         rec[0..8].copy_from_slice(&range.index.to_le_bytes());
         put32(&mut rec, 8, count32(range.pages)?);
-        sys::ioctl_record(self.file.as_fd(), GNTDEV_UNMAP_GRANT_REF, &mut rec).map(drop)
+        // SAFETY: the whole 16-byte record, numbers only.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTDEV_UNMAP_GRANT_REF, &mut rec) }.map(drop)
     }
 
     /// `IOCTL_GNTDEV_DMABUF_IMP_TO_REFS`: grants the pages of a local
@@ -165,7 +177,9 @@ impl Gntdev {
         put32(&mut rec, 0, dmabuf.as_raw_fd() as u32);
         put32(&mut rec, 4, count32(pages)?);
         put32(&mut rec, 8, u32::from(domid));
-        sys::ioctl_slice(self.file.as_fd(), GNTDEV_DMABUF_IMP_TO_REFS, &mut rec)?;
+        // SAFETY: the kernel reads the 16-byte header and writes `pages`
+        // references after it, which `rec` has room for; no addresses.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTDEV_DMABUF_IMP_TO_REFS, &mut rec) }?;
         Ok(refs_from(&rec, 16, pages))
     }
 
@@ -174,7 +188,8 @@ impl Gntdev {
     pub fn release_dmabuf(&self, dmabuf: BorrowedFd<'_>) -> io::Result<()> {
         let mut rec = [0u8; 8];
         put32(&mut rec, 0, dmabuf.as_raw_fd() as u32);
-        sys::ioctl_record(self.file.as_fd(), GNTDEV_DMABUF_IMP_RELEASE, &mut rec).map(drop)
+        // SAFETY: the whole 8-byte record, numbers only.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTDEV_DMABUF_IMP_RELEASE, &mut rec) }.map(drop)
     }
 
     /// `IOCTL_GNTDEV_DMABUF_EXP_FROM_REFS`: maps `refs` of `domid` and
@@ -186,8 +201,17 @@ impl Gntdev {
         for (i, r) in refs.iter().enumerate() {
             put32(&mut rec, 16 + 4 * i, *r);
         }
-        sys::ioctl_slice(self.file.as_fd(), GNTDEV_DMABUF_EXP_FROM_REFS, &mut rec)?;
-        sys::adopt_fd(get32(&rec, 8) as libc::c_int)
+        // SAFETY: the kernel reads the 16-byte header and the `refs.len()`
+        // references after it, all in `rec`, and writes the new fd into
+        // the header; no addresses.
+        unsafe { ioctl_in_place(self.file.as_fd(), GNTDEV_DMABUF_EXP_FROM_REFS, &mut rec) }?;
+        let fd = get32(&rec, 8) as libc::c_int;
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // SAFETY: a successful EXP_FROM_REFS made this descriptor for
+        // this call, and nothing else has adopted it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
@@ -196,7 +220,7 @@ impl Gntdev {
 pub struct ForeignMap<'d> {
     gntdev: &'d Gntdev,
     range: Option<GrantRange>,
-    map: Option<sys::Mapping>,
+    map: Option<Mapping>,
     refs: Vec<u32>,
 }
 
@@ -223,7 +247,7 @@ impl Gntdev {
 
 impl ForeignMap<'_> {
     /// The mapping of the pages, in the order of [`ForeignMap::refs`].
-    pub fn mapping(&self) -> &sys::Mapping {
+    pub fn mapping(&self) -> &Mapping {
         self.map.as_ref().expect("mapped until dropped")
     }
 
@@ -255,7 +279,8 @@ impl EventChannel {
         let file = open_rw("/dev/xen/evtchn")?;
         let mut rec = [0u8; 4];
         put32(&mut rec, 0, u32::from(remote));
-        let port = sys::ioctl_record(file.as_fd(), EVTCHN_BIND_UNBOUND_PORT, &mut rec)?;
+        // SAFETY: the whole 4-byte record, a domain id.
+        let port = unsafe { ioctl_in_place(file.as_fd(), EVTCHN_BIND_UNBOUND_PORT, &mut rec) }?;
         Ok(EventChannel {
             file,
             port: port as u32,
@@ -268,7 +293,8 @@ impl EventChannel {
         let mut rec = [0u8; 8];
         put32(&mut rec, 0, u32::from(remote));
         put32(&mut rec, 4, remote_port);
-        let port = sys::ioctl_record(file.as_fd(), EVTCHN_BIND_INTERDOMAIN, &mut rec)?;
+        // SAFETY: the whole 8-byte record, a domain id and a port.
+        let port = unsafe { ioctl_in_place(file.as_fd(), EVTCHN_BIND_INTERDOMAIN, &mut rec) }?;
         Ok(EventChannel {
             file,
             port: port as u32,
@@ -283,22 +309,22 @@ impl EventChannel {
     /// Signals the other end.
     pub fn notify(&self) -> io::Result<()> {
         let mut rec = self.port.to_le_bytes();
-        sys::ioctl_record(self.file.as_fd(), EVTCHN_NOTIFY, &mut rec).map(drop)
+        // SAFETY: the whole 4-byte record, a port.
+        unsafe { ioctl_in_place(self.file.as_fd(), EVTCHN_NOTIFY, &mut rec) }.map(drop)
     }
 
     /// Waits for a signal (at most `limit`), then unmasks the port. An
     /// event that came after the caller last looked at the shared state
     /// is pending and makes this return at once, so no wake-up is lost.
     pub fn wait(&self, limit: Duration) -> io::Result<()> {
-        let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
-        if !sys::poll_readable(self.file.as_fd(), ms)? {
+        if !wait_readable(self.file.as_fd(), Some(limit))? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no event from the peer domain",
             ));
         }
         let mut port = [0u8; 4];
-        sys::read(self.file.as_fd(), &mut port)?;
-        sys::write(self.file.as_fd(), &port).map(drop)
+        (&self.file).read_exact(&mut port)?;
+        (&self.file).write_all(&port)
     }
 }

@@ -6,12 +6,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
-use hyper_dmabuf_client::sys::poll_readable;
+use hyper_dmabuf_client::testing::wait_readable;
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
+use hyper_dmabuf_common::uapi::{self, ImportArgs};
 
 /// `-1`-style return value to `io::Result`.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -182,6 +184,24 @@ impl Arena {
         } else {
             Ok(ret)
         }
+    }
+}
+
+impl Arena {
+    /// `HDMABUF_IOCTL_IMPORT` of the record at the arena's start: the new
+    /// dma-buf, so that dropping it releases the import, or the errno
+    /// (`EBADF` if the driver's answer holds no descriptor).
+    pub(crate) fn import(&mut self, device: BorrowedFd<'_>) -> Result<OwnedFd, i32> {
+        self.ioctl(device, uapi::IOCTL_IMPORT, UserAddr::Arena(0))?;
+        let mut out = [0u8; ImportArgs::SIZE];
+        self.read(0, &mut out);
+        let fd = ImportArgs::decode(&out).map_or(-1, |args| args.fd);
+        if fd < 0 {
+            return Err(libc::EBADF);
+        }
+        // SAFETY: a successful IMPORT writes the descriptor it made for
+        // this call into the record, and nothing else reads it from there.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
@@ -386,11 +406,13 @@ impl Evtchn {
         self.port_ioctl(IOCTL_EVTCHN_NOTIFY, port).map(drop)
     }
 
-    /// Waits up to `timeout_ms` for an event; each one read is unmasked
-    /// again at once. Returns whether any came.
+    /// Waits up to `timeout_ms` (negative: for as long as it takes) for
+    /// an event; each one read is unmasked again at once. Returns whether
+    /// any came.
     pub(crate) fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
         use std::io::{Read, Write};
-        if !poll_readable(std::os::fd::AsFd::as_fd(&self.file), timeout_ms)? {
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        if !wait_readable(std::os::fd::AsFd::as_fd(&self.file), timeout)? {
             return Ok(false);
         }
         let mut ports = [0u8; 64];

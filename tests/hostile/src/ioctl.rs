@@ -21,8 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd};
 
 use hdmabuf_agent::rng::Rng;
-use hyper_dmabuf_client::buffer::{create_udmabuf, Udmabuf};
-use hyper_dmabuf_client::sys::memfd_create;
+use hyper_dmabuf_client::Udmabuf;
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::uapi::{
     self, iowr, Event, EventType, ExportArgs, ImportArgs, ListArgs, QueryArgs, QueryItem,
@@ -30,6 +29,7 @@ use hyper_dmabuf_common::uapi::{
 };
 use hyper_dmabuf_common::wire::{ExportFlags, PrivData};
 use hyper_dmabuf_common::xen::DomId;
+use rustix::fs::{memfd_create, MemfdFlags};
 
 use crate::ffi::{self, Arena, UserAddr};
 
@@ -102,12 +102,13 @@ pub(crate) fn run(opts: &Options) -> Result<(), String> {
     let own = crate::own_domid()?;
     let dev = open_device().map_err(|e| format!("{DEVICE_PATH}: {e}"))?;
     let arena = Arena::new(ARENA).map_err(|e| format!("arena: {e}"))?;
-    let udmabuf = create_udmabuf(4096, |b| b.fill(0x5a)).map_err(|e| format!("udmabuf: {e}"))?;
+    let udmabuf =
+        Udmabuf::with_contents(4096, |_, b| b.fill(0x5a)).map_err(|e| format!("udmabuf: {e}"))?;
     let not_dmabufs = vec![
         File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?,
         open_device().map_err(|e| format!("{DEVICE_PATH}: {e}"))?,
     ];
-    let memfd = memfd_create(c"hostile").map_err(|e| format!("memfd: {e}"))?;
+    let memfd = memfd_create("hostile", MemfdFlags::CLOEXEC).map_err(|e| format!("memfd: {e}"))?;
     let closed_fd = {
         let f = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
         f.as_raw_fd()

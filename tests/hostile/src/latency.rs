@@ -19,14 +19,11 @@
 //! busy the flood alone keeps it.
 
 use std::fs;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::buffer::create_udmabuf;
-use hyper_dmabuf_client::device::Device;
-use hyper_dmabuf_client::imported::retry_full;
-use hyper_dmabuf_client::pattern;
+use hyper_dmabuf_client::testing::{pattern, retry_full};
+use hyper_dmabuf_client::{Device, ExportOptions, Udmabuf};
 use hyper_dmabuf_common::uapi::{EventType, DEVICE_PATH};
 use hyper_dmabuf_common::wire::PrivData;
 use hyper_dmabuf_common::xen::DomId;
@@ -170,11 +167,12 @@ fn shares(before: (u64, u64, u64), after: (u64, u64, u64)) -> (f64, f64) {
 
 /// Measures for `window`, exporting to `peer`.
 pub(crate) fn measure(peer: DomId, window: Duration) -> Result<Figures, String> {
-    let lister = Device::open(DEVICE_PATH).map_err(|e| e.to_string())?;
-    let exporter = Device::open(DEVICE_PATH).map_err(|e| e.to_string())?;
-    let buf = create_udmabuf(EXPORT_PAGES * 4096, |b| pattern::fill(1, b))
+    let lister = Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?;
+    let exporter = Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?;
+    let buf = Udmabuf::with_contents(EXPORT_PAGES * 4096, |at, b| pattern::fill_at(1, at, b))
         .map_err(|e| format!("udmabuf: {e}"))?;
     let priv_data = PrivData::new(b"hostile latency").map_err(|e| e.to_string())?;
+    let options = ExportOptions::new().private_data(priv_data);
     let start = cpu_ticks()?;
     let stop = AtomicBool::new(false);
     let deadline = Instant::now() + window;
@@ -193,19 +191,19 @@ pub(crate) fn measure(peer: DomId, window: Duration) -> Result<Figures, String> 
         let exports = (|| -> Result<(), String> {
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let hid =
-                    retry_full(|| exporter.export(buf.dmabuf.as_fd(), peer, false, priv_data))
-                        .map_err(|e| e.to_string())?;
+                let hid = retry_full(|| exporter.export(&buf, peer, &options))
+                    .map_err(|e| e.to_string())?;
                 samples.push(t.elapsed());
-                exporter.unexport(&hid, 0).map_err(|e| e.to_string())?;
+                exporter
+                    .unexport(&hid, Duration::ZERO)
+                    .map_err(|e| e.to_string())?;
                 let until = Instant::now() + ENDED_WITHIN;
                 loop {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(format!("no GrantsEnded for {hid} within 10 s"));
                     }
-                    let wait = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-                    let event = exporter.next_event(wait).map_err(|e| e.to_string())?;
+                    let event = exporter.wait_event(Some(left)).map_err(|e| e.to_string())?;
                     if event.is_some_and(|e| {
                         e.kind == EventType::GrantsEnded && e.hid.is_some_and(|h| h.matches(&hid))
                     }) {

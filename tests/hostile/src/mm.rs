@@ -35,16 +35,14 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::buffer::create_udmabuf;
-use hyper_dmabuf_client::device::Device;
-use hyper_dmabuf_client::imported::retry_full;
-use hyper_dmabuf_client::pattern;
-use hyper_dmabuf_client::sys::poll_readable;
+use hyper_dmabuf_client::testing::{pattern, retry_full, wait_readable};
+use hyper_dmabuf_client::{Device, ExportOptions, Udmabuf};
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{Event, EventType, QueryItem, DEVICE_PATH};
 use hyper_dmabuf_common::wire::PrivData;
 use hyper_dmabuf_common::xen::DomId;
 use libc::{EACCES, EFAULT, EINVAL, EIO, ENODEV, SIGSEGV};
+use rustix::fs::{memfd_create, MemfdFlags};
 
 use crate::ioctl::errno_name;
 use crate::referee::stats;
@@ -213,8 +211,7 @@ impl Link {
     fn recv(&mut self, until: Instant) -> Result<Option<String>, String> {
         if self.rx.buffer().is_empty() {
             let left = until.saturating_duration_since(Instant::now());
-            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-            let ready = poll_readable(self.rx.get_ref().as_fd(), ms)
+            let ready = wait_readable(self.rx.get_ref().as_fd(), Some(left))
                 .map_err(|e| format!("waiting for the other process: {e}"))?;
             if !ready {
                 return Err("timed out".into());
@@ -831,7 +828,7 @@ fn compare(c: &Child<'_>, bytes: &[u8], first: usize, what: &str) -> Outcome {
 fn gup_write(c: &mut Child<'_>) -> Outcome {
     let area = c.whole()?;
     let memfd =
-        hyper_dmabuf_client::sys::memfd_create(c"mm").map_err(|e| format!("memfd_create: {e}"))?;
+        memfd_create("mm", MemfdFlags::CLOEXEC).map_err(|e| format!("memfd_create: {e}"))?;
     let mut done = 0;
     while done < c.len {
         done += expect_ok(
@@ -1141,12 +1138,13 @@ fn vmsplice_hold_parent(s: &mut Steer<'_>) -> Outcome {
         .push(format!("while the pipe held pages: {}", gauges()?));
     let exporter = s.run.exporter()?;
     let dev = s.run.dev()?;
-    let marker =
-        create_udmabuf(PAGE as u64, |b| b.fill(0x6d)).map_err(|e| format!("udmabuf: {e}"))?;
+    let marker = Udmabuf::with_contents(PAGE as u64, |_, b| b.fill(0x6d))
+        .map_err(|e| format!("udmabuf: {e}"))?;
     let priv_data = PrivData::new(format!("mm-hold {}", s.run.args.id).as_bytes())
         .map_err(|e| format!("private data: {e}"))?;
-    let marker_id = retry_full(|| dev.export(marker.dmabuf.as_fd(), exporter, false, priv_data))
-        .map_err(|e| e.to_string())?;
+    let options = ExportOptions::new().private_data(priv_data);
+    let marker_id =
+        retry_full(|| dev.export(&marker, exporter, &options)).map_err(|e| e.to_string())?;
     s.notes
         .push(format!("marker {marker_id} exported to domain {exporter}"));
     let outcome = (|| {
@@ -1167,7 +1165,7 @@ fn vmsplice_hold_parent(s: &mut Steer<'_>) -> Outcome {
     let unexported = s
         .run
         .dev()?
-        .unexport(&marker_id, 0)
+        .unexport(&marker_id, Duration::ZERO)
         .map_err(|e| e.to_string());
     outcome.and(told).and(unexported)
 }
@@ -1474,8 +1472,11 @@ impl Run {
         let deadline = Instant::now() + PARTNER_LIMIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-            match self.dev()?.next_event(ms).map_err(|e| e.to_string())? {
+            match self
+                .dev()?
+                .wait_event(Some(left))
+                .map_err(|e| e.to_string())?
+            {
                 Some(event) if want(&event) => return Ok(()),
                 Some(_) => {}
                 None => {
@@ -1492,7 +1493,7 @@ impl Run {
     fn drain_events(&self) -> Outcome {
         while self
             .dev()?
-            .next_event(0)
+            .try_next_event()
             .map_err(|e| e.to_string())?
             .is_some()
         {}
@@ -1504,12 +1505,9 @@ impl Run {
         let deadline = Instant::now() + SETTLE;
         loop {
             match dev.import(&self.args.id, self.args.rw) {
-                Ok((fd, _)) => return Ok(fd),
+                Ok(imported) => return Ok(imported.fd),
                 // Its previous import is still being released.
-                Err(e)
-                    if e.source.raw_os_error() == Some(libc::EAGAIN)
-                        && Instant::now() < deadline =>
-                {
+                Err(e) if e.should_retry() && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
                 Err(e) => return Err(e.to_string()),
@@ -1634,11 +1632,13 @@ pub(crate) fn run(args: MmArgs) -> Result<(), String> {
         return Err("--rw needs --write-seed".into());
     }
     let cases = select(&args.cases, args.rw)?;
-    let dev = Device::open(DEVICE_PATH).map_err(|e| e.to_string())?;
+    let dev = Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?;
     let has_pending = stats()?.contains_key("unmaps_pending");
     let base = gauges()?;
-    let (fd, size) = dev.import(&args.id, args.rw).map_err(|e| e.to_string())?;
-    drop(fd);
+    let size = dev
+        .import(&args.id, args.rw)
+        .map_err(|e| e.to_string())?
+        .size;
     let len = usize::try_from(size).map_err(|_| format!("{size} bytes"))?;
     if len < HOLD_PAGES * PAGE || len % PAGE != 0 {
         return Err(format!(
@@ -1741,7 +1741,7 @@ mod tests {
 
     #[test]
     fn probes_tell_access_from_faults() {
-        let memfd = hyper_dmabuf_client::sys::memfd_create(c"probe").unwrap();
+        let memfd = memfd_create("probe", MemfdFlags::CLOEXEC).unwrap();
         File::from(memfd.try_clone().unwrap())
             .set_len(4 * PAGE as u64)
             .unwrap();
@@ -1783,7 +1783,7 @@ mod tests {
 
     #[test]
     fn a_forked_process_really_touches_what_it_did_not_inherit() {
-        let memfd = hyper_dmabuf_client::sys::memfd_create(c"fork").unwrap();
+        let memfd = memfd_create("fork", MemfdFlags::CLOEXEC).unwrap();
         File::from(memfd.try_clone().unwrap())
             .set_len(PAGE as u64)
             .unwrap();

@@ -66,7 +66,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::sys::adopt_fd;
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::logbudget::{LogBudget, Verdict, LOG_BURST, LOG_REFILL_MS};
 use hyper_dmabuf_common::uapi::{self, ImportArgs, ListArgs, ListEntry, DEVICE_PATH};
@@ -560,16 +559,10 @@ impl Referee<'_> {
         .encode();
         self.arena.write(0, &record);
         let dev = self.dev.as_ref().ok_or(CLOSED)?.as_fd();
-        let got = match self
-            .arena
-            .ioctl(dev, uapi::IOCTL_IMPORT, UserAddr::Arena(0))
-        {
-            Ok(_) => {
-                let mut out = [0u8; ImportArgs::SIZE];
-                self.arena.read(0, &mut out);
-                let fd = ImportArgs::decode(&out).map_err(|e| format!("{e:?}"))?.fd;
+        let got = match self.arena.import(dev) {
+            Ok(dmabuf) => {
                 // Released at once.
-                drop(adopt_fd(fd).map_err(|e| format!("import returned fd {fd}: {e}"))?);
+                drop(dmabuf);
                 0
             }
             Err(e) => e,

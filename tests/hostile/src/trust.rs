@@ -16,16 +16,13 @@
 //! The unprivileged part runs in a child process started as root
 //! (`trust-check`), which opens `D` before it drops its privileges.
 
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::buffer::create_udmabuf;
-use hyper_dmabuf_client::device::{Device, DeviceError};
+use hyper_dmabuf_client::{Device, Error as DeviceError, ExportOptions, Udmabuf};
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{Event, EventType, QueryItem, DEVICE_PATH};
-use hyper_dmabuf_common::wire::PrivData;
 use hyper_dmabuf_common::xen::DomId;
 
 use crate::ffi;
@@ -60,12 +57,12 @@ pub(crate) struct CheckArgs {
 
 /// The whole check, from the exporting root process.
 pub(crate) fn run(args: &TrustArgs) -> Result<(), String> {
-    let owner = Device::open(DEVICE_PATH).map_err(|e| e.to_string())?;
-    let buffer =
-        create_udmabuf(64 * 1024, |b| b.fill(0x3c)).map_err(|e| format!("udmabuf: {e}"))?;
+    let owner = Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?;
+    let buffer = Udmabuf::with_contents(64 * 1024, |_, b| b.fill(0x3c))
+        .map_err(|e| format!("udmabuf: {e}"))?;
     let peer = DomId::new(u32::from(args.peer)).map_err(|e| format!("--peer: {e}"))?;
     let hid = owner
-        .export(buffer.dmabuf.as_fd(), peer, false, PrivData::EMPTY)
+        .export(&buffer, peer, &ExportOptions::new())
         .map_err(|e| e.to_string())?;
     println!("trust: file A exported {hid} to domain {}", args.peer);
 
@@ -98,10 +95,10 @@ pub(crate) fn run(args: &TrustArgs) -> Result<(), String> {
 
 /// The unprivileged part: `D` opened as root, then `U` as `--nobody`.
 pub(crate) fn check(args: &CheckArgs) -> Result<(), String> {
-    let delegated = Device::open(DEVICE_PATH).map_err(|e| e.to_string())?;
+    let delegated = Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?;
     ffi::become_user(args.nobody, args.nobody)
         .map_err(|e| format!("setuid({}): {e}", args.nobody))?;
-    let unprivileged = Device::open(DEVICE_PATH)
+    let unprivileged = Device::open_path(DEVICE_PATH)
         .map_err(|e| format!("uid {} opening the (0666) device: {e}", args.nobody))?;
     let hid = &args.hid;
     let mut failures = Vec::new();
@@ -121,7 +118,7 @@ pub(crate) fn check(args: &CheckArgs) -> Result<(), String> {
     expect("U's LIST leaves A's export out", !listed(&unprivileged));
     expect(
         "U's UNEXPORT of A's export is EPERM",
-        errno(unprivileged.unexport(hid, 0)) == libc::EPERM,
+        errno(unprivileged.unexport(hid, Duration::ZERO)) == libc::EPERM,
     );
     // The peer's events are everyone's: U's queue starts with it.
     let peer_seen = drain(&unprivileged).iter().any(|e| {
@@ -135,7 +132,10 @@ pub(crate) fn check(args: &CheckArgs) -> Result<(), String> {
         delegated.query(hid, QueryItem::Size).is_ok_and(|s| s > 0),
     );
     expect("D lists A's export", listed(&delegated));
-    expect("D unexports A's export", delegated.unexport(hid, 0).is_ok());
+    expect(
+        "D unexports A's export",
+        delegated.unexport(hid, Duration::ZERO).is_ok(),
+    );
     expect(
         "D is told the grants ended",
         wait_event(&delegated, EventType::GrantsEnded, hid).is_ok(),
@@ -159,13 +159,13 @@ pub(crate) fn check(args: &CheckArgs) -> Result<(), String> {
 
 /// The errno a device call failed with (0: it succeeded).
 fn errno<T>(r: Result<T, DeviceError>) -> i32 {
-    r.err().and_then(|e| e.source.raw_os_error()).unwrap_or(0)
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
 }
 
 /// Every event queued for `dev` now.
 fn drain(dev: &Device) -> Vec<Event> {
     let mut events = Vec::new();
-    while let Ok(Some(e)) = dev.next_event(0) {
+    while let Ok(Some(e)) = dev.try_next_event() {
         events.push(e);
     }
     events
@@ -175,8 +175,7 @@ fn drain(dev: &Device) -> Vec<Event> {
 fn wait_event(dev: &Device, kind: EventType, hid: &HyperDmabufId) -> Result<(), String> {
     let deadline = Instant::now() + EVENT_WAIT;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        match dev.next_event(ms) {
+        match dev.wait_event(Some(left.max(Duration::from_millis(1)))) {
             Ok(Some(e)) if e.kind == kind && e.hid.is_some_and(|h| h.matches(hid)) => return Ok(()),
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),

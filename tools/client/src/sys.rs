@@ -1,170 +1,425 @@
 // SPDX-License-Identifier: MIT
-//! The thin FFI layer of the tools: every system call that needs `unsafe`
-//! is here, each wrapped in a safe function that owns what it returns.
+//! The crate's only `unsafe` code: the ioctls, the descriptors they
+//! return, and shared memory mappings.
+//!
+//! rustix makes every other system call this crate needs safe (`poll`,
+//! `read`, `memfd_create`, seals, `fcntl`). What stays here cannot be made
+//! safe by any library: an ioctl is safe only for a command whose argument
+//! the caller knows, so each one is wrapped below in a function that names
+//! its command and builds any pointer the record carries itself; a
+//! descriptor number an ioctl returns becomes an [`OwnedFd`] only on the
+//! word of the driver that made it; and memory another domain may write
+//! is reached through copies and atomics, never through a reference the
+//! compiler may assume stable.
 
-use std::ffi::CStr;
+use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
-use hyper_dmabuf_common::shmem::SharedMem;
+use hyper_dmabuf_common::id::HyperDmabufId;
+use hyper_dmabuf_common::uapi::{self, ExportArgs, ImportArgs, ListArgs, QueryArgs, QueryItem};
+use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
+use rustix::mm::{MapFlags, ProtFlags};
 
-/// Converts a `-1`-style return value into an `io::Result`.
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
+/// An ioctl whose argument is a record of bytes the kernel reads and
+/// writes in place; its output is the call's return value.
+struct InPlace<'a> {
+    opcode: Opcode,
+    record: &'a mut [u8],
+}
+
+// SAFETY: the pointer handed to the kernel is the start of `record`, live
+// and writable for the whole call (it is borrowed mutably for as long as
+// this value exists), and the kernel may write it, which `IS_MUTATING`
+// says. The output is the return value; nothing is read back through the
+// pointer. Whether the command fits the record is the promise of
+// `ioctl_in_place`'s callers.
+unsafe impl Ioctl for InPlace<'_> {
+    type Output = IoctlOutput;
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        self.opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        self.record.as_mut_ptr().cast()
+    }
+
+    unsafe fn output_from_ptr(out: IoctlOutput, _record: *mut c_void) -> rustix::io::Result<i32> {
+        Ok(out)
     }
 }
 
-/// Calls `ioctl(fd, cmd, record)` with a record of exactly the size the
-/// command number encodes; the kernel reads and writes `record` in place.
-pub fn ioctl_record<const N: usize>(
+/// `ioctl(fd, opcode, record)`: the kernel reads and writes `record` in
+/// place; returns what the call returned.
+///
+/// # Safety
+///
+/// `opcode` must be a command of the driver behind `fd` that touches at
+/// most `record.len()` bytes of its argument, and any user address the
+/// record carries must be valid for what that command does with it until
+/// the call returns.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+pub unsafe fn ioctl_in_place(
     fd: BorrowedFd<'_>,
-    cmd: u32,
-    record: &mut [u8; N],
-) -> io::Result<libc::c_int> {
-    // SAFETY: `record` is a valid, writable buffer of N bytes for the whole
-    // call, and every command used with this function encodes N as its
-    // size, so the kernel accesses only those bytes.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, record.as_mut_ptr()) })
-}
-
-/// Calls `ioctl(fd, cmd, record)` for a command whose record has a
-/// variable-length tail (an array sized by a count field in the record,
-/// as the grant devices' ioctls take); `record` holds the whole of it.
-pub fn ioctl_slice(fd: BorrowedFd<'_>, cmd: u32, record: &mut [u8]) -> io::Result<libc::c_int> {
-    // SAFETY: `record` is valid and writable for its whole length during
-    // the call; callers size it for the count they encode in it, and the
-    // kernel accesses no more than that count implies.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, record.as_mut_ptr()) })
-}
-
-/// Writes `buf` to `fd` (one `write` call; returns how much was written).
-pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of its whole length.
-    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// CPU time the calling thread has used, user and kernel, in nanoseconds
-/// (`CLOCK_THREAD_CPUTIME_ID`).
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    opcode: u32,
+    record: &mut [u8],
+) -> io::Result<i32> {
+    let ioctl = InPlace {
+        // The command numbers are 32-bit everywhere; rustix's `Opcode` is
+        // as wide or wider, by platform, with the same bits.
+        opcode: opcode as Opcode,
+        record,
     };
-    // SAFETY: `ts` is a valid timespec the call writes.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if ret != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+    // SAFETY: the command fits the record, as the caller promises.
+    Ok(unsafe { rustix::ioctl::ioctl(fd, ioctl) }?)
 }
 
-/// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`.
-pub fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is a NUL-terminated string valid for the call.
-    let fd = check(unsafe {
-        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    })?;
-    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `ftruncate(fd, len)`.
-pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain system call on a borrowed, open descriptor.
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
-}
-
-/// `fcntl(fd, F_ADD_SEALS, seals)`.
-pub fn add_seals(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain system call on a borrowed, open descriptor.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
-}
-
-/// Adopts a descriptor a successful ioctl returned.
-pub fn adopt_fd(raw: libc::c_int) -> io::Result<OwnedFd> {
-    if raw < 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: the kernel just created this descriptor for us (an ioctl that
-    // returns a new fd), and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// A shared memory mapping of a file, unmapped on drop.
+/// A command whose record is exactly `N` bytes and carries no user
+/// address: the kernel touches those `N` bytes and nothing else.
 ///
 /// # Invariants
 ///
-/// `ptr` is the start of a live `MAP_SHARED` mapping of `len` bytes that
-/// this value owns.
+/// The number encodes `N` as its size, and the record of the command it
+/// names holds no pointer.
+#[derive(Clone, Copy)]
+pub(crate) struct Command<const N: usize>(u32);
+
+impl Command<{ ExportArgs::SIZE }> {
+    /// `HDMABUF_IOCTL_EXPORT`: a descriptor, ids and private bytes.
+    // INVARIANT: uapi's `_IOWR` of the record's size (checked by the
+    // tests below); the record holds numbers and bytes only.
+    pub(crate) const EXPORT: Self = Command(uapi::IOCTL_EXPORT);
+}
+
+impl Command<{ ImportArgs::SIZE }> {
+    /// `HDMABUF_IOCTL_IMPORT`: an id and flags in, a descriptor out.
+    // INVARIANT: as for EXPORT.
+    pub(crate) const IMPORT: Self = Command(uapi::IOCTL_IMPORT);
+}
+
+impl Command<{ uapi::UnexportArgs::SIZE }> {
+    /// `HDMABUF_IOCTL_UNEXPORT`: an id and a delay.
+    // INVARIANT: as for EXPORT.
+    pub(crate) const UNEXPORT: Self = Command(uapi::IOCTL_UNEXPORT);
+}
+
+/// `struct dma_buf_sync { __u64 flags; }` (`linux/dma-buf.h`).
+pub(crate) const DMA_BUF_SYNC_LEN: usize = 8;
+
+impl Command<DMA_BUF_SYNC_LEN> {
+    /// `DMA_BUF_IOCTL_SYNC`, `_IOW('b', 0, struct dma_buf_sync)`.
+    // INVARIANT: `_IOW` of the record's size; the record is flags.
+    pub(crate) const DMA_BUF_SYNC: Self =
+        Command(rustix::ioctl::opcode::write::<[u8; DMA_BUF_SYNC_LEN]>(b'b', 0) as u32);
+}
+
+/// `struct udmabuf_create { __u32 memfd, flags; __u64 offset, size; }`
+/// (`linux/udmabuf.h`).
+pub(crate) const UDMABUF_CREATE_LEN: usize = 24;
+
+impl Command<UDMABUF_CREATE_LEN> {
+    /// `UDMABUF_CREATE`, `_IOW('u', 0x42, struct udmabuf_create)`; returns
+    /// the new dma-buf's descriptor.
+    // INVARIANT: `_IOW` of the record's size; the record is numbers.
+    pub(crate) const UDMABUF_CREATE: Self =
+        Command(rustix::ioctl::opcode::write::<[u8; UDMABUF_CREATE_LEN]>(b'u', 0x42) as u32);
+}
+
+/// Runs `command` on `fd` with `record`; returns what the call returned.
+///
+/// `fd` is whatever the caller opened as the command's device. A file of
+/// another driver does not know these numbers (each driver owns its type
+/// byte in Linux's `ioctl-number.rst`; ours is `0xB9`) and fails them
+/// with `ENOTTY`.
+pub(crate) fn command<const N: usize>(
+    fd: BorrowedFd<'_>,
+    command: Command<N>,
+    record: &mut [u8; N],
+) -> io::Result<i32> {
+    // SAFETY: by the invariant of `Command`, the command touches exactly
+    // the `N` bytes of `record` and follows no address out of it.
+    unsafe { ioctl_in_place(fd, command.0, record) }
+}
+
+/// Adopts the descriptor a driver just created for this process.
+///
+/// # Safety
+///
+/// `raw` must come from a successful call that returned a new descriptor
+/// to its caller, and nothing may have adopted it yet.
+unsafe fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(rustix::io::Errno::BADF.into());
+    }
+    // SAFETY: a new descriptor nobody owns yet, as the caller promises.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `HDMABUF_IOCTL_IMPORT` with `record`; the new dma-buf and the record
+/// as the driver filled it.
+pub(crate) fn import(
+    device: BorrowedFd<'_>,
+    record: &mut [u8; ImportArgs::SIZE],
+) -> io::Result<(OwnedFd, ImportArgs)> {
+    command(device, Command::IMPORT, record)?;
+    let out =
+        ImportArgs::decode(record).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    // SAFETY: a successful IMPORT returns a new descriptor in `fd`, for
+    // this call only (`docs/uapi.md`).
+    let fd = unsafe { adopt(out.fd) }?;
+    Ok((fd, out))
+}
+
+/// `UDMABUF_CREATE` on `/dev/udmabuf` with `record`: the new dma-buf.
+pub(crate) fn udmabuf_create(
+    udmabuf: BorrowedFd<'_>,
+    record: &mut [u8; UDMABUF_CREATE_LEN],
+) -> io::Result<OwnedFd> {
+    let raw = command(udmabuf, Command::UDMABUF_CREATE, record)?;
+    // SAFETY: a successful UDMABUF_CREATE returns the new dma-buf's
+    // descriptor, which only this call has seen.
+    unsafe { adopt(raw) }
+}
+
+/// `HDMABUF_IOCTL_QUERY` of `item`; for [`QueryItem::Priv`] the driver
+/// copies the private data into `data`. Returns the record it filled.
+pub(crate) fn query(
+    device: BorrowedFd<'_>,
+    hid: &HyperDmabufId,
+    item: QueryItem,
+    data: &mut [u8],
+) -> io::Result<QueryArgs> {
+    let mut record = QueryArgs {
+        hid: *hid,
+        item,
+        value: 0,
+        data_ptr: if data.is_empty() {
+            0
+        } else {
+            data.as_mut_ptr() as u64
+        },
+        data_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+    }
+    .encode();
+    // SAFETY: QUERY touches the 56 bytes of its record, which the number
+    // encodes, and writes at most `data_len` bytes at `data_ptr`: both
+    // describe `data`, borrowed mutably until the call returns (a length
+    // over `u32::MAX` is cut, so never beyond it).
+    unsafe { ioctl_in_place(device, uapi::IOCTL_QUERY, &mut record) }?;
+    QueryArgs::decode(&record).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// `HDMABUF_IOCTL_LIST` into `entries`, room for
+/// `entries.len() / ListEntry::SIZE` entries. Returns the record the
+/// driver filled (its `count` may exceed the room).
+pub(crate) fn list(device: BorrowedFd<'_>, entries: &mut [u8]) -> io::Result<ListArgs> {
+    let room = entries.len() / uapi::ListEntry::SIZE;
+    let mut record = ListArgs {
+        entries_ptr: entries.as_mut_ptr() as u64,
+        capacity: u32::try_from(room).unwrap_or(u32::MAX),
+        count: 0,
+    }
+    .encode();
+    // SAFETY: LIST touches the 16 bytes of its record and writes at most
+    // `capacity` entries of `ListEntry::SIZE` bytes at `entries_ptr`:
+    // `entries` holds that many and is borrowed mutably until the call
+    // returns.
+    unsafe { ioctl_in_place(device, uapi::IOCTL_LIST, &mut record) }?;
+    Ok(ListArgs::decode(&record))
+}
+
+/// A shared mapping of a dma-buf, a memfd or another mappable file,
+/// unmapped on drop.
+///
+/// Another domain (or process) may write the pages at any time, so the
+/// mapping hands out no `&[u8]` of them in safe code: bytes are copied in
+/// and out ([`Mapping::read_at`], [`Mapping::write_at`],
+/// [`Mapping::read_chunks`]) and shared words are reached through atomics
+/// ([`Mapping::atomic_u32`]). Code that knows nobody writes the pages
+/// meanwhile may borrow them with the `unsafe` [`Mapping::as_slice`].
+///
+/// A dma-buf's CPU reader brackets its accesses with
+/// [`CpuAccess`](crate::CpuAccess).
+///
+/// # Invariants
+///
+/// `ptr` starts a live `MAP_SHARED` mapping of `len` bytes, page-aligned,
+/// that this value owns; it is mapped writable if `writable`.
+#[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
 }
 
+// SAFETY: the mapping is plain memory owned by this value; nothing in it is
+// tied to the thread that made it, and every access through `&Mapping` is
+// a copy or an atomic, which any thread may make.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared access never forms a plain reference.
+unsafe impl Sync for Mapping {}
+
 impl Mapping {
-    /// `mmap(NULL, len, PROT_READ [| PROT_WRITE], MAP_SHARED, fd, 0)`.
-    pub fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Self> {
+    /// How many bytes [`Mapping::read_chunks`] and
+    /// [`Mapping::write_chunks`] copy at a time.
+    pub const CHUNK: usize = 1 << 20;
+
+    /// Maps the first `len` bytes of `fd`, read-only unless `writable`.
+    ///
+    /// # Errors
+    ///
+    /// What `mmap` says: `EINVAL` for a length of zero, `EACCES` for a
+    /// writable mapping of a read-only descriptor (a read-only import),
+    /// `ENODEV` for a file that cannot be mapped.
+    pub fn new(fd: impl AsFd, len: usize, writable: bool) -> io::Result<Self> {
         Self::at(fd, len, 0, writable)
     }
 
-    /// The same at file offset `offset` (the grant devices hand out the
-    /// offset of each mapping they prepared).
-    pub fn at(fd: BorrowedFd<'_>, len: usize, offset: u64, writable: bool) -> io::Result<Self> {
-        let offset = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    /// Maps `len` bytes of `fd` from `offset` (a multiple of the page
+    /// size), as Xen's grant devices hand out.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::new`].
+    pub fn at(fd: impl AsFd, len: usize, offset: u64, writable: bool) -> io::Result<Self> {
         if len == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(io::ErrorKind::InvalidInput.into());
         }
         let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
+            ProtFlags::READ | ProtFlags::WRITE
         } else {
-            libc::PROT_READ
+            ProtFlags::READ
         };
-        // SAFETY: a fresh mapping chosen by the kernel (no fixed address),
-        // so no existing memory is affected.
+        // SAFETY: a new mapping at an address the kernel picks (no
+        // `MAP_FIXED`): no memory of this process is replaced, and no
+        // reference to the new range exists.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
                 prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                MapFlags::SHARED,
+                fd,
                 offset,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // INVARIANT: mmap succeeded with this length.
+        }?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(io::ErrorKind::OutOfMemory)?;
+        // INVARIANT: `mmap` mapped `len` bytes at `ptr` (page-aligned),
+        // with these protections, for this value alone.
         Ok(Mapping { ptr, len, writable })
     }
 
-    /// The mapped bytes.
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never: a mapping has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether it is mapped writable.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The address of `len` bytes at `offset`.
     ///
-    /// Another domain may write them concurrently; the tool only compares
-    /// or copies them, which is sound for plain bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: by the invariant the range is mapped and readable for the
-        // lifetime of `self`; u8 has no invalid values.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// # Panics
+    ///
+    /// If the range leaves the mapping.
+    fn range(&self, offset: usize, len: usize) -> *mut u8 {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "{len} bytes at {offset} leave a mapping of {} bytes",
+            self.len
+        );
+        // SAFETY: `offset` is inside the mapping or at its end (checked
+        // above), so the pointer stays within the same mapping.
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+
+    /// Copies `dst.len()` bytes from `offset` into `dst`.
+    ///
+    /// # Panics
+    ///
+    /// If the range leaves the mapping, as slice indexing does.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) {
+        let src = self.range(offset, dst.len());
+        // SAFETY: `src` starts `dst.len()` readable bytes of the live
+        // mapping (checked by `range`, and by the invariant); `dst` is
+        // ours and cannot overlap them, since safe code never holds a
+        // slice of the mapping. Another domain may write the pages
+        // meanwhile: they are plain bytes, copied without a reference to
+        // them, so a racing write changes the copied values, nothing else.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `src` into the mapping at `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the range leaves the mapping, or it is read-only.
+    pub fn write_at(&self, offset: usize, src: &[u8]) {
+        assert!(self.writable, "a write to a read-only mapping");
+        let dst = self.range(offset, src.len());
+        // SAFETY: `dst` starts `src.len()` bytes of the live mapping,
+        // mapped writable (both checked above); no reference of safe code
+        // points into the mapping, and `src` cannot overlap it (as in
+        // `read_at`).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+    }
+
+    /// A copy of the whole mapping.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut bytes = vec![0u8; self.len];
+        self.read_at(0, &mut bytes);
+        bytes
+    }
+
+    /// Copies the whole mapping out, [`Mapping::CHUNK`] bytes at a time, handing
+    /// each piece and its offset to `f`; stops early with what `f` breaks
+    /// with.
+    pub fn read_chunks<B>(&self, mut f: impl FnMut(usize, &[u8]) -> ControlFlow<B>) -> Option<B> {
+        let mut chunk = vec![0u8; Self::CHUNK.min(self.len)];
+        let mut offset = 0;
+        while offset < self.len {
+            let piece = &mut chunk[..Self::CHUNK.min(self.len - offset)];
+            self.read_at(offset, piece);
+            if let ControlFlow::Break(b) = f(offset, piece) {
+                return Some(b);
+            }
+            offset += piece.len();
+        }
+        None
+    }
+
+    /// Writes the whole mapping, [`Mapping::CHUNK`] bytes at a time, each piece
+    /// made by `f` from its offset (the piece starts zeroed).
+    ///
+    /// # Panics
+    ///
+    /// If the mapping is read-only.
+    pub fn write_chunks(&self, mut f: impl FnMut(usize, &mut [u8])) {
+        let mut chunk = vec![0u8; Self::CHUNK.min(self.len)];
+        let mut offset = 0;
+        while offset < self.len {
+            let piece = &mut chunk[..Self::CHUNK.min(self.len - offset)];
+            piece.fill(0);
+            f(offset, piece);
+            self.write_at(offset, piece);
+            offset += piece.len();
+        }
     }
 
     /// The 32-bit word at byte `offset`, for indexes shared with another
-    /// domain (which updates them concurrently, hence atomic access).
+    /// domain that updates them concurrently (hence atomic access).
     /// `None` unless the word is aligned and inside the mapping.
     pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
         if offset % 4 != 0 || offset.checked_add(4)? > self.len {
@@ -172,148 +427,200 @@ impl Mapping {
         }
         // SAFETY: the word is inside the live mapping (checked above, and
         // by the invariant) and 4-aligned (the mapping is page-aligned);
-        // every access to it goes through atomics, here and in the peer;
-        // the reference cannot outlive `self`, which owns the mapping.
+        // `AtomicU32` allows concurrent modification, which is what the
+        // peer does; the reference cannot outlive `self`, which owns the
+        // mapping.
         Some(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) })
     }
 
     /// The whole mapping as 32-bit words shared with another domain, for
-    /// code that reads and writes shared rings through atomics (a store
-    /// to a mapping without `PROT_WRITE` faults).
+    /// rings whose every access is atomic (a store to a mapping without
+    /// write access faults).
     pub fn atomic_words(&self) -> &[AtomicU32] {
         // SAFETY: by the invariant the mapping is live for the lifetime of
         // `&self` and page-aligned; `AtomicU32` has the size and alignment
-        // of `u32` and permits concurrent modification by the peer, which
-        // accesses the words atomically too.
+        // of `u32` and permits concurrent modification by the peer.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU32>(), self.len / 4) }
     }
 
-    /// The mapped bytes, writable, if mapped with `PROT_WRITE`.
-    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+    /// The mapped bytes, borrowed.
+    ///
+    /// # Safety
+    ///
+    /// Nobody may write the pages while the slice is alive: no other
+    /// process or domain, and not this one through [`Mapping::write_at`]
+    /// or [`Mapping::atomic_words`]. (Memory that changes under a `&[u8]`
+    /// breaks what the compiler assumes of it.)
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: by the invariant the range is mapped and readable for the
+        // lifetime of `&self`; u8 has no invalid values; the caller
+        // promises the bytes do not change meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The mapped bytes, borrowed writable; `None` for a read-only
+    /// mapping.
+    ///
+    /// # Safety
+    ///
+    /// Nobody else may read or write the pages while the slice is alive:
+    /// no other process or domain (this one is kept out by `&mut self`).
+    pub unsafe fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         if !self.writable {
             return None;
         }
-        // SAFETY: mapped writable (checked above) and exclusively borrowed
-        // through `&mut self`.
+        // SAFETY: mapped writable (checked above) and borrowed exclusively
+        // through `&mut self`; the caller promises nobody else accesses
+        // the pages meanwhile.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
-    }
-}
-
-/// A mapping of pages shared with another domain, reached only through
-/// the protocol core's [`SharedMem`], so that its rings
-/// (`hyper_dmabuf_common::ring`) can live there: the words through
-/// atomics, the bytes copied in and out in one go.
-///
-/// It hands out no slice of the pages, which is what makes storing bytes
-/// through a shared reference sound: no `&[u8]` of them can be alive
-/// meanwhile.
-pub struct SharedPages(Mapping);
-
-impl From<Mapping> for SharedPages {
-    fn from(map: Mapping) -> Self {
-        SharedPages(map)
-    }
-}
-
-impl SharedPages {
-    /// The word at `offset`; panics (a caller's bug, as the trait allows)
-    /// unless it is aligned and inside the mapping, or, for a store, the
-    /// mapping is read-only.
-    fn word(&self, offset: usize, store: bool) -> &AtomicU32 {
-        assert!(!store || self.0.writable, "a store to a read-only mapping");
-        self.0
-            .atomic_u32(offset)
-            .unwrap_or_else(|| panic!("u32 at {offset} outside a mapping of {} bytes", self.0.len))
-    }
-
-    /// The start of `len` bytes at `offset`, with the same checks.
-    fn bytes(&self, offset: usize, len: usize, store: bool) -> *mut u8 {
-        assert!(!store || self.0.writable, "a store to a read-only mapping");
-        assert!(
-            offset.checked_add(len).is_some_and(|end| end <= self.0.len),
-            "{len} bytes at {offset} outside a mapping of {} bytes",
-            self.0.len
-        );
-        // SAFETY: `offset` is inside the live mapping (checked above, and
-        // by its invariant), so the pointer stays in the same allocation.
-        unsafe { self.0.ptr.as_ptr().add(offset) }
-    }
-}
-
-impl SharedMem for SharedPages {
-    fn len(&self) -> usize {
-        self.0.len
-    }
-
-    fn read_u32(&self, offset: usize) -> u32 {
-        self.word(offset, false).load(Ordering::Relaxed)
-    }
-
-    fn write_u32(&self, offset: usize, value: u32) {
-        self.word(offset, true).store(value, Ordering::Relaxed)
-    }
-
-    fn load_acquire_u32(&self, offset: usize) -> u32 {
-        self.word(offset, false).load(Ordering::Acquire)
-    }
-
-    fn store_release_u32(&self, offset: usize, value: u32) {
-        self.word(offset, true).store(value, Ordering::Release)
-    }
-
-    fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
-        let src = self.bytes(offset, dst.len(), false);
-        // SAFETY: `src` starts `dst.len()` readable bytes of the live
-        // mapping (checked by `bytes`), `dst` as many writable bytes of
-        // ours, and the two cannot overlap: nothing hands out a slice of
-        // the mapping. The peer may write the pages meanwhile; they are
-        // plain bytes, copied out without a reference to them, for the
-        // caller to check.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
-    }
-
-    fn write_bytes(&self, offset: usize, src: &[u8]) {
-        let dst = self.bytes(offset, src.len(), true);
-        // SAFETY: `dst` starts `src.len()` bytes of the live mapping,
-        // mapped writable (both checked by `bytes`), which no reference
-        // of ours points into and `src` cannot overlap (as above).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: by the invariant we own this mapping; no slice borrowed
-        // from it outlives `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // SAFETY: by the invariant this value owns the mapping; every
+        // borrow of it ended with the borrow of `self`. An error (none is
+        // possible for a range `mmap` made) would leave it mapped, which
+        // is harmless.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
-/// Reads up to `buf.len()` bytes from `fd`.
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid and writable for its whole length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_dmabuf_common::uapi::UnexportArgs;
+    use rustix::fs::MemfdFlags;
+    use rustix::ioctl::opcode;
+    use std::sync::atomic::Ordering;
 
-/// Waits up to `timeout_ms` (negative: forever) for `fd` to be readable.
-pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-        let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        match check(ret) {
-            Ok(n) => return Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
+    /// The size a command number encodes (`_IOC_SIZE`).
+    fn encoded_size(number: u32) -> usize {
+        ((number >> 16) & 0x3fff) as usize
+    }
+
+    #[test]
+    fn commands_encode_their_record_size() {
+        assert_eq!(encoded_size(Command::EXPORT.0), ExportArgs::SIZE);
+        assert_eq!(encoded_size(Command::IMPORT.0), ImportArgs::SIZE);
+        assert_eq!(encoded_size(Command::UNEXPORT.0), UnexportArgs::SIZE);
+        assert_eq!(encoded_size(Command::DMA_BUF_SYNC.0), DMA_BUF_SYNC_LEN);
+        assert_eq!(encoded_size(Command::UDMABUF_CREATE.0), UDMABUF_CREATE_LEN);
+        // The kernel headers' values.
+        assert_eq!(Command::DMA_BUF_SYNC.0, 0x4008_6200);
+        assert_eq!(Command::UDMABUF_CREATE.0, 0x4018_7542);
+    }
+
+    #[test]
+    fn the_device_numbers_are_the_iowr_of_their_records() {
+        let iowr = |nr, size| match size {
+            ExportArgs::SIZE => opcode::read_write::<[u8; ExportArgs::SIZE]>(uapi::IOCTL_MAGIC, nr),
+            ImportArgs::SIZE => opcode::read_write::<[u8; ImportArgs::SIZE]>(uapi::IOCTL_MAGIC, nr),
+            UnexportArgs::SIZE => {
+                opcode::read_write::<[u8; UnexportArgs::SIZE]>(uapi::IOCTL_MAGIC, nr)
+            }
+            QueryArgs::SIZE => opcode::read_write::<[u8; QueryArgs::SIZE]>(uapi::IOCTL_MAGIC, nr),
+            ListArgs::SIZE => opcode::read_write::<[u8; ListArgs::SIZE]>(uapi::IOCTL_MAGIC, nr),
+            _ => unreachable!(),
+        } as u32;
+        assert_eq!(uapi::IOCTL_EXPORT, iowr(1, ExportArgs::SIZE));
+        assert_eq!(uapi::IOCTL_IMPORT, iowr(2, ImportArgs::SIZE));
+        assert_eq!(uapi::IOCTL_UNEXPORT, iowr(3, UnexportArgs::SIZE));
+        assert_eq!(uapi::IOCTL_QUERY, iowr(4, QueryArgs::SIZE));
+        assert_eq!(uapi::IOCTL_LIST, iowr(5, ListArgs::SIZE));
+    }
+
+    fn memfd(len: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("mapping", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        fd
+    }
+
+    #[test]
+    fn copies_in_and_out_reach_the_file() {
+        let fd = memfd(3 * 4096);
+        let writer = Mapping::new(&fd, 3 * 4096, true).unwrap();
+        let reader = Mapping::new(&fd, 3 * 4096, false).unwrap();
+        writer.write_at(4090, b"across a page");
+        let mut seen = [0u8; 13];
+        reader.read_at(4090, &mut seen);
+        assert_eq!(&seen, b"across a page");
+        assert_eq!(&reader.to_vec()[4090..4103], b"across a page");
+        // The same bytes through the file itself.
+        let mut through_file = [0u8; 13];
+        rustix::io::pread(&fd, &mut through_file[..], 4090).unwrap();
+        assert_eq!(through_file, seen);
+    }
+
+    #[test]
+    fn chunks_cover_the_mapping_once_in_order() {
+        let len = Mapping::CHUNK * 2 + 4096;
+        let fd = memfd(len as u64);
+        let map = Mapping::new(&fd, len, true).unwrap();
+        map.write_chunks(|offset, piece| piece.fill((offset / Mapping::CHUNK) as u8 + 1));
+        let mut pieces = Vec::new();
+        let never = map.read_chunks(|offset, piece| {
+            assert!(piece
+                .iter()
+                .all(|&b| usize::from(b) == offset / Mapping::CHUNK + 1));
+            pieces.push((offset, piece.len()));
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        assert_eq!(never, None);
+        assert_eq!(
+            pieces,
+            [
+                (0, Mapping::CHUNK),
+                (Mapping::CHUNK, Mapping::CHUNK),
+                (2 * Mapping::CHUNK, 4096)
+            ]
+        );
+        let found = map.read_chunks(|offset, _| {
+            if offset > 0 {
+                std::ops::ControlFlow::Break(offset)
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(found, Some(Mapping::CHUNK));
+    }
+
+    #[test]
+    fn atomics_see_each_other_through_two_mappings() {
+        let fd = memfd(4096);
+        let a = Mapping::new(&fd, 4096, true).unwrap();
+        let b = Mapping::new(&fd, 4096, true).unwrap();
+        a.atomic_u32(8).unwrap().store(0xfeed, Ordering::Release);
+        assert_eq!(b.atomic_words()[2].load(Ordering::Acquire), 0xfeed);
+        assert!(a.atomic_u32(6).is_none(), "unaligned");
+        assert!(a.atomic_u32(4094).is_none(), "past the end");
+        assert_eq!(a.atomic_words().len(), 1024);
+    }
+
+    #[test]
+    #[should_panic(expected = "read-only")]
+    fn a_read_only_mapping_refuses_writes() {
+        let fd = memfd(4096);
+        Mapping::new(&fd, 4096, false).unwrap().write_at(0, b"x");
+    }
+
+    #[test]
+    #[should_panic(expected = "leave a mapping of 4096 bytes")]
+    fn copies_stay_inside() {
+        let fd = memfd(4096);
+        Mapping::new(&fd, 4096, false)
+            .unwrap()
+            .read_at(4095, &mut [0u8; 2]);
+    }
+
+    #[test]
+    fn mmap_errors_are_returned() {
+        let fd = memfd(4096);
+        assert_eq!(
+            Mapping::new(&fd, 0, false).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let read_only = std::fs::File::open("/dev/null").unwrap();
+        assert!(Mapping::new(&read_only, 4096, true).is_err());
     }
 }

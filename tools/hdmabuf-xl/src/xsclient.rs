@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use hyper_dmabuf_xenbus_proto::store::{Perm, PermKind};
 use hyper_dmabuf_xenbus_proto::{Error, Store, Txn};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 /// Where xenstored listens in a toolstack domain.
 pub const SOCKET_PATH: &str = "/run/xenstored/socket";
@@ -366,8 +368,7 @@ impl<S: Read + Write + AsFd> XsClient<S> {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
-            let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-            if !hyper_dmabuf_client::sys::poll_readable(self.stream.as_fd(), ms)? {
+            if !readable_within(self.stream.as_fd(), timeout)? {
                 return Ok(None);
             }
             let (rtype, _, body) = self.read_message()?;
@@ -375,6 +376,22 @@ impl<S: Read + Write + AsFd> XsClient<S> {
                 return Err(bad("a reply with no request outstanding"));
             }
             self.events.push_back(WatchEvent::parse(&body)?);
+        }
+    }
+}
+
+/// Whether `fd` becomes readable within `timeout`.
+fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    // A timeout too long for a timespec is as good as forever.
+    let timeout = Timespec::try_from(timeout).ok();
+    loop {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(ready) => return Ok(ready > 0),
+            // A signal: wait again, the whole timeout (the callers' loops
+            // only need to know that nothing came yet).
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }

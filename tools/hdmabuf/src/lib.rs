@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use hyper_dmabuf_common::uapi::{self, Event, DEVICE_PATH};
+use hyper_dmabuf_client::{uapi, Event, DEVICE_PATH};
 use serde_json::{json, Value};
 
 /// The exit statuses, for the end of `--help`.

@@ -6,15 +6,13 @@
 //! wait timed out.
 
 use clap::{Args, Parser, Subcommand};
-use device::{dmabuf_sync, Device};
 use hdmabuf::{parse_size, Failure, Options, Output};
-use hyper_dmabuf_client::{buffer, device, pattern, sys};
-use hyper_dmabuf_common::id::HyperDmabufId;
-use hyper_dmabuf_common::uapi::{self, Event, EventType, QueryItem};
-use hyper_dmabuf_common::wire::PrivData;
-use hyper_dmabuf_common::xen::DomId;
+use hyper_dmabuf_client::testing::pattern;
+use hyper_dmabuf_client::{
+    uapi, CpuAccess, Device, DomId, Event, EventType, ExportOptions, HyperDmabufId, Mapping,
+    PrivData, Udmabuf,
+};
 use serde_json::{json, Value};
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -179,10 +177,12 @@ fn export(args: &ExportArgs, device: &str, out: &Output) -> Result<(), Failure> 
         DomId::new(*domain).map_err(|e| Failure::Error(format!("--domain {domain}: {e}")))?;
     let priv_data =
         PrivData::new(r#priv.as_bytes()).map_err(|e| Failure::Error(format!("--priv: {e}")))?;
-    let dev = Device::open(device)?;
-    let buf = buffer::create_udmabuf(*size, |bytes| pattern::fill(*seed, bytes))
-        .map_err(|e| Failure::Error(format!("creating a {size}-byte udmabuf: {e}")))?;
-    let hid = dev.export(buf.dmabuf.as_fd(), domain, *rw, priv_data)?;
+    let dev = Device::open_path(device)?;
+    let buf = Udmabuf::with_contents(*size, |offset, piece| {
+        pattern::fill_at(*seed, offset, piece)
+    })?;
+    let options = ExportOptions::new().writable(*rw).private_data(priv_data);
+    let hid = dev.export(&buf, domain, &options)?;
     out.line(
         format!("exported {hid} ({} bytes, seed {seed}) to domain {domain}", buf.size),
         json!({ "exported": hid.to_string(), "size": buf.size, "seed": seed, "domain": domain.get(), "rw": rw }),
@@ -190,9 +190,9 @@ fn export(args: &ExportArgs, device: &str, out: &Output) -> Result<(), Failure> 
     let deadline = hold.map(|s| Instant::now() + Duration::from_secs(s));
     let mut released = false;
     loop {
-        let Some(event) = dev.next_event(wait_ms(deadline))? else {
+        let Some(event) = dev.wait_event(time_left(deadline))? else {
             // Held long enough: revoke and wait for the end of it.
-            dev.unexport(&hid, 0)?;
+            dev.unexport(&hid, Duration::ZERO)?;
             out.line(
                 format!("unexporting {hid}"),
                 json!({ "unexporting": hid.to_string() }),
@@ -211,7 +211,7 @@ fn export(args: &ExportArgs, device: &str, out: &Output) -> Result<(), Failure> 
             match event.kind {
                 EventType::Released if *once && !released => {
                     released = true;
-                    dev.unexport(&hid, 0)?;
+                    dev.unexport(&hid, Duration::ZERO)?;
                     out.line(
                         format!("released; unexporting {hid}"),
                         json!({ "unexporting": hid.to_string() }),
@@ -229,9 +229,7 @@ fn export(args: &ExportArgs, device: &str, out: &Output) -> Result<(), Failure> 
                 "the buffer was never released by an importer".into(),
             ));
         }
-        let len = usize::try_from(buf.size)?;
-        let map = sys::Mapping::new(buf.memfd.as_fd(), len, false)?;
-        check_pattern(out, *expect, map.as_slice())?;
+        check_pattern(out, *expect, &buf.map(false)?)?;
     }
     Ok(())
 }
@@ -246,33 +244,33 @@ fn import(args: &ImportArgs, device: &str, out: &Output) -> Result<(), Failure> 
         hold,
         reread,
     } = args;
-    let dev = Device::open(device)?;
+    let dev = Device::open_path(device)?;
     let started = Instant::now();
-    let (fd, size) = dev.import(id, *rw)?;
+    let imported = dev.import(id, *rw)?;
     let import_us = started.elapsed().as_micros();
-    let len = usize::try_from(size)?;
-    let mut map = sys::Mapping::new(fd.as_fd(), len, *rw)
-        .map_err(|e| Failure::Error(format!("mapping the imported buffer: {e}")))?;
+    let size = imported.size;
+    let map = imported.map()?;
     out.line(
         format!("imported {id}: {size} bytes in {import_us} us"),
         json!({ "imported": id.to_string(), "size": size, "import_us": import_us }),
     );
-    dmabuf_sync(fd.as_fd(), true, write.is_some())?;
-    let checked = verify.map(|seed| check_pattern(out, seed, map.as_slice()));
-    if let (Some(seed), Some(bytes)) = (write, map.as_mut_slice()) {
-        pattern::fill(*seed, bytes);
+    let access = CpuAccess::begin(&imported, write.is_some())?;
+    let checked = verify.map(|seed| check_pattern(out, seed, &map));
+    if let Some(seed) = write {
+        // Mapped writable: --write requires --rw.
+        pattern::fill_mapping(*seed, &map);
         out.line(
             format!("wrote pattern {seed}"),
             json!({ "wrote_seed": seed }),
         );
     }
-    dmabuf_sync(fd.as_fd(), false, write.is_some())?;
+    access.end()?;
     let held = Instant::now() + Duration::from_secs(*hold);
     match verify {
         Some(seed) if *reread => {
             let mut passes = 0u64;
             while Instant::now() < held {
-                if let Some(at) = pattern::first_mismatch(*seed, map.as_slice()) {
+                if let Some(at) = pattern::first_mismatch_in(*seed, &map) {
                     return Err(Failure::Mismatch(format!(
                         "reading again (pass {}): byte {at} differs from the pattern",
                         passes + 1
@@ -294,11 +292,11 @@ fn import(args: &ImportArgs, device: &str, out: &Output) -> Result<(), Failure> 
 /// Prints events as they arrive.
 fn watch(args: &WatchArgs, device: &str, out: &Output) -> Result<(), Failure> {
     let WatchArgs { count, timeout } = args;
-    let dev = Device::open(device)?;
+    let dev = Device::open_path(device)?;
     let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
-        match dev.next_event(wait_ms(deadline))? {
+        match dev.wait_event(time_left(deadline))? {
             Some(event) => {
                 out.event(&event);
                 seen += 1;
@@ -318,13 +316,22 @@ fn watch(args: &WatchArgs, device: &str, out: &Output) -> Result<(), Failure> {
 /// Prints every item the driver knows of a buffer.
 fn query(args: &QueryArgs, device: &str, out: &Output) -> Result<(), Failure> {
     let QueryArgs { id } = args;
-    let dev = Device::open(device)?;
-    let mut fields = serde_json::Map::new();
-    for (name, item) in QUERY_ITEMS {
-        fields.insert(name.to_string(), json!(dev.query(id, item)?));
-    }
-    let data = dev.query_priv(id)?;
-    fields.insert("priv".into(), json!(String::from_utf8_lossy(&data)));
+    let info = Device::open_path(device)?.info(id)?;
+    let fields = json!({
+        "type": u64::from(info.imported),
+        "exporter": info.exporter.get(),
+        "importer": info.importer.get(),
+        "size": info.size,
+        "busy": u64::from(info.busy),
+        "unexported": u64::from(info.unexported),
+        "delayed_unexported": u64::from(info.delayed_unexport),
+        "priv_size": info.priv_data.len(),
+        "flags": info.flags.bits(),
+        "priv": String::from_utf8_lossy(info.priv_data.as_bytes()),
+    });
+    let Value::Object(fields) = fields else {
+        unreachable!("json! of an object");
+    };
     if out.json {
         println!("{}", Value::Object(fields));
     } else {
@@ -337,8 +344,7 @@ fn query(args: &QueryArgs, device: &str, out: &Output) -> Result<(), Failure> {
 
 /// Lists the buffers this domain exports and imports.
 fn list(device: &str, out: &Output) -> Result<(), Failure> {
-    let dev = Device::open(device)?;
-    let entries = dev.list()?;
+    let entries = Device::open_path(device)?.list()?;
     if out.json {
         let list: Vec<Value> = entries.iter().map(list_json).collect();
         println!("{}", json!({ "buffers": list }));
@@ -370,8 +376,7 @@ fn list(device: &str, out: &Output) -> Result<(), Failure> {
 /// Schedules the revocation of an export.
 fn unexport(args: &UnexportArgs, device: &str, out: &Output) -> Result<(), Failure> {
     let UnexportArgs { id, delay_ms } = args;
-    let dev = Device::open(device)?;
-    dev.unexport(id, *delay_ms)?;
+    Device::open_path(device)?.unexport(id, Duration::from_millis(u64::from(*delay_ms)))?;
     out.line(
         format!("unexport of {id} scheduled in {delay_ms} ms"),
         json!({ "unexport": id.to_string(), "delay_ms": delay_ms }),
@@ -379,24 +384,13 @@ fn unexport(args: &UnexportArgs, device: &str, out: &Output) -> Result<(), Failu
     Ok(())
 }
 
-const QUERY_ITEMS: [(&str, QueryItem); 9] = [
-    ("type", QueryItem::Type),
-    ("exporter", QueryItem::Exporter),
-    ("importer", QueryItem::Importer),
-    ("size", QueryItem::Size),
-    ("busy", QueryItem::Busy),
-    ("unexported", QueryItem::Unexported),
-    ("delayed_unexported", QueryItem::DelayedUnexported),
-    ("priv_size", QueryItem::PrivSize),
-    ("flags", QueryItem::Flags),
-];
-
-fn check_pattern(out: &Output, seed: u64, bytes: &[u8]) -> Result<(), Failure> {
-    match pattern::first_mismatch(seed, bytes) {
+/// Checks that `map` holds the pattern of `seed`.
+fn check_pattern(out: &Output, seed: u64, map: &Mapping) -> Result<(), Failure> {
+    match pattern::first_mismatch_in(seed, map) {
         None => {
             out.line(
-                format!("verified {} bytes (seed {seed})", bytes.len()),
-                json!({ "verified": bytes.len(), "seed": seed }),
+                format!("verified {} bytes (seed {seed})", map.len()),
+                json!({ "verified": map.len(), "seed": seed }),
             );
             Ok(())
         }
@@ -416,7 +410,7 @@ fn wait_for(
 ) -> Result<Event, Failure> {
     let deadline = Some(Instant::now() + limit);
     loop {
-        let Some(event) = dev.next_event(wait_ms(deadline))? else {
+        let Some(event) = dev.wait_event(time_left(deadline))? else {
             return Err(Failure::Timeout(format!(
                 "no {kind:?} event for {hid} within {} s",
                 limit.as_secs()
@@ -429,12 +423,9 @@ fn wait_for(
     }
 }
 
-fn wait_ms(deadline: Option<Instant>) -> i32 {
-    match deadline {
-        None => -1,
-        Some(d) => i32::try_from(d.saturating_duration_since(Instant::now()).as_millis())
-            .unwrap_or(i32::MAX),
-    }
+/// What is left until `deadline`; `None` (wait forever) without one.
+fn time_left(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
 fn state_words(state: u32) -> String {

@@ -36,12 +36,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::msg::Msg;
 use hdmabuf_agent::xendev::{EventChannel, Gntalloc, Gntdev, GrantRange, PAGE};
 use hdmabuf_xl::xsclient::XsClient;
-use hyper_dmabuf_client::sys::SharedPages;
+use hyper_dmabuf_client::Mapping;
 use hyper_dmabuf_common::ring::{self, Requester, Responder};
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::wire::{Slot, SLOT_SIZE};
@@ -88,6 +89,49 @@ const _: () = assert!(UP.data + UP.cap as usize <= DOWN.data && DOWN.data == 3 *
 const _: () = assert!(DOWN.data + DOWN.cap as usize == PAGES * PAGE);
 const _: () = assert!(UP.cap.is_power_of_two() && DOWN.cap.is_power_of_two());
 const _: () = assert!(ring::slots_for_len(PAGE) >= 8);
+
+/// The granted region, reached only through the protocol core's
+/// [`SharedMem`]: words through atomics, bytes copied in and out.
+struct SharedPages(Mapping);
+
+impl SharedPages {
+    /// The word at `offset`; panics (a caller's bug, as the trait allows)
+    /// unless it is aligned and inside the region, or, for a store, the
+    /// region is mapped read-only (where the store would fault).
+    fn word(&self, offset: usize, store: bool) -> &AtomicU32 {
+        assert!(
+            !store || self.0.is_writable(),
+            "a store to a read-only mapping"
+        );
+        self.0
+            .atomic_u32(offset)
+            .unwrap_or_else(|| panic!("u32 at {offset} outside a region of {} bytes", self.0.len()))
+    }
+}
+
+impl SharedMem for SharedPages {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn read_u32(&self, offset: usize) -> u32 {
+        self.word(offset, false).load(Ordering::Relaxed)
+    }
+    fn write_u32(&self, offset: usize, value: u32) {
+        self.word(offset, true).store(value, Ordering::Relaxed)
+    }
+    fn load_acquire_u32(&self, offset: usize) -> u32 {
+        self.word(offset, false).load(Ordering::Acquire)
+    }
+    fn store_release_u32(&self, offset: usize, value: u32) {
+        self.word(offset, true).store(value, Ordering::Release)
+    }
+    fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        self.0.read_at(offset, dst)
+    }
+    fn write_bytes(&self, offset: usize, src: &[u8]) {
+        self.0.write_at(offset, src)
+    }
+}
 
 /// A lane's ring page, as the shared memory of a `common::ring` ring.
 struct RingPage {
@@ -360,7 +404,7 @@ impl Link {
         let map = dev.map(index, PAGES);
         // From here on the grants are given up when `backing` is dropped.
         let backing = Backing::Granted { dev, index };
-        let pages = Rc::new(SharedPages::from(map?));
+        let pages = Rc::new(SharedPages(map?));
         // Before the peer can see the pages.
         for lane in [DOWN, UP] {
             ring::init_shared(&RingPage::of(&pages, lane)).map_err(other)?;
@@ -434,7 +478,7 @@ impl Link {
             dev,
             range: Some(range),
         };
-        let pages = Rc::new(SharedPages::from(map?));
+        let pages = Rc::new(SharedPages(map?));
         let events = EventChannel::connect(peer, port)?;
         let mut link = Link {
             tx: Sender::new(&pages, UP)?,
@@ -531,16 +575,15 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_dmabuf_client::sys::{self, Mapping};
-    use std::os::fd::AsFd;
+    use rustix::fs::{memfd_create, MemfdFlags};
 
     /// A region of plain memory (a memfd) in place of granted pages, its
     /// rings initialised as the offering side does.
     fn region() -> Rc<SharedPages> {
-        let fd = sys::memfd_create(c"link").unwrap();
-        sys::ftruncate(fd.as_fd(), (PAGES * PAGE) as u64).unwrap();
-        let map = Mapping::new(fd.as_fd(), PAGES * PAGE, true).unwrap();
-        let pages = Rc::new(SharedPages::from(map));
+        let fd = memfd_create("link", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, (PAGES * PAGE) as u64).unwrap();
+        let map = Mapping::new(&fd, PAGES * PAGE, true).unwrap();
+        let pages = Rc::new(SharedPages(map));
         for lane in [DOWN, UP] {
             ring::init_shared(&RingPage::of(&pages, lane)).unwrap();
         }

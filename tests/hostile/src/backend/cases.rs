@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hdmabuf_agent::rng::Rng;
 use hdmabuf_agent::xendev::{EventChannel, ForeignMap, Gntdev};
-use hyper_dmabuf_client::pattern;
+use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::limits::MAX_IMPORTS_PER_PEER;
 use hyper_dmabuf_common::pgdir::{self, DirPage};
@@ -818,7 +818,7 @@ const PAGES: usize = 16;
 
 /// `data` holds the pattern of `seed` from its first byte.
 fn check_pattern(data: &ForeignMap<'_>, seed: u64, when: &str) -> Result<(), String> {
-    match pattern::first_mismatch(seed, data.mapping().as_slice()) {
+    match pattern::first_mismatch_in(seed, data.mapping()) {
         None => Ok(()),
         Some(at) => Err(format!(
             "{when}: the victim's buffer differs from its pattern at byte {at}"
@@ -1501,7 +1501,7 @@ fn maps_before_announce(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         let bytes: Vec<u8> = data
             .iter()
             .filter_map(|r| found.iter().find(|m| m.refs()[0] == *r))
-            .flat_map(|m| m.mapping().as_slice().iter().copied())
+            .flat_map(|m| m.mapping().to_vec())
             .collect();
         match pattern::first_mismatch(SEED, &bytes) {
             None => Ok(()),

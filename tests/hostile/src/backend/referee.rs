@@ -41,7 +41,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::device::Device;
+use hyper_dmabuf_client::Device;
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::DEVICE_PATH;
 
@@ -150,7 +150,7 @@ pub(crate) fn run(args: &RefereeArgs) -> Result<(), String> {
     let mut inbox = Inbox::new(&mut xs, own)?;
     let mut judge = Judge {
         args,
-        control: Device::open(DEVICE_PATH).map_err(|e| e.to_string())?,
+        control: Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?,
         kmsg: Kmsg::open()?,
         before: stats()?,
         began: Instant::now(),
@@ -247,11 +247,11 @@ impl Judge<'_> {
         let want = import_errno(errno)?;
         let got = match self.control.import(&hid, false) {
             // Released at once.
-            Ok((fd, _)) => {
-                drop(fd);
+            Ok(imported) => {
+                drop(imported);
                 0
             }
-            Err(e) => e.source.raw_os_error().unwrap_or(-1),
+            Err(e) => e.raw_os_error().unwrap_or(-1),
         };
         if got == want {
             Ok(())

@@ -17,8 +17,8 @@
 use std::collections::btree_map::{BTreeMap, Entry};
 
 use hdmabuf_agent::xendev::{Gntdev, GrantRange, PAGE};
-use hyper_dmabuf_client::pattern;
-use hyper_dmabuf_client::sys::Mapping;
+use hyper_dmabuf_client::testing::pattern;
+use hyper_dmabuf_client::Mapping;
 use hyper_dmabuf_common::pgdir::ROOT_MAGIC;
 use hyper_dmabuf_common::wire::{Export, MapEpoch, Message, Request, Response, Slot};
 use hyper_dmabuf_common::xen::Status;
@@ -61,10 +61,12 @@ impl<'d> Foreign<'d> {
     /// A copy of page `i`.
     fn page(&self, i: usize) -> Vec<u8> {
         self.map.as_ref().map_or(Vec::new(), |m| {
-            m.as_slice()
-                .get(i * PAGE..(i + 1) * PAGE)
-                .unwrap_or_default()
-                .to_vec()
+            if (i + 1) * PAGE > m.len() {
+                return Vec::new();
+            }
+            let mut page = vec![0u8; PAGE];
+            m.read_at(i * PAGE, &mut page);
+            page
         })
     }
 }

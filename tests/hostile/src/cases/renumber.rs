@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::pattern;
+use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::wire::{MapEpoch, Message, Request};

@@ -34,16 +34,14 @@
 //!   `rmmod` succeeds; load the module again (`--module`).
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::buffer::{create_udmabuf, Udmabuf};
-use hyper_dmabuf_client::device::{Device, DeviceError};
-use hyper_dmabuf_client::pattern;
+use hyper_dmabuf_client::testing::pattern;
+use hyper_dmabuf_client::{Device, Error as DeviceError, ExportOptions, Udmabuf};
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{EventType, QueryItem, DEVICE_PATH};
 use hyper_dmabuf_common::wire::PrivData;
@@ -112,7 +110,7 @@ impl Exports {
     fn dev(&mut self) -> Result<Arc<Device>, String> {
         if self.dev.is_none() {
             self.dev = Some(Arc::new(
-                Device::open(DEVICE_PATH).map_err(|e| e.to_string())?,
+                Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())?,
             ));
         }
         Ok(self.dev.clone().expect("just opened"))
@@ -162,12 +160,13 @@ impl Exports {
         }
         let dev = self.dev()?;
         let peer = DomId::new(u32::from(peer)).map_err(|e| e.to_string())?;
-        let buf = create_udmabuf(pages * 4096, |b| pattern::fill(seed, b))
+        let buf = Udmabuf::with_contents(pages * 4096, |at, b| pattern::fill_at(seed, at, b))
             .map_err(|e| format!("udmabuf: {e}"))?;
         let priv_data = PrivData::new(format!("hostile-importer {name}").as_bytes())
             .map_err(|e| e.to_string())?;
         let pending = std::thread::spawn(move || {
-            let outcome = dev.export(buf.dmabuf.as_fd(), peer, false, priv_data);
+            let options = ExportOptions::new().private_data(priv_data);
+            let outcome = dev.export(&buf, peer, &options);
             (buf, outcome)
         });
         self.buffers.insert(
@@ -221,7 +220,7 @@ impl Exports {
             }
             Err(e) => {
                 b.hid = announced;
-                e.source.raw_os_error().unwrap_or(-1)
+                e.raw_os_error().unwrap_or(-1)
             }
         };
         if got == want {
@@ -236,7 +235,9 @@ impl Exports {
     /// `unexport NAME`.
     pub(crate) fn unexport(&mut self, name: &str) -> Result<(), String> {
         let hid = self.hid(name)?;
-        self.dev()?.unexport(&hid, 0).map_err(|e| e.to_string())
+        self.dev()?
+            .unexport(&hid, Duration::ZERO)
+            .map_err(|e| e.to_string())
     }
 
     /// `busy NAME V`.
@@ -258,12 +259,13 @@ impl Exports {
 
     /// Reads the events that came, noting `GrantsEnded`; waits at most
     /// `wait_ms` for the first.
-    fn read_events(&mut self, mut wait_ms: i32) -> Result<(), String> {
+    fn read_events(&mut self, wait_ms: u64) -> Result<(), String> {
         let Some(dev) = self.dev.clone() else {
             return Ok(());
         };
-        while let Some(e) = dev.next_event(wait_ms).map_err(|e| e.to_string())? {
-            wait_ms = 0;
+        let mut wait = Duration::from_millis(wait_ms);
+        while let Some(e) = dev.wait_event(Some(wait)).map_err(|e| e.to_string())? {
+            wait = Duration::ZERO;
             if e.kind == EventType::GrantsEnded {
                 if let Some(hid) = e.hid {
                     self.ended.push(hid);
@@ -315,7 +317,7 @@ impl Exports {
             if left.is_zero() {
                 return Err(format!("no GrantsEnded for {name:?} within 10 s"));
             }
-            self.read_events(i32::try_from(left.as_millis().min(200)).unwrap_or(200))?;
+            self.read_events(u64::try_from(left.as_millis().min(200)).unwrap_or(200))?;
         }
     }
 }

@@ -19,8 +19,8 @@
 
 use std::collections::BTreeMap;
 
-use hyper_dmabuf_client::device::{Device, DeviceError};
-use hyper_dmabuf_client::imported::{ImportError, Verified};
+use hyper_dmabuf_client::testing::{ImportError, Verified};
+use hyper_dmabuf_client::Device;
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{
     QueryItem, DEVICE_PATH, KIND_IMPORTED, STATE_BUSY, STATE_UNEXPORTED,
@@ -39,14 +39,14 @@ struct Kept {
 pub(crate) struct Imports(BTreeMap<String, Kept>);
 
 fn open() -> Result<Device, String> {
-    Device::open(DEVICE_PATH).map_err(|e| e.to_string())
+    Device::open_path(DEVICE_PATH).map_err(|e| e.to_string())
 }
 
 /// What QUERY says of `item` of `hid`; `None` if it knows no such buffer.
 fn query(dev: &Device, hid: &HyperDmabufId, item: QueryItem) -> Result<Option<u64>, String> {
     match dev.query(hid, item) {
         Ok(v) => Ok(Some(v)),
-        Err(DeviceError { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }

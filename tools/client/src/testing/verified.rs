@@ -7,22 +7,24 @@ use std::time::{Duration, Instant};
 
 use hyper_dmabuf_common::id::HyperDmabufId;
 
-use crate::device::{dmabuf_sync, Device, DeviceError};
-use crate::{pattern, sys};
+use super::pattern;
+use crate::{CpuAccess, Device, Error, Mapping};
 
 /// Why an import failed.
+#[derive(Debug)]
 pub enum ImportError {
     /// The import ioctl failed.
-    Import(DeviceError),
+    Import(Error),
     /// Mapping or verifying failed.
     Other(String),
 }
 
 /// An imported buffer whose every byte was found to hold its pattern; it
 /// stays imported (and mapped) until dropped.
+#[derive(Debug)]
 pub struct Verified {
     /// Field order matters: the mapping goes before the dma-buf fd.
-    map: sys::Mapping,
+    map: Mapping,
     fd: OwnedFd,
     seed: u64,
     /// Size in bytes.
@@ -32,6 +34,12 @@ pub struct Verified {
 impl Verified {
     /// Imports `hid`, maps it and checks it holds `expect_size` bytes of
     /// the pattern of `seed`.
+    ///
+    /// # Errors
+    ///
+    /// [`ImportError::Import`] if the driver refused the import,
+    /// [`ImportError::Other`] for another size, a failed mapping or other
+    /// bytes.
     pub fn import(
         dev: &Device,
         hid: &HyperDmabufId,
@@ -39,21 +47,26 @@ impl Verified {
         seed: u64,
         expect_size: u64,
     ) -> Result<Self, ImportError> {
-        let (fd, size) = dev.import(hid, rw).map_err(ImportError::Import)?;
-        if size != expect_size {
+        let imported = dev.import(hid, rw).map_err(ImportError::Import)?;
+        if imported.size != expect_size {
             return Err(ImportError::Other(format!(
-                "imported {size} bytes, expected the {expect_size} of its NewExport event"
+                "imported {} bytes, expected the {expect_size} of its NewExport event",
+                imported.size
             )));
         }
-        Self::new(fd, size, rw, seed).map_err(ImportError::Other)
+        Self::new(imported.fd, imported.size, rw, seed).map_err(ImportError::Other)
     }
 
     /// Maps `fd`, an imported buffer of `size` bytes, and checks it holds
     /// the pattern of `seed`.
+    ///
+    /// # Errors
+    ///
+    /// A failed mapping, or the first byte that differs.
     pub fn new(fd: OwnedFd, size: u64, rw: bool, seed: u64) -> Result<Self, String> {
         let len =
             usize::try_from(size).map_err(|_| format!("{size} bytes do not fit in memory"))?;
-        let map = sys::Mapping::new(fd.as_fd(), len, rw).map_err(|e| format!("mmap: {e}"))?;
+        let map = Mapping::new(&fd, len, rw).map_err(|e| format!("mmap: {e}"))?;
         let v = Verified {
             map,
             fd,
@@ -69,20 +82,24 @@ impl Verified {
         self.fd.as_fd()
     }
 
-    /// The mapped bytes.
-    pub fn bytes(&self) -> &[u8] {
-        self.map.as_slice()
+    /// The mapping.
+    pub fn mapping(&self) -> &Mapping {
+        &self.map
     }
 
     /// Reads every byte again and compares it with the pattern (between
     /// the DMA-BUF sync calls a CPU reader must make).
+    ///
+    /// # Errors
+    ///
+    /// The first byte that differs, with the word around it, or a failed
+    /// sync call.
     pub fn check(&self) -> Result<(), String> {
-        let fd = self.fd.as_fd();
-        dmabuf_sync(fd, true, false).map_err(|e| format!("DMA_BUF_IOCTL_SYNC start: {e}"))?;
-        let bytes = self.map.as_slice();
-        if let Some(at) = pattern::first_mismatch(self.seed, bytes) {
+        let access = CpuAccess::begin(&self.fd, false).map_err(|e| e.to_string())?;
+        if let Some(at) = pattern::first_mismatch_in(self.seed, &self.map) {
             let word = at / 8 * 8;
-            let seen = &bytes[word..(word + 8).min(bytes.len())];
+            let mut seen = vec![0u8; 8.min(self.map.len() - word)];
+            self.map.read_at(word, &mut seen);
             return Err(format!(
                 "byte {at} (page {}) differs from the pattern of seed {}; the 8 bytes there \
                  are {seen:02x?}",
@@ -90,17 +107,21 @@ impl Verified {
                 self.seed
             ));
         }
-        dmabuf_sync(fd, false, false).map_err(|e| format!("DMA_BUF_IOCTL_SYNC end: {e}"))
+        access.end().map_err(|e| e.to_string())
     }
 }
 
-/// Runs `op` again while the ring to the peer is full (`EAGAIN`), for at
-/// most a second.
-pub fn retry_full<T>(mut op: impl FnMut() -> Result<T, DeviceError>) -> Result<T, DeviceError> {
+/// Runs `op` again while the driver says to retry ([`Error::should_retry`]:
+/// the ring to the peer is full), for at most a second.
+///
+/// # Errors
+///
+/// `op`'s last error.
+pub fn retry_full<T>(mut op: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
     let until = Instant::now() + Duration::from_secs(1);
     loop {
         match op() {
-            Err(e) if e.source.raw_os_error() == Some(libc::EAGAIN) && Instant::now() < until => {
+            Err(e) if e.should_retry() && Instant::now() < until => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,
