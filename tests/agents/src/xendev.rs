@@ -106,7 +106,9 @@ impl Gntalloc {
 
     /// Maps pages granted by [`Gntalloc::grant`] into this process.
     pub fn map(&self, index: u64, pages: usize) -> io::Result<Mapping> {
-        Mapping::at(&self.file, pages * PAGE, index, true)
+        // SAFETY: gntalloc keeps the pages of a range it granted while a
+        // mapping of them lives, even after DEALLOC_GREF.
+        unsafe { Mapping::at(&self.file, pages * PAGE, index, true) }
     }
 }
 
@@ -152,7 +154,9 @@ impl Gntdev {
     /// Maps a prepared range into this process (read-only unless
     /// `writable`).
     pub fn map(&self, range: &GrantRange, writable: bool) -> io::Result<Mapping> {
-        Mapping::at(&self.file, range.pages * PAGE, range.index, writable)
+        // SAFETY: gntdev keeps a prepared range's grant mappings while a
+        // mapping of it lives, even after UNMAP_GRANT_REF.
+        unsafe { Mapping::at(&self.file, range.pages * PAGE, range.index, writable) }
     }
 
     /// `IOCTL_GNTDEV_UNMAP_GRANT_REF`: forgets a range (its mapping must

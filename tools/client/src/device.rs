@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ const READ_ONLY: ExportFlags = match ExportFlags::from_bits(0) {
 /// it has its own queue of events, and closing it unexports what it
 /// exported. It may be shared between threads (`&Device` is enough for
 /// everything) and passed to another process as a descriptor
-/// (`Device::from(OwnedFd)`).
+/// (`Device::try_from(OwnedFd)`).
 ///
 /// ```no_run
 /// use hyper_dmabuf_client::{Device, DomId, ExportOptions, PrivData, Udmabuf};
@@ -162,7 +163,10 @@ impl Imported {
         let action = || format!("mapping an imported buffer of {} bytes", self.size);
         let len = usize::try_from(self.size)
             .map_err(|_| Error::invalid_input(action(), "larger than the address space"))?;
-        Mapping::new(&self.fd, len, self.writable).map_err(|e| Error::new(action(), e))
+        Mapping::check_file_holds(self.fd.as_fd(), len).map_err(|e| Error::new(action(), e))?;
+        // SAFETY: a dma-buf's size is fixed when it is made, and it holds
+        // `len` bytes (checked above).
+        unsafe { Mapping::new(&self.fd, len, self.writable) }.map_err(|e| Error::new(action(), e))
     }
 }
 
@@ -219,9 +223,14 @@ impl Device {
     /// As [`Device::open`].
     pub fn open_path(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        // Non-blocking: `poll` then `read` is how every wait here goes, and
+        // with two readers of one file (threads, or a process and its
+        // child) the one that loses the race must not sleep in `read`
+        // until the next event.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(path)
             .map_err(|e| Error::hinted(format!("opening {}", path.display()), e, open_hint))?;
         Ok(Device { fd: file.into() })
@@ -285,8 +294,9 @@ impl Device {
     pub fn unexport(&self, id: &HyperDmabufId, delay: Duration) -> Result<()> {
         let mut record = UnexportArgs {
             hid: *id,
-            // The driver refuses what is too long, with EINVAL.
-            delay_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
+            // Rounded up: a delay under a millisecond is still a delay,
+            // not "now". The driver refuses what is too long (EINVAL).
+            delay_ms: u32::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX),
         }
         .encode();
         sys::command(self.fd.as_fd(), Command::UNEXPORT, &mut record)
@@ -375,7 +385,10 @@ impl Device {
         const ACTION: &str = "listing buffers";
         let mut room = 64usize;
         loop {
-            let mut entries = vec![0u8; room * ListEntry::SIZE];
+            let bytes = room
+                .checked_mul(ListEntry::SIZE)
+                .ok_or_else(|| Error::invalid_data(ACTION, "more buffers than memory"))?;
+            let mut entries = vec![0u8; bytes];
             let out =
                 sys::list(self.fd.as_fd(), &mut entries).map_err(|e| Error::new(ACTION, e))?;
             let count = out.count as usize;
@@ -399,10 +412,12 @@ impl Device {
         }
     }
 
-    /// Makes reads of this file non-blocking, or not (`FIONBIO`). The
-    /// driver's `read` never waits anyway (it fails with `EAGAIN` when no
-    /// event is queued); an event loop that wants the flag, as tokio's
-    /// `AsyncFd` does, may set it.
+    /// Makes reads of this file non-blocking, or not (`FIONBIO`).
+    /// [`Device::open`] opens it non-blocking, and the waits of this crate
+    /// need it so (a blocking `read` sleeps until an event comes, and with
+    /// two readers of one file the one that lost the race to the last
+    /// event would sleep there): clear it only on a file nobody else
+    /// reads. A [`Device`] made `From` a descriptor keeps its flags.
     ///
     /// # Errors
     ///
@@ -427,12 +442,41 @@ impl AsRawFd for Device {
     }
 }
 
-impl From<OwnedFd> for Device {
-    /// A descriptor of the device opened elsewhere (received over a
-    /// socket, inherited). A descriptor of anything else makes every
-    /// command fail (`ENOTTY`: no other driver knows their numbers).
-    fn from(fd: OwnedFd) -> Self {
+impl Device {
+    /// A descriptor taken as the device's without a look at what it is.
+    ///
+    /// # Safety
+    ///
+    /// `fd` is the device's, or a file on which none of the device's
+    /// command numbers does anything: an IMPORT's answer is a new
+    /// descriptor this value takes ownership of, and another driver that
+    /// answered the same number would hand it a number it does not own.
+    pub unsafe fn from_fd_unchecked(fd: OwnedFd) -> Self {
         Device { fd }
+    }
+}
+
+impl TryFrom<OwnedFd> for Device {
+    type Error = Error;
+
+    /// A descriptor of the device opened elsewhere (received over a
+    /// socket, inherited): checked to be the character device at
+    /// [`DEVICE_PATH`]. Its flags are kept ([`Device::set_nonblocking`]).
+    ///
+    /// # Errors
+    ///
+    /// What `fstat`/`stat` say, or `ENOTTY` for any other file.
+    fn try_from(fd: OwnedFd) -> Result<Self> {
+        const ACTION: &str = "taking a descriptor as the device's";
+        let theirs = rustix::fs::fstat(&fd).map_err(|e| Error::new(ACTION, e.into()))?;
+        let ours = rustix::fs::stat(DEVICE_PATH).map_err(|e| Error::new(ACTION, e.into()))?;
+        let is_char = |st: &rustix::fs::Stat| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice
+        };
+        if !is_char(&theirs) || !is_char(&ours) || theirs.st_rdev != ours.st_rdev {
+            return Err(Error::new(ACTION, Errno::NOTTY.into()));
+        }
+        Ok(Device { fd })
     }
 }
 
@@ -536,6 +580,17 @@ mod tests {
     }
 
     #[test]
+    fn only_the_device_is_taken_as_the_device() {
+        // /dev/null is a character device, but not this one (on the host
+        // there is no device at all): both are refused.
+        let null = OwnedFd::from(File::open("/dev/null").unwrap());
+        let err = Device::try_from(null).unwrap_err();
+        assert!(err.raw_os_error().is_some(), "{err}");
+        let dir = OwnedFd::from(File::open("/").unwrap());
+        assert!(Device::try_from(dir).is_err());
+    }
+
+    #[test]
     fn export_options_reach_the_record() {
         let file = File::open("/dev/null").unwrap();
         let priv_data = PrivData::new(b"1920x1080 XR24").unwrap();
@@ -569,7 +624,9 @@ mod tests {
     /// errno, and give no advice meant for the driver's errnos.
     #[test]
     fn commands_on_another_file_fail_with_enotty() {
-        let device = Device::from(OwnedFd::from(File::open("/dev/null").unwrap()));
+        // SAFETY: /dev/null answers none of the device's commands.
+        let device =
+            unsafe { Device::from_fd_unchecked(OwnedFd::from(File::open("/dev/null").unwrap())) };
         let dmabuf = File::open("/dev/null").unwrap();
         let enotty = Some(Errno::NOTTY.raw_os_error());
         let failures = [

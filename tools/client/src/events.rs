@@ -271,7 +271,8 @@ mod tests {
     /// `EAGAIN` when none is queued.
     fn fed_device() -> (Device, OwnedFd) {
         let (reader, writer) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).unwrap();
-        (Device::from(reader), writer)
+        // SAFETY: a pipe answers no ioctl.
+        (unsafe { Device::from_fd_unchecked(reader) }, writer)
     }
 
     fn send(writer: &OwnedFd, record: &[u8]) {
@@ -362,7 +363,9 @@ mod tests {
     fn a_failing_read_ends_the_iteration() {
         // A directory polls readable, and its read fails (EISDIR): not
         // worth another try.
-        let device = Device::from(OwnedFd::from(std::fs::File::open("/").unwrap()));
+        // SAFETY: a directory answers none of the device's commands.
+        let device =
+            unsafe { Device::from_fd_unchecked(OwnedFd::from(std::fs::File::open("/").unwrap())) };
         let mut events = device.events();
         let e = events.next().unwrap().unwrap_err();
         assert_eq!(e.raw_os_error(), Some(Errno::ISDIR.raw_os_error()));

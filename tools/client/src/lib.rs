@@ -6,8 +6,9 @@
 //! gets a [`HyperDmabufId`]; the peer learns of it from an event (or is
 //! given the id some other way), *imports* it and gets a dma-buf of its
 //! own over the same machine pages, without a copy. The exporter may
-//! *unexport* it at any time; the driver revokes the importer's mapping
-//! and tells the exporter when every grant has ended.
+//! *unexport* it at any time: the peer can import it no more, but what it
+//! has mapped stays mapped until it lets go; the exporter hears when
+//! every grant has ended (`GrantsEnded`) and its pages are its own again.
 //!
 //! * [`Device`]: open the device, [`export`](Device::export) any
 //!   [`AsFd`](std::os::fd::AsFd) dma-buf with [`ExportOptions`] (read-write

@@ -167,11 +167,16 @@ pub(crate) fn import(
     record: &mut [u8; ImportArgs::SIZE],
 ) -> io::Result<(OwnedFd, ImportArgs)> {
     command(device, Command::IMPORT, record)?;
-    let out =
-        ImportArgs::decode(record).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    // The descriptor is ours from here on: own it before anything else can
+    // fail, or a record we cannot decode would leak it (and keep the
+    // import, and the exporter's pages, mapped until this process ends).
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&record[uapi::layout::import::FD.bytes()]);
     // SAFETY: a successful IMPORT returns a new descriptor in `fd`, for
     // this call only (`docs/uapi.md`).
-    let fd = unsafe { adopt(out.fd) }?;
+    let fd = unsafe { adopt(i32::from_le_bytes(raw)) }?;
+    let out =
+        ImportArgs::decode(record).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok((fd, out))
 }
 
@@ -259,7 +264,7 @@ pub struct Mapping {
 
 // SAFETY: the mapping is plain memory owned by this value; nothing in it is
 // tied to the thread that made it, and every access through `&Mapping` is
-// a copy or an atomic, which any thread may make.
+// a volatile copy or an atomic, which any thread may make.
 unsafe impl Send for Mapping {}
 // SAFETY: as above; shared access never forms a plain reference.
 unsafe impl Sync for Mapping {}
@@ -276,8 +281,33 @@ impl Mapping {
     /// What `mmap` says: `EINVAL` for a length of zero, `EACCES` for a
     /// writable mapping of a read-only descriptor (a read-only import),
     /// `ENODEV` for a file that cannot be mapped.
-    pub fn new(fd: impl AsFd, len: usize, writable: bool) -> io::Result<Self> {
-        Self::at(fd, len, 0, writable)
+    ///
+    /// # Safety
+    ///
+    /// The file must hold `len` bytes for as long as the mapping lives:
+    /// `mmap` maps a range past the end of a file (or one that shrinks
+    /// later) all the same, and an access there faults (`SIGBUS`). A
+    /// dma-buf never changes size; a memfd does only without
+    /// `F_SEAL_SHRINK`. [`Imported::map`](crate::Imported::map) and
+    /// [`Udmabuf::map`](crate::Udmabuf::map) check it for their files.
+    pub unsafe fn new(fd: impl AsFd, len: usize, writable: bool) -> io::Result<Self> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { Self::at(fd, len, 0, writable) }
+    }
+
+    /// Checks that `fd` is at least `len` bytes long now, before a mapping
+    /// of its files whose size cannot change afterwards (a dma-buf, a
+    /// memfd sealed against shrinking).
+    ///
+    /// # Errors
+    ///
+    /// What `fstat` says, or `EINVAL` if the file is shorter.
+    pub(crate) fn check_file_holds(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+        let size = rustix::fs::fstat(fd)?.st_size;
+        match u64::try_from(size) {
+            Ok(size) if u64::try_from(len).is_ok_and(|len| len <= size) => Ok(()),
+            _ => Err(rustix::io::Errno::INVAL.into()),
+        }
     }
 
     /// Maps `len` bytes of `fd` from `offset` (a multiple of the page
@@ -286,7 +316,13 @@ impl Mapping {
     /// # Errors
     ///
     /// As [`Mapping::new`].
-    pub fn at(fd: impl AsFd, len: usize, offset: u64, writable: bool) -> io::Result<Self> {
+    ///
+    /// # Safety
+    ///
+    /// The file must hold `offset + len` bytes (for a device: the range
+    /// must stay mappable) for as long as the mapping lives, as for
+    /// [`Mapping::new`].
+    pub unsafe fn at(fd: impl AsFd, len: usize, offset: u64, writable: bool) -> io::Result<Self> {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
@@ -355,10 +391,8 @@ impl Mapping {
         // SAFETY: `src` starts `dst.len()` readable bytes of the live
         // mapping (checked by `range`, and by the invariant); `dst` is
         // ours and cannot overlap them, since safe code never holds a
-        // slice of the mapping. Another domain may write the pages
-        // meanwhile: they are plain bytes, copied without a reference to
-        // them, so a racing write changes the copied values, nothing else.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+        // slice of the mapping.
+        unsafe { volatile_copy(src, dst.as_mut_ptr(), dst.len()) }
     }
 
     /// Copies `src` into the mapping at `offset`.
@@ -373,7 +407,16 @@ impl Mapping {
         // mapped writable (both checked above); no reference of safe code
         // points into the mapping, and `src` cannot overlap it (as in
         // `read_at`).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+        unsafe { volatile_copy(src.as_ptr(), dst, src.len()) }
+    }
+
+    /// A copy of the whole mapping as 32-bit words in the machine's byte
+    /// order (a read-only mapping's answer to [`Mapping::atomic_words`]).
+    pub fn read_words(&self) -> Vec<u32> {
+        self.to_vec()
+            .chunks_exact(4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
     }
 
     /// A copy of the whole mapping.
@@ -421,8 +464,11 @@ impl Mapping {
     /// The 32-bit word at byte `offset`, for indexes shared with another
     /// domain that updates them concurrently (hence atomic access).
     /// `None` unless the word is aligned and inside the mapping.
+    /// `None` too for a read-only mapping: an atomic is made for memory
+    /// it may store to (`AtomicU32::from_ptr`); read those words with
+    /// [`Mapping::read_words`].
     pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
-        if offset % 4 != 0 || offset.checked_add(4)? > self.len {
+        if !self.writable || offset % 4 != 0 || offset.checked_add(4)? > self.len {
             return None;
         }
         // SAFETY: the word is inside the live mapping (checked above, and
@@ -434,9 +480,15 @@ impl Mapping {
     }
 
     /// The whole mapping as 32-bit words shared with another domain, for
-    /// rings whose every access is atomic (a store to a mapping without
-    /// write access faults).
+    /// rings whose every access is atomic.
+    ///
+    /// # Panics
+    ///
+    /// If the mapping is read-only: an atomic is made for memory it may
+    /// store to (`AtomicU32::from_ptr`); read such words with
+    /// [`Mapping::read_words`].
     pub fn atomic_words(&self) -> &[AtomicU32] {
+        assert!(self.writable, "atomic access to a read-only mapping");
         // SAFETY: by the invariant the mapping is live for the lifetime of
         // `&self` and page-aligned; `AtomicU32` has the size and alignment
         // of `u32` and permits concurrent modification by the peer.
@@ -473,6 +525,45 @@ impl Mapping {
         // through `&mut self`; the caller promises nobody else accesses
         // the pages meanwhile.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
+    }
+}
+
+/// Copies `len` bytes from `src` to `dst`, one side being shared memory
+/// that another domain, process or thread may write meanwhile: every
+/// access to it is volatile (as rust-vmm's guest-memory accesses are), so
+/// the compiler neither assumes the bytes stay put nor merges or invents
+/// accesses; a racing writer changes the values copied, nothing else. The
+/// aligned middle goes a machine word at a time.
+///
+/// # Safety
+///
+/// `src` is valid for `len` bytes of reads, `dst` for `len` bytes of
+/// writes, and the two ranges do not overlap.
+unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
+    const WORD: usize = std::mem::size_of::<u64>();
+    let mut done = 0;
+    // Both sides aligned alike: the middle can go by words.
+    if (src as usize) % WORD == (dst as usize) % WORD {
+        let head = (WORD - (src as usize) % WORD) % WORD;
+        while done < head.min(len) {
+            // SAFETY: `done < len`: inside both ranges (caller's promise).
+            unsafe { dst.add(done).write_volatile(src.add(done).read_volatile()) };
+            done += 1;
+        }
+        while len - done >= WORD {
+            // SAFETY: `WORD` bytes from `done` are inside both ranges, and
+            // 8-aligned on both sides (same alignment, `head` skipped).
+            unsafe {
+                let word = src.add(done).cast::<u64>().read_volatile();
+                dst.add(done).cast::<u64>().write_volatile(word);
+            }
+            done += WORD;
+        }
+    }
+    while done < len {
+        // SAFETY: `done < len`: inside both ranges (caller's promise).
+        unsafe { dst.add(done).write_volatile(src.add(done).read_volatile()) };
+        done += 1;
     }
 }
 
@@ -536,11 +627,53 @@ mod tests {
         fd
     }
 
+    /// A mapping of a test's own memfd.
+    fn map(fd: &OwnedFd, len: usize, writable: bool) -> Mapping {
+        // SAFETY: the tests size their memfds before mapping and never
+        // shrink them.
+        unsafe { Mapping::new(fd, len, writable) }.unwrap()
+    }
+
+    #[test]
+    fn copies_of_every_alignment_and_length_are_exact() {
+        let fd = memfd(2 * 4096);
+        let m = map(&fd, 2 * 4096, true);
+        let source: Vec<u8> = (0..200u8).collect();
+        for offset in 0..9 {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 100, 200] {
+                m.write_at(0, &[0xee; 256]);
+                m.write_at(offset, &source[..len]);
+                let mut back = vec![0u8; len + 2];
+                m.read_at(offset, &mut back[1..=len]);
+                assert_eq!(&back[1..=len], &source[..len], "at {offset}, {len} bytes");
+                let mut after = [0u8];
+                m.read_at(offset + len, &mut after);
+                assert_eq!(
+                    after,
+                    [0xee],
+                    "nothing written past {len} bytes at {offset}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_mapping_is_refused() {
+        let fd = memfd(4096);
+        assert!(Mapping::check_file_holds(fd.as_fd(), 4096).is_ok());
+        let err = Mapping::check_file_holds(fd.as_fd(), 8192).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc_einval()));
+    }
+
+    fn libc_einval() -> i32 {
+        rustix::io::Errno::INVAL.raw_os_error()
+    }
+
     #[test]
     fn copies_in_and_out_reach_the_file() {
         let fd = memfd(3 * 4096);
-        let writer = Mapping::new(&fd, 3 * 4096, true).unwrap();
-        let reader = Mapping::new(&fd, 3 * 4096, false).unwrap();
+        let writer = map(&fd, 3 * 4096, true);
+        let reader = map(&fd, 3 * 4096, false);
         writer.write_at(4090, b"across a page");
         let mut seen = [0u8; 13];
         reader.read_at(4090, &mut seen);
@@ -556,7 +689,7 @@ mod tests {
     fn chunks_cover_the_mapping_once_in_order() {
         let len = Mapping::CHUNK * 2 + 4096;
         let fd = memfd(len as u64);
-        let map = Mapping::new(&fd, len, true).unwrap();
+        let map = map(&fd, len, true);
         map.write_chunks(|offset, piece| piece.fill((offset / Mapping::CHUNK) as u8 + 1));
         let mut pieces = Vec::new();
         let never = map.read_chunks(|offset, piece| {
@@ -588,39 +721,50 @@ mod tests {
     #[test]
     fn atomics_see_each_other_through_two_mappings() {
         let fd = memfd(4096);
-        let a = Mapping::new(&fd, 4096, true).unwrap();
-        let b = Mapping::new(&fd, 4096, true).unwrap();
+        let a = map(&fd, 4096, true);
+        let b = map(&fd, 4096, true);
         a.atomic_u32(8).unwrap().store(0xfeed, Ordering::Release);
         assert_eq!(b.atomic_words()[2].load(Ordering::Acquire), 0xfeed);
         assert!(a.atomic_u32(6).is_none(), "unaligned");
         assert!(a.atomic_u32(4094).is_none(), "past the end");
         assert_eq!(a.atomic_words().len(), 1024);
+        let reader = map(&fd, 4096, false);
+        assert!(reader.atomic_u32(8).is_none(), "read-only");
+        assert_eq!(reader.read_words()[2], 0xfeed);
+    }
+
+    #[test]
+    #[should_panic(expected = "atomic access to a read-only mapping")]
+    fn a_read_only_mapping_gives_no_atomics() {
+        let fd = memfd(4096);
+        let _ = map(&fd, 4096, false).atomic_words();
     }
 
     #[test]
     #[should_panic(expected = "read-only")]
     fn a_read_only_mapping_refuses_writes() {
         let fd = memfd(4096);
-        Mapping::new(&fd, 4096, false).unwrap().write_at(0, b"x");
+        map(&fd, 4096, false).write_at(0, b"x");
     }
 
     #[test]
     #[should_panic(expected = "leave a mapping of 4096 bytes")]
     fn copies_stay_inside() {
         let fd = memfd(4096);
-        Mapping::new(&fd, 4096, false)
-            .unwrap()
-            .read_at(4095, &mut [0u8; 2]);
+        map(&fd, 4096, false).read_at(4095, &mut [0u8; 2]);
     }
 
     #[test]
     fn mmap_errors_are_returned() {
         let fd = memfd(4096);
-        assert_eq!(
-            Mapping::new(&fd, 0, false).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
-        let read_only = std::fs::File::open("/dev/null").unwrap();
-        assert!(Mapping::new(&read_only, 4096, true).is_err());
+        // SAFETY: nothing is mapped: both calls fail.
+        unsafe {
+            assert_eq!(
+                Mapping::new(&fd, 0, false).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+            let read_only = std::fs::File::open("/dev/null").unwrap();
+            assert!(Mapping::new(&read_only, 4096, true).is_err());
+        }
     }
 }

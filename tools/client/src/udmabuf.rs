@@ -82,7 +82,11 @@ impl Udmabuf {
         if let Some(fill) = fill {
             let len = usize::try_from(size)
                 .map_err(|_| Error::invalid_input(&action, "larger than the address space"))?;
-            let map = Mapping::new(&memfd, len, true).map_err(|e| Error::new(&action, e))?;
+            // SAFETY: the memfd was sized to `size` bytes above and no
+            // one else has it yet to shrink it; the mapping ends in this
+            // block.
+            let map =
+                unsafe { Mapping::new(&memfd, len, true) }.map_err(|e| Error::new(&action, e))?;
             map.write_chunks(fill);
         }
         // udmabuf insists that the memfd cannot shrink under the dma-buf.
@@ -118,12 +122,22 @@ impl Udmabuf {
     ///
     /// # Errors
     ///
-    /// What `mmap` says.
+    /// What `mmap` says; `EINVAL` if the memfd is shorter than `size` or
+    /// not sealed against shrinking (the fields are public: a value not
+    /// made by [`Udmabuf::new`] is checked, not trusted).
     pub fn map(&self, writable: bool) -> Result<Mapping> {
         let action = || format!("mapping a udmabuf of {} bytes", self.size);
         let len = usize::try_from(self.size)
             .map_err(|_| Error::invalid_input(action(), "larger than the address space"))?;
-        Mapping::new(&self.memfd, len, writable).map_err(|e| Error::new(action(), e))
+        let seals =
+            rustix::fs::fcntl_get_seals(&self.memfd).map_err(|e| Error::new(action(), e.into()))?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(Error::new(action(), Errno::INVAL.into()));
+        }
+        Mapping::check_file_holds(self.memfd.as_fd(), len).map_err(|e| Error::new(action(), e))?;
+        // SAFETY: the memfd holds `len` bytes and is sealed against
+        // shrinking (both checked above), so it holds them while mapped.
+        unsafe { Mapping::new(&self.memfd, len, writable) }.map_err(|e| Error::new(action(), e))
     }
 }
 
@@ -131,5 +145,41 @@ impl AsFd for Udmabuf {
     /// The dma-buf.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.dmabuf.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(size: u64, sealed: bool) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .unwrap();
+        rustix::fs::ftruncate(&fd, size).unwrap();
+        if sealed {
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        }
+        fd
+    }
+
+    /// The fields are public: `map` checks them instead of trusting them,
+    /// or a memfd that can shrink (or a size larger than the file) would
+    /// give a mapping whose accesses fault.
+    #[test]
+    fn a_value_not_made_by_new_is_checked_before_mapping() {
+        let made = |memfd, size| Udmabuf {
+            dmabuf: memfd_for_dmabuf(),
+            memfd,
+            size,
+        };
+        assert!(made(memfd(8192, true), 8192).map(true).is_ok());
+        let unsealed = made(memfd(8192, false), 8192).map(true).unwrap_err();
+        assert_eq!(unsealed.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
+        let too_large = made(memfd(4096, true), 8192).map(false).unwrap_err();
+        assert_eq!(too_large.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
+    }
+
+    fn memfd_for_dmabuf() -> OwnedFd {
+        memfd(4096, false)
     }
 }

@@ -582,7 +582,8 @@ mod tests {
     fn region() -> Rc<SharedPages> {
         let fd = memfd_create("link", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, (PAGES * PAGE) as u64).unwrap();
-        let map = Mapping::new(&fd, PAGES * PAGE, true).unwrap();
+        // SAFETY: the memfd was sized above and only this test has it.
+        let map = unsafe { Mapping::new(&fd, PAGES * PAGE, true) }.unwrap();
         let pages = Rc::new(SharedPages(map));
         for lane in [DOWN, UP] {
             ring::init_shared(&RingPage::of(&pages, lane)).unwrap();

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hdmabuf_agent::rng::Rng;
@@ -739,7 +739,14 @@ impl<'g> Ctx<'g> {
             .gntdev
             .map_refs(self.dev.front_id, &[export.dir_gref.get()], false)
             .map_err(|e| format!("mapping the directory of {}: {e}", export.hid))?;
-        let words = root.mapping().atomic_words();
+        // Mapped read-only, so read through a copy of its words.
+        let words: Vec<AtomicU32> = root
+            .mapping()
+            .read_words()
+            .into_iter()
+            .map(AtomicU32::new)
+            .collect();
+        let words = words.as_slice();
         let layout = pgdir::read_root_header(words, export.size, u64::MAX)
             .map_err(|e| format!("the victim's directory: {e:?}"))?;
         let mut data = vec![GrantRef::FIRST; layout.root_entries()];

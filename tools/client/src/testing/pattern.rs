@@ -143,7 +143,9 @@ mod tests {
         let len = Mapping::CHUNK + 3 * 4096;
         let fd = rustix::fs::memfd_create("pattern", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, len as u64).unwrap();
-        let map = Mapping::new(&fd, len, true).unwrap();
+        // SAFETY: the memfd was sized to `len` above and only this test
+        // has it.
+        let map = unsafe { Mapping::new(&fd, len, true) }.unwrap();
         fill_mapping(5, &map);
         assert_eq!(first_mismatch_in(5, &map), None);
         let mut whole = vec![0u8; len];

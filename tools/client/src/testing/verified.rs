@@ -66,7 +66,10 @@ impl Verified {
     pub fn new(fd: OwnedFd, size: u64, rw: bool, seed: u64) -> Result<Self, String> {
         let len =
             usize::try_from(size).map_err(|_| format!("{size} bytes do not fit in memory"))?;
-        let map = Mapping::new(&fd, len, rw).map_err(|e| format!("mmap: {e}"))?;
+        Mapping::check_file_holds(fd.as_fd(), len).map_err(|e| format!("{size} bytes: {e}"))?;
+        // SAFETY: `fd` is an imported dma-buf (its size fixed when it was
+        // made) and holds `len` bytes (checked above).
+        let map = unsafe { Mapping::new(&fd, len, rw) }.map_err(|e| format!("mmap: {e}"))?;
         let v = Verified {
             map,
             fd,
