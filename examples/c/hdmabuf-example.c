@@ -20,7 +20,7 @@
  * import: imports the buffer ID (in the text form export printed), maps
  * it, checks that it holds the pattern of SEED and prints OK.
  *
- * The pattern is the hdmabuf tool's (tools/client/src/pattern.rs), so
+ * The pattern is the hdmabuf tool's (tools/client/src/testing/pattern.rs), so
  * either end may be `hdmabuf export --seed` or `hdmabuf import --verify`.
  * Exit status: 0 success, 1 failure, 2 bad usage.
  *
@@ -28,6 +28,7 @@
  *            -o hdmabuf-example examples/c/hdmabuf-example.c
  */
 #define _GNU_SOURCE /* memfd_create */
+#define _FILE_OFFSET_BITS 64 /* a 32-bit build sizes memfds past 2 GiB */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -49,13 +50,13 @@
 /* How long it waits for the grants to end after unexporting. */
 #define END_SECONDS 30
 
-static void fail(const char *what)
+static _Noreturn void fail(const char *what)
 {
 	fprintf(stderr, "hdmabuf-example: %s: %s\n", what, strerror(errno));
 	exit(1);
 }
 
-static void failx(const char *what)
+static _Noreturn void failx(const char *what)
 {
 	fprintf(stderr, "hdmabuf-example: %s\n", what);
 	exit(1);
@@ -300,6 +301,10 @@ static int import_buffer(const char *text, uint64_t seed)
 	/* The imported dma-buf lives on without the device fd. */
 	close(dev);
 
+	/* The size comes from the exporting domain: check it fits before
+	 * using it as a length (a 32-bit process has a 32-bit size_t). */
+	if (im.size == 0 || im.size > SIZE_MAX)
+		failx("the imported buffer's size does not fit this process");
 	bytes = mmap(NULL, im.size, PROT_READ, MAP_SHARED, im.fd, 0);
 	if (bytes == MAP_FAILED)
 		fail("mmap of the imported buffer");
@@ -328,8 +333,10 @@ static unsigned long long number(const char *text, unsigned long long max)
 	unsigned long long value;
 
 	errno = 0;
-	value = strtoull(text, &end, 0);
-	if (errno || end == text || *end || value > max) {
+	/* Decimal only, as the hdmabuf tool reads its numbers: strtoull
+	 * would take "010" as octal and "-1" as its largest value. */
+	value = strtoull(text, &end, 10);
+	if (errno || end == text || *end || text[0] == '-' || text[0] == '+' || value > max) {
 		fprintf(stderr, "hdmabuf-example: bad number: %s\n", text);
 		exit(2);
 	}
@@ -346,8 +353,9 @@ static int usage(void)
 int main(int argc, char **argv)
 {
 	if (argc >= 5 && argc <= 6 && strcmp(argv[1], "export") == 0) {
-		/* Whole pages, as udmabuf needs. */
-		__u64 size = number(argv[3], 1ULL << 32);
+		/* At most 4 GiB and what this process can map; rounded up to
+		 * whole pages below, as udmabuf needs. */
+		__u64 size = number(argv[3], SIZE_MAX < (1ULL << 32) ? SIZE_MAX : 1ULL << 32);
 		__u64 page = (__u64)sysconf(_SC_PAGESIZE);
 
 		size = (size + page - 1) / page * page;
