@@ -94,6 +94,14 @@ pub(crate) struct FileCtx {
     waker: FileWaker,
     #[pin]
     queue: Mutex<EventQueue>,
+    /// Held by a `read` from its look at the oldest record until it is
+    /// taken, so that two readers of one file never both deliver it.
+    /// Apart from `queue`'s lock: the copy to user space may fault, and
+    /// the fault path may post events (`queue` is taken under the mmap
+    /// lock), so `queue` is never held across the copy; this lock is
+    /// taken by nothing but `read`, never under the mmap lock.
+    #[pin]
+    reader: Mutex<()>,
 }
 
 impl FileCtx {
@@ -110,6 +118,7 @@ impl FileCtx {
                 admin,
                 waker,
                 queue <- new_mutex!(queue, "FileCtx::queue"),
+                reader <- new_mutex!((), "FileCtx::reader"),
             }),
             GFP_KERNEL,
         )
@@ -153,8 +162,11 @@ impl FileCtx {
         if len < Event::SIZE {
             return Err(EINVAL);
         }
-        // Take the record only once it can be delivered: a bad address
-        // must not lose it. A concurrent reader may take it first.
+        // One reader at a time: only a read takes records, so the oldest
+        // record this one copies is still the oldest when it takes it.
+        let _one_reader = self.reader.lock();
+        // Take the record only once it is delivered: a bad address must
+        // not lose it.
         let record = {
             let queue = self.queue.lock();
             if queue.len == 0 {
@@ -165,10 +177,7 @@ impl FileCtx {
         UserSlice::new(buf, Event::SIZE)
             .writer()
             .write_slice(&record)?;
-        let mut queue = self.queue.lock();
-        if queue.slots.get(queue.head) == Some(&record) {
-            queue.pop();
-        }
+        self.queue.lock().pop();
         Ok(Event::SIZE as isize)
     }
 }
