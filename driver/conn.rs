@@ -20,11 +20,11 @@ use kernel::time::msecs_to_jiffies;
 use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
-    self, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError, Released, SendError,
-    Sink, Tick,
+    self, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError, Reexport, Released,
+    FileRights, SendError, Sink, Tick,
 };
 use super::common::uapi::{Event, EventType};
-use super::common::wire::{Export, PrivData};
+use super::common::wire::{Export, ExportFlags, PrivData};
 use super::common::xen::{DomId, Status};
 use super::common::Error as ProtoError;
 use crate::context::Context;
@@ -547,13 +547,16 @@ impl Conn {
     ///
     /// # Errors
     ///
-    /// `None` if it is not exported to this peer; `Some(Err(_))` if the
-    /// re-export's UPDATE cannot be sent: `EAGAIN` (ring full), `ENOMEM`,
-    /// `ENOTCONN`.
+    /// `None` if it is not exported to this peer; `Some(Err(_))`: `EPERM`
+    /// (another file's export, and `file` may not manage it),
+    /// `EINVAL` (exported with other flags), or the re-export's UPDATE
+    /// cannot be sent: `EAGAIN` (ring full), `ENOMEM`, `ENOTCONN`.
     pub(crate) fn update_existing(
         &self,
         ctx: &Context,
         identity: usize,
+        file: FileRights,
+        flags: ExportFlags,
         priv_data: PrivData,
     ) -> Option<Result<HyperDmabufId>> {
         self.locked(ctx, |parts, sink| {
@@ -562,9 +565,9 @@ impl Conn {
                 Some(l) => (Some(&mut l.channel), Some(&l.irq)),
                 None => (None, None),
             };
-            let updated = parts
-                .ledger
-                .update_existing(channel, sink, identity, priv_data)?;
+            let updated = parts.ledger.update_existing(
+                channel, sink, identity, file, flags, priv_data,
+            )?;
             Some(match updated {
                 Ok((hid, notify)) => {
                     if let (true, Some(irq)) = (notify, irq) {
@@ -572,7 +575,9 @@ impl Conn {
                     }
                     Ok(hid)
                 }
-                Err(e) => Err(send_errno(e)),
+                Err(Reexport::NotOwner) => Err(EPERM),
+                Err(Reexport::OtherFlags) => Err(EINVAL),
+                Err(Reexport::Send(e)) => Err(send_errno(e)),
             })
         })
     }

@@ -12,6 +12,7 @@ use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
 use super::common::id::HyperDmabufId;
+use super::common::ledger::FileRights;
 use super::common::uapi::{
     self, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, QueryItem, UnexportArgs,
     IMPORT_RW,
@@ -81,7 +82,11 @@ pub(crate) fn ioctl(driver: &Driver, file: &FileCtx, cmd: u32, arg: usize) -> Re
         uapi::IOCTL_EXPORT => {
             let record = read_record::<{ ExportArgs::SIZE }>(arg)?;
             let mut args = ExportArgs::decode_in(&record).map_err(bad_record)?;
-            let hid = export::export(driver, file.id, &args)?;
+            let rights = FileRights {
+                file: file.id,
+                admin: file.admin,
+            };
+            let hid = export::export(driver, rights, &args)?;
             args.hid = Some(hid);
             write_record(arg, &args.encode())?;
         }

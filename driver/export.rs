@@ -12,7 +12,7 @@ use kernel::prelude::*;
 
 use super::common::grantable;
 use super::common::id::{HyperDmabufId, KEY_LEN};
-use super::common::ledger::{self, export_flags_allowed, export_layout, ExportRefusal};
+use super::common::ledger::{self, export_flags_allowed, export_layout, ExportRefusal, FileRights};
 use super::common::uapi::ExportArgs;
 use super::common::wire::{Export, ExportFlags};
 use super::common::xen::Status;
@@ -37,17 +37,24 @@ fn refused(refusal: ExportRefusal) -> Error {
     Error::from_errno(-refusal.errno())
 }
 
-/// `HDMABUF_IOCTL_EXPORT` for the file `owner`.
+/// `HDMABUF_IOCTL_EXPORT` for the open file `file`.
 ///
 /// # Errors
 ///
-/// `ENOTCONN` with no connection to the peer; the ledger's refusals
+/// For a buffer exported already to the peer: `EPERM` if another file
+/// exported it and `file` may not manage it, `EINVAL` if with other
+/// flags. `ENOTCONN` with no connection to the peer; the ledger's refusals
 /// (`EPERM`, `EINVAL`, `E2BIG`); `EBADF` or `EINVAL` for a descriptor that
 /// is not open or no dma-buf, and `EINVAL` for pages that may not be
 /// granted (`common::grantable`); what the exporter's attach or map
 /// returned; `ENOMEM`; the peer's refusal as an errno, or `ETIMEDOUT`
 /// without an answer.
-pub(crate) fn export(driver: &Driver, owner: u64, args: &ExportArgs) -> Result<HyperDmabufId> {
+pub(crate) fn export(
+    driver: &Driver,
+    file: FileRights,
+    args: &ExportArgs,
+) -> Result<HyperDmabufId> {
+    let owner = file.file;
     let conn = driver
         .conn_for_peer(args.remote)
         .ok_or_else(errno::enotconn)?;
@@ -58,7 +65,9 @@ pub(crate) fn export(driver: &Driver, owner: u64, args: &ExportArgs) -> Result<H
         .map_err(|f| Error::from_errno(-grantable::pin_errno(f.step, f.errno)))?;
     let size = pin.size();
     let layout = export_layout(&config, size).map_err(refused)?;
-    if let Some(again) = conn.update_existing(driver, pin.identity(), args.priv_data) {
+    if let Some(again) =
+        conn.update_existing(driver, pin.identity(), file, args.flags, args.priv_data)
+    {
         return again;
     }
     let identity = pin.identity();

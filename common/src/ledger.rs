@@ -168,6 +168,9 @@ pub struct ExportRecord<G> {
     pub identity: usize,
     /// When a delayed unexport is due (milliseconds on the host's clock).
     unexport_at: Option<u64>,
+    /// Its file was closed: it is being unexported, and exporting the
+    /// same buffer again makes a new export rather than reviving this one.
+    owner_closed: bool,
     /// What keeps its pages granted.
     pub grants: G,
 }
@@ -181,8 +184,15 @@ impl<G> ExportRecord<G> {
             owner,
             identity,
             unexport_at: None,
+            owner_closed: false,
             grants,
         }
+    }
+
+    /// Whether exporting its buffer again is a re-export of this record:
+    /// it is neither unexported nor going because its file was closed.
+    const fn reexportable(&self, identity: usize) -> bool {
+        self.identity == identity && !self.state.unexported() && !self.owner_closed
     }
 
     /// When its delayed unexport is due, if one is scheduled.
@@ -398,6 +408,30 @@ pub const fn export_refusal_errno(status: Status) -> i32 {
     }
 }
 
+/// An open file of the control device as the export rules see it: which
+/// one, and whether it may manage every export of this domain
+/// ([`uapi::may_manage_export`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRights {
+    /// The open file.
+    pub file: u64,
+    /// Whether its opener is an administrator.
+    pub admin: bool,
+}
+
+/// Why exporting a buffer exported already did not update it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reexport {
+    /// Another file exported it, and this one may not manage it
+    /// (`EPERM`): it may not change its private data, cancel its delayed
+    /// unexport or learn its id.
+    NotOwner,
+    /// It is exported with other flags (`EINVAL`): unexport it first.
+    OtherFlags,
+    /// The update was taken but its UPDATE not sent.
+    Send(SendError),
+}
+
 /// Why a message of ours was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -594,40 +628,47 @@ where
     ///
     /// # Errors
     ///
-    /// `Some(Err(_))`: [`SendError::RingFull`], or
-    /// [`SendError::NotConnected`] without a channel; the export took the
-    /// private data all the same.
+    /// `Some(Err(_))`: [`Reexport::NotOwner`] if `file` may not manage
+    /// the export ([`uapi::may_manage_export`]), [`Reexport::OtherFlags`]
+    /// if it was exported with other flags (nothing changes then); or the
+    /// UPDATE was not sent ([`SendError::RingFull`], or
+    /// [`SendError::NotConnected`] without a channel), and the export took
+    /// the private data all the same.
     pub fn update_existing<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
         sink: &mut impl Sink<G>,
         identity: usize,
+        file: FileRights,
+        flags: ExportFlags,
         priv_data: PrivData,
-    ) -> Option<Result<(HyperDmabufId, bool), SendError>> {
-        let key = self
-            .exports
-            .find(|e| e.identity == identity && !e.state.unexported())?;
+    ) -> Option<Result<(HyperDmabufId, bool), Reexport>> {
+        let key = self.exports.find(|e| e.reexportable(identity))?;
         let record = self.exports.get_mut(key)?;
+        if !uapi::may_manage_export(record.owner, file.file, file.admin) {
+            return Some(Err(Reexport::NotOwner));
+        }
+        if record.info.flags != flags {
+            return Some(Err(Reexport::OtherFlags));
+        }
         record.info.priv_data = priv_data;
         record.unexport_at = None;
         let hid = record.info.hid;
         let Some(channel) = channel else {
-            return Some(Err(SendError::NotConnected));
+            return Some(Err(Reexport::Send(SendError::NotConnected)));
         };
         let sent = channel.send(Message::Update { hid, priv_data }, None);
         sink.sent(sent.is_ok());
         Some(
             sent.map(|notify| (hid, notify))
-                .map_err(|_| SendError::RingFull),
+                .map_err(|_| Reexport::Send(SendError::RingFull)),
         )
     }
 
     /// Whether we export the local buffer `identity` and it is not being
     /// unexported (so an export of it is an update).
     pub fn exports_identity(&self, identity: usize) -> bool {
-        self.exports
-            .find(|e| e.identity == identity && !e.state.unexported())
-            .is_some()
+        self.exports.find(|e| e.reexportable(identity)).is_some()
     }
 
     /// Schedules the unexport of `hid` at `due` (host clock); one already
@@ -648,6 +689,7 @@ where
         self.exports.for_each_mut(|_, e| {
             if e.owner == owner && !e.state.unexported() {
                 e.unexport_at = Some(now);
+                e.owner_closed = true;
             }
         });
     }

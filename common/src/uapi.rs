@@ -123,8 +123,9 @@ pub const IMPORT_RW: u32 = 1 << 0;
 ///    208   24  hid            out  the buffer's hyper_dmabuf_id
 /// ```
 ///
-/// Exporting the same dma-buf to the same domain again updates its private
-/// data and returns the same id.
+/// Exporting the same dma-buf to the same domain again, from the file that
+/// exported it (or an administrator's) with the same flags, updates its
+/// private data and returns the same id (docs/uapi.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportArgs {
     /// The local dma-buf.

@@ -35,7 +35,8 @@ use std::sync::atomic::AtomicU32;
 use hyper_dmabuf_common::channel::{Channel, ChannelConfig};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
-    Claim, ExportRecord, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, Released, Sink,
+    Claim, ExportRecord, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
+    Reexport, Released, Sink,
 };
 use hyper_dmabuf_common::limits::{GNTTAB_NR_RESERVED_ENTRIES, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
@@ -395,6 +396,7 @@ pub fn run(data: &[u8]) {
     let mut fx = Effects::default();
     let mut held: HashMap<HyperDmabufId, Held> = HashMap::new();
     let mut local_hids: HashMap<u8, HyperDmabufId> = HashMap::new();
+    let mut local_owners: HashMap<u8, u64> = HashMap::new();
     let mut next = 1u64;
     let mut now = 0u64;
     let peer_id = DomId::new(1).expect("not reserved");
@@ -566,14 +568,33 @@ pub fn run(data: &[u8]) {
                     let local = local % LOCAL;
                     let identity = usize::from(local);
                     let owner = u64::from(owner % 3);
+                    let rights = FileRights {
+                        file: owner,
+                        admin: false,
+                    };
                     if let Some(done) = ledger.update_existing(
                         Some(&mut channel),
                         &mut fx,
                         identity,
+                        rights,
+                        ExportFlags::default(),
                         PrivData::EMPTY,
                     ) {
-                        if let Ok((hid, _)) = done {
-                            assert_eq!(local_hids.get(&local), Some(&hid));
+                        match done {
+                            Ok((hid, _)) => {
+                                assert_eq!(local_hids.get(&local), Some(&hid));
+                                assert_eq!(local_owners.get(&local), Some(&owner));
+                            }
+                            // Another file's export, still open, is not this
+                            // one's to update; a closed file's is not found.
+                            Err(Reexport::NotOwner) => {
+                                assert!(
+                                    matches!(local_owners.get(&local), Some(o) if *o != owner),
+                                    "{local}: exported by {:?}, not {owner}",
+                                    local_owners.get(&local)
+                                );
+                            }
+                            Err(_) => {}
                         }
                         continue;
                     }
@@ -596,6 +617,7 @@ pub fn run(data: &[u8]) {
                         .is_ok()
                     {
                         local_hids.insert(local, hid);
+                        local_owners.insert(local, owner);
                     } else {
                         fx.issued.remove(&token);
                         assert!(
@@ -610,7 +632,11 @@ pub fn run(data: &[u8]) {
                         assert_eq!(ledger.schedule_unexport(hid, now + u64::from(delay)), known);
                     }
                 }
-                LedgerOp::Close { owner } => ledger.unexport_owned_by(u64::from(owner % 3), now),
+                LedgerOp::Close { owner } => {
+                    let owner = u64::from(owner % 3);
+                    ledger.unexport_owned_by(owner, now);
+                    local_owners.retain(|_, o| *o != owner);
+                }
                 LedgerOp::Tick { advance } => {
                     now += u64::from(advance);
                     let tick = ledger.tick(Some(&mut channel), &mut fx, now);
@@ -752,6 +778,26 @@ mod tests {
         fn ledger_oracle(limit in any::<u8>(), ops in proptest::collection::vec(op(), 0..80)) {
             run(&encode(limit, &ops));
         }
+    }
+
+    /// A buffer exported by file 0 and exported again by file 1 (refused:
+    /// not its export), by file 0 (an update), then file 0 closed and the
+    /// buffer exported by file 1 (a new export, not a revival of the one
+    /// going away): the oracles in `run` check each answer.
+    #[test]
+    fn a_reexport_is_its_owners_alone() {
+        let export = |owner| LedgerOp::Export { local: 0, owner };
+        run(&encode(
+            8,
+            &[
+                export(0),
+                export(1),
+                export(0),
+                LedgerOp::Close { owner: 0 },
+                export(1),
+                export(1),
+            ],
+        ));
     }
 
     #[test]

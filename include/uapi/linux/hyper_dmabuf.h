@@ -50,8 +50,10 @@ struct hdmabuf_id {
 
 /*
  * HDMABUF_IOCTL_EXPORT: share the dma-buf dmabuf_fd with remote_domid.
- * Exporting the same dma-buf to the same domain again updates its private
- * data and returns the same id.
+ * Exporting the same dma-buf to the same domain again, from the file that
+ * exported it (or an administrator's) with the same flags, updates its
+ * private data and returns the same id; another file gets EPERM, other
+ * flags EINVAL.
  */
 struct hdmabuf_export {
 	__s32 dmabuf_fd;		/* in: the local dma-buf */

@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, VecDeque};
 use hyper_dmabuf_common::channel::{Channel, ChannelConfig, ExportState, ImportState};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
-    self, Claim, ExportRecord, ExportRefusal, ImportRecord, ImportRefusal, ImportStep, Ledger,
-    MappedError, SendError, Sink,
+    self, Claim, ExportRecord, ExportRefusal, FileRights, ImportRecord, ImportRefusal, ImportStep,
+    Ledger, MappedError, Reexport, SendError, Sink,
 };
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{
@@ -61,6 +61,8 @@ pub enum DriverError {
     Decode(Error),
     /// A grant operation failed.
     Grant(GrantError),
+    /// The buffer is exported already, with other flags.
+    OtherFlags,
 }
 
 impl From<ImportRefusal> for DriverError {
@@ -72,6 +74,23 @@ impl From<ImportRefusal> for DriverError {
         }
     }
 }
+
+impl From<Reexport> for DriverError {
+    fn from(e: Reexport) -> Self {
+        match e {
+            // The simulated domain has one user, the owner of every export.
+            Reexport::NotOwner => DriverError::NoSuchBuffer,
+            Reexport::OtherFlags => DriverError::OtherFlags,
+            Reexport::Send(e) => e.into(),
+        }
+    }
+}
+
+/// The simulated domain's one user, who owns every export.
+const USER: FileRights = FileRights {
+    file: 0,
+    admin: false,
+};
 
 impl From<SendError> for DriverError {
     fn from(e: SendError) -> Self {
@@ -459,7 +478,7 @@ impl Domain {
             data,
             dir,
         };
-        Ok(ExportRecord::new(export, 0, buf.0 as usize, grants))
+        Ok(ExportRecord::new(export, USER.file, buf.0 as usize, grants))
     }
 
     /// Grants the buffer's pages to the peer, builds its directory and
@@ -507,9 +526,14 @@ impl Domain {
         if self.ledger.exports_identity(buf.0 as usize) {
             let chan = self.conn.as_mut().map(|c| &mut c.chan);
             let mut ctx = Self::ctx(&mut self.user, hv, me);
+            let flags = if rw {
+                ExportFlags::WRITABLE
+            } else {
+                ExportFlags::default()
+            };
             if let Some(updated) =
                 self.ledger
-                    .update_existing(chan, &mut ctx, buf.0 as usize, priv_data)
+                    .update_existing(chan, &mut ctx, buf.0 as usize, USER, flags, priv_data)
             {
                 let (hid, notify) = updated?;
                 self.notify_if(hv, notify);
@@ -577,16 +601,20 @@ impl Domain {
         priv_data: PrivData,
     ) -> Result<u64, DriverError> {
         let conn = self.conn.as_mut().ok_or(DriverError::NotConnected)?;
-        let identity = self
-            .ledger
-            .export(hid)
-            .ok_or(DriverError::NoSuchBuffer)?
-            .identity;
+        let record = self.ledger.export(hid).ok_or(DriverError::NoSuchBuffer)?;
+        let (identity, flags) = (record.identity, record.info.flags);
         let me = self.id;
         let mut ctx = Self::ctx(&mut self.user, hv, me);
         let (_, notify) = self
             .ledger
-            .update_existing(Some(&mut conn.chan), &mut ctx, identity, priv_data)
+            .update_existing(
+                Some(&mut conn.chan),
+                &mut ctx,
+                identity,
+                USER,
+                flags,
+                priv_data,
+            )
             .ok_or(DriverError::NoSuchBuffer)??;
         self.notify_if(hv, notify);
         let token = self.token();

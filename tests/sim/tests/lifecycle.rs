@@ -196,6 +196,32 @@ fn read_only_export_stays_read_only() {
     }
 }
 
+/// Exporting a buffer again with other flags is refused and changes
+/// nothing: a read-only export does not become read-write behind its
+/// importers, nor the other way round.
+#[test]
+fn a_reexport_keeps_its_flags() {
+    let mut w = World::new(WorldConfig::default());
+    let s = export(&mut w, Side::Front, 8192, false, 5);
+    w.pump();
+    let (dom, hv) = w.split(Side::Front);
+    assert_eq!(
+        dom.export(hv, s.buf, true, hyper_dmabuf_common::wire::PrivData::EMPTY),
+        Err(DriverError::OtherFlags)
+    );
+    let (dom, hv) = w.split(Side::Front);
+    let (again, _) = dom
+        .export(hv, s.buf, false, hyper_dmabuf_common::wire::PrivData::EMPTY)
+        .unwrap();
+    assert_eq!(again, s.hid, "the same flags: an update of the same export");
+    w.pump();
+    let (dom, hv) = w.split(Side::Back);
+    assert_eq!(dom.import(hv, &s.hid, true), Err(DriverError::NotWritable));
+    w.pump();
+    w.check();
+    w.finish();
+}
+
 /// Without `feature-rw` a read-write export is refused locally, and one
 /// forced onto the ring is refused by the peer.
 #[test]

@@ -239,14 +239,17 @@ impl Device {
     /// Shares the pages of `dmabuf`, a dma-buf of this domain's memory,
     /// with `domain`; returns the id the importer asks for.
     ///
-    /// Exporting the same dma-buf to the same domain again returns the
-    /// same id and replaces its private data. The export lasts until
+    /// Exporting the same dma-buf to the same domain again, through this
+    /// device file and with the same options' flags, returns the same id
+    /// and replaces its private data. The export lasts until
     /// [`Device::unexport`], or until this open file is closed.
     ///
     /// # Errors
     ///
     /// `ENOTCONN` (no device links the two domains), `EINVAL` (not a
-    /// dma-buf of whole RAM pages), `EPERM` (read-write not allowed),
+    /// dma-buf of whole RAM pages, or exported already with other flags),
+    /// `EPERM` (read-write not allowed, or another file's export),
+    /// `EINTR` (a signal; the export was withdrawn),
     /// `E2BIG`, `ENOSPC`/`ENOMEM`, `ETIMEDOUT`, and `EAGAIN` (the ring is
     /// full: [`Error::should_retry`]); each with a hint.
     pub fn export(
@@ -512,15 +515,18 @@ fn export_hint(errno: Errno) -> Option<&'static str> {
             "no connected hyper_dmabuf device links this domain to that one: attach one \
              (hdmabuf xl attach DOMID in dom0) and load the driver in both domains",
         ),
-        Errno::PERM => {
-            Some("read-write sharing is not enabled on this device (feature-rw=0 / rw=0)")
-        }
+        Errno::PERM => Some(
+            "read-write sharing is not enabled on this device (feature-rw=0 / rw=0), or \
+             another open file of the device exported this buffer to that domain",
+        ),
         Errno::TOOBIG => Some("the buffer is larger than the device's max-buffer-size"),
         Errno::TIMEDOUT => Some("the peer domain did not answer; is its driver running?"),
         Errno::INVAL => Some(
             "the fd must be a dma-buf of this domain's own RAM pages (not an import), \
-             whole pages from offset 0",
+             whole pages from offset 0; or it is exported already with other flags: \
+             unexport it first",
         ),
+        Errno::INTR => Some("a signal came while waiting for the peer: export again"),
         Errno::NOSPC | Errno::NOMEM => {
             Some("the peer or this domain keeps no more buffers: unexport some first")
         }
