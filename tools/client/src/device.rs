@@ -147,7 +147,9 @@ pub struct Imported {
     pub fd: OwnedFd,
     /// Its size in bytes, a multiple of the page size.
     pub size: u64,
-    /// Whether it was imported read-write (the dma-buf is `O_RDWR`).
+    /// Whether the dma-buf is `O_RDWR`: imported read-write, or asked
+    /// read-only while this domain maps the buffer read-write already
+    /// (the import is then that same dma-buf).
     pub writable: bool,
 }
 
@@ -276,8 +278,13 @@ impl Device {
     /// `EAGAIN` ([`Error::should_retry`]); each with a hint.
     pub fn import(&self, id: &HyperDmabufId, writable: bool) -> Result<Imported> {
         let mut record = import_args(id, writable).encode();
+        let action = || format!("importing {id}");
         let (fd, out) = sys::import(self.fd.as_fd(), &mut record)
-            .map_err(|e| Error::hinted(format!("importing {id}"), e, import_hint))?;
+            .map_err(|e| Error::hinted(action(), e, import_hint))?;
+        // What the descriptor is, not what was asked: a buffer this domain
+        // maps read-write already comes back as that same file, O_RDWR.
+        let mode = rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::new(action(), e.into()))?;
+        let writable = mode & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR;
         Ok(Imported {
             fd,
             size: out.size,
