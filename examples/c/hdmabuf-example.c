@@ -156,6 +156,8 @@ static int wait_event(int dev, const struct hdmabuf_id *hid, __u32 type, __u64 s
 				continue;
 			fail("poll");
 		}
+		if (pfd.revents & (POLLERR | POLLNVAL))
+			failx("the device's descriptor failed");
 		if (!(pfd.revents & POLLIN))
 			continue;
 		got = read(dev, &ev, sizeof(ev));
