@@ -20,8 +20,8 @@ use kernel::time::msecs_to_jiffies;
 use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
-    self, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError, Reexport, Released,
-    FileRights, SendError, Sink, Tick,
+    self, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError,
+    Reexport, Released, SendError, Sink, Tick,
 };
 use super::common::uapi::{Event, EventType};
 use super::common::wire::{Export, ExportFlags, PrivData};
@@ -565,9 +565,9 @@ impl Conn {
                 Some(l) => (Some(&mut l.channel), Some(&l.irq)),
                 None => (None, None),
             };
-            let updated = parts.ledger.update_existing(
-                channel, sink, identity, file, flags, priv_data,
-            )?;
+            let updated = parts
+                .ledger
+                .update_existing(channel, sink, identity, file, flags, priv_data)?;
             Some(match updated {
                 Ok((hid, notify)) => {
                     if let (true, Some(irq)) = (notify, irq) {
