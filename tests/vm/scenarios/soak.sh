@@ -45,6 +45,12 @@ FAULT_MAX=${FAULT_MAX:-60}
 # boots and shares before the agents stop).
 SOAK_START=${SOAK_START:-60}
 FAULT_TAIL=${FAULT_TAIL:-60}
+# The last moment, in seconds before the end, to destroy g1: creating it
+# again (about 25 s with its devices) must be done before g2, the backend
+# of one of them, ends its soak and powers off at END (on its own clock);
+# later, the fault drawn is an agent kill instead. (A g1 destroyed 21 s
+# before the end of the one-minute soak failed its creation: g2 was gone.)
+RECREATE_BY=${RECREATE_BY:-40}
 # The seed of everything random here; the agents' seeds derive from it.
 SOAK_SEED=${SOAK_SEED:-20261201}
 # Whether g2, the driver domain, restarts its driver (0: it kills its
@@ -250,6 +256,7 @@ dom0/main)
         fi
         next_fault
         rand 2
+        [ "$RAND" = 1 ] || [ "$(now)" -le $((END - RECREATE_BY)) ] || RAND=1
         case $RAND in
         0)
             old=$(xl domid g1)
