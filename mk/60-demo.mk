@@ -12,7 +12,7 @@ DEMO_LOGS := target/vmtest/demo
 demo: export HDMABUF_KERNEL := release
 demo:
 	@$(MAKE) --no-print-directory images vm-runner
-	@rc=0; $(VM_RUNNER) run --images "$(VM_IMAGES)" demo || rc=$$?; \
+	@rc=0; $(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --images "$(VM_IMAGES)" demo || rc=$$?; \
 	  echo; echo "hyper-dmabuf demo report"; \
 	  for log in $(DEMO_LOGS)/dom0.log $(DEMO_LOGS)/guest-*.log; do \
 	    [ -f "$$log" ] && sed -n 's/^report| //p' "$$log"; done; \

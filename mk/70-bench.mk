@@ -30,7 +30,7 @@ bench-plot-deps:
 bench-vm: export HDMABUF_KERNEL := release
 bench-vm: bench-plot-deps
 	@$(MAKE) --no-print-directory images vm-runner
-	@$(VM_RUNNER) run --images "$(VM_IMAGES)" bench
+	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --images "$(VM_IMAGES)" bench
 	@$(MAKE) -s bench-report
 
 # The report alone, from the logs of the last run.

@@ -14,7 +14,7 @@ SOAK_OUT := target/soak
 SOAK_LOGS := target/vmtest/soak
 
 soak: images vm-runner
-	@$(VM_RUNNER) run --images "$(VM_IMAGES)" soak
+	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --images "$(VM_IMAGES)" soak
 	@$(MAKE) -s soak-report
 
 # The scenario's `soak-summary` report lines of dom0's log, as KEY=VALUE

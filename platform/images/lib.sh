@@ -7,6 +7,8 @@
 #   HDM_TYPE    dom0, pv or pvh
 #   HDM_PHASE   main (every domain), final (dom0 only, after the domUs ended)
 #   HDM_ROLE    the role the modules must log: "dom0 PV", "domU PV", "domU PVH"
+#   HDM_TIME_SCALE  every wait's limit in percent of what the scenario says
+#               (hdm.time_scale= from the VM test runner's --time-scale)
 
 HDM_MODDIR=/hdm/modules
 
@@ -86,6 +88,18 @@ hdm_cmdline() {
     return 1
 }
 
+# The scale of every time limit (see HDM_TIME_SCALE above). dom0's init
+# hands it on to each domU's command line.
+if [ -z "${HDM_TIME_SCALE:-}" ]; then
+    HDM_TIME_SCALE=$(hdm_cmdline hdm.time_scale) || HDM_TIME_SCALE=100
+    export HDM_TIME_SCALE
+fi
+
+# hdm_limit SECONDS: a scenario's limit of SECONDS, scaled: the seconds to
+# wait for, and to pass to a tool's --timeout. Limits catch hangs; a slow
+# host needs longer ones, not different tests.
+hdm_limit() { echo $(($1 * HDM_TIME_SCALE / 100)); }
+
 # hdm_header FILE KEY: the values of `# hdm: KEY = VALUE` lines of a scenario.
 hdm_header() {
     sed -n "s/^# hdm: *$2 *= *//p" "$1"
@@ -121,7 +135,8 @@ hdm_stats() { awk '{ printf "%s=%s ", $1, $2 } END { print "" }' "$HDM_STATS"; }
 hdm_wait_stat() {
     local deadline=$(hdm_deadline ${3:-30})
     while [ "$(hdm_stat "$1")" != "$2" ]; do
-        hdm_in_time $deadline || hdm_fail "counter $1 is $(hdm_stat "$1"), not $2, after ${3:-30} s ($(hdm_stats))"
+        hdm_in_time $deadline ||
+            hdm_fail "counter $1 is $(hdm_stat "$1"), not $2, after $(hdm_limit ${3:-30}) s ($(hdm_stats))"
         sleep 0.1
     done
 }
@@ -146,7 +161,7 @@ hdm_wait_device() {
     while :; do
         line=$(hdmabuf xl list "$1" | awk -v d="$2" '$2 == d { print $4 "/" $5 }')
         [ "$line" = "$3/$4" ] && break
-        hdm_in_time $deadline || hdm_fail "device $2 of domain $1 is ${line:-absent}, not $3/$4, after ${5:-60} s"
+        hdm_in_time $deadline || hdm_fail "device $2 of domain $1 is ${line:-absent}, not $3/$4, after $(hdm_limit ${5:-60}) s"
         sleep 0.1
     done
     hdm_log "device $2 of domain $1: $3/$4"
@@ -158,7 +173,7 @@ hdm_wait_device() {
 hdm_no_nodes() {
     local deadline=$(hdm_deadline ${2:-30})
     until hdmabuf xl list "$1" | grep -q "^no hyper_dmabuf devices"; do
-        hdm_in_time $deadline || hdm_fail "nodes of domain $1 left after ${2:-30} s: $(hdmabuf xl list "$1")"
+        hdm_in_time $deadline || hdm_fail "nodes of domain $1 left after $(hdm_limit ${2:-30}) s: $(hdmabuf xl list "$1")"
         sleep 0.1
     done
     hdm_log "no hyper_dmabuf node of domain $1 is left"
@@ -183,10 +198,10 @@ hdm_check_clean() {
 }
 
 # hdm_watch FILE [SECONDS]: record events as JSON lines in FILE, in the
-# background, for SECONDS (300) at most (the watcher's pid in HDM_WATCH_PID
-# and in FILE.pid, where hdm_wait_event looks for it).
+# background, for SECONDS (300, scaled) at most (the watcher's pid in
+# HDM_WATCH_PID and in FILE.pid, where hdm_wait_event looks for it).
 hdm_watch() {
-    hdmabuf --json watch --timeout "${2:-300}" >"$1" 2>&1 &
+    hdmabuf --json watch --timeout "$(hdm_limit ${2:-300})" >"$1" 2>&1 &
     HDM_WATCH_PID=$!
     echo $HDM_WATCH_PID >"$1.pid"
 }
@@ -206,7 +221,7 @@ hdm_wait_event() {
             [ -n "$line" ] && break
             hdm_fail "no $2 event${3:+ matching $3}: the event watch writing $1 has ended ($(tail -n 1 "$1"))"
         fi
-        hdm_in_time $deadline || hdm_fail "no $2 event${3:+ matching $3} within ${4:-60} s"
+        hdm_in_time $deadline || hdm_fail "no $2 event${3:+ matching $3} within $(hdm_limit ${4:-60}) s"
         sleep 0.1
     done
     echo "$line" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
@@ -230,7 +245,7 @@ hdm_count_events() { grep -c "\"event\":\"$2\"" "$1"; }
 hdm_wait_count() {
     local deadline=$(hdm_deadline ${4:-60})
     while [ "$(hdm_count_events "$1" "$2")" -lt "$3" ]; do
-        hdm_in_time $deadline || hdm_fail "fewer than $3 $2 events after ${4:-60} s"
+        hdm_in_time $deadline || hdm_fail "fewer than $3 $2 events after $(hdm_limit ${4:-60}) s"
         sleep 0.1
     done
 }
@@ -242,9 +257,10 @@ hdm_report() { echo "report| [$HDM_DOMAIN] $*"; }
 # hdm_ms: milliseconds since boot (for the report's durations).
 hdm_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 
-# hdm_deadline SECONDS: the hdm_ms time SECONDS from now. Waits count time,
-# not rounds: a round's processes take as long as its sleep on a busy host.
-hdm_deadline() { echo $(($(hdm_ms) + $1 * 1000)); }
+# hdm_deadline SECONDS: the hdm_ms time a limit of SECONDS (scaled, see
+# hdm_limit) from now. Waits count time, not rounds: a round's processes
+# take as long as its sleep on a busy host.
+hdm_deadline() { echo $(($(hdm_ms) + $1 * HDM_TIME_SCALE * 10)); }
 
 # hdm_in_time DEADLINE: whether DEADLINE (from hdm_deadline) is not past.
 hdm_in_time() { [ "$(hdm_ms)" -le "$1" ]; }

@@ -29,6 +29,7 @@ use hyper_dmabuf_xenbus_proto::schema;
 use hyper_dmabuf_xenbus_proto::XenbusState;
 
 use crate::ffi::{self, Granted};
+use crate::limits::scaled;
 use crate::malformed;
 use crate::peer::{Conn, Device, Rings, ANSWER};
 use crate::xs::{mailbox, Xs};
@@ -275,7 +276,7 @@ impl<'g> Ctx<'g> {
     /// the ring meanwhile (an import makes the victim send MAPPED).
     fn referee(&mut self, command: &str, mut conn: Option<&mut Conn<'_>>) -> Result<(), String> {
         let seq = self.post(command)?;
-        self.await_referee(seq, command, REFEREE_ANSWER, |_, _| {
+        self.await_referee(seq, command, scaled(REFEREE_ANSWER), |_, _| {
             match conn.as_deref_mut() {
                 Some(c) => c.serve().map(drop),
                 None => Ok(()),
@@ -375,7 +376,7 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, only: &[String]) -> Result<(), String> {
                 if QUIET.contains(&name) {
                     let command = format!("begin {name} quiet");
                     let seq = ctx.post(&command)?;
-                    ctx.await_referee(seq, &command, QUIET_WITHIN, |_, _| Ok(()))
+                    ctx.await_referee(seq, &command, scaled(QUIET_WITHIN), |_, _| Ok(()))
                 } else {
                     ctx.referee(&format!("begin {name}"), None)
                 }

@@ -11,6 +11,7 @@ mod cases;
 mod ffi;
 mod ioctl;
 mod latency;
+mod limits;
 mod malformed;
 mod mm;
 mod peer;

@@ -73,6 +73,7 @@ use hyper_dmabuf_common::xen::DomId;
 
 use crate::ffi::{Arena, UserAddr};
 use crate::latency::{self, Figures, Spread};
+use crate::limits::scaled;
 use crate::xs::{mailbox, Xs};
 use importer::Exports;
 use imports::Imports;
@@ -422,13 +423,13 @@ impl Referee<'_> {
         let Some(flag) = &self.args.quiet_after else {
             return Ok(());
         };
-        let deadline = Instant::now() + QUIET_WITHIN;
+        let deadline = Instant::now() + scaled(QUIET_WITHIN);
         while !flag.exists() {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "{} did not appear within {} s",
                     flag.display(),
-                    QUIET_WITHIN.as_secs()
+                    scaled(QUIET_WITHIN).as_secs()
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -75,7 +75,7 @@ dom0/final)
     hdm_no_nodes "$dd"
     ;;
 victim/main)
-    hdmabuf-hostile backend await --timeout 300 || hdm_fail "the hostile backend never took the device"
+    hdmabuf-hostile backend await --timeout "$(hdm_limit 300)" || hdm_fail "the hostile backend never took the device"
     hdm_load
     dd=$(hdm_domid dd)
     hdm_wait_connected 1 120
@@ -90,7 +90,7 @@ victim/main)
         hdm_log "imported and verified $SHARES buffers from dd"
     ) &
     importer=$!
-    hdmabuf-hostile backend referee --peer 0 --devid 0 --good "$dd" --good-devid 1 --timeout 860 ||
+    hdmabuf-hostile backend referee --peer 0 --devid 0 --good "$dd" --good-devid 1 --timeout "$(hdm_limit 860)" ||
         hdm_fail "the referee judged a case failed"
     hdm_log "attack over; dd has announced $(grep -c '"priv":"share-' /tmp/events) of its $SHARES buffers"
     wait $importer || hdm_fail "sharing with the driver domain failed under attack"

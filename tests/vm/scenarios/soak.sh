@@ -61,9 +61,9 @@ SOAK_SEED=${SOAK_SEED:-20261201}
 BACKEND_RESTARTS=${BACKEND_RESTARTS:-1}
 SCENARIO=$(basename "$0")
 # The agents' options: buffers up to 4 MiB, an operation that takes over
-# 120 s fails the run as a hang (under a loaded 2-core host a 4 MiB
+# 120 s (scaled) fails the run as a hang (under a loaded 2-core host a 4 MiB
 # import takes well under a second).
-AGENT_OPTS="--max-size 4M --window 4 --status-every 30 --op-timeout 120"
+AGENT_OPTS="--max-size 4M --window 4 --status-every 30 --op-timeout $(hdm_limit 120)"
 
 # rand_init SEED / rand N: RAND, a value in [0, N) from a seeded LCG
 # (64-bit shell arithmetic), so that a seed repeats the run's faults. A
@@ -191,7 +191,7 @@ restart_driver() {
 guest_cfg() {
     cat /etc/xen/pv.cfg
     echo "name = \"$1\""
-    echo "extra = \"console=hvc0 udmabuf.size_limit_mb=2048 hdm.scenario=$SCENARIO hdm.domain=$1 hdm.type=pv hdm.soak.end=$2 hdm.soak.seed=$3\""
+    echo "extra = \"console=hvc0 udmabuf.size_limit_mb=2048 hdm.scenario=$SCENARIO hdm.domain=$1 hdm.type=pv hdm.time_scale=$HDM_TIME_SCALE hdm.soak.end=$2 hdm.soak.seed=$3\""
     case $1 in
     g1) echo 'hyper_dmabuf = [ "backend=0, devid=0, rw=1", "backend=g2, devid=1, rw=1" ]' ;;
     g2) echo 'hyper_dmabuf = [ "backend=0, devid=0, rw=1" ]' ;;

@@ -64,10 +64,10 @@ refuse_unload_while() {
 # stress_both_ways PEER: stress cycles to and from PEER (the peer runs the
 # same), while refusing unloads.
 stress_both_ways() {
-    hdmabuf-agent stress import --domain "$1" --timeout 300 >/tmp/a-import 2>&1 &
+    hdmabuf-agent stress import --domain "$1" --timeout "$(hdm_limit 300)" >/tmp/a-import 2>&1 &
     local importer=$!
     hdmabuf-agent stress export --domain "$1" --cycles 40 --seed "$2" --max-size 1M \
-        --timeout 300 >/tmp/a-export 2>&1 &
+        --timeout "$(hdm_limit 300)" >/tmp/a-export 2>&1 &
     local exporter=$!
     refuse_unload_while $importer $exporter
     wait $importer || { cat /tmp/a-import; hdm_fail "A: stress import failed"; }
@@ -82,7 +82,7 @@ flood() {
     local i=0
     while [ ! -e "$2" ]; do
         i=$((i + 1))
-        timeout 60 hdmabuf export --domain "$1" --size $(((i % 8 + 1) * 4))K --seed $i \
+        timeout "$(hdm_limit 60)" hdmabuf export --domain "$1" --size $(((i % 8 + 1) * 4))K --seed $i \
             --priv flood --hold 0 >/dev/null 2>&1
         # busybox timeout: the status of the child it terminated.
         [ $? != 143 ] || hdm_fail "a flood export to domain $1 hung"

@@ -66,7 +66,7 @@ dom0/final)
     {
         cat /etc/xen/pv.cfg
         echo 'name = "rb"'
-        echo 'extra = "console=hvc0 hdm.scenario=xl.sh hdm.domain=rb hdm.type=pv"'
+        echo "extra = \"console=hvc0 hdm.scenario=xl.sh hdm.domain=rb hdm.type=pv hdm.time_scale=$HDM_TIME_SCALE\""
         echo 'on_reboot = "restart"'
         echo 'hyper_dmabuf = [ "backend=0" ]'
     } >/tmp/rb.cfg

@@ -8,7 +8,8 @@
 //! `monitor` module for the steps and `scenario` for the scenario files.
 //!
 //! ```text
-//! hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--counts FILE] [-v] SCENARIO...
+//! hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--counts FILE]
+//!                    [--jobs N] [--time-scale PERCENT] [-v] SCENARIO...
 //! hdmabuf-vmtest shell --images DIR
 //! hdmabuf-vmtest list [--scenarios DIR]
 //! ```
@@ -41,12 +42,16 @@ struct Options {
     counts: Option<PathBuf>,
     /// Scenarios run at once, each in its own QEMU.
     jobs: usize,
+    /// Every time limit, the runner's and the domains' own, at this
+    /// percentage of what the scenario says.
+    time_scale: u32,
     names: Vec<String>,
 }
 
 fn usage() -> String {
     "usage: hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--qemu BIN]\n\
-     \x20                          [--counts FILE] [--jobs N] [-v] SCENARIO...\n\
+     \x20                          [--counts FILE] [--jobs N] [--time-scale PERCENT] [-v]\n\
+     \x20                          SCENARIO...\n\
      \x20      hdmabuf-vmtest shell --images DIR\n\
      \x20      hdmabuf-vmtest list [--scenarios DIR]"
         .to_string()
@@ -66,6 +71,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         verbose: std::env::var_os("HDM_VM_VERBOSE").is_some_and(|v| v == "1"),
         counts: None,
         jobs: 1,
+        time_scale: 100,
         names: Vec::new(),
     };
     let mut it = args.iter();
@@ -88,6 +94,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or_else(|| format!("--jobs {v}: a number from 1"))?;
+            }
+            "--time-scale" => {
+                let v = value()?;
+                o.time_scale = v
+                    .parse()
+                    .ok()
+                    .filter(|p| (10..=1000).contains(p))
+                    .ok_or_else(|| format!("--time-scale {v}: a percentage from 10 to 1000"))?;
             }
             "-v" | "--verbose" => o.verbose = true,
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{}", usage())),
@@ -164,7 +178,7 @@ fn run_all(opts: &Options) -> Result<bool, String> {
     let scenarios: Vec<Scenario> = opts
         .names
         .iter()
-        .map(|n| scenario::load(&opts.scenarios, n))
+        .map(|n| scenario::load(&opts.scenarios, n).map(|s| s.scaled(opts.time_scale)))
         .collect::<Result<_, _>>()?;
     // Up to `jobs` QEMUs at once, each taking the next scenario in order.
     let next = Mutex::new(scenarios.iter());
@@ -292,7 +306,10 @@ fn boot_once(
     let cmd = qemu::command(
         &opts.qemu,
         images,
-        &format!("hdm.scenario={}", s.file_name),
+        &format!(
+            "hdm.scenario={} hdm.time_scale={}",
+            s.file_name, opts.time_scale
+        ),
         false,
     );
     let (mut child, rx) = qemu::spawn(cmd)?;

@@ -453,7 +453,8 @@ pub const EXCLUSIONS: &[Exclusion] = &[];
 /// backtrace, before QEMU is killed.
 pub const GRACE: Duration = Duration::from_secs(3);
 
-/// How long dom0 may go with no step active before the run fails.
+/// How long dom0 may go with no step active before the run fails (this
+/// and the two below at the scenario's time scale).
 pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
@@ -558,6 +559,7 @@ pub struct Timing {
 pub struct Monitor {
     timeout: Duration,
     boot_timeout: Duration,
+    time_scale: u32,
     domains: Vec<String>,
     guest_types: Vec<(String, DomainType)>,
     exclusions: &'static [Exclusion],
@@ -592,6 +594,7 @@ impl Monitor {
         let mut m = Monitor {
             timeout: scenario.timeout,
             boot_timeout: scenario.boot_timeout,
+            time_scale: scenario.time_scale,
             domains: scenario.domains.iter().map(|d| d.name.clone()).collect(),
             guest_types: scenario
                 .domains
@@ -622,6 +625,11 @@ impl Monitor {
             Source::Dom0,
         );
         m
+    }
+
+    /// One of the runner's fixed limits at the scenario's time scale.
+    fn scaled(&self, limit: Duration) -> Duration {
+        limit * self.time_scale / 100
     }
 
     fn start(&mut self, now: Duration, name: &str, limit: Duration, source: Source) {
@@ -904,7 +912,7 @@ impl Monitor {
                     let reason = format!("dom0's init stopped early ({detail})");
                     self.fail(now, "boot", reason, Source::Dom0);
                 }
-                self.start(now, "shutdown", SHUTDOWN_LIMIT, Source::Dom0);
+                self.start(now, "shutdown", self.scaled(SHUTDOWN_LIMIT), Source::Dom0);
             }
             (Source::Guest(g), "begin") if g == dom => {
                 self.end(now, &format!("create {dom}"));
@@ -929,7 +937,8 @@ impl Monitor {
                 // The stream of a guest's console lags behind dom0's own
                 // lines: dom0 may have seen the domain go already.
                 if !self.gone.iter().any(|g| g == dom) {
-                    self.start(now, &format!("wait {dom}"), WAIT_LIMIT, Source::Dom0);
+                    let limit = self.scaled(WAIT_LIMIT);
+                    self.start(now, &format!("wait {dom}"), limit, Source::Dom0);
                 }
             }
             _ => {}
@@ -1003,9 +1012,10 @@ impl Monitor {
             self.fail(now, &s.name, reason, s.source);
         }
         if let Some(idle) = self.idle_since {
-            if !self.done && now.saturating_sub(idle) > IDLE_LIMIT {
+            let limit = self.scaled(IDLE_LIMIT);
+            if !self.done && now.saturating_sub(idle) > limit {
                 self.idle_since = None;
-                let reason = format!("no progress for {} s", IDLE_LIMIT.as_secs());
+                let reason = format!("no progress for {} s", limit.as_secs());
                 self.fail(now, "dom0", reason, Source::Dom0);
             }
         }
@@ -1014,7 +1024,7 @@ impl Monitor {
     /// The earliest time a limit can expire, for the read timeout.
     pub fn next_deadline(&self) -> Option<Duration> {
         let steps = self.active.iter().map(|s| s.started + s.limit);
-        let idle = self.idle_since.map(|i| i + IDLE_LIMIT);
+        let idle = self.idle_since.map(|i| i + self.scaled(IDLE_LIMIT));
         let grace = self.failure.as_ref().map(|f| f.at + GRACE);
         let reports = self.pending.iter().map(|p| p.report.at + REPORT_BODY_WAIT);
         steps.chain(idle).chain(grace).chain(reports).min()
@@ -2034,5 +2044,20 @@ mod tests {
         m.line(s(1), "(XEN) Xen version 4.17");
         m.tick(s(21));
         assert_eq!(m.failure.unwrap().step, "boot");
+    }
+
+    #[test]
+    fn a_scaled_run_waits_longer_for_every_limit() {
+        let sc = scenario().scaled(200);
+        let mut m = Monitor::new(&sc);
+        m.line(s(1), "(XEN) Xen version 4.17");
+        m.tick(s(39));
+        assert!(m.failure.is_none(), "boot's 20 s are 40 s at 200 %");
+        m.line(s(39), "@@HDM ready dom0");
+        // No step active: the idle limit, 60 s unscaled.
+        m.tick(s(39 + 100));
+        assert!(m.failure.is_none(), "60 s of no step are 120 s at 200 %");
+        m.tick(s(39 + 121));
+        assert!(m.failure.unwrap().reason.contains("no progress for 120 s"));
     }
 }

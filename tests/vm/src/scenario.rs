@@ -17,6 +17,11 @@
 //!   only if it fails in STEP with TEXT in the failure reason.
 //! * `extra.NAME` — extra kernel command line for domU NAME (read by
 //!   dom0's init, not by the runner).
+//!
+//! Every limit is a hang detector, not a measurement: the runner's
+//! `--time-scale` stretches all of them (see [`Scenario::scaled`]), and the
+//! domains stretch their own waits by the same factor (`hdm_limit` in
+//! platform/images/lib.sh).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -84,6 +89,9 @@ pub struct Scenario {
     pub boot_timeout: Duration,
     /// Time limit for Xen + dom0 to come up.
     pub dom0_boot_timeout: Duration,
+    /// The percentage the limits above were scaled by (100 as parsed);
+    /// the runner's own fixed limits scale by it too.
+    pub time_scale: u32,
     /// Checks on the logs after a successful run.
     pub expect_log: Vec<ExpectLog>,
     /// Set for a negative test.
@@ -118,6 +126,20 @@ pub fn list(dir: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+impl Scenario {
+    /// The scenario with every time limit at `percent` % of what its file
+    /// says: a slow or loaded host takes longer for everything, and a
+    /// limit sized on a quick one would fail a run that only ran slowly.
+    pub fn scaled(mut self, percent: u32) -> Self {
+        let scale = |d: Duration| d * percent / 100;
+        self.timeout = scale(self.timeout);
+        self.boot_timeout = scale(self.boot_timeout);
+        self.dom0_boot_timeout = scale(self.dom0_boot_timeout);
+        self.time_scale = self.time_scale * percent / 100;
+        self
+    }
+}
+
 fn seconds(key: &str, value: &str) -> Result<Duration, String> {
     match value.parse::<u64>() {
         Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
@@ -146,6 +168,7 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
         timeout: Duration::from_secs(120),
         boot_timeout: Duration::from_secs(120),
         dom0_boot_timeout: Duration::from_secs(180),
+        time_scale: 100,
         expect_log: Vec::new(),
         expect_fail: None,
     };
@@ -214,6 +237,19 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_stretches_every_limit() {
+        let s = parse(
+            "slow.sh",
+            "# hdm: timeout = 30\n# hdm: boot-timeout = 15\n# hdm: dom0-boot-timeout = 40\n",
+        )
+        .unwrap()
+        .scaled(250);
+        assert_eq!(s.timeout, Duration::from_secs(75));
+        assert_eq!(s.boot_timeout, Duration::from_millis(37_500));
+        assert_eq!(s.dom0_boot_timeout, Duration::from_secs(100));
+    }
 
     #[test]
     fn parses_header() {

@@ -33,6 +33,7 @@ use hyper_dmabuf_xenbus_proto::XenbusState;
 use super::session::{answer_to, poll_until, BackDevice, Offer, Session, ANSWER};
 use crate::cases::{put_page, two_level_root, TWO_LEAVES};
 use crate::ffi::{self, Granted};
+use crate::limits::scaled;
 use crate::malformed;
 use crate::xs::{mailbox, Xs};
 
@@ -868,7 +869,7 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, only: &[String], go: &str) -> Result<(), St
     ctx.dev.set_state(&mut ctx.xs, XenbusState::Closed)?;
     ctx.xs.write(go, "1")?;
     // The victim boots its driver and its referee now.
-    ctx.referee_within("hello", Duration::from_secs(300))?;
+    ctx.referee_within("hello", scaled(Duration::from_secs(300)))?;
     let mut failures = Vec::new();
     let mut ran = 0;
     let started = Instant::now();

@@ -14,6 +14,7 @@ use hyper_dmabuf_common::xen::Status;
 use hyper_dmabuf_xenbus_proto::XenbusState;
 
 use super::{random_hid, still_serves, Ctx, Expect, REFEREE_ANSWER};
+use crate::limits::scaled;
 use crate::peer::Rings;
 
 /// How long the referee measures latency, with this domain idle and
@@ -143,7 +144,8 @@ pub(super) fn refill_flood(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
                 None => posted = Some(ctx.post(&command)?),
                 Some(seq) => verdict = ctx.verdict(seq)?,
             }
-            if verdict.is_none() && now > t0 + Duration::from_secs(MEASURE_SECONDS) + REFEREE_ANSWER
+            if verdict.is_none()
+                && now > t0 + Duration::from_secs(MEASURE_SECONDS) + scaled(REFEREE_ANSWER)
             {
                 return Err(format!("the referee did not answer {command:?}"));
             }

@@ -26,6 +26,7 @@ use hyper_dmabuf_xenbus_proto::schema;
 use hyper_dmabuf_xenbus_proto::XenbusState;
 
 use super::{expect_status, Ctx, Expect, REFEREE_ANSWER, ROOT_ENTRY0, ROOT_NR_ENTRIES};
+use crate::limits::scaled;
 use crate::peer::Conn;
 
 /// Pages of each buffer the victim exports to us.
@@ -228,7 +229,7 @@ pub(super) fn early_map(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     let high = seen[seen.len() - 1] + WINDOW;
     ctx.referee(&format!("export early {PAGES} 12"), None)?;
     let mut mapped: BTreeMap<u32, Foreign<'_>> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + REFEREE_ANSWER;
+    let deadline = std::time::Instant::now() + scaled(REFEREE_ANSWER);
     let mut last_pass = false;
     loop {
         for r in low..=high {
@@ -460,7 +461,7 @@ pub(super) fn unload(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     let back_state = format!("{}/{}", ctx.dev.back, schema::NODE_STATE);
     let closing = XenbusState::Closing.as_u32().to_string();
     let mut closed = false;
-    ctx.await_referee(seq, "unbind", REFEREE_ANSWER, |xs, dev| {
+    ctx.await_referee(seq, "unbind", scaled(REFEREE_ANSWER), |xs, dev| {
         if !closed && xs.read(&back_state)?.as_deref() == Some(closing.as_str()) {
             dev.set_state(xs, XenbusState::Closed)?;
             closed = true;

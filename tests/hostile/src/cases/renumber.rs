@@ -19,6 +19,7 @@ use hyper_dmabuf_xenbus_proto::XenbusState;
 
 use super::{dir_page, expect_status, put_page, root_over, Ctx, Expect, REFEREE_ANSWER};
 use crate::ffi::{self, Granted};
+use crate::limits::scaled;
 use crate::peer::{Conn, ANSWER};
 
 /// The number both sessions give their first buffer.
@@ -93,7 +94,7 @@ impl Asked {
         command: &str,
     ) -> Result<(), String> {
         let seq = ctx.post(command)?;
-        ctx.await_referee(seq, command, REFEREE_ANSWER, |_, _| self.take(conn))
+        ctx.await_referee(seq, command, scaled(REFEREE_ANSWER), |_, _| self.take(conn))
     }
 
     /// Waits for the victim to have sent `want` in this session (at most
