@@ -44,12 +44,12 @@ dom0/main)
 dom0/guests)
     good=$(xl domid good)
     (
-        hdmabuf-agent stress import --domain "$good" >/tmp/import.out 2>&1
+        hdmabuf-agent stress import --domain "$good" --timeout "$(hdm_limit 600)" >/tmp/import.out 2>&1
         echo $? >/tmp/import.status
         touch /tmp/good-idle
     ) &
     importer=$!
-    hdmabuf-hostile referee --domain "$(xl domid evil)" --timeout 860 --good "$good" \
+    hdmabuf-hostile referee --domain "$(xl domid evil)" --timeout "$(hdm_limit 860)" --good "$good" \
         --quiet-after /tmp/good-idle --module "$HDM_MODDIR/hyper_dmabuf.ko" ||
         hdm_fail "the referee judged a case failed"
     wait $importer
@@ -67,7 +67,8 @@ good/main)
     hdm_wait_connected
     hdmabuf-hostile trust --peer 0 || hdm_fail "the local trust model does not hold"
     hdmabuf-hostile ioctl --peer 0 --calls 100000 --seed 4 || hdm_fail "ioctl abuse found a wrong answer"
-    hdmabuf-agent stress export --domain 0 --cycles 1400 --seed 3 --max-size 1M ||
+    hdmabuf-agent stress export --domain 0 --cycles 700 --seed 3 --max-size 1M \
+        --timeout "$(hdm_limit 600)" ||
         hdm_fail "sharing with dom0 failed while it was under attack"
     # dom0 times its round trips with us, then unbinds our device to
     # unload its module (importer-unload); we stay until then.
