@@ -58,10 +58,11 @@ SCENARIOS ?= smoke
 # death at every step, a hostile peer and ioctl abuse, module unload under
 # traffic, a one-minute soak with guests destroyed, agents killed and drivers
 # restarted.
-# Longest first (debug kernel, seconds alone: hostile 324, hostile-backend
-# 280, mm, sizes-pvh 255, unload 216, soak-short 179, death 162, xl 144,
-# sizes-pv 144, share 117, cycles 75, demo 66, lifecycle 50, reconnect 44),
-# so that the two jobs end together.
+# Longest first (debug kernel, seconds two at a time in a clean-clone
+# make test of 2026-12-06: hostile-backend 514, hostile 502, death 301,
+# unload 260, mm 201, sizes-pvh 186, soak-short 178, xl 172, sizes-pv 165,
+# cycles 108, share 100, demo 86, lifecycle 63, reconnect 54), so that the
+# two jobs end together.
 VM_DRIVER_TESTS ?= hostile hostile-backend mm sizes-pvh unload soak-short death xl sizes-pv share cycles demo lifecycle reconnect
 
 deps:
