@@ -8,7 +8,8 @@
 #                    hyper_dmabuf_check.ko, out of tree against the cached kernel
 #   make images      dom0 + domU initramfs (cached, keyed by their inputs)
 #   make vm-smoke    dom0 + a PV and a PVH domU load the modules
-#   make vm-selftest the runner must fail on a module WARNING and a dead guest
+#   make vm-selftest the runner must fail on a module WARNING and a dead guest,
+#                    and stretch dom0's own limits by its time scale
 #   make vm-drivers  the driver scenarios of VM_DRIVER_TESTS
 #   make test-vm     all three; part of `make test`
 #   make vm-shell    boot Xen + dom0 with a shell on the console
@@ -98,7 +99,7 @@ vm-smoke: images vm-runner
 
 vm-selftest: images vm-runner
 	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --counts "$(COUNTS_DIR)/vm-selftest" --images "$(VM_IMAGES)" \
-	  selftest-warn selftest-noboot
+	  selftest-warn selftest-noboot selftest-scale
 
 vm-drivers: images vm-runner
 	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --jobs $(VM_JOBS) --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" $(VM_DRIVER_TESTS)
