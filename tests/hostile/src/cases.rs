@@ -342,7 +342,7 @@ impl<'g> Ctx<'g> {
         let closing = XenbusState::Closing.as_u32().to_string();
         let closed = XenbusState::Closed.as_u32().to_string();
         self.xs
-            .wait_for(&path, ANSWER, |v| {
+            .wait_for(&path, scaled(ANSWER), |v| {
                 v == Some(closing.as_str()) || v == Some(closed.as_str())
             })
             .map(drop)

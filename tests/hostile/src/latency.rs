@@ -18,6 +18,7 @@
 //! window, and then over [`CPU_WINDOW`] with no measurement running: how
 //! busy the flood alone keeps it.
 
+use crate::limits::scaled;
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -197,11 +198,14 @@ pub(crate) fn measure(peer: DomId, window: Duration) -> Result<Figures, String> 
                 exporter
                     .unexport(&hid, Duration::ZERO)
                     .map_err(|e| e.to_string())?;
-                let until = Instant::now() + ENDED_WITHIN;
+                let until = Instant::now() + scaled(ENDED_WITHIN);
                 loop {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(format!("no GrantsEnded for {hid} within 10 s"));
+                        return Err(format!(
+                            "no GrantsEnded for {hid} within {} s",
+                            scaled(ENDED_WITHIN).as_secs()
+                        ));
                     }
                     let event = exporter.wait_event(Some(left)).map_err(|e| e.to_string())?;
                     if event.is_some_and(|e| {

@@ -28,6 +28,7 @@
 
 mod sys;
 
+use crate::limits::scaled;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -360,7 +361,7 @@ impl Child<'_> {
     /// (`stop`: the parent's part failed, give up).
     fn stage(&mut self, stage: &str) -> Result<String, String> {
         self.link.send(&format!("at {stage}"))?;
-        match self.link.recv(Instant::now() + PARTNER_LIMIT * 2)? {
+        match self.link.recv(Instant::now() + scaled(PARTNER_LIMIT) * 2)? {
             Some(word) if word == "stop" => Err(format!("stopped by the parent at {stage}")),
             Some(word) => Ok(word),
             None => Err(format!("the parent went away at {stage}")),
@@ -1074,7 +1075,7 @@ impl Steer<'_> {
         if let Some(ended) = self.ended {
             return Ok(ended);
         }
-        let mut deadline = Instant::now() + CASE_LIMIT;
+        let mut deadline = Instant::now() + scaled(CASE_LIMIT);
         let mut rescued = false;
         loop {
             match self.link.recv(deadline) {
@@ -1085,11 +1086,11 @@ impl Steer<'_> {
                 Err(_) if !rescued => {
                     self.fails.push(format!(
                         "the case process was still running after {} s; emptying its pipe",
-                        CASE_LIMIT.as_secs()
+                        scaled(CASE_LIMIT).as_secs()
                     ));
                     drain(&mut self.held);
                     rescued = true;
-                    deadline = Instant::now() + SETTLE;
+                    deadline = Instant::now() + scaled(SETTLE);
                 }
                 Err(_) => {
                     sys::kill(self.pid);
@@ -1097,7 +1098,7 @@ impl Steer<'_> {
                 }
             }
         }
-        let deadline = Instant::now() + SETTLE;
+        let deadline = Instant::now() + scaled(SETTLE);
         loop {
             match sys::try_wait(self.pid) {
                 Ok(Some(ended)) => {
@@ -1126,14 +1127,17 @@ fn drain(pipe: &mut File) {
 /// (`mm-hold ID`); it imports the marker once it has checked it saw no
 /// release, and only then is the pipe read.
 fn vmsplice_hold_parent(s: &mut Steer<'_>) -> Outcome {
-    if let Err(e) = s.until("held", SETTLE) {
+    if let Err(e) = s.until("held", scaled(SETTLE)) {
         // The close may be waiting for the pipe's pages: let them go.
         drain(&mut s.held);
         return Err(e);
     }
     let held = s.run.imported().while_held();
-    s.run
-        .wait_gauges(held, SETTLE, "the pipe holds pages of the closed buffer")?;
+    s.run.wait_gauges(
+        held,
+        scaled(SETTLE),
+        "the pipe holds pages of the closed buffer",
+    )?;
     s.notes
         .push(format!("while the pipe held pages: {}", gauges()?));
     let exporter = s.run.exporter()?;
@@ -1152,13 +1156,17 @@ fn vmsplice_hold_parent(s: &mut Steer<'_>) -> Outcome {
         s.run.wait_event("the exporter's unexport", |e| {
             e.kind == EventType::Unexport && e.hid.is_some_and(|h| h.matches(&id))
         })?;
-        s.run
-            .wait_gauges(held, SETTLE, "unexported while the pipe holds pages")?;
+        s.run.wait_gauges(
+            held,
+            scaled(SETTLE),
+            "unexported while the pipe holds pages",
+        )?;
         s.run
             .wait_event("the exporter's import of the marker", |e| {
                 e.kind == EventType::Released && e.hid.is_some_and(|h| h.matches(&marker_id))
             })?;
-        s.run.wait_gauges(held, SETTLE, "before the pipe is read")
+        s.run
+            .wait_gauges(held, scaled(SETTLE), "before the pipe is read")
     })();
     let told = s.send("go");
     s.reap()?;
@@ -1171,7 +1179,7 @@ fn vmsplice_hold_parent(s: &mut Steer<'_>) -> Outcome {
 }
 
 fn peer_death_parent(s: &mut Steer<'_>) -> Outcome {
-    s.until("mapped", SETTLE)?;
+    s.until("mapped", scaled(SETTLE))?;
     let (id, exporter) = (s.run.args.id, s.run.exporter()?);
     println!("mm case peer-death: mapped; waiting for domain {exporter} to go");
     s.run.wait_event("the exporter's death", |e| {
@@ -1198,9 +1206,9 @@ fn unload_parent(s: &mut Steer<'_>) -> Outcome {
             }
         }
         s.send("check")?;
-        s.until("checked", SETTLE)
+        s.until("checked", scaled(SETTLE))
     }
-    s.until("mapped", SETTLE)?;
+    s.until("mapped", scaled(SETTLE))?;
     s.run.dev = None;
     refused(s, "while an import is mapped")?;
     let unbound = unbind_devices()?;
@@ -1208,7 +1216,7 @@ fn unload_parent(s: &mut Steer<'_>) -> Outcome {
     refused(s, "with its devices unbound and an import mapped")?;
     s.send("finish")?;
     s.reap()?;
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + scaled(SETTLE);
     loop {
         match sys::delete_module(c"hyper_dmabuf") {
             Ok(()) => return Ok(()),
@@ -1216,7 +1224,7 @@ fn unload_parent(s: &mut Steer<'_>) -> Outcome {
                 return Err(format!(
                     "unloading after munmap and close: {} for {} s",
                     errno_name(e),
-                    SETTLE.as_secs()
+                    scaled(SETTLE).as_secs()
                 ))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -1469,7 +1477,7 @@ impl Run {
 
     /// Waits for an event `want` accepts.
     fn wait_event(&self, what: &str, want: impl Fn(&Event) -> bool) -> Outcome {
-        let deadline = Instant::now() + PARTNER_LIMIT;
+        let deadline = Instant::now() + scaled(PARTNER_LIMIT);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self
@@ -1482,7 +1490,7 @@ impl Run {
                 None => {
                     return Err(format!(
                         "no event for {what} within {} s",
-                        PARTNER_LIMIT.as_secs()
+                        scaled(PARTNER_LIMIT).as_secs()
                     ))
                 }
             }
@@ -1502,7 +1510,7 @@ impl Run {
 
     fn import(&self) -> Result<OwnedFd, String> {
         let dev = self.dev()?;
-        let deadline = Instant::now() + SETTLE;
+        let deadline = Instant::now() + scaled(SETTLE);
         loop {
             match dev.import(&self.args.id, self.args.rw) {
                 Ok(imported) => return Ok(imported.fd),
@@ -1518,7 +1526,7 @@ impl Run {
     /// Runs one case; `Err` only if the run cannot go on.
     fn case(&mut self, case: &Case) -> Result<bool, String> {
         let mut fails = Vec::new();
-        if let Err(e) = self.wait_gauges(self.base, SETTLE, "before the case") {
+        if let Err(e) = self.wait_gauges(self.base, scaled(SETTLE), "before the case") {
             fails.push(e);
         }
         if case.parent.is_some() {
@@ -1531,7 +1539,7 @@ impl Run {
                 return Ok(report(case.name, &[], &fails));
             }
         };
-        if let Err(e) = self.wait_gauges(self.imported(), SETTLE, "imported") {
+        if let Err(e) = self.wait_gauges(self.imported(), scaled(SETTLE), "imported") {
             fails.push(e);
         }
         let (link, theirs) = Link::pair()?;
@@ -1602,7 +1610,7 @@ impl Run {
             other => fails.push(format!("the case process ended with {other}")),
         }
         if case.kind != Kind::Unload {
-            if let Err(e) = self.wait_gauges(self.base, SETTLE, "after the case") {
+            if let Err(e) = self.wait_gauges(self.base, scaled(SETTLE), "after the case") {
                 fails.push(e);
             }
         }

@@ -381,7 +381,7 @@ impl Referee<'_> {
     /// that causes more is a flood, accounted for by the driver's counts
     /// of suppressed lines).
     fn await_full_budget(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + BUDGET_WITHIN;
+        let deadline = Instant::now() + scaled(BUDGET_WITHIN);
         loop {
             self.drain();
             let now = uptime_ms()?.saturating_sub(CLOCK_MARGIN_MS);
@@ -396,7 +396,7 @@ impl Referee<'_> {
                 return Err(format!(
                     "the budget of lines about domain {} is not full after {} s ({tokens} lines)",
                     self.hostile,
-                    BUDGET_WITHIN.as_secs()
+                    scaled(BUDGET_WITHIN).as_secs()
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -621,7 +621,7 @@ impl Referee<'_> {
             })
             .collect::<Result<_, String>>()?;
         let duration = self.began.elapsed();
-        let deadline = Instant::now() + SETTLE;
+        let deadline = Instant::now() + scaled(SETTLE);
         let delta = |now: &BTreeMap<String, i64>, before: &BTreeMap<String, i64>, k: &str| {
             now.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
         };

@@ -16,6 +16,7 @@
 //! The unprivileged part runs in a child process started as root
 //! (`trust-check`), which opens `D` before it drops its privileges.
 
+use crate::limits::scaled;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -173,7 +174,7 @@ fn drain(dev: &Device) -> Vec<Event> {
 
 /// Waits for an event `kind` about `hid` on `dev`.
 fn wait_event(dev: &Device, kind: EventType, hid: &HyperDmabufId) -> Result<(), String> {
-    let deadline = Instant::now() + EVENT_WAIT;
+    let deadline = Instant::now() + scaled(EVENT_WAIT);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match dev.wait_event(Some(left.max(Duration::from_millis(1)))) {
             Ok(Some(e)) if e.kind == kind && e.hid.is_some_and(|h| h.matches(hid)) => return Ok(()),
@@ -181,5 +182,8 @@ fn wait_event(dev: &Device, kind: EventType, hid: &HyperDmabufId) -> Result<(), 
             Err(e) => return Err(e.to_string()),
         }
     }
-    Err(format!("no {kind:?} for {hid} within {EVENT_WAIT:?}"))
+    Err(format!(
+        "no {kind:?} for {hid} within {:?}",
+        scaled(EVENT_WAIT)
+    ))
 }

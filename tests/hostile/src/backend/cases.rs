@@ -591,7 +591,7 @@ impl<'g> Ctx<'g> {
         what: &str,
         mut take: impl FnMut(&mut Self) -> Option<T>,
     ) -> Result<T, String> {
-        let deadline = Instant::now() + ANSWER;
+        let deadline = Instant::now() + scaled(ANSWER);
         loop {
             self.pump()?;
             if let Some(t) = take(self) {
@@ -601,7 +601,7 @@ impl<'g> Ctx<'g> {
                 return Err(format!("the connection closed while waiting for {what}"));
             }
             if Instant::now() >= deadline {
-                return Err(format!("no {what} within {} s", ANSWER.as_secs()));
+                return Err(format!("no {what} within {} s", scaled(ANSWER).as_secs()));
             }
             self.idle(50)?;
         }
@@ -693,7 +693,7 @@ impl<'g> Ctx<'g> {
     }
 
     fn referee(&mut self, command: &str) -> Result<(), String> {
-        self.referee_within(command, Duration::from_secs(60))
+        self.referee_within(command, scaled(Duration::from_secs(60)))
     }
 
     // --- the victim's exports --------------------------------------------------------

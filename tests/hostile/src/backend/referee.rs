@@ -38,6 +38,7 @@
 //!   defect report; the good peer's device is still connected;
 //! * `done` — stop; the exit status says whether every case passed.
 
+use crate::limits::scaled;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -314,7 +315,7 @@ impl Judge<'_> {
         let duration = self.began.elapsed();
         let hostile = (self.args.peer, self.args.devid);
         let good = (self.args.good, self.args.good_devid);
-        let deadline = Instant::now() + SETTLE;
+        let deadline = Instant::now() + scaled(SETTLE);
         let mut log = Vec::new();
         let (mut now, mut left, mut sorted, mut seen);
         loop {

@@ -10,6 +10,7 @@
 //! `/dev/xen/evtchn` (`IOCTL_EVTCHN_BIND_INTERDOMAIN`), exactly what the
 //! backend driver would do (back/backend.rs).
 
+use crate::limits::scaled;
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
@@ -114,7 +115,7 @@ impl BackDevice {
                 .unwrap_or(XenbusState::Unknown)
         };
         let value = xs
-            .wait_for(&path, ANSWER, |v| want.contains(&parse(v)))
+            .wait_for(&path, scaled(ANSWER), |v| want.contains(&parse(v)))
             .map_err(|e| {
                 let names: Vec<&str> = want.iter().map(|s| s.name()).collect();
                 format!("waiting for the frontend to be {}: {e}", names.join(" or "))

@@ -101,7 +101,7 @@ impl Asked {
     /// [`ANSWER`]), listens [`LINGER`] more, and then it must have sent
     /// exactly that.
     fn expect(&mut self, conn: &mut Conn<'_>, want: &[Message]) -> Result<(), String> {
-        let deadline = Instant::now() + ANSWER;
+        let deadline = Instant::now() + scaled(ANSWER);
         let mut linger_until = None;
         loop {
             self.take(conn)?;

@@ -33,6 +33,7 @@
 //! * `unloaded` — once the peer unmapped, the gauges reach zero and
 //!   `rmmod` succeeds; load the module again (`--module`).
 
+use crate::limits::scaled;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -200,7 +201,7 @@ impl Exports {
             .pending
             .take()
             .ok_or_else(|| format!("no export of {name:?} under way"))?;
-        let deadline = Instant::now() + EXPORT_WITHIN;
+        let deadline = Instant::now() + scaled(EXPORT_WITHIN);
         while !t.is_finished() {
             if Instant::now() >= deadline {
                 b.pending = Some(t);
@@ -308,7 +309,7 @@ impl Exports {
     /// `ended NAME`.
     pub(crate) fn ended(&mut self, name: &str) -> Result<(), String> {
         let hid = self.hid(name)?;
-        let deadline = Instant::now() + GAUGES_WITHIN;
+        let deadline = Instant::now() + scaled(GAUGES_WITHIN);
         loop {
             if self.has_ended(&hid) {
                 return Ok(());
@@ -337,7 +338,7 @@ pub(crate) fn await_values<T: PartialEq + std::fmt::Debug>(
     mut get: impl FnMut() -> Result<T, String>,
     want: T,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + GAUGES_WITHIN;
+    let deadline = Instant::now() + scaled(GAUGES_WITHIN);
     loop {
         let got = get()?;
         if got == want {
@@ -417,7 +418,7 @@ pub(crate) fn unbind_all() -> Result<(), String> {
 /// `unloaded`: the module unloads now (retried while the last export
 /// lets go of it), and is loaded again from `module`.
 pub(crate) fn unload_and_reload(module: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + GAUGES_WITHIN;
+    let deadline = Instant::now() + scaled(GAUGES_WITHIN);
     loop {
         match rmmod() {
             Ok(()) => break,
@@ -442,7 +443,7 @@ pub(crate) fn unload_and_reload(module: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let deadline = Instant::now() + GAUGES_WITHIN;
+    let deadline = Instant::now() + scaled(GAUGES_WITHIN);
     while !Path::new(super::STATS).exists() {
         if Instant::now() >= deadline {
             return Err(format!("{} did not come back", super::STATS));
