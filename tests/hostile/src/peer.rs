@@ -9,6 +9,7 @@
 //! `/dev/xen/gntalloc` and offers an event channel with
 //! `/dev/xen/evtchn`, exactly what the frontend driver would do.
 
+use crate::limits::scaled;
 use std::fs::{File, OpenOptions};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -72,7 +73,7 @@ impl Device {
     /// Waits for the backend to reach `want`.
     pub(crate) fn await_backend(&self, xs: &mut Xs, want: XenbusState) -> Result<(), String> {
         let path = format!("{}/{}", self.back, schema::NODE_STATE);
-        xs.wait_for(&path, ANSWER, |v| {
+        xs.wait_for(&path, scaled(ANSWER), |v| {
             v == Some(want.as_u32().to_string().as_str())
         })
         .map(drop)
@@ -248,7 +249,7 @@ impl Conn<'_> {
     /// Waits for the next response, answering whatever the backend asks
     /// meanwhile with OK.
     pub(crate) fn response(&mut self) -> Result<Slot, String> {
-        let deadline = Instant::now() + ANSWER;
+        let deadline = Instant::now() + scaled(ANSWER);
         let mut slot = [0u8; SLOT_SIZE];
         loop {
             self.serve()?;
@@ -268,7 +269,7 @@ impl Conn<'_> {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("no response within {} s", ANSWER.as_secs()));
+                return Err(format!("no response within {} s", scaled(ANSWER).as_secs()));
             }
             self.wait(left)?;
         }
@@ -364,7 +365,7 @@ impl Conn<'_> {
 
     /// Waits for the backend's next request and takes it, unanswered.
     pub(crate) fn next_request(&mut self) -> Result<Slot, String> {
-        let deadline = Instant::now() + ANSWER;
+        let deadline = Instant::now() + scaled(ANSWER);
         let mut slot = [0u8; SLOT_SIZE];
         loop {
             if self
@@ -385,7 +386,7 @@ impl Conn<'_> {
             if left.is_zero() {
                 return Err(format!(
                     "the backend sent no request within {} s",
-                    ANSWER.as_secs()
+                    scaled(ANSWER).as_secs()
                 ));
             }
             self.wait(left)?;
@@ -437,10 +438,10 @@ impl Conn<'_> {
                 last_answer = Instant::now();
                 continue;
             }
-            if last_answer.elapsed() > ANSWER {
+            if last_answer.elapsed() > scaled(ANSWER) {
                 return Err(format!(
                     "no response within {} s ({answered} answered)",
-                    ANSWER.as_secs()
+                    scaled(ANSWER).as_secs()
                 ));
             }
             std::thread::yield_now();
