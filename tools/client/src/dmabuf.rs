@@ -1,10 +1,83 @@
 // SPDX-License-Identifier: MIT
-//! CPU access to a dma-buf's mapping, bracketed as the kernel asks.
+//! A dma-buf of another producer, and CPU access to a dma-buf's mapping,
+//! bracketed as the kernel asks.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
-use crate::sys::{self, Command, DMA_BUF_SYNC_LEN};
+use crate::sys::{self, Command, Mapping, DMA_BUF_SYNC_LEN};
+
+// `linux/magic.h`: the file system every dma-buf's file is on.
+const DMA_BUF_MAGIC: u64 = 0x444d_4142;
+
+/// A dma-buf that another driver or process made (a GPU's PRIME export, a
+/// camera's `VIDIOC_EXPBUF`, one received over a socket): held to export
+/// with [`Device::export`](crate::Device::export), to hand on, or to map.
+#[derive(Debug)]
+pub struct DmaBuf {
+    fd: OwnedFd,
+    size: u64,
+}
+
+impl DmaBuf {
+    /// Takes `fd` if it is a dma-buf, with its size (fixed for its life).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `fd` is not a dma-buf; what `fstatfs` or `fstat`
+    /// say.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self> {
+        const ACTION: &str = "taking a dma-buf";
+        let fs = rustix::fs::fstatfs(&fd).map_err(|e| Error::new(ACTION, e.into()))?;
+        // `f_type`'s integer type differs between architectures.
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        if fs.f_type as u64 != DMA_BUF_MAGIC {
+            return Err(Error::invalid_input(ACTION, "the file is not a dma-buf"));
+        }
+        let size = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::new(ACTION, e.into()))?
+            .st_size;
+        let size = u64::try_from(size)
+            .map_err(|_| Error::invalid_data(ACTION, format!("a size of {size}")))?;
+        Ok(DmaBuf { fd, size })
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Maps the whole buffer, writable if `writable` (the descriptor must
+    /// be open for writing). Bracket CPU accesses with [`CpuAccess`].
+    ///
+    /// # Errors
+    ///
+    /// What `mmap` says ([`Mapping::new`]): `EACCES` for a writable
+    /// mapping of a read-only descriptor, `ENODEV` for a dma-buf its
+    /// exporter does not let map; a size that does not fit this process's
+    /// address space is `InvalidInput`.
+    pub fn map(&self, writable: bool) -> Result<Mapping> {
+        let action = || format!("mapping a dma-buf of {} bytes", self.size);
+        let len = usize::try_from(self.size)
+            .map_err(|_| Error::invalid_input(action(), "larger than the address space"))?;
+        Mapping::check_file_holds(self.fd.as_fd(), len).map_err(|e| Error::new(action(), e))?;
+        // SAFETY: `fd` is a dma-buf (checked when it was taken), whose size
+        // is fixed when it is made, and it holds `len` bytes (checked above).
+        unsafe { Mapping::new(&self.fd, len, writable) }.map_err(|e| Error::new(action(), e))
+    }
+}
+
+impl AsFd for DmaBuf {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<DmaBuf> for OwnedFd {
+    fn from(dmabuf: DmaBuf) -> OwnedFd {
+        dmabuf.fd
+    }
+}
 
 // `linux/dma-buf.h`: what `DMA_BUF_IOCTL_SYNC` says.
 const SYNC_READ: u64 = 1 << 0;
@@ -79,4 +152,22 @@ impl Drop for CpuAccess<'_> {
 fn sync(dmabuf: BorrowedFd<'_>, flags: u64) -> std::io::Result<()> {
     let mut record: [u8; DMA_BUF_SYNC_LEN] = flags.to_ne_bytes();
     sys::command(dmabuf, Command::DMA_BUF_SYNC, &mut record).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::MemfdFlags;
+
+    /// A file that can change size (or is a device) would give a mapping
+    /// whose accesses fault: only a dma-buf is taken.
+    #[test]
+    fn a_file_that_is_not_a_dma_buf_is_refused() {
+        let memfd = rustix::fs::memfd_create("not-a-dmabuf", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&memfd, 4096).unwrap();
+        let refused = DmaBuf::from_fd(memfd).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(DmaBuf::from_fd(null.into()).is_err());
+    }
 }

@@ -23,7 +23,9 @@
 //!   CPU, without ever forming a reference to memory the other domain may
 //!   be writing.
 //! * [`Udmabuf`]: a dma-buf of ordinary memory (a memfd) to export, for
-//!   an application that shares what it draws itself.
+//!   an application that shares what it draws itself; [`DmaBuf`]: one
+//!   that a driver made (a GPU's PRIME export, a camera's buffer), checked
+//!   to be a dma-buf, with its size and a mapping.
 //! * [`Error`]: every failure names what was being done, carries the
 //!   errno and, for the errnos the driver documents, a hint for the user.
 //!
@@ -115,7 +117,7 @@ pub mod testing;
 mod udmabuf;
 
 pub use device::{BufferInfo, Device, ExportOptions, Imported};
-pub use dmabuf::CpuAccess;
+pub use dmabuf::{CpuAccess, DmaBuf};
 pub use error::{Error, Result};
 pub use events::Events;
 pub use sys::Mapping;

@@ -5,11 +5,15 @@
 //! object per result ([`Output`]), and the exit status of each way to fail
 //! ([`Failure`]): 0 success, 1 an operation failed (the message says why
 //! and what to do), 2 bad usage (clap's), 3 verification found different
-//! bytes, 4 a wait timed out.
+//! bytes, 4 a wait timed out. And what every exporter of a test buffer
+//! does after the export, whoever made the buffer ([`follow_export`],
+//! [`check_pattern`]).
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use hyper_dmabuf_client::{uapi, Event, DEVICE_PATH};
+use hyper_dmabuf_client::testing::pattern;
+use hyper_dmabuf_client::{uapi, Device, Event, EventType, HyperDmabufId, Mapping, DEVICE_PATH};
 use serde_json::{json, Value};
 
 /// The exit statuses, for the end of `--help`.
@@ -139,6 +143,114 @@ impl Output {
             );
         }
     }
+}
+
+/// Follows the events of the export `hid` until its grants have ended:
+/// printed as they come; with `once`, the buffer is unexported as soon as
+/// an importer has released it; after `hold` seconds (if given), it is
+/// unexported. Returns whether an importer released it.
+///
+/// # Errors
+///
+/// A failed wait or unexport; no `GrantsEnded` within 30 s of an unexport
+/// is a [`Failure::Timeout`].
+pub fn follow_export(
+    dev: &Device,
+    out: &Output,
+    hid: &HyperDmabufId,
+    hold: Option<u64>,
+    once: bool,
+) -> Result<bool, Failure> {
+    let deadline = hold.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut released = false;
+    loop {
+        let Some(event) = dev.wait_event(time_left(deadline))? else {
+            // Held long enough: revoke and wait for the end of it.
+            dev.unexport(hid, Duration::ZERO)?;
+            out.line(
+                format!("unexporting {hid}"),
+                json!({ "unexporting": hid.to_string() }),
+            );
+            wait_for(
+                dev,
+                out,
+                hid,
+                EventType::GrantsEnded,
+                Duration::from_secs(30),
+            )?;
+            return Ok(released);
+        };
+        out.event(&event);
+        if event.hid.as_ref().is_some_and(|h| h.matches(hid)) {
+            match event.kind {
+                EventType::Released if once && !released => {
+                    released = true;
+                    dev.unexport(hid, Duration::ZERO)?;
+                    out.line(
+                        format!("released; unexporting {hid}"),
+                        json!({ "unexporting": hid.to_string() }),
+                    );
+                }
+                EventType::Released => released = true,
+                EventType::GrantsEnded => return Ok(released),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Checks that `map` holds the pattern of `seed`.
+///
+/// # Errors
+///
+/// [`Failure::Mismatch`] naming the first byte that differs.
+pub fn check_pattern(out: &Output, seed: u64, map: &Mapping) -> Result<(), Failure> {
+    match pattern::first_mismatch_in(seed, map) {
+        None => {
+            out.line(
+                format!("verified {} bytes (seed {seed})", map.len()),
+                json!({ "verified": map.len(), "seed": seed }),
+            );
+            Ok(())
+        }
+        Some(at) => Err(Failure::Mismatch(format!(
+            "byte {at} (page {}) differs from the pattern of seed {seed}",
+            at / 4096
+        ))),
+    }
+}
+
+/// Waits at most `limit` for an event of `kind` about `hid`, printing
+/// every event.
+///
+/// # Errors
+///
+/// A failed wait; none within `limit` is a [`Failure::Timeout`].
+pub fn wait_for(
+    dev: &Device,
+    out: &Output,
+    hid: &HyperDmabufId,
+    kind: EventType,
+    limit: Duration,
+) -> Result<Event, Failure> {
+    let deadline = Some(Instant::now() + limit);
+    loop {
+        let Some(event) = dev.wait_event(time_left(deadline))? else {
+            return Err(Failure::Timeout(format!(
+                "no {kind:?} event for {hid} within {} s",
+                limit.as_secs()
+            )));
+        };
+        out.event(&event);
+        if event.kind == kind && event.hid.as_ref().is_some_and(|h| h.matches(hid)) {
+            return Ok(event);
+        }
+    }
+}
+
+/// What is left until `deadline`; `None` (wait forever) without one.
+pub fn time_left(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
 #[cfg(test)]

@@ -6,11 +6,10 @@
 //! wait timed out.
 
 use clap::{Args, Parser, Subcommand};
-use hdmabuf::{parse_size, Failure, Options, Output};
+use hdmabuf::{check_pattern, follow_export, parse_size, time_left, Failure, Options, Output};
 use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_client::{
-    uapi, CpuAccess, Device, DomId, Event, EventType, ExportOptions, HyperDmabufId, Mapping,
-    PrivData, Udmabuf,
+    uapi, CpuAccess, Device, DomId, ExportOptions, HyperDmabufId, PrivData, Udmabuf,
 };
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -187,42 +186,7 @@ fn export(args: &ExportArgs, device: &str, out: &Output) -> Result<(), Failure> 
         format!("exported {hid} ({} bytes, seed {seed}) to domain {domain}", buf.size),
         json!({ "exported": hid.to_string(), "size": buf.size, "seed": seed, "domain": domain.get(), "rw": rw }),
     );
-    let deadline = hold.map(|s| Instant::now() + Duration::from_secs(s));
-    let mut released = false;
-    loop {
-        let Some(event) = dev.wait_event(time_left(deadline))? else {
-            // Held long enough: revoke and wait for the end of it.
-            dev.unexport(&hid, Duration::ZERO)?;
-            out.line(
-                format!("unexporting {hid}"),
-                json!({ "unexporting": hid.to_string() }),
-            );
-            wait_for(
-                &dev,
-                out,
-                &hid,
-                EventType::GrantsEnded,
-                Duration::from_secs(30),
-            )?;
-            break;
-        };
-        out.event(&event);
-        if event.hid.as_ref().is_some_and(|h| h.matches(&hid)) {
-            match event.kind {
-                EventType::Released if *once && !released => {
-                    released = true;
-                    dev.unexport(&hid, Duration::ZERO)?;
-                    out.line(
-                        format!("released; unexporting {hid}"),
-                        json!({ "unexporting": hid.to_string() }),
-                    );
-                }
-                EventType::Released => released = true,
-                EventType::GrantsEnded => break,
-                _ => {}
-            }
-        }
-    }
+    let released = follow_export(&dev, out, &hid, *hold, *once)?;
     if let Some(expect) = expect_seed {
         if !released {
             return Err(Failure::Error(
@@ -382,50 +346,6 @@ fn unexport(args: &UnexportArgs, device: &str, out: &Output) -> Result<(), Failu
         json!({ "unexport": id.to_string(), "delay_ms": delay_ms }),
     );
     Ok(())
-}
-
-/// Checks that `map` holds the pattern of `seed`.
-fn check_pattern(out: &Output, seed: u64, map: &Mapping) -> Result<(), Failure> {
-    match pattern::first_mismatch_in(seed, map) {
-        None => {
-            out.line(
-                format!("verified {} bytes (seed {seed})", map.len()),
-                json!({ "verified": map.len(), "seed": seed }),
-            );
-            Ok(())
-        }
-        Some(at) => Err(Failure::Mismatch(format!(
-            "byte {at} (page {}) differs from the pattern of seed {seed}",
-            at / 4096
-        ))),
-    }
-}
-
-fn wait_for(
-    dev: &Device,
-    out: &Output,
-    hid: &HyperDmabufId,
-    kind: EventType,
-    limit: Duration,
-) -> Result<Event, Failure> {
-    let deadline = Some(Instant::now() + limit);
-    loop {
-        let Some(event) = dev.wait_event(time_left(deadline))? else {
-            return Err(Failure::Timeout(format!(
-                "no {kind:?} event for {hid} within {} s",
-                limit.as_secs()
-            )));
-        };
-        out.event(&event);
-        if event.kind == kind && event.hid.as_ref().is_some_and(|h| h.matches(hid)) {
-            return Ok(event);
-        }
-    }
-}
-
-/// What is left until `deadline`; `None` (wait forever) without one.
-fn time_left(deadline: Option<Instant>) -> Option<Duration> {
-    deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
 fn state_words(state: u32) -> String {
