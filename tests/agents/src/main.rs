@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MIT
 //! `hdmabuf-agent`: the project's test agents, which the VM scenarios run
 //! in each domain with a peer doing the other side: randomized cycles
-//! (`stress`), the long randomized soak (`soak`), the benchmark (`bench`)
-//! and the kernel importer's view of a buffer (`kcheck`). Not part of the
+//! (`stress`), the long randomized soak (`soak`), the benchmark (`bench`),
+//! the kernel importer's view of a buffer (`kcheck`) and buffers of real
+//! drivers (`export-from`). Not part of the
 //! user's `hdmabuf` command; they keep its conventions (`--json`, sizes,
 //! exit statuses: see the `hdmabuf` library).
 
 mod bench;
 mod kcheck;
+mod media;
 mod soak;
 mod stress;
 
@@ -49,6 +51,12 @@ enum Command {
     /// it as a kernel importer does (attach, sg table, vmap) through
     /// debugfs, comparing its sum of the bytes with ours.
     Kcheck(kcheck::KcheckArgs),
+    /// Export a buffer that a real driver made (vgem), filled with the
+    /// test pattern, and follow it as `hdmabuf export` does.
+    ExportFrom {
+        #[command(subcommand)]
+        producer: media::Producer,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +69,7 @@ fn main() -> ExitCode {
         Command::Soak(args) => soak::run(args, &cli.options.device, &out),
         Command::Bench { command } => bench::run(command, &cli.options.device),
         Command::Kcheck(args) => kcheck::run(args, &cli.options.device, &out),
+        Command::ExportFrom { producer } => media::run(producer, &cli.options.device, &out),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
