@@ -9,8 +9,8 @@
 
 mod vgem;
 
-use clap::{Args, Subcommand};
-use hdmabuf::{check_pattern, follow_export, parse_size, Failure, Output};
+use clap::Subcommand;
+use hdmabuf::{check_pattern, follow_export, ExportArgs, Failure, Output};
 use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_client::{CpuAccess, Device, DmaBuf, DomId, ExportOptions, PrivData};
 use serde_json::json;
@@ -19,40 +19,8 @@ use serde_json::json;
 #[derive(Subcommand)]
 pub(crate) enum Producer {
     /// A vgem GEM buffer (a "dumb" buffer of 1024 32-bit pixels a line),
-    /// exported with PRIME.
-    Vgem(ExportFromArgs),
-}
-
-/// What `hdmabuf export` takes, less what the producer decides.
-#[derive(Args)]
-pub(crate) struct ExportFromArgs {
-    /// The domain to share with.
-    #[arg(long, short)]
-    domain: u32,
-    /// Buffer size (bytes, or with K/M/G suffix); the producer rounds it
-    /// up to its own unit.
-    #[arg(long, short, default_value = "1M", value_parser = parse_size)]
-    size: u64,
-    /// Seed of the test pattern written into the buffer.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Let the importer map the buffer writable.
-    #[arg(long)]
-    rw: bool,
-    /// Private data for the importer (at most 192 bytes).
-    #[arg(long, default_value = "")]
-    r#priv: String,
-    /// Unexport after this many seconds; by default wait until the buffer
-    /// is unexported.
-    #[arg(long)]
-    hold: Option<u64>,
-    /// Unexport as soon as an importer has released the buffer.
-    #[arg(long)]
-    once: bool,
-    /// After an importer released it, verify the buffer holds the
-    /// pattern of this seed (what a read-write importer wrote).
-    #[arg(long)]
-    expect_seed: Option<u64>,
+    /// exported with PRIME; the options of `hdmabuf export`.
+    Vgem(ExportArgs),
 }
 
 pub(crate) fn run(producer: &Producer, device: &str, out: &Output) -> Result<(), Failure> {
@@ -68,7 +36,7 @@ pub(crate) fn run(producer: &Producer, device: &str, out: &Output) -> Result<(),
 /// Fills `buffer` with the pattern, exports it and follows the export
 /// as `hdmabuf export` does.
 fn export(
-    args: &ExportFromArgs,
+    args: &ExportArgs,
     producer: &str,
     buffer: DmaBuf,
     device: &str,

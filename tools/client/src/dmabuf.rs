@@ -57,14 +57,30 @@ impl DmaBuf {
     /// exporter does not let map; a size that does not fit this process's
     /// address space is `InvalidInput`.
     pub fn map(&self, writable: bool) -> Result<Mapping> {
-        let action = || format!("mapping a dma-buf of {} bytes", self.size);
-        let len = usize::try_from(self.size)
-            .map_err(|_| Error::invalid_input(action(), "larger than the address space"))?;
-        Mapping::check_file_holds(self.fd.as_fd(), len).map_err(|e| Error::new(action(), e))?;
-        // SAFETY: `fd` is a dma-buf (checked when it was taken), whose size
-        // is fixed when it is made, and it holds `len` bytes (checked above).
-        unsafe { Mapping::new(&self.fd, len, writable) }.map_err(|e| Error::new(action(), e))
+        // SAFETY: `fd` is a dma-buf, checked when it was taken.
+        unsafe { map_dmabuf(self.fd.as_fd(), self.size, writable, "a dma-buf") }
     }
+}
+
+/// Maps the `size` bytes of the dma-buf `fd` (`what` names it in an error).
+///
+/// # Safety
+///
+/// `fd` must be a dma-buf: its size is fixed when it is made, so the
+/// mapping's accesses cannot fault later (any other file may shrink).
+pub(crate) unsafe fn map_dmabuf(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    writable: bool,
+    what: &str,
+) -> Result<Mapping> {
+    let action = || format!("mapping {what} of {size} bytes");
+    let len = usize::try_from(size)
+        .map_err(|_| Error::invalid_input(action(), "larger than the address space"))?;
+    Mapping::check_file_holds(fd, len).map_err(|e| Error::new(action(), e))?;
+    // SAFETY: `fd` is a dma-buf (this function's contract), whose size is
+    // fixed when it is made, and it holds `len` bytes (checked above).
+    unsafe { Mapping::new(fd, len, writable) }.map_err(|e| Error::new(action(), e))
 }
 
 impl AsFd for DmaBuf {

@@ -31,6 +31,39 @@ pub struct Options {
     pub device: String,
 }
 
+/// The options of `hdmabuf export`, which the test agents that export
+/// other producers' buffers take too (`hdmabuf-agent export-from`).
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The domain to share with.
+    #[arg(long, short)]
+    pub domain: u32,
+    /// Buffer size (bytes, or with K/M/G suffix); rounded up to pages.
+    #[arg(long, short, default_value = "1M", value_parser = parse_size)]
+    pub size: u64,
+    /// Seed of the test pattern.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Let the importer map the buffer writable.
+    #[arg(long)]
+    pub rw: bool,
+    /// Private data for the importer (at most 192 bytes).
+    #[arg(long, default_value = "")]
+    pub r#priv: String,
+    /// Give up (unexport and exit) after this many seconds; by default
+    /// wait until someone unexports the buffer.
+    #[arg(long)]
+    pub hold: Option<u64>,
+    /// Unexport as soon as an importer has released the buffer, then
+    /// wait until its grants have ended.
+    #[arg(long)]
+    pub once: bool,
+    /// After an importer released it, verify the buffer holds the
+    /// pattern of this seed (what a read-write importer wrote).
+    #[arg(long)]
+    pub expect_seed: Option<u64>,
+}
+
 /// Why a command stopped.
 #[derive(Debug)]
 pub enum Failure {

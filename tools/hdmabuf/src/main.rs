@@ -6,7 +6,7 @@
 //! wait timed out.
 
 use clap::{Args, Parser, Subcommand};
-use hdmabuf::{check_pattern, follow_export, parse_size, time_left, Failure, Options, Output};
+use hdmabuf::{check_pattern, follow_export, time_left, ExportArgs, Failure, Options, Output};
 use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_client::{
     uapi, CpuAccess, Device, DomId, ExportOptions, HyperDmabufId, PrivData, Udmabuf,
@@ -47,38 +47,6 @@ enum Command {
     },
     /// Revoke a buffer this domain exported.
     Unexport(UnexportArgs),
-}
-
-// `hdmabuf export`.
-#[derive(Args)]
-struct ExportArgs {
-    /// The domain to share with.
-    #[arg(long, short)]
-    domain: u32,
-    /// Buffer size (bytes, or with K/M/G suffix); rounded up to pages.
-    #[arg(long, short, default_value = "1M", value_parser = parse_size)]
-    size: u64,
-    /// Seed of the test pattern.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Let the importer map the buffer writable.
-    #[arg(long)]
-    rw: bool,
-    /// Private data for the importer (at most 192 bytes).
-    #[arg(long, default_value = "")]
-    r#priv: String,
-    /// Give up (unexport and exit) after this many seconds; by default
-    /// wait until someone unexports the buffer.
-    #[arg(long)]
-    hold: Option<u64>,
-    /// Unexport as soon as an importer has released the buffer, then
-    /// wait until its grants have ended.
-    #[arg(long)]
-    once: bool,
-    /// After an importer released it, verify the buffer holds the
-    /// pattern of this seed (what a read-write importer wrote).
-    #[arg(long)]
-    expect_seed: Option<u64>,
 }
 
 // `hdmabuf import`.
