@@ -111,8 +111,14 @@ base_root() {
     # Also as a module tree with depmod's indexes, so that modprobe and
     # modinfo work and aliases (xen:hyper_dmabuf) resolve.
     install -D -m 0644 -t "$root/lib/modules/$KVER/extra" "${KOS[@]}"
+    # The kernel's own modules (vivid, vkms, vgem and what they need: the
+    # real producers and consumers of issue 14), where modules_install
+    # puts them, listed by the build's modules.order.
+    sed 's/\.o$/.ko/' "$KDIR/modules.order" | while IFS= read -r ko; do
+        install -D -m 0644 "$KDIR/$ko" "$root/lib/modules/$KVER/kernel/$ko"
+    done
     install -m 0644 "$KDIR"/modules.builtin{,.modinfo} "$root/lib/modules/$KVER/"
-    (cd "$root/lib/modules/$KVER" && ls extra/*.ko >modules.order)
+    (cd "$root/lib/modules/$KVER" && { sed 's|^|kernel/|; s/\.o$/.ko/' "$KDIR/modules.order"; ls extra/*.ko; } >modules.order)
     "$(command -v depmod || echo /usr/sbin/depmod)" -b "$root" "$KVER"
     install -m 0644 "$SCEN_DIR"/* "$root/hdm/scenarios/"
     for t in "${TOOLS[@]}"; do copy_with_libs "$root" "$t" "usr/bin/$(basename "$t")"; done

@@ -11,7 +11,7 @@
 # lines for the runner and dom0's init; the body runs in every domain with
 # HDM_DOMAIN, HDM_TYPE, HDM_ROLE and HDM_PHASE set.
 #
-# hdm: description = the module loads, logs the domain role and unloads in dom0, PV and PVH
+# hdm: description = the module loads, logs the domain role and unloads in dom0, PV and PVH; so do vivid, vkms and vgem
 # hdm: domains = pv pvh
 # hdm: timeout = 60
 # hdm: boot-timeout = 300
@@ -33,6 +33,26 @@ hdm_expect_dmesg "hyper_dmabuf: role: $HDM_ROLE"
 [ -c /dev/xen/hyper_dmabuf ] || hdm_fail "no /dev/xen/hyper_dmabuf"
 hdm_rmmod hyper_dmabuf
 hdm_expect_dmesg "hyper_dmabuf: unloaded ($HDM_ROLE)"
+
+# The kernel's own producers and consumers (issue 14) load in every
+# domain and make their devices: vivid a camera and an output, vkms and
+# vgem a DRM device each. The debug kernel's checks watch them as they
+# watch us.
+modprobe vivid n_devs=1 node_types=0x101 no_error_inj=1 || hdm_fail "modprobe vivid failed"
+modprobe vkms || hdm_fail "modprobe vkms failed"
+modprobe vgem || hdm_fail "modprobe vgem failed"
+# Both register a bare platform device named after themselves.
+for driver in vkms vgem; do
+    grep -qx "platform:$driver" /sys/class/drm/card*/device/modalias 2>/dev/null ||
+        hdm_fail "no DRM device of $driver: $(cat /sys/class/drm/card*/device/modalias 2>&1)"
+done
+grep -q vivid /sys/class/video4linux/video*/name || hdm_fail "no vivid video device"
+[ "$(ls /dev/video* | wc -l)" -ge 2 ] || hdm_fail "vivid made $(ls /dev/video* 2>&1)"
+for driver in vivid vkms vgem; do
+    rmmod "$driver" || hdm_fail "$driver does not unload"
+    ! grep -q "^$driver " /proc/modules || hdm_fail "$driver is still loaded"
+done
+hdm_log "vivid, vkms and vgem loaded and unloaded"
 
 if [ "$(cat /hdm/kernel-flavour)" = debug ]; then
     grep -q '^ *debug_locks: *1$' /proc/lockdep_stats ||
