@@ -5,6 +5,7 @@
  * file's wait queue (wait_event_interruptible and poll_wait are macros).
  */
 #include <linux/capability.h>
+#include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
@@ -117,11 +118,18 @@ int hdm_misc_register(void)
 
 	if (err)
 		return err;
-	/* Exporters map their buffers for this device, as gntdev's. */
+	/*
+	 * Exporters map their buffers for this device (pin.c). It is no DMA
+	 * master: it only reads back which pages a buffer is made of, so
+	 * its addresses are the pages' own (hdm_identity_dma_ops).
+	 */
 	err = dma_coerce_mask_and_coherent(hdm_misc.this_device, DMA_BIT_MASK(64));
-	if (err)
+	if (err) {
 		misc_deregister(&hdm_misc);
-	return err;
+		return err;
+	}
+	set_dma_ops(hdm_misc.this_device, &hdm_identity_dma_ops);
+	return 0;
 }
 
 void hdm_misc_unregister(void)

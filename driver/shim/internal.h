@@ -25,6 +25,8 @@ int hdm_misc_register(void);
 void hdm_misc_unregister(void);
 /* Its struct device: what the driver attaches to the dma-bufs it pins. */
 struct device *hdm_misc_device(void);
+/* pin.c: that device's DMA "mapping", a page's physical address. */
+extern const struct dma_map_ops hdm_identity_dma_ops;
 /* debugfs.c: /sys/kernel/debug/hyper_dmabuf and its files. */
 void hdm_debugfs_register(void);
 void hdm_debugfs_unregister(void);

@@ -5,17 +5,88 @@
  * our own for the page directory.
  */
 #include <linux/dma-buf.h>
-#include <linux/dma-direct.h>
 #include <linux/dma-map-ops.h>
 #include <linux/gfp.h>
 #include <linux/mm.h>
 #include <linux/scatterlist.h>
 #include <linux/string.h>
 #include <linux/swiotlb.h>
+#include <xen/features.h>
 #include <xen/page.h>
 #include <asm/xen/page.h>
 
 #include "internal.h"
+
+/*
+ * The control device's DMA operations. It is no DMA master: the driver
+ * attaches it to a dma-buf it exports only to learn which pages the
+ * buffer is made of, and grants those pages; the CPU and the peer reach
+ * them, no device does. So a "DMA address" for it is the page's physical
+ * address, as x86's nommu operations once gave.
+ *
+ * The platform's operations would be Xen's swiotlb in dom0, which
+ * bounces any sg segment whose pages are not machine-contiguous or not
+ * as aligned in machine memory as they are in pseudo-physical memory
+ * (range_straddles_page_boundary): a GEM buffer's merged segments
+ * (drm_prime_pages_to_sg) would then map to bounce buffers, which are
+ * not the buffer, and the export would be refused at random, by how
+ * the domain's memory happens to be laid out. Nothing here needs a
+ * sync, as nothing here caches: the calls are no-ops.
+ */
+static dma_addr_t hdm_identity_map_page(struct device *dev, struct page *page,
+					unsigned long offset, size_t size,
+					enum dma_data_direction dir, unsigned long attrs)
+{
+	return page_to_phys(page) + offset;
+}
+
+static void hdm_identity_unmap_page(struct device *dev, dma_addr_t addr, size_t size,
+				    enum dma_data_direction dir, unsigned long attrs)
+{
+}
+
+static int hdm_identity_map_sg(struct device *dev, struct scatterlist *sgl, int nents,
+			       enum dma_data_direction dir, unsigned long attrs)
+{
+	struct scatterlist *sg;
+	int i;
+
+	for_each_sg(sgl, sg, nents, i) {
+		sg_dma_address(sg) = sg_phys(sg);
+		sg_dma_len(sg) = sg->length;
+	}
+	return nents;
+}
+
+static void hdm_identity_unmap_sg(struct device *dev, struct scatterlist *sgl, int nents,
+				  enum dma_data_direction dir, unsigned long attrs)
+{
+}
+
+const struct dma_map_ops hdm_identity_dma_ops = {
+	.map_page = hdm_identity_map_page,
+	.unmap_page = hdm_identity_unmap_page,
+	.map_sg = hdm_identity_map_sg,
+	.unmap_sg = hdm_identity_unmap_sg,
+	/* No map_resource: MMIO (a peer-to-peer export) fails to map. */
+};
+
+/*
+ * Whether the page at `pfn` maps another domain's frame (a grant mapping:
+ * an imported buffer exported on). PG_foreign shares its bit with
+ * PG_xen_remapped, which swiotlb-xen sets on the first page of a coherent
+ * allocation it had to make machine-contiguous (a dma-contig V4L2 buffer
+ * in dom0 has it), and with page-cache and swap-cache flags. So in a PV
+ * domain the p2m decides: a grant mapping marks its entry FOREIGN_FRAME.
+ * An auto-translated domain has no p2m of its own to read, and no
+ * swiotlb-xen: there the page flag is all there is.
+ */
+static bool hdm_pfn_foreign(unsigned long pfn)
+{
+	if (!xen_feature(XENFEAT_auto_translated_physmap))
+		return __pfn_to_mfn(pfn) & FOREIGN_FRAME_BIT;
+	return PageForeign(pfn_to_page(pfn));
+}
 
 int hdm_pin_dmabuf(int fd, struct hdm_pin *pin, unsigned int *step)
 {
@@ -70,14 +141,6 @@ void hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns,
 	struct device *dev = hdm_misc_device();
 	struct sg_table *sgt = pin->sgt;
 	struct sg_dma_page_iter iter;
-	/*
-	 * With Xen's swiotlb (dom0, or a PV guest with PCI devices) a DMA
-	 * address is a machine address, whose pfn is found through the m2p,
-	 * as gntdev-dmabuf does. A PV domU without it uses dma-direct, whose
-	 * addresses are pseudo-physical: gntdev's m2p lookup would then read
-	 * a foreign frame number.
-	 */
-	bool machine = get_dma_ops(dev) != NULL;
 	unsigned int i = 0;
 
 	walk->segment = sgt->sgl != NULL;
@@ -86,9 +149,12 @@ void hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns,
 	if (!sgt->sgl)
 		return;
 	for_each_sgtable_dma_page(sgt, &iter, 0) {
-		dma_addr_t addr = sg_page_iter_dma_address(&iter);
-		phys_addr_t phys = dma_to_phys(dev, addr);
-		unsigned long pfn = machine ? bfn_to_pfn(XEN_PFN_DOWN(phys)) : PHYS_PFN(phys);
+		/*
+		 * A physical address (hdm_identity_dma_ops): unlike
+		 * gntdev-dmabuf, which reads machine addresses back through
+		 * the m2p, no exporter's layout in machine memory matters.
+		 */
+		unsigned long pfn = PHYS_PFN(sg_page_iter_dma_address(&iter));
 
 		if (i == cap) {
 			/* One page more than asked for is all Rust needs to know. */
@@ -100,10 +166,11 @@ void hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns,
 		/* Only a page in the memory map has a struct page to look at. */
 		if (pfn_valid(pfn)) {
 			facts[i] |= HDM_PAGE_RAM;
-			if (PageForeign(pfn_to_page(pfn)))
+			if (hdm_pfn_foreign(pfn))
 				facts[i] |= HDM_PAGE_FOREIGN;
 			gfns[i] = pfn_to_gfn(pfn);
 		}
+		/* Never with the operations above; kept as a guard. */
 		if (swiotlb_find_pool(dev, PFN_PHYS(pfn)))
 			facts[i] |= HDM_PAGE_BOUNCE;
 		i++;
