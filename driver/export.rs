@@ -20,6 +20,7 @@ use crate::conn::Conn;
 use crate::ffi::dmabuf::PinnedDmabuf;
 use crate::ffi::{self, errno};
 use crate::grants::{ExportEntry, ExportGrants};
+use crate::peerlog::Level;
 use crate::registry::Driver;
 
 /// How long an exporter waits for the peer to accept an announcement.
@@ -64,7 +65,19 @@ pub(crate) fn export(
     let pin = PinnedDmabuf::pin(args.dmabuf_fd)
         .map_err(|f| Error::from_errno(-grantable::pin_errno(f.step, f.errno)))?;
     let size = pin.size();
-    let layout = export_layout(&config, size).map_err(refused)?;
+    let layout = export_layout(&config, size).map_err(|why| {
+        if why == ExportRefusal::BadSize {
+            driver.local_log(
+                Level::Warn,
+                format_args!(
+                    "export to dom{} refused: the dma-buf is {size} bytes, not a whole \
+                     number of pages",
+                    conn.peer.get()
+                ),
+            );
+        }
+        refused(why)
+    })?;
     if let Some(again) =
         conn.update_existing(driver, pin.identity(), file, args.flags, args.priv_data)
     {
@@ -72,7 +85,12 @@ pub(crate) fn export(
     }
     let identity = pin.identity();
     let hid = new_id(driver)?;
-    let mut grants = ExportGrants::new(pin, conn.peer, hid, owner, &layout)?;
+    let mut grants = ExportGrants::new(pin, conn.peer, hid, owner, &layout, |why| {
+        driver.local_log(
+            Level::Warn,
+            format_args!("export to dom{} refused: {why}", conn.peer.get()),
+        );
+    })?;
     let dir_gref = match grants.grant(&layout, writable) {
         Ok(root) => root,
         Err(e) => {

@@ -19,7 +19,7 @@ use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::sync::{new_mutex, Mutex};
 
-use super::common::grantable;
+use super::common::grantable::{self, FrameRefusal};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::ExportRecord;
 use super::common::limits::XEN_PAGE_SIZE;
@@ -77,17 +77,22 @@ impl ExportGrants {
     ///
     /// `EINVAL` when the pin's pages may not be granted
     /// (`grantable::accept_frames`: not from a page boundary, not the
-    /// layout's count, or not ordinary RAM of ours); `ENOMEM`.
+    /// layout's count, or not ordinary RAM of ours), after telling
+    /// `refused` why; `ENOMEM`.
     pub(crate) fn new(
         pin: PinnedDmabuf,
         peer: DomId,
         hid: HyperDmabufId,
         owner: u64,
         layout: &Layout,
+        refused: impl FnOnce(FrameRefusal),
     ) -> Result<KBox<Self>> {
         let nr = layout.nr_pages();
         let data = DmabufGrants::new(pin, nr as usize, |walk, facts| {
-            grantable::accept_frames(walk, nr, facts).map_err(|r| Error::from_errno(-r.errno()))
+            grantable::accept_frames(walk, nr, facts).map_err(|why| {
+                refused(why);
+                Error::from_errno(-why.errno())
+            })
         })?;
         let dir = KVec::with_capacity(layout.dir_pages() as usize, GFP_KERNEL)?;
         Ok(KBox::new(

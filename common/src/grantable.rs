@@ -11,14 +11,17 @@
 //! domain's frame. The rules below decide; every refusal is `EINVAL`
 //! (docs/uapi.md), except a bad file descriptor, which is `EBADF`.
 
+use core::fmt;
+
 use super::ledger::errno;
 
 /// The page is in the memory map (`pfn_valid`): RAM, not MMIO or VRAM.
 pub const PAGE_RAM: u8 = 1 << 0;
 /// The page is a swiotlb bounce buffer standing in for the real pages.
 pub const PAGE_BOUNCE: u8 = 1 << 1;
-/// The page maps another domain's frame (`PageForeign`: an imported
-/// buffer exported on).
+/// The page maps another domain's frame (a grant mapping, e.g. an
+/// imported buffer exported on: the PV p2m's foreign bit, or
+/// `PageForeign` where the domain has no p2m of its own).
 pub const PAGE_FOREIGN: u8 = 1 << 2;
 
 /// The step at which pinning a dma-buf failed.
@@ -83,6 +86,48 @@ impl FrameRefusal {
     /// The errno the export ioctl returns.
     pub const fn errno(self) -> i32 {
         errno::EINVAL
+    }
+}
+
+/// What the driver logs when it refuses an export: the cause, and what
+/// the user can do about it (the ioctl's `EINVAL` alone says neither).
+impl fmt::Display for FrameRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FrameRefusal::NoSegment => {
+                write!(
+                    f,
+                    "its exporter mapped no memory for it (an empty sg table)"
+                )
+            }
+            FrameRefusal::Offset(offset) => write!(
+                f,
+                "it starts {offset} bytes into a page; only buffers made of whole pages \
+                 can be granted (allocate it page-aligned)"
+            ),
+            FrameRefusal::Count { expected, found } if found > expected => write!(
+                f,
+                "its exporter mapped more pages than its size of {expected} pages"
+            ),
+            FrameRefusal::Count { expected, found } => write!(
+                f,
+                "its exporter mapped {found} pages for a size of {expected} pages"
+            ),
+            FrameRefusal::NotRam(page) => write!(
+                f,
+                "page {page} is not system RAM (device memory such as VRAM cannot be \
+                 granted: allocate the buffer in system memory)"
+            ),
+            FrameRefusal::Bounce(page) => write!(
+                f,
+                "page {page} was mapped through a swiotlb bounce buffer, not the buffer's own"
+            ),
+            FrameRefusal::Foreign(page) => write!(
+                f,
+                "page {page} is another domain's (an imported buffer cannot be exported \
+                 on: share it from the domain that made it)"
+            ),
+        }
     }
 }
 
@@ -182,6 +227,26 @@ mod tests {
             );
             assert_eq!(refusal.errno(), errno::EINVAL);
         }
+    }
+
+    #[test]
+    fn each_refusal_says_what_to_do() {
+        use std::string::ToString;
+        let said = |r: FrameRefusal| r.to_string();
+        assert!(said(FrameRefusal::NotRam(3)).starts_with("page 3 is not system RAM"));
+        assert!(said(FrameRefusal::NotRam(3)).contains("allocate the buffer in system memory"));
+        assert!(said(FrameRefusal::Offset(512)).contains("512 bytes into a page"));
+        assert!(said(FrameRefusal::Foreign(0)).contains("share it from the domain that made it"));
+        let long = FrameRefusal::Count {
+            expected: 2,
+            found: 3,
+        };
+        assert!(said(long).contains("more pages than its size of 2 pages"));
+        let short = FrameRefusal::Count {
+            expected: 2,
+            found: 1,
+        };
+        assert!(said(short).contains("mapped 1 pages for a size of 2 pages"));
     }
 
     #[test]

@@ -10,8 +10,18 @@
  * words, and undoes it all. A read then returns
  * "pages=N segments=M mapped=B sum=0x..." or "error=-E".
  *
+ * debugfs "refuse" exports dma-bufs the driver must refuse to grant,
+ * as real exporters can make them. A process writes a kind; the module
+ * makes a dma-buf of it, installs a descriptor of it in that process, and
+ * a read returns "fd=N" (or "error=-E"):
+ *   not-ram       one page of device memory: a DMA address far past the
+ *                 end of RAM, with no struct page, as a GPU's VRAM mapped
+ *                 for a peer (dma_map_resource);
+ *   partial-page  4 KiB + 512 bytes: not a whole number of pages;
+ *   offset        two pages' worth starting 512 bytes into a page.
+ *
  * It attaches with a device of its own (64-bit DMA mask, as the driver's
- * control device), and puts its file in the driver's debugfs directory,
+ * control device), and puts its files in the driver's debugfs directory,
  * whose symbol keeps hyper_dmabuf.ko loaded while this module is.
  */
 #include <linux/debugfs.h>
@@ -19,6 +29,9 @@
 #include <linux/dma-buf.h>
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
+#include <linux/gfp.h>
+#include <linux/mm.h>
+#include <linux/slab.h>
 #include <linux/iosys-map.h>
 #include <linux/kstrtox.h>
 #include <linux/module.h>
@@ -35,8 +48,10 @@ MODULE_IMPORT_NS(HYPER_DMABUF);
 
 static struct device *hdm_check_dev;
 static struct dentry *hdm_check_file;
+static struct dentry *hdm_refuse_file;
 static DEFINE_MUTEX(hdm_check_lock);
 static char hdm_check_result[96];
+static char hdm_refuse_result[32];
 
 static int hdm_check_dmabuf(struct dma_buf *buf)
 {
@@ -118,6 +133,181 @@ static ssize_t hdm_check_read(struct file *file, char __user *ubuf, size_t len,
 	return ret;
 }
 
+/* A dma-buf of a kind the driver must refuse (the "refuse" file). */
+enum hdm_refuse_kind { HDM_NOT_RAM, HDM_PARTIAL_PAGE, HDM_OFFSET };
+
+struct hdm_refuse_buf {
+	enum hdm_refuse_kind kind;
+	unsigned int nr_pages;
+	struct page *pages[3];
+};
+
+static struct sg_table *hdm_refuse_map(struct dma_buf_attachment *attach,
+				       enum dma_data_direction dir)
+{
+	struct hdm_refuse_buf *rb = attach->dmabuf->priv;
+	struct sg_table *sgt;
+	struct scatterlist *sg;
+	int err;
+
+	sgt = kzalloc(sizeof(*sgt), GFP_KERNEL);
+	if (!sgt)
+		return ERR_PTR(-ENOMEM);
+	err = sg_alloc_table(sgt, rb->kind == HDM_NOT_RAM ? 1 : rb->nr_pages, GFP_KERNEL);
+	if (err)
+		goto out_free;
+	sg = sgt->sgl;
+	switch (rb->kind) {
+	case HDM_NOT_RAM:
+		/*
+		 * Memory no struct page describes, as a peer-to-peer mapping
+		 * of VRAM gives (no page link: importers use DMA addresses).
+		 * 32 TiB is past any RAM of the platform's domains.
+		 */
+		sg_dma_address(sg) = 1ULL << 45;
+		sg_dma_len(sg) = PAGE_SIZE;
+		return sgt;
+	case HDM_PARTIAL_PAGE:
+		sg_set_page(sg, rb->pages[0], PAGE_SIZE, 0);
+		sg_set_page(sg_next(sg), rb->pages[1], 512, 0);
+		break;
+	case HDM_OFFSET:
+		sg_set_page(sg, rb->pages[0], PAGE_SIZE - 512, 512);
+		sg = sg_next(sg);
+		sg_set_page(sg, rb->pages[1], PAGE_SIZE, 0);
+		sg_set_page(sg_next(sg), rb->pages[2], 512, 0);
+		break;
+	}
+	err = dma_map_sgtable(attach->dev, sgt, dir, 0);
+	if (err)
+		goto out_table;
+	return sgt;
+
+out_table:
+	sg_free_table(sgt);
+out_free:
+	kfree(sgt);
+	return ERR_PTR(err);
+}
+
+static void hdm_refuse_unmap(struct dma_buf_attachment *attach, struct sg_table *sgt,
+			     enum dma_data_direction dir)
+{
+	struct hdm_refuse_buf *rb = attach->dmabuf->priv;
+
+	if (rb->kind != HDM_NOT_RAM)
+		dma_unmap_sgtable(attach->dev, sgt, dir, 0);
+	sg_free_table(sgt);
+	kfree(sgt);
+}
+
+static void hdm_refuse_free(struct hdm_refuse_buf *rb)
+{
+	unsigned int i;
+
+	for (i = 0; i < rb->nr_pages; i++)
+		if (rb->pages[i])
+			__free_page(rb->pages[i]);
+	kfree(rb);
+}
+
+static void hdm_refuse_release(struct dma_buf *buf)
+{
+	hdm_refuse_free(buf->priv);
+}
+
+static const struct dma_buf_ops hdm_refuse_ops = {
+	.map_dma_buf = hdm_refuse_map,
+	.unmap_dma_buf = hdm_refuse_unmap,
+	.release = hdm_refuse_release,
+};
+
+/* A new dma-buf of `kind`, and a descriptor of it in this process. */
+static int hdm_refuse_make(enum hdm_refuse_kind kind)
+{
+	DEFINE_DMA_BUF_EXPORT_INFO(info);
+	struct hdm_refuse_buf *rb;
+	struct dma_buf *buf;
+	unsigned int i;
+	int fd;
+
+	rb = kzalloc(sizeof(*rb), GFP_KERNEL);
+	if (!rb)
+		return -ENOMEM;
+	rb->kind = kind;
+	rb->nr_pages = kind == HDM_NOT_RAM ? 0 : kind == HDM_PARTIAL_PAGE ? 2 : 3;
+	for (i = 0; i < rb->nr_pages; i++) {
+		rb->pages[i] = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		if (!rb->pages[i]) {
+			hdm_refuse_free(rb);
+			return -ENOMEM;
+		}
+	}
+	info.ops = &hdm_refuse_ops;
+	info.size = kind == HDM_PARTIAL_PAGE ? PAGE_SIZE + 512 :
+		    kind == HDM_OFFSET ? 2 * PAGE_SIZE : PAGE_SIZE;
+	info.flags = O_RDWR;
+	info.priv = rb;
+	buf = dma_buf_export(&info);
+	if (IS_ERR(buf)) {
+		hdm_refuse_free(rb);
+		return PTR_ERR(buf);
+	}
+	fd = dma_buf_fd(buf, O_CLOEXEC);
+	if (fd < 0)
+		dma_buf_put(buf);
+	return fd;
+}
+
+static ssize_t hdm_refuse_write(struct file *file, const char __user *ubuf,
+				size_t len, loff_t *off)
+{
+	static const char *const kinds[] = {
+		[HDM_NOT_RAM] = "not-ram",
+		[HDM_PARTIAL_PAGE] = "partial-page",
+		[HDM_OFFSET] = "offset",
+	};
+	char kind[16];
+	ssize_t n;
+	int fd;
+
+	n = strncpy_from_user(kind, ubuf, min(len, sizeof(kind) - 1));
+	if (n < 0)
+		return n;
+	kind[n] = '\0';
+	strim(kind);
+	n = match_string(kinds, ARRAY_SIZE(kinds), kind);
+	if (n < 0)
+		return -EINVAL;
+	fd = hdm_refuse_make(n);
+	mutex_lock(&hdm_check_lock);
+	if (fd < 0)
+		scnprintf(hdm_refuse_result, sizeof(hdm_refuse_result), "error=%d\n", fd);
+	else
+		scnprintf(hdm_refuse_result, sizeof(hdm_refuse_result), "fd=%d\n", fd);
+	mutex_unlock(&hdm_check_lock);
+	return fd < 0 ? fd : len;
+}
+
+static ssize_t hdm_refuse_read(struct file *file, char __user *ubuf, size_t len,
+			       loff_t *off)
+{
+	ssize_t ret;
+
+	mutex_lock(&hdm_check_lock);
+	ret = simple_read_from_buffer(ubuf, len, off, hdm_refuse_result,
+				      strlen(hdm_refuse_result));
+	mutex_unlock(&hdm_check_lock);
+	return ret;
+}
+
+static const struct file_operations hdm_refuse_fops = {
+	.owner = THIS_MODULE,
+	.write = hdm_refuse_write,
+	.read = hdm_refuse_read,
+	.llseek = default_llseek,
+};
+
 static const struct file_operations hdm_check_fops = {
 	.owner = THIS_MODULE,
 	.write = hdm_check_write,
@@ -144,6 +334,12 @@ static int __init hdm_check_init(void)
 		err = PTR_ERR(hdm_check_file);
 		goto out_dev;
 	}
+	hdm_refuse_file = debugfs_create_file("refuse", 0600, dir, NULL, &hdm_refuse_fops);
+	if (IS_ERR(hdm_refuse_file)) {
+		err = PTR_ERR(hdm_refuse_file);
+		debugfs_remove(hdm_check_file);
+		goto out_dev;
+	}
 	return 0;
 
 out_dev:
@@ -153,6 +349,7 @@ out_dev:
 
 static void __exit hdm_check_exit(void)
 {
+	debugfs_remove(hdm_refuse_file);
 	debugfs_remove(hdm_check_file);
 	root_device_unregister(hdm_check_dev);
 }
@@ -160,4 +357,4 @@ static void __exit hdm_check_exit(void)
 module_init(hdm_check_init);
 module_exit(hdm_check_exit);
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("hyper-dmabuf test only: read a dma-buf as a kernel importer would (debugfs check)");
+MODULE_DESCRIPTION("hyper-dmabuf test only: read a dma-buf as a kernel importer would (debugfs check); make dma-bufs the driver refuses (debugfs refuse)");
