@@ -64,7 +64,7 @@ SCENARIOS ?= smoke
 # unload 260, mm 201, sizes-pvh 186, soak-short 178, xl 172, sizes-pv 165,
 # cycles 108, share 100, demo 86, lifecycle 63, reconnect 54), so that the
 # two jobs end together.
-VM_DRIVER_TESTS ?= hostile hostile-backend mm sizes-pvh unload soak-short death xl sizes-pv share cycles demo lifecycle reconnect
+VM_DRIVER_TESTS ?= hostile hostile-backend mm sizes-pvh unload soak-short death xl sizes-pv share media cycles demo lifecycle reconnect
 
 deps:
 	@platform/install-deps.sh

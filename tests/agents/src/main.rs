@@ -2,14 +2,16 @@
 //! `hdmabuf-agent`: the project's test agents, which the VM scenarios run
 //! in each domain with a peer doing the other side: randomized cycles
 //! (`stress`), the long randomized soak (`soak`), the benchmark (`bench`),
-//! the kernel importer's view of a buffer (`kcheck`) and buffers of real
-//! drivers (`export-from`). Not part of the
-//! user's `hdmabuf` command; they keep its conventions (`--json`, sizes,
-//! exit statuses: see the `hdmabuf` library).
+//! the kernel importer's view of a buffer (`kcheck`), buffers of real
+//! drivers (`export-from`, `import-to`) and buffers the driver must refuse
+//! (`refused`). Not part of the user's `hdmabuf` command; they keep its
+//! conventions (`--json`, sizes, exit statuses: see the `hdmabuf`
+//! library).
 
 mod bench;
 mod kcheck;
 mod media;
+mod refused;
 mod soak;
 mod stress;
 
@@ -51,12 +53,28 @@ enum Command {
     /// it as a kernel importer does (attach, sg table, vmap) through
     /// debugfs, comparing its sum of the bytes with ours.
     Kcheck(kcheck::KcheckArgs),
-    /// Export a buffer that a real driver made (vgem), filled with the
-    /// test pattern, and follow it as `hdmabuf export` does.
+    /// Export a buffer that a real driver made (vgem, vivid), filled
+    /// with the test pattern, and follow it as `hdmabuf export` does.
     ExportFrom {
         #[command(subcommand)]
         producer: media::Producer,
     },
+    /// Import a buffer and hand it to a real driver (vivid) that reads
+    /// or writes it.
+    ImportTo {
+        #[command(subcommand)]
+        consumer: media::Consumer,
+    },
+    /// Export a dma-buf the driver must refuse (from the test module:
+    /// device memory, a partial page, an offset) and check it does, with
+    /// EINVAL.
+    Refused(refused::RefusedArgs),
+    /// Capture frames with vivid and export each to the display's domain
+    /// (the guest's side of the camera-to-display demo).
+    Camera(media::CameraArgs),
+    /// Show the frames a camera domain exports on vkms and check each
+    /// written-back frame against them (dom0's side of the demo).
+    Display(media::DisplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,7 +87,11 @@ fn main() -> ExitCode {
         Command::Soak(args) => soak::run(args, &cli.options.device, &out),
         Command::Bench { command } => bench::run(command, &cli.options.device),
         Command::Kcheck(args) => kcheck::run(args, &cli.options.device, &out),
-        Command::ExportFrom { producer } => media::run(producer, &cli.options.device, &out),
+        Command::ExportFrom { producer } => media::export_from(producer, &cli.options.device, &out),
+        Command::ImportTo { consumer } => media::import_to(consumer, &cli.options.device, &out),
+        Command::Refused(args) => refused::run(args, &cli.options.device, &out),
+        Command::Camera(args) => media::camera(args, &cli.options.device, &out),
+        Command::Display(args) => media::display(args, &cli.options.device, &out),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
