@@ -175,7 +175,9 @@ enum hdm_page_fact {
 /* What hdm_pin_frames() saw of the sg table. */
 struct hdm_pin_walk {
 	bool segment;			/* it has a first segment */
-	unsigned int first_offset;	/* that segment's offset into its page */
+	unsigned int first_offset;	/* that segment's DMA address into its page */
+	bool ragged;			/* a segment is not whole pages: */
+	unsigned int ragged_segment;	/* the first such */
 	unsigned int pages;		/* DMA pages, counted up to cap + 1 */
 };
 /*

@@ -55,6 +55,9 @@ pub struct Walk {
     /// Offset of the first segment into its first page; `None` if the
     /// table has no segment at all.
     pub first_offset: Option<u32>,
+    /// The first segment that is not whole pages (its address or its
+    /// length), if any.
+    pub ragged: Option<u32>,
     /// DMA pages in the table, counted up to one more than the pages
     /// expected (the walk stops there).
     pub pages: u32,
@@ -67,6 +70,9 @@ pub enum FrameRefusal {
     NoSegment,
     /// The buffer does not start at a page boundary.
     Offset(u32),
+    /// Segment `0` covers part of a page: the walk would count it whole
+    /// and grant bytes that are not the buffer's.
+    Ragged(u32),
     /// The table has another number of pages than the size implies.
     Count {
         /// Pages the size implies.
@@ -105,6 +111,11 @@ impl fmt::Display for FrameRefusal {
                 "it starts {offset} bytes into a page; only buffers made of whole pages \
                  can be granted (allocate it page-aligned)"
             ),
+            FrameRefusal::Ragged(segment) => write!(
+                f,
+                "its exporter mapped segment {segment} in part of a page; every segment \
+                 must be whole pages"
+            ),
             FrameRefusal::Count { expected, found } if found > expected => write!(
                 f,
                 "its exporter mapped more pages than its size of {expected} pages"
@@ -115,8 +126,9 @@ impl fmt::Display for FrameRefusal {
             ),
             FrameRefusal::NotRam(page) => write!(
                 f,
-                "page {page} is not system RAM (device memory such as VRAM cannot be \
-                 granted: allocate the buffer in system memory)"
+                "page {page} is not system RAM in use (device memory such as VRAM, or a \
+                 reserved or free page, cannot be granted: allocate the buffer in system \
+                 memory)"
             ),
             FrameRefusal::Bounce(page) => write!(
                 f,
@@ -132,18 +144,22 @@ impl fmt::Display for FrameRefusal {
 }
 
 /// Whether the pages a walk found may be granted: the table starts at a
-/// page boundary, has exactly `expected` pages, and each (`facts[i]`,
-/// `PAGE_*` bits) is ordinary RAM of this domain's own, no bounce buffer
-/// and no foreign frame.
+/// page boundary, every segment is whole pages, it has exactly `expected`
+/// pages, and each (`facts[i]`, `PAGE_*` bits) is ordinary RAM of this
+/// domain's own, no bounce buffer and no foreign frame.
 ///
 /// # Errors
 ///
-/// The first [`FrameRefusal`] that applies, in the order above.
+/// The first [`FrameRefusal`] that applies, in the order above; for a
+/// page, its being another domain's comes first (the most precise cause).
 pub fn accept_frames(walk: Walk, expected: u32, facts: &[u8]) -> Result<(), FrameRefusal> {
     match walk.first_offset {
         None => return Err(FrameRefusal::NoSegment),
         Some(0) => {}
         Some(offset) => return Err(FrameRefusal::Offset(offset)),
+    }
+    if let Some(segment) = walk.ragged {
+        return Err(FrameRefusal::Ragged(segment));
     }
     let count = FrameRefusal::Count {
         expected,
@@ -153,14 +169,14 @@ pub fn accept_frames(walk: Walk, expected: u32, facts: &[u8]) -> Result<(), Fram
         return Err(count);
     }
     for (index, &fact) in (0u32..).zip(facts) {
+        if fact & PAGE_FOREIGN != 0 {
+            return Err(FrameRefusal::Foreign(index));
+        }
         if fact & PAGE_RAM == 0 {
             return Err(FrameRefusal::NotRam(index));
         }
         if fact & PAGE_BOUNCE != 0 {
             return Err(FrameRefusal::Bounce(index));
-        }
-        if fact & PAGE_FOREIGN != 0 {
-            return Err(FrameRefusal::Foreign(index));
         }
     }
     Ok(())
@@ -172,6 +188,7 @@ mod tests {
 
     const WHOLE: Walk = Walk {
         first_offset: Some(0),
+        ragged: None,
         pages: 3,
     };
 
@@ -184,6 +201,7 @@ mod tests {
     fn the_table_must_start_at_a_page_and_hold_every_page() {
         let none = Walk {
             first_offset: None,
+            ragged: None,
             pages: 0,
         };
         assert_eq!(accept_frames(none, 0, &[]), Err(FrameRefusal::NoSegment));
@@ -209,6 +227,15 @@ mod tests {
             accept_frames(long, 3, &[PAGE_RAM; 3]),
             Err(FrameRefusal::Count { found: 4, .. })
         ));
+        // A segment in part of a page, even with the right page count.
+        let ragged = Walk {
+            ragged: Some(1),
+            ..WHOLE
+        };
+        assert_eq!(
+            accept_frames(ragged, 3, &[PAGE_RAM; 3]),
+            Err(FrameRefusal::Ragged(1))
+        );
         // Facts must cover exactly the pages expected.
         assert!(accept_frames(WHOLE, 3, &[PAGE_RAM; 2]).is_err());
     }
@@ -219,6 +246,8 @@ mod tests {
             (0, FrameRefusal::NotRam(1)),
             (PAGE_RAM | PAGE_BOUNCE, FrameRefusal::Bounce(1)),
             (PAGE_RAM | PAGE_FOREIGN, FrameRefusal::Foreign(1)),
+            // Another domain's, whatever else is said of it.
+            (PAGE_FOREIGN, FrameRefusal::Foreign(1)),
         ];
         for (fact, refusal) in cases {
             assert_eq!(
@@ -234,6 +263,7 @@ mod tests {
         use std::string::ToString;
         let said = |r: FrameRefusal| r.to_string();
         assert!(said(FrameRefusal::NotRam(3)).starts_with("page 3 is not system RAM"));
+        assert!(said(FrameRefusal::Ragged(2)).contains("segment 2 in part of a page"));
         assert!(said(FrameRefusal::NotRam(3)).contains("allocate the buffer in system memory"));
         assert!(said(FrameRefusal::Offset(512)).contains("512 bytes into a page"));
         assert!(said(FrameRefusal::Foreign(0)).contains("share it from the domain that made it"));

@@ -88,6 +88,8 @@ impl PinnedDmabuf {
         let mut walk = bindings::hdm_pin_walk {
             segment: false,
             first_offset: 0,
+            ragged: false,
+            ragged_segment: 0,
             pages: 0,
         };
         // SAFETY: `pin` is live (invariant); `gfns` and `facts` hold at
@@ -103,6 +105,7 @@ impl PinnedDmabuf {
         };
         Walk {
             first_offset: walk.segment.then_some(walk.first_offset),
+            ragged: walk.ragged.then_some(walk.ragged_segment),
             pages: walk.pages,
         }
     }

@@ -112,6 +112,11 @@ struct device *hdm_misc_device(void)
 	return hdm_misc.this_device;
 }
 
+/* Segments of any length: nothing here walks them as a DMA engine would. */
+static struct device_dma_parameters hdm_dma_parms = {
+	.max_segment_size = UINT_MAX,
+};
+
 int hdm_misc_register(void)
 {
 	int err = misc_register(&hdm_misc);
@@ -123,13 +128,12 @@ int hdm_misc_register(void)
 	 * master: it only reads back which pages a buffer is made of, so
 	 * its addresses are the pages' own (hdm_identity_dma_ops).
 	 */
-	err = dma_coerce_mask_and_coherent(hdm_misc.this_device, DMA_BIT_MASK(64));
-	if (err) {
-		misc_deregister(&hdm_misc);
-		return err;
-	}
+	hdm_misc.this_device->dma_parms = &hdm_dma_parms;
 	set_dma_ops(hdm_misc.this_device, &hdm_identity_dma_ops);
-	return 0;
+	err = dma_coerce_mask_and_coherent(hdm_misc.this_device, DMA_BIT_MASK(64));
+	if (err)
+		misc_deregister(&hdm_misc);
+	return err;
 }
 
 void hdm_misc_unregister(void)

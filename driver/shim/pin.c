@@ -7,6 +7,7 @@
 #include <linux/dma-buf.h>
 #include <linux/dma-map-ops.h>
 #include <linux/gfp.h>
+#include <linux/memory_hotplug.h>
 #include <linux/mm.h>
 #include <linux/scatterlist.h>
 #include <linux/string.h>
@@ -63,13 +64,30 @@ static void hdm_identity_unmap_sg(struct device *dev, struct scatterlist *sgl, i
 {
 }
 
+/*
+ * Device memory an exporter maps for a peer (a GPU's VRAM through
+ * dma_map_resource) gets its physical address too: the walk then refuses
+ * it as "not system RAM", which says more than a failed map would.
+ */
+static dma_addr_t hdm_identity_map_resource(struct device *dev, phys_addr_t phys,
+					    size_t size, enum dma_data_direction dir,
+					    unsigned long attrs)
+{
+	return phys;
+}
+
 const struct dma_map_ops hdm_identity_dma_ops = {
 	.map_page = hdm_identity_map_page,
 	.unmap_page = hdm_identity_unmap_page,
 	.map_sg = hdm_identity_map_sg,
 	.unmap_sg = hdm_identity_unmap_sg,
-	/* No map_resource: MMIO (a peer-to-peer export) fails to map. */
+	.map_resource = hdm_identity_map_resource,
 };
+
+/* Without DMA ops of its own, the device's addresses would be bus addresses. */
+#if !IS_ENABLED(CONFIG_ARCH_HAS_DMA_OPS)
+#error "hyper_dmabuf needs CONFIG_ARCH_HAS_DMA_OPS (x86 selects it with CONFIG_XEN)"
+#endif
 
 /*
  * Whether the page at `pfn` maps another domain's frame (a grant mapping:
@@ -77,15 +95,43 @@ const struct dma_map_ops hdm_identity_dma_ops = {
  * PG_xen_remapped, which swiotlb-xen sets on the first page of a coherent
  * allocation it had to make machine-contiguous (a dma-contig V4L2 buffer
  * in dom0 has it), and with page-cache and swap-cache flags. So in a PV
- * domain the p2m decides: a grant mapping marks its entry FOREIGN_FRAME.
- * An auto-translated domain has no p2m of its own to read, and no
+ * domain the p2m decides: a grant mapping marks its entry FOREIGN_FRAME
+ * (a ballooned-out page's entry, all ones, is no frame at all). An
+ * auto-translated domain has no p2m of its own to read, and no
  * swiotlb-xen: there the page flag is all there is.
  */
 static bool hdm_pfn_foreign(unsigned long pfn)
 {
-	if (!xen_feature(XENFEAT_auto_translated_physmap))
-		return __pfn_to_mfn(pfn) & FOREIGN_FRAME_BIT;
-	return PageForeign(pfn_to_page(pfn));
+	unsigned long mfn;
+
+	if (xen_feature(XENFEAT_auto_translated_physmap))
+		return pfn_valid(pfn) && PageForeign(pfn_to_page(pfn));
+	mfn = __pfn_to_mfn(pfn);
+	return mfn != INVALID_P2M_ENTRY && (mfn & FOREIGN_FRAME_BIT);
+}
+
+/*
+ * Whether the page at `pfn` is ordinary RAM of this domain, in use: the
+ * only kind it may grant. pfn_valid() alone would pass any page of a
+ * present memory section: reserved ones (the kernel's image, firmware,
+ * holes), free ones, device memory (ZONE_DEVICE). A free block's first
+ * page is a buddy page; the reference count tells nothing, as the tail
+ * pages of a non-compound allocation (dma-direct's coherent buffers,
+ * V4L2's dma-contig) have none. In a PV domain the frame behind it must
+ * be one: not ballooned out (no frame), and not an identity entry (the
+ * host's own MMIO or firmware frames).
+ */
+static bool hdm_pfn_ordinary(unsigned long pfn)
+{
+	struct page *page = pfn_to_online_page(pfn);
+	unsigned long mfn;
+
+	if (!page || PageReserved(page) || is_zone_device_page(page) || PageBuddy(page))
+		return false;
+	if (xen_feature(XENFEAT_auto_translated_physmap))
+		return true;
+	mfn = __pfn_to_mfn(pfn);
+	return mfn != INVALID_P2M_ENTRY && !(mfn & IDENTITY_FRAME_BIT);
 }
 
 int hdm_pin_dmabuf(int fd, struct hdm_pin *pin, unsigned int *step)
@@ -101,6 +147,11 @@ int hdm_pin_dmabuf(int fd, struct hdm_pin *pin, unsigned int *step)
 	if (IS_ERR(buf))
 		return PTR_ERR(buf);
 	*step = HDM_PIN_ATTACH;
+	/* The walk reads the addresses of these operations, and no others. */
+	if (WARN_ON_ONCE(get_dma_ops(hdm_misc_device()) != &hdm_identity_dma_ops)) {
+		err = -EIO;
+		goto out_put;
+	}
 	attach = dma_buf_attach(buf, hdm_misc_device());
 	if (IS_ERR(attach)) {
 		err = PTR_ERR(attach);
@@ -141,13 +192,27 @@ void hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns,
 	struct device *dev = hdm_misc_device();
 	struct sg_table *sgt = pin->sgt;
 	struct sg_dma_page_iter iter;
+	struct scatterlist *sg;
 	unsigned int i = 0;
+	int n;
 
-	walk->segment = sgt->sgl != NULL;
-	walk->first_offset = sgt->sgl ? sgt->sgl->offset : 0;
-	walk->pages = 0;
-	if (!sgt->sgl)
+	memset(walk, 0, sizeof(*walk));
+	walk->segment = sgt->sgl != NULL && sgt->nents > 0;
+	if (!walk->segment)
 		return;
+	walk->first_offset = offset_in_page(sg_dma_address(sgt->sgl));
+	/*
+	 * Every segment must be whole pages: the page walk below counts a
+	 * segment's partial pages as whole ones, and would grant the bytes
+	 * of a page the buffer only partly covers.
+	 */
+	for_each_sgtable_dma_sg(sgt, sg, n) {
+		if (!PAGE_ALIGNED(sg_dma_address(sg)) || !PAGE_ALIGNED(sg_dma_len(sg))) {
+			walk->ragged = true;
+			walk->ragged_segment = n;
+			break;
+		}
+	}
 	for_each_sgtable_dma_page(sgt, &iter, 0) {
 		/*
 		 * A physical address (hdm_identity_dma_ops): unlike
@@ -163,11 +228,10 @@ void hdm_pin_frames(struct hdm_pin *pin, unsigned long long *gfns,
 		}
 		facts[i] = 0;
 		gfns[i] = 0;
-		/* Only a page in the memory map has a struct page to look at. */
-		if (pfn_valid(pfn)) {
+		if (hdm_pfn_foreign(pfn))
+			facts[i] |= HDM_PAGE_FOREIGN;
+		if (hdm_pfn_ordinary(pfn)) {
 			facts[i] |= HDM_PAGE_RAM;
-			if (hdm_pfn_foreign(pfn))
-				facts[i] |= HDM_PAGE_FOREIGN;
 			gfns[i] = pfn_to_gfn(pfn);
 		}
 		/* Never with the operations above; kept as a guard. */

@@ -12,13 +12,16 @@
  *
  * debugfs "refuse" exports dma-bufs the driver must refuse to grant,
  * as real exporters can make them. A process writes a kind; the module
- * makes a dma-buf of it, installs a descriptor of it in that process, and
- * a read returns "fd=N" (or "error=-E"):
- *   not-ram       one page of device memory: a DMA address far past the
- *                 end of RAM, with no struct page, as a GPU's VRAM mapped
- *                 for a peer (dma_map_resource);
+ * makes a dma-buf of it and installs a descriptor of it in that process
+ * (the write fails with the error otherwise), and a read of the same open
+ * file returns "fd=N":
+ *   not-ram       one page of device memory, far past the end of RAM,
+ *                 mapped as a GPU maps its VRAM for a peer
+ *                 (dma_map_resource, no struct page);
  *   partial-page  4 KiB + 512 bytes: not a whole number of pages;
- *   offset        two pages' worth starting 512 bytes into a page.
+ *   offset        two pages' worth starting 512 bytes into a page;
+ *   ragged        two pages' size mapped as half a page and a page: the
+ *                 right page count, not the buffer's bytes.
  *
  * It attaches with a device of its own (64-bit DMA mask, as the driver's
  * control device), and puts its files in the driver's debugfs directory,
@@ -51,7 +54,6 @@ static struct dentry *hdm_check_file;
 static struct dentry *hdm_refuse_file;
 static DEFINE_MUTEX(hdm_check_lock);
 static char hdm_check_result[96];
-static char hdm_refuse_result[32];
 
 static int hdm_check_dmabuf(struct dma_buf *buf)
 {
@@ -134,7 +136,10 @@ static ssize_t hdm_check_read(struct file *file, char __user *ubuf, size_t len,
 }
 
 /* A dma-buf of a kind the driver must refuse (the "refuse" file). */
-enum hdm_refuse_kind { HDM_NOT_RAM, HDM_PARTIAL_PAGE, HDM_OFFSET };
+enum hdm_refuse_kind { HDM_NOT_RAM, HDM_PARTIAL_PAGE, HDM_OFFSET, HDM_RAGGED };
+
+/* 32 TiB: past any RAM of the platform's domains. */
+#define HDM_DEVICE_MEMORY (1ULL << 45)
 
 struct hdm_refuse_buf {
 	enum hdm_refuse_kind kind;
@@ -159,12 +164,13 @@ static struct sg_table *hdm_refuse_map(struct dma_buf_attachment *attach,
 	sg = sgt->sgl;
 	switch (rb->kind) {
 	case HDM_NOT_RAM:
-		/*
-		 * Memory no struct page describes, as a peer-to-peer mapping
-		 * of VRAM gives (no page link: importers use DMA addresses).
-		 * 32 TiB is past any RAM of the platform's domains.
-		 */
-		sg_dma_address(sg) = 1ULL << 45;
+		/* No page link: importers use the DMA addresses. */
+		sg_dma_address(sg) = dma_map_resource(attach->dev, HDM_DEVICE_MEMORY,
+						      PAGE_SIZE, dir, 0);
+		if (dma_mapping_error(attach->dev, sg_dma_address(sg))) {
+			err = -EIO;
+			goto out_table;
+		}
 		sg_dma_len(sg) = PAGE_SIZE;
 		return sgt;
 	case HDM_PARTIAL_PAGE:
@@ -176,6 +182,10 @@ static struct sg_table *hdm_refuse_map(struct dma_buf_attachment *attach,
 		sg = sg_next(sg);
 		sg_set_page(sg, rb->pages[1], PAGE_SIZE, 0);
 		sg_set_page(sg_next(sg), rb->pages[2], 512, 0);
+		break;
+	case HDM_RAGGED:
+		sg_set_page(sg, rb->pages[0], PAGE_SIZE / 2, 0);
+		sg_set_page(sg_next(sg), rb->pages[1], PAGE_SIZE, 0);
 		break;
 	}
 	err = dma_map_sgtable(attach->dev, sgt, dir, 0);
@@ -195,7 +205,9 @@ static void hdm_refuse_unmap(struct dma_buf_attachment *attach, struct sg_table 
 {
 	struct hdm_refuse_buf *rb = attach->dmabuf->priv;
 
-	if (rb->kind != HDM_NOT_RAM)
+	if (rb->kind == HDM_NOT_RAM)
+		dma_unmap_resource(attach->dev, sg_dma_address(sgt->sgl), PAGE_SIZE, dir, 0);
+	else
 		dma_unmap_sgtable(attach->dev, sgt, dir, 0);
 	sg_free_table(sgt);
 	kfree(sgt);
@@ -235,7 +247,7 @@ static int hdm_refuse_make(enum hdm_refuse_kind kind)
 	if (!rb)
 		return -ENOMEM;
 	rb->kind = kind;
-	rb->nr_pages = kind == HDM_NOT_RAM ? 0 : kind == HDM_PARTIAL_PAGE ? 2 : 3;
+	rb->nr_pages = kind == HDM_NOT_RAM ? 0 : kind == HDM_OFFSET ? 3 : 2;
 	for (i = 0; i < rb->nr_pages; i++) {
 		rb->pages[i] = alloc_page(GFP_KERNEL | __GFP_ZERO);
 		if (!rb->pages[i]) {
@@ -245,7 +257,7 @@ static int hdm_refuse_make(enum hdm_refuse_kind kind)
 	}
 	info.ops = &hdm_refuse_ops;
 	info.size = kind == HDM_PARTIAL_PAGE ? PAGE_SIZE + 512 :
-		    kind == HDM_OFFSET ? 2 * PAGE_SIZE : PAGE_SIZE;
+		    kind == HDM_NOT_RAM ? PAGE_SIZE : 2 * PAGE_SIZE;
 	info.flags = O_RDWR;
 	info.priv = rb;
 	buf = dma_buf_export(&info);
@@ -259,6 +271,10 @@ static int hdm_refuse_make(enum hdm_refuse_kind kind)
 	return fd;
 }
 
+/*
+ * Each open file keeps the result of its last write (as fd + 1, so that
+ * 0 means none yet); the descriptor is installed in the writing process.
+ */
 static ssize_t hdm_refuse_write(struct file *file, const char __user *ubuf,
 				size_t len, loff_t *off)
 {
@@ -266,6 +282,7 @@ static ssize_t hdm_refuse_write(struct file *file, const char __user *ubuf,
 		[HDM_NOT_RAM] = "not-ram",
 		[HDM_PARTIAL_PAGE] = "partial-page",
 		[HDM_OFFSET] = "offset",
+		[HDM_RAGGED] = "ragged",
 	};
 	char kind[16];
 	ssize_t n;
@@ -275,30 +292,26 @@ static ssize_t hdm_refuse_write(struct file *file, const char __user *ubuf,
 	if (n < 0)
 		return n;
 	kind[n] = '\0';
-	strim(kind);
-	n = match_string(kinds, ARRAY_SIZE(kinds), kind);
+	n = sysfs_match_string(kinds, kind);
 	if (n < 0)
 		return -EINVAL;
 	fd = hdm_refuse_make(n);
-	mutex_lock(&hdm_check_lock);
 	if (fd < 0)
-		scnprintf(hdm_refuse_result, sizeof(hdm_refuse_result), "error=%d\n", fd);
-	else
-		scnprintf(hdm_refuse_result, sizeof(hdm_refuse_result), "fd=%d\n", fd);
-	mutex_unlock(&hdm_check_lock);
-	return fd < 0 ? fd : len;
+		return fd;
+	file->private_data = (void *)(uintptr_t)(fd + 1);
+	return len;
 }
 
 static ssize_t hdm_refuse_read(struct file *file, char __user *ubuf, size_t len,
 			       loff_t *off)
 {
-	ssize_t ret;
+	uintptr_t made = (uintptr_t)file->private_data;
+	char result[24];
 
-	mutex_lock(&hdm_check_lock);
-	ret = simple_read_from_buffer(ubuf, len, off, hdm_refuse_result,
-				      strlen(hdm_refuse_result));
-	mutex_unlock(&hdm_check_lock);
-	return ret;
+	if (!made)
+		return -ENODATA;
+	scnprintf(result, sizeof(result), "fd=%lu\n", (unsigned long)(made - 1));
+	return simple_read_from_buffer(ubuf, len, off, result, strlen(result));
 }
 
 static const struct file_operations hdm_refuse_fops = {

@@ -2,7 +2,8 @@
 //! `hdmabuf-agent refused`: exports a dma-buf the driver must refuse to
 //! grant, made by the test module's `/sys/kernel/debug/hyper_dmabuf/refuse`
 //! as real exporters can make it (device memory, a size that is not a
-//! whole number of pages, a buffer starting inside a page), or a buffer
+//! whole number of pages, a buffer starting inside a page, segments in
+//! part of a page), or a buffer
 //! imported from another domain, and checks
 //! the export fails with the errno docs/uapi.md gives (`EINVAL`). The
 //! scenario checks the kernel log's line that says why.
@@ -29,6 +30,8 @@ pub(crate) enum Kind {
     PartialPage,
     /// Two pages' worth, starting 512 bytes into a page.
     Offset,
+    /// Two pages' size mapped as half a page and a page.
+    Ragged,
     /// A buffer another domain exported (--id), imported here: its pages
     /// are that domain's, which only it can grant.
     Imported,

@@ -6,8 +6,9 @@
 # (0: vmalloc, 1: dma-contig).
 #
 #   1. dom0 exports dma-bufs the driver must refuse (device memory, a
-#      partial page, an offset: the test module makes them); each export
-#      fails with EINVAL and the kernel log says why.
+#      partial page, an offset, a segment in part of a page: the test
+#      module makes them); each export fails with EINVAL and the kernel
+#      log says why.
 #   2. Each guest captures a frame into a buffer of each of its vivid
 #      instances and exports it (VIDIOC_EXPBUF) to dom0, which checks
 #      every byte in user space and as a kernel importer.
@@ -59,12 +60,13 @@ dom0/guests)
     hdm_wait_connected 2
     # What the driver refuses to grant, each from the test module as a
     # real exporter can make it: EINVAL, and a kernel log line saying why.
-    for kind in not-ram partial-page offset; do
+    for kind in not-ram partial-page offset ragged; do
         hdmabuf-agent refused "$kind" --domain "$(xl domid pv)" || hdm_fail "a $kind dma-buf was not refused"
     done
     hdm_expect_dmesg "refused: page 0 is not system RAM"
     hdm_expect_dmesg "the dma-buf is 4608 bytes, not a whole number of pages"
     hdm_expect_dmesg "refused: it starts 512 bytes into a page"
+    hdm_expect_dmesg "refused: its exporter mapped segment 0 in part of a page"
     for guest in pv:100 pvh:200; do
         g=${guest%:*} base=${guest#*:}
         for spec in $VIVID_SIZES; do
