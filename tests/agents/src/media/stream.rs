@@ -106,44 +106,59 @@ impl Ack {
     }
 }
 
-/// FNV-1a (64 bits) of the B, G and R bytes of each pixel of a
-/// `width`×`height` XRGB8888 frame whose line `y` `line` copies into its
-/// buffer. The X byte is no pixel: vivid writes 0 there, vkms's
-/// writeback 0xff.
+/// The pixels of a line of XRGB8888, as little-endian words with the X
+/// byte cleared: X is no pixel (vivid writes 0 there, vkms's writeback
+/// 0xff).
+fn pixels(line: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    line.chunks_exact(4)
+        .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
+}
+
+/// One step of FNV-1a (64 bits), a pixel at a time.
+fn fnv(hash: u64, pixel: u32) -> u64 {
+    (hash ^ u64::from(pixel)).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The fingerprint of a `width`×`height` XRGB8888 frame whose line `y`
+/// `line` copies into its buffer: FNV-1a over its [`pixels`].
 fn fingerprint(width: u32, height: u32, mut line: impl FnMut(u32, &mut [u8])) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = FNV_BASIS;
     let mut row = vec![0u8; width as usize * 4];
     for y in 0..height {
         line(y, &mut row);
-        for pixel in row.chunks_exact(4) {
-            for &byte in &pixel[..3] {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
+        hash = pixels(&row).fold(hash, fnv);
     }
     hash
 }
 
-/// The first pixel whose B, G or R differs between two frames, as
-/// (x, y, ours, theirs).
-fn first_difference(
+/// Compares two frames, pixel for pixel, in one pass: the first pixel
+/// that differs, as (x, y, ours, theirs) in B, G, R, if any; and the
+/// [`fingerprint`] of `ours`, if none does.
+fn compare(
     width: u32,
     height: u32,
     mut ours: impl FnMut(u32, &mut [u8]),
     mut theirs: impl FnMut(u32, &mut [u8]),
-) -> Option<(u32, u32, [u8; 3], [u8; 3])> {
+) -> Result<u64, (u32, u32, [u8; 3], [u8; 3])> {
+    let bgr = |p: u32| {
+        let [b, g, r, _] = p.to_le_bytes();
+        [b, g, r]
+    };
     let (mut a, mut b) = (vec![0u8; width as usize * 4], vec![0u8; width as usize * 4]);
+    let mut hash = FNV_BASIS;
     for y in 0..height {
         ours(y, &mut a);
         theirs(y, &mut b);
-        let pixels = a.chunks_exact(4).zip(b.chunks_exact(4));
-        for (x, (p, q)) in (0u32..).zip(pixels) {
-            if p[..3] != q[..3] {
-                return Some((x, y, [p[0], p[1], p[2]], [q[0], q[1], q[2]]));
+        for (x, (p, q)) in (0u32..).zip(pixels(&a).zip(pixels(&b))) {
+            if p != q {
+                return Err((x, y, bgr(p), bgr(q)));
             }
+            hash = fnv(hash, p);
         }
     }
-    None
+    Ok(hash)
 }
 
 /// Line `y` of a frame of `pitch` bytes a line in `map`.
@@ -220,7 +235,7 @@ pub(crate) fn camera(args: &CameraArgs, device: &str, out: &Output) -> Result<()
     cam.stream(true)?;
 
     let mut captured: HashMap<u32, (u32, Instant)> = HashMap::new();
-    let mut latencies = Vec::new();
+    let mut latency = Samples::default();
     let (mut next, mut last_shown) = (0u32, None::<(u32, Instant)>);
     let ack_id = Some(args.ack);
     let mut first_capture = None;
@@ -280,7 +295,7 @@ pub(crate) fn camera(args: &CameraArgs, device: &str, out: &Output) -> Result<()
                             let &(_, at) = captured.get(&frame).ok_or_else(|| {
                                 Failure::Error(format!("dom0 showed frame {frame}, never sent"))
                             })?;
-                            latencies.push(at.elapsed());
+                            latency.push(at.elapsed());
                             last_shown = Some((frame, Instant::now()));
                             // Frame K replaced K-1 on the plane: its
                             // buffer goes back to the camera.
@@ -317,34 +332,38 @@ pub(crate) fn camera(args: &CameraArgs, device: &str, out: &Output) -> Result<()
             STEP_LIMIT,
         )?;
     }
-    if latencies.len() != args.frames as usize {
+    if latency.0.len() != args.frames as usize {
         return Err(Failure::Error(format!(
             "dom0 acknowledged {} of {} frames",
-            latencies.len(),
+            latency.0.len(),
             args.frames
         )));
     }
-    report(
-        out,
-        args.frames,
-        first_capture.zip(finished),
-        &mut latencies,
-    );
+    report(out, args.frames, first_capture.zip(finished), &mut latency);
     Ok(())
 }
 
+/// Durations of one step, for their percentiles.
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn push(&mut self, took: Duration) {
+        self.0.push(took);
+    }
+
+    /// The `percent`th percentile (100: the largest) in milliseconds; 0
+    /// without samples.
+    fn ms(&mut self, percent: usize) -> f64 {
+        self.0.sort_unstable();
+        let at = (self.0.len() * percent / 100).min(self.0.len().saturating_sub(1));
+        self.0.get(at).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    }
+}
+
 /// Prints frames a second and the latency percentiles.
-fn report(out: &Output, frames: u32, span: Option<(Instant, Instant)>, latencies: &mut [Duration]) {
-    latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let at = |q: usize| {
-        latencies.get((latencies.len() * q / 100).min(latencies.len().saturating_sub(1)))
-    };
-    let (p50, p95, max) = (
-        at(50).copied().map_or(0.0, ms),
-        at(95).copied().map_or(0.0, ms),
-        latencies.last().copied().map_or(0.0, ms),
-    );
+fn report(out: &Output, frames: u32, span: Option<(Instant, Instant)>, latency: &mut Samples) {
+    let (p50, p95, max) = (latency.ms(50), latency.ms(95), latency.ms(100));
     let seconds = span.map_or(0.0, |(first, last)| {
         last.duration_since(first).as_secs_f64()
     });
@@ -395,7 +414,9 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
     };
     let ack_id = ack(Ack::None)?;
     let mut held: HashMap<HyperDmabufId, Held> = HashMap::new();
-    let (mut shown, mut reimport) = (0u32, Vec::new());
+    let mut shown = 0u32;
+    let (mut reimport, mut commit, mut verify) =
+        (Samples::default(), Samples::default(), Samples::default());
     while shown < args.frames {
         let event = dev.wait_event(Some(STEP_LIMIT))?.ok_or_else(|| {
             Failure::Timeout(format!(
@@ -439,7 +460,10 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
                 })
             }
         };
+        let started = Instant::now();
         screen.show(Some(&frame.shown))?;
+        commit.push(started.elapsed());
+        let started = Instant::now();
         let access = CpuAccess::begin(&frame.imported, false)?;
         let (width, height) = Display::SIZE;
         let verdict = screen.written_back(|wb, wb_pitch| {
@@ -447,24 +471,24 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
                 let at = y as usize * wb_pitch as usize;
                 row.copy_from_slice(&wb[at..at + row.len()]);
             };
-            let differs = first_difference(width, height, wb_line, line_of(&frame.map, note.pitch));
-            (differs, fingerprint(width, height, wb_line))
+            compare(width, height, wb_line, line_of(&frame.map, note.pitch))
         })?;
         access.end()?;
+        verify.push(started.elapsed());
         match verdict {
-            (Some((x, y, wb, camera)), _) => {
+            Err((x, y, wb, camera)) => {
                 return Err(Failure::Mismatch(format!(
                     "frame {}: vkms wrote back B,G,R {wb:?} at ({x}, {y}), the camera's buffer has {camera:?}",
                     note.frame
                 )))
             }
-            (None, print) if print != note.fingerprint => {
+            Ok(print) if print != note.fingerprint => {
                 return Err(Failure::Mismatch(format!(
                     "frame {}: the written-back frame's fingerprint is {print:016x}, the camera sent {:016x}",
                     note.frame, note.fingerprint
                 )))
             }
-            (None, _) => {}
+            Ok(_) => {}
         }
         ack(Ack::Shown(note.frame))?;
         shown += 1;
@@ -482,16 +506,20 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
         EventType::GrantsEnded,
         STEP_LIMIT,
     )?;
-    reimport.sort();
-    let median_us = reimport
-        .get(reimport.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    let (reimport_ms, commit_ms, commit_max, verify_ms) = (
+        reimport.ms(50),
+        commit.ms(50),
+        commit.ms(100),
+        verify.ms(50),
+    );
     out.line(
         format!(
             "showed {shown} frames on vkms, each written back and equal to the camera's, pixel \
-             for pixel; cached re-import median {median_us:.0} us"
+             for pixel; medians: cached re-import {reimport_ms:.2} ms, commit to written back \
+             {commit_ms:.0} ms (max {commit_max:.0}), verification {verify_ms:.0} ms"
         ),
-        json!({ "shown": shown, "reimport_median_us": median_us }),
+        json!({ "shown": shown, "reimport_ms": reimport_ms, "commit_ms": commit_ms,
+                "commit_max_ms": commit_max, "verify_ms": verify_ms }),
     );
     Ok(())
 }
@@ -529,8 +557,9 @@ mod tests {
                 }
             }
         };
-        assert_eq!(fingerprint(4, 3, frame(0)), fingerprint(4, 3, frame(0xff)));
-        assert_eq!(first_difference(4, 3, frame(0), frame(0xff)), None);
+        let print = fingerprint(4, 3, frame(0));
+        assert_eq!(print, fingerprint(4, 3, frame(0xff)));
+        assert_eq!(compare(4, 3, frame(0xff), frame(0)), Ok(print));
         let other = frame(0);
         let changed = move |y: u32, row: &mut [u8]| {
             other(y, row);
@@ -539,8 +568,9 @@ mod tests {
             }
         };
         assert_eq!(
-            first_difference(4, 3, frame(0), changed).map(|(x, y, _, _)| (x, y)),
-            Some((1, 2))
+            compare(4, 3, frame(0), changed).map_err(|(x, y, _, _)| (x, y)),
+            Err((1, 2))
         );
+        assert_ne!(fingerprint(4, 3, changed), print);
     }
 }
