@@ -460,9 +460,19 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
                 })
             }
         };
-        let started = Instant::now();
+        let (started, lost) = (Instant::now(), screen.lost_writebacks());
         screen.show(Some(&frame.shown))?;
         commit.push(started.elapsed());
+        if screen.lost_writebacks() > lost {
+            out.line(
+                format!(
+                    "frame {}: vkms lost {} writeback(s); committed again",
+                    note.frame,
+                    screen.lost_writebacks() - lost
+                ),
+                json!({ "frame": note.frame, "lost_writebacks": screen.lost_writebacks() - lost }),
+            );
+        }
         let started = Instant::now();
         let access = CpuAccess::begin(&frame.imported, false)?;
         let (width, height) = Display::SIZE;
@@ -512,14 +522,17 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
         commit.ms(100),
         verify.ms(50),
     );
+    let lost = screen.lost_writebacks();
     out.line(
         format!(
             "showed {shown} frames on vkms, each written back and equal to the camera's, pixel \
              for pixel; medians: cached re-import {reimport_ms:.2} ms, commit to written back \
-             {commit_ms:.0} ms (max {commit_max:.0}), verification {verify_ms:.0} ms"
+             {commit_ms:.0} ms (max {commit_max:.0}), verification {verify_ms:.0} ms; \
+             writebacks vkms lost and were committed again: {lost}"
         ),
         json!({ "shown": shown, "reimport_ms": reimport_ms, "commit_ms": commit_ms,
-                "commit_max_ms": commit_max, "verify_ms": verify_ms }),
+                "commit_max_ms": commit_max, "verify_ms": verify_ms,
+                "lost_writebacks": lost }),
     );
     Ok(())
 }
