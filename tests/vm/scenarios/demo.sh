@@ -68,6 +68,7 @@ dom0/guests)
         cat /tmp/display.out
         hdm_fail "showing the guest's camera frames failed"
     }
+    grep "lost" /tmp/display.out | head -n 5
     check "dom0 $(tail -n 1 /tmp/display.out)"
     hdm_check_released 60
     check "dom0: no export, import, grant or mapping left ($(hdm_stats))"
