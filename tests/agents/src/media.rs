@@ -14,6 +14,7 @@
 //! (`V4L2_MEMORY_DMABUF`): as a frame to show (output), or to capture
 //! into (capture: a real device writing into another domain's pages).
 
+mod card;
 mod stream;
 mod v4l2;
 mod vgem;
@@ -218,15 +219,21 @@ pub(crate) fn import_to(consumer: &Consumer, device: &str, out: &Output) -> Resu
 /// Prints the digest of every byte of `map` (FNV-1a, 64 bits: a test's
 /// check that two domains see the same bytes, not a cryptographic one).
 fn print_digest(out: &Output, map: &Mapping) {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = FNV_BASIS;
     map.read_chunks::<()>(|_, piece| {
-        for &byte in piece {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        hash = piece.iter().fold(hash, |h, &byte| fnv(h, u64::from(byte)));
         ControlFlow::Continue(())
     });
     out.line(
         format!("digest {hash:016x} of {} bytes", map.len()),
         json!({ "digest": format!("{hash:016x}"), "bytes": map.len() }),
     );
+}
+
+/// FNV-1a's (64 bits) starting value.
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One step of FNV-1a (64 bits): `value` (a byte, or a pixel) into `hash`.
+fn fnv(hash: u64, value: u64) -> u64 {
+    (hash ^ value).wrapping_mul(0x0000_0100_0000_01b3)
 }

@@ -37,6 +37,7 @@ use serde_json::json;
 
 use super::v4l2::{Direction, Memory, Video, XR24};
 use super::vkms::{Display, Shown};
+use super::{fnv, FNV_BASIS};
 
 /// What the guest says of a frame, in the private data of its export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +115,6 @@ fn pixels(line: &[u8]) -> impl Iterator<Item = u32> + '_ {
         .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
 }
 
-/// One step of FNV-1a (64 bits), a pixel at a time.
-fn fnv(hash: u64, pixel: u32) -> u64 {
-    (hash ^ u64::from(pixel)).wrapping_mul(0x0000_0100_0000_01b3)
-}
-
-const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-
 /// The fingerprint of a `width`×`height` XRGB8888 frame whose line `y`
 /// `line` copies into its buffer: FNV-1a over its [`pixels`].
 fn fingerprint(width: u32, height: u32, mut line: impl FnMut(u32, &mut [u8])) -> u64 {
@@ -128,7 +122,7 @@ fn fingerprint(width: u32, height: u32, mut line: impl FnMut(u32, &mut [u8])) ->
     let mut row = vec![0u8; width as usize * 4];
     for y in 0..height {
         line(y, &mut row);
-        hash = pixels(&row).fold(hash, fnv);
+        hash = pixels(&row).fold(hash, |h, pixel| fnv(h, u64::from(pixel)));
     }
     hash
 }
@@ -155,7 +149,7 @@ fn compare(
             if p != q {
                 return Err((x, y, bgr(p), bgr(q)));
             }
-            hash = fnv(hash, p);
+            hash = fnv(hash, u64::from(p));
         }
     }
     Ok(hash)
@@ -444,6 +438,14 @@ pub(crate) fn display(args: &DisplayArgs, device: &str, out: &Output) -> Result<
         let started = Instant::now();
         let imported = dev.import(&hid, false)?;
         let took = started.elapsed();
+        // The pitch is the peer's word: the lines must lie in the buffer.
+        let lines = u64::from(note.pitch) * u64::from(note.height);
+        if note.pitch < note.width * 4 || lines > imported.size {
+            return Err(Failure::Error(format!(
+                "frame {}: {} lines of {} bytes do not fit its buffer of {} bytes",
+                note.frame, note.height, note.pitch, imported.size
+            )));
+        }
         let frame = match held.get(&hid) {
             Some(frame) => {
                 reimport.push(took);

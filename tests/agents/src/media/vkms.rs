@@ -11,8 +11,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use drm::buffer::{Buffer, DrmFourcc, DrmModifier, Handle as GemHandle, PlanarBuffer};
@@ -24,6 +23,8 @@ use drm::control::{
     ResourceHandle,
 };
 use drm::{ClientCapability, Device as DrmDevice};
+
+use super::card::Card;
 use drm_ffi::drm_mode_modeinfo;
 use hdmabuf::Failure;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -45,18 +46,6 @@ const WRITEBACK_ATTEMPTS: u32 = 4;
 fn kms_error(what: &str) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| Failure::Error(format!("vkms: {what}: {e}"))
 }
-
-/// An open vkms device.
-struct Card(File);
-
-impl AsFd for Card {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
-impl DrmDevice for Card {}
-impl ControlDevice for Card {}
 
 /// A property's handle on one object, by name.
 fn property<H: ResourceHandle>(
@@ -146,7 +135,7 @@ impl Display {
     /// Opens vkms's card (`modprobe vkms` first), becomes its master and
     /// finds its CRTC, primary plane and writeback connector.
     pub(crate) fn open() -> Result<Self, Failure> {
-        let card = open_card()?;
+        let card = Card::open("vkms")?;
         card.set_client_capability(ClientCapability::Atomic, true)
             .map_err(kms_error("atomic modesetting"))?;
         // Only after ATOMIC: the other order is EINVAL.
@@ -382,27 +371,6 @@ impl Drop for Display {
             let _ = self.card.destroy_property_blob(blob);
         }
     }
-}
-
-/// vkms's card among /dev/dri/card*.
-fn open_card() -> Result<Card, Failure> {
-    let cards = std::fs::read_dir("/dev/dri")
-        .map_err(|e| Failure::Error(format!("/dev/dri: {e} (is vkms loaded?)")))?;
-    for entry in cards.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with("card") {
-            continue;
-        }
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(entry.path()) else {
-            continue;
-        };
-        let card = Card(file);
-        if card.get_driver().is_ok_and(|d| d.name() == "vkms") {
-            return Ok(card);
-        }
-    }
-    Err(Failure::Error(
-        "no DRM device of vkms in /dev/dri: modprobe vkms".into(),
-    ))
 }
 
 /// The primary plane (vkms has one CRTC and one primary plane).
