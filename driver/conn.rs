@@ -21,7 +21,7 @@ use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
     self, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError,
-    Reexport, Released, SendError, Sink, Tick,
+    Released, SendError, Sink, Tick, RETRY_MS,
 };
 use super::common::uapi::{Event, EventType};
 use super::common::wire::{Export, ExportFlags, PrivData};
@@ -467,8 +467,10 @@ impl Conn {
                     return Pass::Done;
                 }
             };
-            // Answers made room: the RELEASEs that found the ring full.
-            if parts.ledger.flush_releases(&mut link.channel, sink) {
+            // Answers made room: the RELEASEs that found the ring full,
+            // then the frames queued behind them.
+            let released = parts.ledger.flush_releases(&mut link.channel, sink);
+            if parts.ledger.flush_updates(&mut link.channel, sink) || released {
                 link.irq.notify();
             }
             pass
@@ -542,44 +544,53 @@ impl Conn {
         outcome
     }
 
-    /// If this domain already exports the dma-buf `identity` to the peer,
-    /// re-exports it ([`Ledger::update_existing`]) and returns its id.
-    ///
-    /// # Errors
-    ///
-    /// `None` if it is not exported to this peer; `Some(Err(_))`: `EPERM`
-    /// (another file's export, and `file` may not manage it),
-    /// `EINVAL` (exported with other flags), or the re-export's UPDATE
-    /// cannot be sent: `EAGAIN` (ring full), `ENOMEM`, `ENOTCONN`.
-    pub(crate) fn update_existing(
+    /// Our live export of the local dma-buf `identity`, if any.
+    pub(crate) fn export_of_identity(
         &self,
         ctx: &Context,
         identity: usize,
+    ) -> Option<HyperDmabufId> {
+        self.locked(ctx, |parts, _sink| {
+            parts.ledger.export_of_identity(identity)
+        })
+    }
+
+    /// A new frame in our export `hid` ([`Ledger::update`]): its UPDATE
+    /// is on the ring, or queued behind earlier ones until the peer's
+    /// answers make room. Never waits for the peer.
+    ///
+    /// # Errors
+    ///
+    /// The refusal's errno ([`ledger::UpdateRefusal::errno`]).
+    pub(crate) fn update(
+        &self,
+        ctx: &Context,
+        hid: &HyperDmabufId,
         file: FileRights,
-        flags: ExportFlags,
+        flags: Option<ExportFlags>,
         priv_data: PrivData,
-    ) -> Option<Result<HyperDmabufId>> {
-        self.locked(ctx, |parts, sink| {
+    ) -> Result {
+        let queued = self.locked(ctx, |parts, sink| {
             let link = parts.link.as_mut().filter(|l| !l.broken);
             let (channel, irq) = match link {
                 Some(l) => (Some(&mut l.channel), Some(&l.irq)),
                 None => (None, None),
             };
-            let updated = parts
+            let notify = parts
                 .ledger
-                .update_existing(channel, sink, identity, file, flags, priv_data)?;
-            Some(match updated {
-                Ok((hid, notify)) => {
-                    if let (true, Some(irq)) = (notify, irq) {
-                        irq.notify();
-                    }
-                    Ok(hid)
-                }
-                Err(Reexport::NotOwner) => Err(EPERM),
-                Err(Reexport::OtherFlags) => Err(EINVAL),
-                Err(Reexport::Send(e)) => Err(send_errno(e)),
-            })
-        })
+                .update(channel, sink, hid, file, flags, priv_data)
+                .map_err(|why| Error::from_errno(-why.errno()))?;
+            if let (true, Some(irq)) = (notify, irq) {
+                irq.notify();
+            }
+            Ok::<bool, Error>(parts.ledger.updates_queued() > 0)
+        })?;
+        if queued {
+            // The peer's answers flush the queue; the timed work is the
+            // safety net should none come for a while.
+            ffi::tick_schedule(RETRY_MS as u32);
+        }
+        Ok(())
     }
 
     /// Starts the unexport of `hid` now (`delay_ms == 0`) or later.

@@ -15,7 +15,7 @@ use super::common::id::HyperDmabufId;
 use super::common::ledger::FileRights;
 use super::common::uapi::{
     self, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, QueryItem, UnexportArgs,
-    IMPORT_RW,
+    UpdateArgs, IMPORT_RW,
 };
 use super::common::wire::ExportFlags;
 use super::common::xen::DomId;
@@ -115,6 +115,20 @@ pub(crate) fn ioctl(driver: &Driver, file: &FileCtx, cmd: u32, arg: usize) -> Re
                 return Err(EPERM);
             }
             conn.unexport(driver, &args.hid, args.delay_ms)?;
+        }
+        uapi::IOCTL_UPDATE => {
+            let record = read_record::<{ UpdateArgs::SIZE }>(arg)?;
+            let args = UpdateArgs::decode(&record).map_err(bad_record)?;
+            let conns = driver.all_conns()?;
+            let conn = conns
+                .iter()
+                .find(|c| c.with_export(&args.hid, |_| ()).is_some())
+                .ok_or(ENOENT)?;
+            let rights = FileRights {
+                file: file.id,
+                admin: file.admin,
+            };
+            conn.update(driver, &args.hid, rights, None, args.priv_data)?;
         }
         uapi::IOCTL_QUERY => {
             let record = read_record::<{ QueryArgs::SIZE }>(arg)?;

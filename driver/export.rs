@@ -10,14 +10,14 @@
 
 use kernel::prelude::*;
 
-use super::common::grantable;
+use super::common::grantable::{self, PinStep};
 use super::common::id::{HyperDmabufId, KEY_LEN};
 use super::common::ledger::{self, export_flags_allowed, export_layout, ExportRefusal, FileRights};
 use super::common::uapi::ExportArgs;
 use super::common::wire::{Export, ExportFlags};
 use super::common::xen::Status;
 use crate::conn::Conn;
-use crate::ffi::dmabuf::PinnedDmabuf;
+use crate::ffi::dmabuf::{DmabufRef, PinnedDmabuf};
 use crate::ffi::{self, errno};
 use crate::grants::{ExportEntry, ExportGrants};
 use crate::peerlog::Level;
@@ -62,6 +62,9 @@ pub(crate) fn export(
     let config = conn.config().ok_or_else(errno::enotconn)?;
     let writable = args.flags.contains(ExportFlags::WRITABLE);
     export_flags_allowed(&config, args.flags).map_err(refused)?;
+    if let Some(hid) = reexport(driver, &conn, file, args)? {
+        return Ok(hid);
+    }
     let pin = PinnedDmabuf::pin(args.dmabuf_fd)
         .map_err(|f| Error::from_errno(-grantable::pin_errno(f.step, f.errno)))?;
     let size = pin.size();
@@ -78,11 +81,6 @@ pub(crate) fn export(
         }
         refused(why)
     })?;
-    if let Some(again) =
-        conn.update_existing(driver, pin.identity(), file, args.flags, args.priv_data)
-    {
-        return again;
-    }
     let identity = pin.identity();
     let hid = new_id(driver)?;
     let mut grants = ExportGrants::new(pin, conn.peer, hid, owner, &layout, |why| {
@@ -133,6 +131,31 @@ pub(crate) fn export(
             withdraw(driver, &conn, &hid);
             Err(e)
         }
+    }
+}
+
+/// The export of a dma-buf exported to the peer already is a new frame
+/// of it (`Conn::update`): found by the dma-buf's address, without a
+/// walk of its pages, so it costs the same at every size. `None` if it is
+/// not exported to the peer (or stopped being so meanwhile).
+fn reexport(
+    driver: &Driver,
+    conn: &Conn,
+    file: FileRights,
+    args: &ExportArgs,
+) -> Result<Option<HyperDmabufId>> {
+    let buf = DmabufRef::from_fd(args.dmabuf_fd)
+        .map_err(|e| Error::from_errno(-grantable::pin_errno(PinStep::Get, -e.to_errno())))?;
+    // Our export holds the dma-buf, so its address names no other buffer
+    // while it lasts; `buf` holds it while we look.
+    let Some(hid) = conn.export_of_identity(driver, buf.identity()) else {
+        return Ok(None);
+    };
+    match conn.update(driver, &hid, file, Some(args.flags), args.priv_data) {
+        Ok(()) => Ok(Some(hid)),
+        // Unexported between the two looks: a new export.
+        Err(e) if e == ENOENT => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -263,6 +263,8 @@ enum hdm_vma_event {
 void hdm_rs_vma_event(unsigned int event, unsigned short domid, int status);
 /* A new reference to a live dma-buf, false if it is being released. */
 bool hdm_dmabuf_tryget(struct dma_buf *buf);
+/* The dma-buf of fd, referenced, or an ERR_PTR (EBADF, EINVAL). */
+struct dma_buf *hdm_dmabuf_get(int fd);
 void hdm_dmabuf_put(struct dma_buf *buf);
 /* Reserve an O_CLOEXEC fd; install consumes one dma-buf reference. */
 int hdm_fd_reserve(void);

@@ -21,6 +21,10 @@
 //! * the **RELEASE retry** queue: a RELEASE that finds the ring full is
 //!   sent by the next tick or answer; at most one per import, so the queue
 //!   is bounded by the admission limit and needs no memory of its own;
+//! * the **UPDATE queue**: a frame announced while the ring is full (or
+//!   while earlier ones wait) waits in its export's record, the newest
+//!   private data of each buffer once, and goes in the order announced
+//!   ([`Ledger::update`], [`Ledger::flush_updates`]);
 //! * **export policy**: which buffer may be exported over a connection
 //!   ([`export_layout`]) and what a refusal means to user space.
 //!
@@ -68,6 +72,8 @@ pub mod errno {
     pub const EINVAL: i32 = 22;
     /// No space left: the peer's table is full.
     pub const ENOSPC: i32 = 28;
+    /// Not connected to the peer.
+    pub const ENOTCONN: i32 = 107;
 }
 
 /// A table of records keyed by buffer number, stored as the host likes.
@@ -171,6 +177,9 @@ pub struct ExportRecord<G> {
     /// Its file was closed: it is being unexported, and exporting the
     /// same buffer again makes a new export rather than reviving this one.
     owner_closed: bool,
+    /// Its place in the UPDATE queue, while its newest private data waits
+    /// for room on the ring.
+    update_queued: Option<u64>,
     /// What keeps its pages granted.
     pub grants: G,
 }
@@ -185,6 +194,7 @@ impl<G> ExportRecord<G> {
             identity,
             unexport_at: None,
             owner_closed: false,
+            update_queued: None,
             grants,
         }
     }
@@ -192,12 +202,23 @@ impl<G> ExportRecord<G> {
     /// Whether exporting its buffer again is a re-export of this record:
     /// it is neither unexported nor going because its file was closed.
     const fn reexportable(&self, identity: usize) -> bool {
-        self.identity == identity && !self.state.unexported() && !self.owner_closed
+        self.identity == identity && self.updatable()
     }
 
     /// When its delayed unexport is due, if one is scheduled.
     pub const fn unexport_at(&self) -> Option<u64> {
         self.unexport_at
+    }
+
+    /// Whether an UPDATE of it waits for room on the ring.
+    pub const fn update_queued(&self) -> bool {
+        self.update_queued.is_some()
+    }
+
+    /// Whether it may take a new frame: it is neither unexported nor
+    /// going because its file was closed.
+    const fn updatable(&self) -> bool {
+        !self.state.unexported() && !self.owner_closed
     }
 }
 
@@ -419,17 +440,33 @@ pub struct FileRights {
     pub admin: bool,
 }
 
-/// Why exporting a buffer exported already did not update it.
+/// Why a new frame of an export ([`Ledger::update`]) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reexport {
+pub enum UpdateRefusal {
+    /// We export no such buffer, or it is being unexported (`ENOENT`).
+    NotFound,
     /// Another file exported it, and this one may not manage it
     /// (`EPERM`): it may not change its private data, cancel its delayed
     /// unexport or learn its id.
     NotOwner,
-    /// It is exported with other flags (`EINVAL`): unexport it first.
+    /// A re-export with other flags than the export's (`EINVAL`):
+    /// unexport it first.
     OtherFlags,
-    /// The update was taken but its UPDATE not sent.
-    Send(SendError),
+    /// The connection is down (`ENOTCONN`): the export took the private
+    /// data, the peer hears nothing.
+    NotConnected,
+}
+
+impl UpdateRefusal {
+    /// The errno the ioctl returns.
+    pub const fn errno(self) -> i32 {
+        match self {
+            UpdateRefusal::NotFound => errno::ENOENT,
+            UpdateRefusal::NotOwner => errno::EPERM,
+            UpdateRefusal::OtherFlags => errno::EINVAL,
+            UpdateRefusal::NotConnected => errno::ENOTCONN,
+        }
+    }
 }
 
 /// Why a message of ours was not sent.
@@ -459,6 +496,10 @@ pub struct Ledger<XT, IT> {
     imports_held: usize,
     /// Records with `release_unsent`.
     releases_unsent: usize,
+    /// Export records with `update_queued`.
+    updates_queued: usize,
+    /// The place the next queued UPDATE takes.
+    next_update_place: u64,
     max_imports: usize,
 }
 
@@ -484,6 +525,8 @@ where
             next_orphan_key: 0,
             imports_held: 0,
             releases_unsent: 0,
+            updates_queued: 0,
+            next_update_place: 0,
             max_imports: MAX_IMPORTS_PER_PEER,
         }
     }
@@ -559,6 +602,11 @@ where
         self.releases_unsent
     }
 
+    /// UPDATEs waiting for room on the ring.
+    pub fn updates_queued(&self) -> usize {
+        self.updates_queued
+    }
+
     // ---- exports ----
 
     /// Records `record` and announces it on `channel` with `token`. On
@@ -600,8 +648,7 @@ where
         // Numbers are never reused; should one be, the old export is
         // retired, not dropped.
         if let Some(old) = self.exports.remove(number) {
-            sink.gauge(Gauge::Exports, false);
-            sink.retire(old.grants);
+            self.export_dropped(sink, old);
         }
         if let Err(record) = self.exports.try_insert(number, record) {
             sink.retire(record.grants);
@@ -616,59 +663,151 @@ where
             return;
         }
         if let Some(record) = self.exports.remove(hid.number()) {
-            sink.gauge(Gauge::Exports, false);
-            sink.retire(record.grants);
+            self.export_dropped(sink, record);
         }
     }
 
+    /// Accounts for a record taken out of `exports` and retires its
+    /// grants.
+    fn export_dropped(&mut self, sink: &mut impl Sink<G>, record: ExportRecord<G>) {
+        sink.gauge(Gauge::Exports, false);
+        if record.update_queued.is_some() {
+            self.updates_queued -= 1;
+        }
+        sink.retire(record.grants);
+    }
+
     /// Our live export of the local buffer `identity` (one not being
-    /// unexported): it takes `priv_data`, a pending delayed unexport is
-    /// cancelled, and the peer is sent an UPDATE. `None` if there is no
-    /// such export.
+    /// unexported), if there is one: its id.
+    pub fn export_of_identity(&self, identity: usize) -> Option<HyperDmabufId> {
+        let key = self.exports.find(|e| e.reexportable(identity))?;
+        self.exports.get(key).map(|e| e.info.hid)
+    }
+
+    /// A new frame in our export `hid`: it takes `priv_data`, a pending
+    /// delayed unexport is cancelled, and the peer is sent an UPDATE, now
+    /// if the ring has room and no earlier UPDATE waits, else once
+    /// [`Ledger::flush_updates`] reaches it. An UPDATE of the same buffer
+    /// still waiting is replaced, and the buffer takes the last place:
+    /// the peer hears the updates in the order they were made, and never
+    /// an older frame of a buffer after a newer one. Returns whether to
+    /// notify the peer.
+    ///
+    /// `flags`, if given, must be the export's (a re-export's check).
     ///
     /// # Errors
     ///
-    /// `Some(Err(_))`: [`Reexport::NotOwner`] if `file` may not manage
-    /// the export ([`uapi::may_manage_export`]), [`Reexport::OtherFlags`]
-    /// if it was exported with other flags (nothing changes then); or the
-    /// UPDATE was not sent ([`SendError::RingFull`], or
-    /// [`SendError::NotConnected`] without a channel), and the export took
-    /// the private data all the same.
-    pub fn update_existing<M: SharedMem, P: PendingTable>(
+    /// [`UpdateRefusal::NotFound`] if we export no such buffer or it is
+    /// being unexported; [`UpdateRefusal::NotOwner`] if `file` may not
+    /// manage it ([`uapi::may_manage_export`]);
+    /// [`UpdateRefusal::OtherFlags`]; nothing changes then.
+    /// [`UpdateRefusal::NotConnected`] without a channel: the export took
+    /// the private data all the same, and the peer hears nothing.
+    pub fn update<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
         sink: &mut impl Sink<G>,
-        identity: usize,
+        hid: &HyperDmabufId,
         file: FileRights,
-        flags: ExportFlags,
+        flags: Option<ExportFlags>,
         priv_data: PrivData,
-    ) -> Option<Result<(HyperDmabufId, bool), Reexport>> {
-        let key = self.exports.find(|e| e.reexportable(identity))?;
-        let record = self.exports.get_mut(key)?;
+    ) -> Result<bool, UpdateRefusal> {
+        let queue_empty = self.updates_queued == 0;
+        let record = self
+            .exports
+            .get_mut(hid.number())
+            .filter(|e| e.info.hid.matches(hid) && e.updatable())
+            .ok_or(UpdateRefusal::NotFound)?;
         if !uapi::may_manage_export(record.owner, file.file, file.admin) {
-            return Some(Err(Reexport::NotOwner));
+            return Err(UpdateRefusal::NotOwner);
         }
-        if record.info.flags != flags {
-            return Some(Err(Reexport::OtherFlags));
+        if flags.is_some_and(|f| f != record.info.flags) {
+            return Err(UpdateRefusal::OtherFlags);
         }
         record.info.priv_data = priv_data;
         record.unexport_at = None;
-        let hid = record.info.hid;
         let Some(channel) = channel else {
-            return Some(Err(Reexport::Send(SendError::NotConnected)));
+            return Err(UpdateRefusal::NotConnected);
         };
-        let sent = channel.send(Message::Update { hid, priv_data }, None);
-        sink.sent(sent.is_ok());
-        Some(
-            sent.map(|notify| (hid, notify))
-                .map_err(|_| Reexport::Send(SendError::RingFull)),
-        )
+        // The hot path: nothing waits, and the ring has room.
+        if queue_empty && channel.can_send() {
+            if let Ok(notify) = channel.send(
+                Message::Update {
+                    hid: *hid,
+                    priv_data,
+                },
+                None,
+            ) {
+                sink.sent(true);
+                return Ok(notify);
+            }
+        }
+        sink.sent(false);
+        if record.update_queued.is_none() {
+            self.updates_queued += 1;
+        }
+        record.update_queued = Some(self.next_update_place);
+        self.next_update_place += 1;
+        Ok(self.flush_updates(channel, sink))
+    }
+
+    /// Sends the UPDATEs that wait for room, in the order they were made,
+    /// while the ring has room. Returns whether to notify the peer.
+    pub fn flush_updates<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G>,
+    ) -> bool {
+        let mut notify = false;
+        while self.updates_queued > 0 && channel.can_send() {
+            // The queue is a place number in each waiting record: the
+            // walk is paid only while the ring is full, never on the hot
+            // path of an update that finds room.
+            let mut first: Option<(u64, u64)> = None;
+            self.exports.for_each(|key, e| {
+                if let Some(place) = e.update_queued {
+                    if first.map_or(true, |(_, p)| place < p) {
+                        first = Some((key, place));
+                    }
+                }
+            });
+            let Some(record) = first.and_then(|(key, _)| self.exports.get_mut(key)) else {
+                break;
+            };
+            let place = record.update_queued.take();
+            self.updates_queued -= 1;
+            if !record.updatable() {
+                // Unexported since (its UNEXPORT may be on the ring
+                // already): the frame is moot, and an UPDATE must not
+                // follow the UNEXPORT.
+                continue;
+            }
+            let message = Message::Update {
+                hid: record.info.hid,
+                priv_data: record.info.priv_data,
+            };
+            match channel.send(message, None) {
+                Ok(n) => {
+                    sink.sent(true);
+                    notify |= n;
+                }
+                Err(_) => {
+                    // `can_send` said there was room; should the channel
+                    // refuse anyway, the update keeps its place.
+                    sink.sent(false);
+                    record.update_queued = place;
+                    self.updates_queued += 1;
+                    break;
+                }
+            }
+        }
+        notify
     }
 
     /// Whether we export the local buffer `identity` and it is not being
     /// unexported (so an export of it is an update).
     pub fn exports_identity(&self, identity: usize) -> bool {
-        self.exports.find(|e| e.reexportable(identity)).is_some()
+        self.export_of_identity(identity).is_some()
     }
 
     /// Schedules the unexport of `hid` at `due` (host clock); one already
@@ -744,7 +883,8 @@ where
             }
         }
         tick.notify |= self.flush_releases(channel, sink);
-        if self.releases_unsent > 0 {
+        tick.notify |= self.flush_updates(channel, sink);
+        if self.releases_unsent > 0 || self.updates_queued > 0 {
             tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
         }
         tick
@@ -988,8 +1128,7 @@ where
         channel.disconnect(&mut self.view(sink));
         while let Some(key) = self.exports.first() {
             if let Some(record) = self.exports.remove(key) {
-                sink.gauge(Gauge::Exports, false);
-                sink.retire(record.grants);
+                self.export_dropped(sink, record);
             }
         }
         let mut forgotten = 0;

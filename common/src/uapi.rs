@@ -26,6 +26,7 @@
 //! | [`IOCTL_UNEXPORT`] | `_IOWR(0xB9, 3, 32)` | [`UnexportArgs`] | `UNEXPORT` |
 //! | [`IOCTL_QUERY`] | `_IOWR(0xB9, 4, 56)` | [`QueryArgs`] | `QUERY` |
 //! | [`IOCTL_LIST`] | `_IOWR(0xB9, 5, 16)` | [`ListArgs`] | (none) |
+//! | [`IOCTL_UPDATE`] | `_IOW(0xB9, 6, 224)` | [`UpdateArgs`] | (none) |
 //!
 //! The original's `TX_CH_SETUP`/`RX_CH_SETUP` have no counterpart: channels
 //! are XenBus devices set up by the toolstack.
@@ -37,7 +38,7 @@ use super::error::Error;
 use super::id::HyperDmabufId;
 use super::wire::{Export, ExportFlags, PrivData};
 use super::xen::DomId;
-use layout::{event, export, import, list, list_entry, query, unexport, Field};
+use layout::{event, export, import, list, list_entry, query, unexport, update, Field};
 
 // The records are defined in the machine's byte order; these codecs write
 // little-endian, which is the same thing on every Xen architecture.
@@ -60,6 +61,14 @@ pub const fn iowr(magic: u8, nr: u8, size: usize) -> u32 {
     (IOC_WRITE_READ << 30) | ((size as u32) << 16) | ((magic as u32) << 8) | nr as u32
 }
 
+/// `_IOW(magic, nr, size)`: user space writes the record, the kernel only
+/// reads it.
+pub const fn iow(magic: u8, nr: u8, size: usize) -> u32 {
+    const IOC_WRITE: u32 = 1;
+    assert!(size < (1 << 14));
+    (IOC_WRITE << 30) | ((size as u32) << 16) | ((magic as u32) << 8) | nr as u32
+}
+
 /// Export a local dma-buf to a peer domain: [`ExportArgs`].
 pub const IOCTL_EXPORT: u32 = iowr(IOCTL_MAGIC, 1, ExportArgs::SIZE);
 /// Import a buffer exported to this domain as a new dma-buf fd:
@@ -71,6 +80,8 @@ pub const IOCTL_UNEXPORT: u32 = iowr(IOCTL_MAGIC, 3, UnexportArgs::SIZE);
 pub const IOCTL_QUERY: u32 = iowr(IOCTL_MAGIC, 4, QueryArgs::SIZE);
 /// List the buffers this domain exports and imports: [`ListArgs`].
 pub const IOCTL_LIST: u32 = iowr(IOCTL_MAGIC, 5, ListArgs::SIZE);
+/// Announce a new frame in an export, without waiting: [`UpdateArgs`].
+pub const IOCTL_UPDATE: u32 = iow(IOCTL_MAGIC, 6, UpdateArgs::SIZE);
 
 /// Longest delay an unexport may be scheduled after: 10 minutes.
 pub const MAX_UNEXPORT_DELAY_MS: u32 = 600_000;
@@ -305,6 +316,59 @@ impl UnexportArgs {
         let mut record = [0u8; Self::SIZE];
         put_hid(&mut record, unexport::HID, &self.hid);
         put_u32(&mut record, unexport::DELAY_MS.offset, self.delay_ms);
+        record
+    }
+}
+
+/// `struct hdmabuf_update`, the argument of [`IOCTL_UPDATE`].
+///
+/// ```text
+/// offset size  field     dir
+///      0   24  hid       in  the buffer, exported by this domain
+///     24    4  flags     in  zero
+///     28    4  priv_len  in  bytes of priv used, <= 192
+///     32  192  priv      in  the new private data for the importer
+/// ```
+///
+/// The buffer's private data becomes `priv` and the importer is sent an
+/// UPDATE; the call returns once the message is queued, without waiting
+/// for the importer. When the ring is full the newest private data of
+/// each buffer waits in the kernel and goes as soon as there is room, in
+/// the order the calls were made (docs/uapi.md, docs/protocol.md 11.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateArgs {
+    /// The buffer.
+    pub hid: HyperDmabufId,
+    /// Its new private data.
+    pub priv_data: PrivData,
+}
+
+impl UpdateArgs {
+    /// Record size.
+    pub const SIZE: usize = update::RECORD.size;
+
+    /// Decodes the record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadId`], [`Error::UnknownFlags`], [`Error::PrivTooLong`],
+    /// [`Error::ReservedNotZero`] (private bytes past `priv_len`).
+    pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        let flags = get_u32(record, update::FLAGS.offset);
+        if flags != 0 {
+            return Err(Error::UnknownFlags(flags));
+        }
+        Ok(UpdateArgs {
+            hid: get_hid(record, update::HID)?,
+            priv_data: get_priv(record, update::PRIV_LEN, update::PRIV)?,
+        })
+    }
+
+    /// Encodes the record.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut record = [0u8; Self::SIZE];
+        put_hid(&mut record, update::HID, &self.hid);
+        put_priv(&mut record, update::PRIV_LEN, update::PRIV, &self.priv_data);
         record
     }
 }
@@ -954,6 +1018,7 @@ mod tests {
         assert_eq!(IOCTL_UNEXPORT, 0xc020_b903);
         assert_eq!(IOCTL_QUERY, 0xc038_b904);
         assert_eq!(IOCTL_LIST, 0xc010_b905);
+        assert_eq!(IOCTL_UPDATE, 0x40e0_b906);
     }
 
     fn hid() -> HyperDmabufId {

@@ -246,6 +246,17 @@ impl DmabufRef {
         unsafe { bindings::hdm_dmabuf_tryget(buf.as_ptr()) }.then_some(DmabufRef(buf))
     }
 
+    /// A reference to the dma-buf of the descriptor `fd`.
+    ///
+    /// # Errors
+    ///
+    /// `EBADF` if `fd` is not open, `EINVAL` if it is no dma-buf.
+    pub(crate) fn from_fd(fd: i32) -> Result<Self> {
+        // SAFETY: any fd value is checked by the callee.
+        let buf = kernel::error::from_err_ptr(unsafe { bindings::hdm_dmabuf_get(fd) })?;
+        NonNull::new(buf).map(DmabufRef).ok_or(EINVAL)
+    }
+
     /// The address of the dma-buf, for [`DmabufRef::try_get`].
     pub(crate) fn identity(&self) -> usize {
         self.0.as_ptr() as usize

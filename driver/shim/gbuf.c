@@ -226,6 +226,11 @@ bool hdm_dmabuf_tryget(struct dma_buf *buf)
 	return atomic_long_inc_not_zero(&buf->file->f_count);
 }
 
+struct dma_buf *hdm_dmabuf_get(int fd)
+{
+	return dma_buf_get(fd);
+}
+
 void hdm_dmabuf_put(struct dma_buf *buf)
 {
 	dma_buf_put(buf);

@@ -22,8 +22,9 @@ use super::super::id::{HyperDmabufId, KEY_LEN, TEXT_LEN};
 use super::super::limits::MAX_PRIV_LEN;
 use super::{
     EventType, QueryItem, DEVICE_PATH, EXPORT_RW, IMPORT_RW, IOCTL_EXPORT, IOCTL_IMPORT,
-    IOCTL_LIST, IOCTL_MAGIC, IOCTL_QUERY, IOCTL_UNEXPORT, KIND_EXPORTED, KIND_IMPORTED,
-    MAX_UNEXPORT_DELAY_MS, STATE_BUSY, STATE_DELAYED_UNEXPORT, STATE_RW, STATE_UNEXPORTED,
+    IOCTL_LIST, IOCTL_MAGIC, IOCTL_QUERY, IOCTL_UNEXPORT, IOCTL_UPDATE, KIND_EXPORTED,
+    KIND_IMPORTED, MAX_UNEXPORT_DELAY_MS, STATE_BUSY, STATE_DELAYED_UNEXPORT, STATE_RW,
+    STATE_UNEXPORTED,
 };
 use core::ops::Range;
 
@@ -201,6 +202,22 @@ pub mod unexport {
     pub const RECORD: Record = Record::new("hdmabuf_unexport", 32, &[HID, DELAY_MS, RESERVED]);
 }
 
+/// `struct hdmabuf_update` ([`UpdateArgs`](super::UpdateArgs)).
+pub mod update {
+    use super::{CType, Field, Record, MAX_PRIV_LEN};
+
+    /// In: the buffer.
+    pub const HID: Field = Field::new("hid", 0, CType::Id);
+    /// Zero.
+    pub const FLAGS: Field = Field::new("flags", 24, CType::U32);
+    /// In: bytes of `priv` used.
+    pub const PRIV_LEN: Field = Field::new("priv_len", 28, CType::U32);
+    /// In: the new private data for the importer.
+    pub const PRIV: Field = Field::new("priv", 32, CType::Bytes(MAX_PRIV_LEN));
+    /// The record.
+    pub const RECORD: Record = Record::new("hdmabuf_update", 224, &[HID, FLAGS, PRIV_LEN, PRIV]);
+}
+
 /// `struct hdmabuf_query` ([`QueryArgs`](super::QueryArgs)).
 pub mod query {
     use super::{CType, Field, Record};
@@ -303,6 +320,7 @@ pub const RECORDS: &[Record] = &[
     export::RECORD,
     import::RECORD,
     unexport::RECORD,
+    update::RECORD,
     query::RECORD,
     list::RECORD,
     list_entry::RECORD,
@@ -355,6 +373,7 @@ pub const CONSTANTS: &[Constant] = &[
     number("HDMABUF_IOCTL_UNEXPORT", IOCTL_UNEXPORT as u64),
     number("HDMABUF_IOCTL_QUERY", IOCTL_QUERY as u64),
     number("HDMABUF_IOCTL_LIST", IOCTL_LIST as u64),
+    number("HDMABUF_IOCTL_UPDATE", IOCTL_UPDATE as u64),
     number("HDMABUF_EXPORT_RW", EXPORT_RW as u64),
     number("HDMABUF_IMPORT_RW", IMPORT_RW as u64),
     number("HDMABUF_QUERY_TYPE", QueryItem::Type as u64),
@@ -398,7 +417,7 @@ pub const CONSTANTS: &[Constant] = &[
 #[cfg(test)]
 mod tests {
     use super::super::{
-        Event, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, UnexportArgs,
+        Event, ExportArgs, ImportArgs, ListArgs, ListEntry, QueryArgs, UnexportArgs, UpdateArgs,
     };
     use super::*;
     use crate::wire::{ExportFlags, PrivData};
@@ -503,6 +522,21 @@ mod tests {
             UnexportArgs::decode(&bytes.try_into().unwrap()),
             Ok(unexport)
         );
+
+        let update = UpdateArgs {
+            hid: hid(),
+            priv_data: PrivData::new(b"frame 7").unwrap(),
+        };
+        let bytes = record(
+            update::RECORD,
+            &[
+                (update::HID, &id),
+                (update::PRIV_LEN, &7u32.to_le_bytes()),
+                (update::PRIV, b"frame 7"),
+            ],
+        );
+        assert_eq!(update.encode().as_slice(), bytes);
+        assert_eq!(UpdateArgs::decode(&bytes.try_into().unwrap()), Ok(update));
 
         let query = QueryArgs {
             hid: hid(),

@@ -36,7 +36,7 @@ use hyper_dmabuf_common::channel::{Channel, ChannelConfig};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
     Claim, ExportRecord, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
-    Reexport, Released, Sink,
+    Released, Sink, UpdateRefusal,
 };
 use hyper_dmabuf_common::limits::{GNTTAB_NR_RESERVED_ENTRIES, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
@@ -323,6 +323,43 @@ struct Peer<'a> {
     next_req: u32,
     /// Request id → the buffer its EXPORT announced.
     exports: HashMap<u32, HyperDmabufId>,
+    /// The count carried by the last UPDATE of ours it read: they must
+    /// come in the order they were made.
+    last_update: Option<u64>,
+    /// Our buffers whose UNEXPORT it read: no UPDATE may follow.
+    revoked: HashSet<HyperDmabufId>,
+}
+
+/// Reads what our request in `slot` tells the peer: the order of UPDATEs
+/// (each carries the count of the update call that made it) and that none
+/// follows its buffer's UNEXPORT.
+fn peer_reads(peer: &mut Peer<'_>, slot: &Slot) {
+    let Ok(request) = Request::decode(slot, 1 << 30) else {
+        panic!("a request of ours does not decode");
+    };
+    match request.message {
+        Message::Update { hid, priv_data } => {
+            assert!(
+                !peer.revoked.contains(&hid),
+                "UPDATE of {hid} after its UNEXPORT"
+            );
+            let count = priv_data
+                .as_bytes()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .expect("the harness's private data: a count");
+            assert!(
+                peer.last_update.is_none_or(|last| count > last),
+                "UPDATE {count} read after {:?}",
+                peer.last_update
+            );
+            peer.last_update = Some(count);
+        }
+        Message::Unexport(hid) => {
+            peer.revoked.insert(hid);
+        }
+        _ => {}
+    }
 }
 
 fn ring() -> Vec<AtomicU32> {
@@ -399,6 +436,8 @@ pub fn run(data: &[u8]) {
     let mut local_owners: HashMap<u8, u64> = HashMap::new();
     let mut next = 1u64;
     let mut now = 0u64;
+    // Update calls made: each carries its count as private data.
+    let mut updates = 0u64;
     let peer_id = DomId::new(1).expect("not reserved");
     let config = ChannelConfig {
         max_buffer_bytes: 1 << 30,
@@ -416,6 +455,8 @@ pub fn run(data: &[u8]) {
             answers: Responder::new(ours).expect("ring fits"),
             next_req: 1,
             exports: HashMap::new(),
+            last_update: None,
+            revoked: HashSet::new(),
         };
         for op in ops.by_ref() {
             match op {
@@ -472,6 +513,7 @@ pub fn run(data: &[u8]) {
                 }
                 LedgerOp::PeerAnswer { busy } => {
                     while let Ok(true) = peer.answers.pop(&mut slot) {
+                        peer_reads(&mut peer, &slot);
                         let op = request_op(&slot);
                         let unexport = op == hyper_dmabuf_common::wire::Op::Unexport as u8;
                         let answer = Response {
@@ -572,29 +614,30 @@ pub fn run(data: &[u8]) {
                         file: owner,
                         admin: false,
                     };
-                    if let Some(done) = ledger.update_existing(
-                        Some(&mut channel),
-                        &mut fx,
-                        identity,
-                        rights,
-                        ExportFlags::default(),
-                        PrivData::EMPTY,
-                    ) {
+                    if let Some(hid) = ledger.export_of_identity(identity) {
+                        assert_eq!(local_hids.get(&local), Some(&hid));
+                        let frame = PrivData::new(&updates.to_le_bytes()).expect("fits");
+                        updates += 1;
+                        let done = ledger.update(
+                            Some(&mut channel),
+                            &mut fx,
+                            &hid,
+                            rights,
+                            Some(ExportFlags::default()),
+                            frame,
+                        );
                         match done {
-                            Ok((hid, _)) => {
-                                assert_eq!(local_hids.get(&local), Some(&hid));
-                                assert_eq!(local_owners.get(&local), Some(&owner));
-                            }
+                            Ok(_) => assert_eq!(local_owners.get(&local), Some(&owner)),
                             // Another file's export, still open, is not this
-                            // one's to update; a closed file's is not found.
-                            Err(Reexport::NotOwner) => {
+                            // one's to update.
+                            Err(UpdateRefusal::NotOwner) => {
                                 assert!(
                                     matches!(local_owners.get(&local), Some(o) if *o != owner),
                                     "{local}: exported by {:?}, not {owner}",
                                     local_owners.get(&local)
                                 );
                             }
-                            Err(_) => {}
+                            Err(e) => panic!("update of a live export refused: {e:?}"),
                         }
                         continue;
                     }
@@ -731,6 +774,9 @@ fn check(ledger: &TestLedger, fx: &Effects, max: usize, held: &HashMap<HyperDmab
         "imports gauge"
     );
     assert!(ledger.releases_unsent() <= imports);
+    let mut queued = 0;
+    ledger.for_each(|_, e| queued += usize::from(e.update_queued()), |_| {});
+    assert_eq!(ledger.updates_queued(), queued, "queued UPDATEs vs records");
     for (hid, h) in held {
         if *h == Held::Stale {
             // Revoked by the peer before the ioctl said it mapped it: its

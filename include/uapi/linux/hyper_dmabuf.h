@@ -94,6 +94,21 @@ struct hdmabuf_unexport {
 #define HDMABUF_QUERY_PRIV 9		/* private data copied to data_ptr; its length */
 #define HDMABUF_QUERY_FLAGS 10		/* the export's flags (HDMABUF_EXPORT_RW) */
 
+/*
+ * HDMABUF_IOCTL_UPDATE: a new frame in a buffer this domain exports. Its
+ * private data becomes priv and the importer is told (an UPDATE event),
+ * without waiting for it: the call returns once the message is queued.
+ * When the ring is full, each buffer's newest update waits in the kernel
+ * and is sent as soon as there is room, in the order of the calls; an
+ * older update of the same buffer not yet sent is replaced.
+ */
+struct hdmabuf_update {
+	struct hdmabuf_id hid;		/* in: a buffer this domain exports */
+	__u32 flags;			/* in: zero */
+	__u32 priv_len;			/* in: bytes of priv used */
+	__u8 priv[HDMABUF_MAX_PRIV_LEN]; /* in: for the importer; zero past priv_len */
+};
+
 /* HDMABUF_IOCTL_QUERY: one fact about a buffer. */
 struct hdmabuf_query {
 	struct hdmabuf_id hid;		/* in: the buffer */
@@ -165,5 +180,6 @@ struct hdmabuf_event {
 #define HDMABUF_IOCTL_UNEXPORT _IOWR(HDMABUF_IOCTL_MAGIC, 3, struct hdmabuf_unexport)
 #define HDMABUF_IOCTL_QUERY _IOWR(HDMABUF_IOCTL_MAGIC, 4, struct hdmabuf_query)
 #define HDMABUF_IOCTL_LIST _IOWR(HDMABUF_IOCTL_MAGIC, 5, struct hdmabuf_list)
+#define HDMABUF_IOCTL_UPDATE _IOW(HDMABUF_IOCTL_MAGIC, 6, struct hdmabuf_update)
 
 #endif /* _UAPI_LINUX_HYPER_DMABUF_H */

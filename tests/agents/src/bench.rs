@@ -675,11 +675,10 @@ impl Exporter {
         }
         self.expect(Msg::Ready)?;
         self.frames("ours", size, maps, frames, r, |me, frame, b| {
-            // Exporting the same dma-buf again is the UPDATE message: the
-            // importer gets an Update event with the new private data.
+            // HDMABUF_IOCTL_UPDATE: the importer gets an Update event with
+            // the new private data; the call does not wait for it.
             let tag = PrivData::new(format!("frame {frame} {b}").as_bytes()).map_err(fail)?;
-            let options = ExportOptions::new().private_data(tag);
-            me.dev.export(&bufs[b], me.peer, &options)?;
+            me.dev.update(&hids[b], tag)?;
             Ok(())
         })?;
         for hid in &hids {

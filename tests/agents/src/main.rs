@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: MIT
 //! `hdmabuf-agent`: the project's test agents, which the VM scenarios run
 //! in each domain with a peer doing the other side: randomized cycles
-//! (`stress`), the long randomized soak (`soak`), the benchmark (`bench`),
-//! the kernel importer's view of a buffer (`kcheck`), buffers of real
+//! (`stress`), frames announced faster than they are taken (`frames`),
+//! the long randomized soak (`soak`), the benchmark (`bench`), the
+//! kernel importer's view of a buffer (`kcheck`), buffers of real
 //! drivers (`export-from`, `import-to`) and buffers the driver must refuse
 //! (`refused`). Not part of the user's `hdmabuf` command; they keep its
 //! conventions (`--json`, sizes, exit statuses: see the `hdmabuf`
 //! library).
 
 mod bench;
+mod frames;
 mod kcheck;
 mod media;
 mod refused;
@@ -32,6 +34,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Frames announced faster than the importer takes them: order,
+    /// newest frame per buffer, no call that waits or fails.
+    Frames {
+        #[command(subcommand)]
+        command: frames::FramesCommand,
+    },
     /// Randomized export/import/unexport cycles with a peer running the
     /// other side (soak tests).
     Stress {
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         json: cli.options.json,
     };
     let done = match &cli.command {
+        Command::Frames { command } => frames::run(command, &cli.options.device, &out),
         Command::Stress { command } => stress::run(command, &cli.options.device, &out),
         Command::Soak(args) => soak::run(args, &cli.options.device, &out),
         Command::Bench { command } => bench::run(command, &cli.options.device),

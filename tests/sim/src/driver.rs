@@ -21,7 +21,7 @@ use hyper_dmabuf_common::channel::{Channel, ChannelConfig, ExportState, ImportSt
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
     self, Claim, ExportRecord, ExportRefusal, FileRights, ImportRecord, ImportRefusal, ImportStep,
-    Ledger, MappedError, Reexport, SendError, Sink,
+    Ledger, MappedError, SendError, Sink, UpdateRefusal,
 };
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{
@@ -75,13 +75,13 @@ impl From<ImportRefusal> for DriverError {
     }
 }
 
-impl From<Reexport> for DriverError {
-    fn from(e: Reexport) -> Self {
+impl From<UpdateRefusal> for DriverError {
+    fn from(e: UpdateRefusal) -> Self {
         match e {
             // The simulated domain has one user, the owner of every export.
-            Reexport::NotOwner => DriverError::NoSuchBuffer,
-            Reexport::OtherFlags => DriverError::OtherFlags,
-            Reexport::Send(e) => e.into(),
+            UpdateRefusal::NotFound | UpdateRefusal::NotOwner => DriverError::NoSuchBuffer,
+            UpdateRefusal::OtherFlags => DriverError::OtherFlags,
+            UpdateRefusal::NotConnected => DriverError::NotConnected,
         }
     }
 }
@@ -523,7 +523,7 @@ impl Domain {
         self.flush(hv);
         let me = self.id;
         let token = self.token();
-        if self.ledger.exports_identity(buf.0 as usize) {
+        if let Some(hid) = self.ledger.export_of_identity(buf.0 as usize) {
             let chan = self.conn.as_mut().map(|c| &mut c.chan);
             let mut ctx = Self::ctx(&mut self.user, hv, me);
             let flags = if rw {
@@ -531,15 +531,12 @@ impl Domain {
             } else {
                 ExportFlags::default()
             };
-            if let Some(updated) =
-                self.ledger
-                    .update_existing(chan, &mut ctx, buf.0 as usize, USER, flags, priv_data)
-            {
-                let (hid, notify) = updated?;
-                self.notify_if(hv, notify);
-                self.user.completions.insert(token, Status::Ok);
-                return Ok((hid, token));
-            }
+            let notify = self
+                .ledger
+                .update(chan, &mut ctx, &hid, USER, Some(flags), priv_data)?;
+            self.notify_if(hv, notify);
+            self.user.completions.insert(token, Status::Ok);
+            return Ok((hid, token));
         }
         let record = self.prepare_export(hv, buf, rw, priv_data)?;
         let hid = record.info.hid;
@@ -587,13 +584,13 @@ impl Domain {
         Ok(())
     }
 
-    /// Sends new private data for an export (a re-export of its buffer).
-    /// Returns a token completed as the ioctl returns.
+    /// A new frame in an export (`HDMABUF_IOCTL_UPDATE`): its UPDATE is
+    /// sent, or queued until the ring has room. Returns a token completed
+    /// as the ioctl returns.
     ///
     /// # Errors
     ///
-    /// As [`Domain::unexport`]; [`DriverError::Again`] if the ring is
-    /// full.
+    /// As [`Domain::unexport`].
     pub fn update(
         &mut self,
         hv: &mut Hypervisor,
@@ -601,25 +598,20 @@ impl Domain {
         priv_data: PrivData,
     ) -> Result<u64, DriverError> {
         let conn = self.conn.as_mut().ok_or(DriverError::NotConnected)?;
-        let record = self.ledger.export(hid).ok_or(DriverError::NoSuchBuffer)?;
-        let (identity, flags) = (record.identity, record.info.flags);
         let me = self.id;
         let mut ctx = Self::ctx(&mut self.user, hv, me);
-        let (_, notify) = self
-            .ledger
-            .update_existing(
-                Some(&mut conn.chan),
-                &mut ctx,
-                identity,
-                USER,
-                flags,
-                priv_data,
-            )
-            .ok_or(DriverError::NoSuchBuffer)??;
+        let notify =
+            self.ledger
+                .update(Some(&mut conn.chan), &mut ctx, hid, USER, None, priv_data)?;
         self.notify_if(hv, notify);
         let token = self.token();
         self.user.completions.insert(token, Status::Ok);
         Ok(token)
+    }
+
+    /// UPDATEs waiting for room on the ring.
+    pub fn updates_queued(&self) -> usize {
+        self.ledger.updates_queued()
     }
 
     /// The protocol state of an export.
@@ -833,7 +825,8 @@ impl Domain {
         let mut ctx = Self::ctx(&mut self.user, hv, me);
         let progress = conn.chan.process(&mut self.ledger.view(&mut ctx))?;
         let released = self.ledger.flush_releases(&mut conn.chan, &mut ctx);
-        if progress.notify || released {
+        let updated = self.ledger.flush_updates(&mut conn.chan, &mut ctx);
+        if progress.notify || released || updated {
             hv.notify(me, conn.port);
         }
         conn.more = progress.more;

@@ -7,6 +7,7 @@ mod common;
 
 use common::{assert_same_bytes, events_about, export};
 use hyper_dmabuf_common::channel::ExportPhase;
+use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::uapi::{Event, EventType};
 use hyper_dmabuf_common::wire::ExportFlags;
 use hyper_dmabuf_common::xen::Status;
@@ -265,6 +266,92 @@ fn update_reaches_the_importer() {
             .as_bytes(),
         b"new metadata"
     );
+    w.finish();
+}
+
+/// Frames announced faster than the importer takes them: every update
+/// call returns at once, those that find the ring full wait in the
+/// exporter, each buffer's newest once, and the importer hears the frames
+/// in the order they were made, the last of each buffer among them. An
+/// unexport drops what still waits: no UPDATE follows its UNEXPORT.
+#[test]
+fn frames_beyond_the_ring_wait_in_order_newest_per_buffer() {
+    let mut w = World::new(WorldConfig::default());
+    let bufs: Vec<_> = (0..3)
+        .map(|seed| export(&mut w, Side::Back, 4096, false, seed))
+        .collect();
+    w.pump();
+    w.split(Side::Front).0.take_events();
+    let frames = 500u64;
+    let (dom, hv) = w.split(Side::Back);
+    for frame in 0..frames {
+        let hid = &bufs[frame as usize % bufs.len()].hid;
+        let tag = hyper_dmabuf_common::wire::PrivData::new(&frame.to_le_bytes()).unwrap();
+        dom.update(hv, hid, tag)
+            .expect("an update never waits nor fails");
+    }
+    assert!(
+        w.dom(Side::Back).updates_queued() > 0,
+        "500 frames did not fill the ring"
+    );
+    assert!(w.dom(Side::Back).updates_queued() <= bufs.len());
+    w.pump();
+    assert_eq!(w.dom(Side::Back).updates_queued(), 0, "the queue drained");
+    let heard: Vec<(HyperDmabufId, u64)> = w
+        .split(Side::Front)
+        .0
+        .take_events()
+        .iter()
+        .filter(|e| e.kind == EventType::Update)
+        .map(|e| {
+            let frame = u64::from_le_bytes(e.priv_data.as_bytes().try_into().unwrap());
+            (e.hid.unwrap(), frame)
+        })
+        .collect();
+    assert!(
+        heard.windows(2).all(|p| p[0].1 < p[1].1),
+        "frames out of order"
+    );
+    for (i, b) in bufs.iter().enumerate() {
+        let last = heard.iter().rev().find(|(h, _)| h.matches(&b.hid)).unwrap();
+        let n = bufs.len() as u64;
+        let newest = (frames - 1) - (frames - 1 - i as u64) % n;
+        assert_eq!(last.1, newest, "newest frame of buffer {i}");
+    }
+    assert!(heard.len() < frames as usize, "nothing waited");
+
+    // Fill the ring again, then unexport buffer 0 while its frame waits.
+    let (dom, hv) = w.split(Side::Back);
+    for frame in frames..2 * frames {
+        let hid = &bufs[frame as usize % bufs.len()].hid;
+        let tag = hyper_dmabuf_common::wire::PrivData::new(&frame.to_le_bytes()).unwrap();
+        dom.update(hv, hid, tag).unwrap();
+    }
+    dom.unexport(hv, &bufs[0].hid).unwrap();
+    w.pump();
+    let events = w.split(Side::Front).0.take_events();
+    let revoked = events
+        .iter()
+        .position(|e| e.kind == EventType::Unexport && e.hid.unwrap().matches(&bufs[0].hid))
+        .expect("the unexport reached the importer");
+    assert!(
+        !events[revoked..]
+            .iter()
+            .any(|e| e.kind == EventType::Update && e.hid.unwrap().matches(&bufs[0].hid)),
+        "an UPDATE followed its UNEXPORT"
+    );
+    assert_eq!(w.dom(Side::Back).updates_queued(), 0);
+    let (dom, hv) = w.split(Side::Back);
+    assert_eq!(
+        dom.update(hv, &bufs[0].hid, hyper_dmabuf_common::wire::PrivData::EMPTY),
+        Err(DriverError::NoSuchBuffer),
+        "an unexported buffer takes no frame"
+    );
+    for b in &bufs[1..] {
+        let (dom, hv) = w.split(Side::Back);
+        dom.unexport(hv, &b.hid).unwrap();
+    }
+    w.pump();
     w.finish();
 }
 

@@ -14,8 +14,10 @@
 # kernel importer. (Not the PV guest: writing a vgem buffer through its
 # CPU mapping never ends in a PV domU, each access faulting again in
 # drm_gem_shmem_fault; docs/kernel-notes.md, 11.4.) vgem unloads at the
-# end: nothing still holds one of its buffers. Every counter ends at zero
-# in every domain.
+# end: nothing still holds one of its buffers. Last, frames announced
+# faster than the importer takes them (HDMABUF_IOCTL_UPDATE): the PV guest
+# to dom0 and dom0 to the PVH guest, each importer hearing them in order
+# and each buffer's newest. Every counter ends at zero in every domain.
 #
 # hdm: description = dom0 shares both ways with a PV and a PVH guest at the same time
 # hdm: domains = pv pvh
@@ -33,6 +35,9 @@ dom0/main)
 dom0/guests)
     hdm_watch /tmp/events
     hdm_wait_connected 2
+    # Listening from the start: the PV guest's frames come last.
+    hdmabuf-agent frames receive --domain "$(xl domid pv)" >/tmp/frames-pv.out 2>&1 &
+    from_pv=$!
     hdm_export_each "$(xl domid pv)" 8M:51 &
     to_pv=$!
     hdm_export_each "$(xl domid pvh)" 8M:52 &
@@ -63,6 +68,13 @@ dom0/guests)
         grep -q "verified" "/tmp/vgem-$guest.out" || hdm_fail "no verification: $(cat "/tmp/vgem-$guest.out")"
     done
     hdm_log "vgem buffers shared both ways with pvh, to pv; dom0's written by the guests"
+    # Frames announced faster than the importer takes them: the PV guest
+    # to dom0, dom0 to the PVH guest, 2000 each.
+    full=$(hdm_stat ring_full)
+    hdmabuf-agent frames send --domain "$(xl domid pvh)" || hdm_fail "frames to pvh failed"
+    wait $from_pv || hdm_fail "frames from pv: $(cat /tmp/frames-pv.out)"
+    hdm_log "frames from pv: $(cat /tmp/frames-pv.out)"
+    hdm_log "frames: the ring to a peer was full $(($(hdm_stat ring_full) - full)) times"
     hdm_wait_stat connections_live 0 120
     hdm_check_released
     rmmod vgem || hdm_fail "vgem does not unload: something holds one of its buffers"
@@ -90,6 +102,11 @@ pv/main | pvh/main)
     id=$(hdm_wait_event /tmp/events NewExport "\"priv\":\"vgem-to-$HDM_DOMAIN\"")
     hdmabuf import "$id" --rw --verify $theirs --write $((theirs + 10)) ||
         hdm_fail "import of dom0's vgem buffer failed"
+    if [ "$HDM_DOMAIN" = pv ]; then
+        hdmabuf-agent frames send --domain 0 || hdm_fail "frames to dom0 failed"
+    else
+        hdmabuf-agent frames receive --domain 0 || hdm_fail "frames from dom0 failed"
+    fi
     hdm_check_released
     rmmod vgem || hdm_fail "vgem does not unload: something holds one of its buffers"
     ;;

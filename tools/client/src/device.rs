@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::MAX_PRIV_LEN;
 use hyper_dmabuf_common::uapi::{
-    self, ExportArgs, ImportArgs, ListEntry, QueryItem, UnexportArgs, DEVICE_PATH,
+    self, ExportArgs, ImportArgs, ListEntry, QueryItem, UnexportArgs, UpdateArgs, DEVICE_PATH,
 };
 use hyper_dmabuf_common::wire::{ExportFlags, PrivData};
 use hyper_dmabuf_common::xen::DomId;
@@ -290,6 +290,29 @@ impl Device {
         })
     }
 
+    /// Announces a new frame in a buffer this file exported (or any, for a
+    /// file opened by an administrator): its private data becomes
+    /// `priv_data`, and the importer gets an `Update` event with it. Returns
+    /// once the message is queued, without waiting for the importer; when
+    /// the ring is full the kernel keeps each buffer's newest frame and
+    /// sends it in turn. The cost is the same at every buffer size.
+    ///
+    /// # Errors
+    ///
+    /// `ENOENT` (this domain exports no such buffer, or it is being
+    /// unexported), `EPERM` (another file's), `ENOTCONN` (the peer is not
+    /// connected).
+    pub fn update(&self, id: &HyperDmabufId, priv_data: PrivData) -> Result<()> {
+        let mut record = UpdateArgs {
+            hid: *id,
+            priv_data,
+        }
+        .encode();
+        sys::command(self.fd.as_fd(), Command::UPDATE, &mut record)
+            .map(drop)
+            .map_err(|e| Error::hinted(format!("updating {id}"), e, update_hint))
+    }
+
     /// Revokes a buffer this file exported (or any, for a file opened by
     /// an administrator), after `delay` (at most 10 minutes; exporting it
     /// again before then cancels it). Importers get an `Unexport` event;
@@ -565,6 +588,20 @@ fn unexport_hint(errno: Errno) -> Option<&'static str> {
              an administrator, may unexport it",
         ),
         Errno::INVAL => Some("the delay may be at most 10 minutes"),
+        _ => None,
+    }
+}
+
+fn update_hint(errno: Errno) -> Option<&'static str> {
+    match errno {
+        Errno::NOENT => {
+            Some("this domain exports no buffer with this id, or it is being unexported")
+        }
+        Errno::PERM => Some(
+            "another open file of the device exported it: only that file, or one opened by \
+             an administrator, may announce its frames",
+        ),
+        Errno::NOTCONN => Some("the importing domain is not connected"),
         _ => None,
     }
 }

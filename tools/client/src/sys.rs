@@ -108,6 +108,13 @@ impl Command<{ uapi::UnexportArgs::SIZE }> {
     pub(crate) const UNEXPORT: Self = Command(uapi::IOCTL_UNEXPORT);
 }
 
+impl Command<{ uapi::UpdateArgs::SIZE }> {
+    /// `HDMABUF_IOCTL_UPDATE`: an id and private bytes.
+    // INVARIANT: uapi's `_IOW` of the record's size (checked by the tests
+    // below); the record holds numbers and bytes only.
+    pub(crate) const UPDATE: Self = Command(uapi::IOCTL_UPDATE);
+}
+
 /// `struct dma_buf_sync { __u64 flags; }` (`linux/dma-buf.h`).
 pub(crate) const DMA_BUF_SYNC_LEN: usize = 8;
 
@@ -595,6 +602,7 @@ mod tests {
         assert_eq!(encoded_size(Command::EXPORT.0), ExportArgs::SIZE);
         assert_eq!(encoded_size(Command::IMPORT.0), ImportArgs::SIZE);
         assert_eq!(encoded_size(Command::UNEXPORT.0), UnexportArgs::SIZE);
+        assert_eq!(encoded_size(Command::UPDATE.0), uapi::UpdateArgs::SIZE);
         assert_eq!(encoded_size(Command::DMA_BUF_SYNC.0), DMA_BUF_SYNC_LEN);
         assert_eq!(encoded_size(Command::UDMABUF_CREATE.0), UDMABUF_CREATE_LEN);
         // The kernel headers' values.
@@ -619,6 +627,10 @@ mod tests {
         assert_eq!(uapi::IOCTL_UNEXPORT, iowr(3, UnexportArgs::SIZE));
         assert_eq!(uapi::IOCTL_QUERY, iowr(4, QueryArgs::SIZE));
         assert_eq!(uapi::IOCTL_LIST, iowr(5, ListArgs::SIZE));
+        assert_eq!(
+            uapi::IOCTL_UPDATE,
+            opcode::write::<[u8; uapi::UpdateArgs::SIZE]>(uapi::IOCTL_MAGIC, 6) as u32
+        );
     }
 
     fn memfd(len: u64) -> OwnedFd {

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Revoke a buffer this domain exported.
     Unexport(UnexportArgs),
+    /// Give a buffer this domain exports new private data (a new frame):
+    /// the importer gets an Update event; does not wait for it.
+    Update(UpdateArgs),
 }
 
 // `hdmabuf import`.
@@ -101,6 +104,16 @@ struct UnexportArgs {
     delay_ms: u32,
 }
 
+// `hdmabuf update`.
+#[derive(Args)]
+struct UpdateArgs {
+    /// The buffer id.
+    id: HyperDmabufId,
+    /// The new private data (at most 192 bytes).
+    #[arg(long = "priv", default_value = "")]
+    r#priv: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
@@ -124,6 +137,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             hdmabuf_xl::run(command, cli.options.json).map_err(Failure::Error)
         }
         Command::Unexport(args) => unexport(args, device, &out),
+        Command::Update(args) => update(args, device, &out),
     }
 }
 
@@ -312,6 +326,17 @@ fn unexport(args: &UnexportArgs, device: &str, out: &Output) -> Result<(), Failu
     out.line(
         format!("unexport of {id} scheduled in {delay_ms} ms"),
         json!({ "unexport": id.to_string(), "delay_ms": delay_ms }),
+    );
+    Ok(())
+}
+
+fn update(args: &UpdateArgs, device: &str, out: &Output) -> Result<(), Failure> {
+    let priv_data = PrivData::new(args.r#priv.as_bytes())
+        .map_err(|e| Failure::Error(format!("--priv: {e}")))?;
+    Device::open_path(device)?.update(&args.id, priv_data)?;
+    out.line(
+        format!("update of {} sent", args.id),
+        json!({ "update": args.id.to_string(), "priv_size": priv_data.len() }),
     );
     Ok(())
 }

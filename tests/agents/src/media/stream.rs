@@ -271,8 +271,16 @@ pub(crate) fn camera(args: &CameraArgs, device: &str, out: &Output) -> Result<()
                 pitch: format.bytesperline,
                 fingerprint: print,
             };
-            let options = ExportOptions::new().private_data(priv_data(&note.to_text())?);
-            slot.hid = Some(dev.export(&slot.buffer, display, &options)?);
+            let note = priv_data(&note.to_text())?;
+            // A buffer's first frame exports it; each later one is an
+            // UPDATE, which does not look at the dma-buf nor wait.
+            match slot.hid {
+                Some(hid) => dev.update(&hid, note)?,
+                None => {
+                    let options = ExportOptions::new().private_data(note);
+                    slot.hid = Some(dev.export(&slot.buffer, display, &options)?);
+                }
+            }
             captured.insert(next, (taken.index, at));
             next += 1;
         }
