@@ -192,6 +192,7 @@ impl BackDevice {
                 let irq = self.dev.bind_interdomain(rings.event_channel())?;
                 let irq = Irq::request(irq, self.conn.clone(), c_str!("hyper_dmabuf-back"))?;
                 let config = ChannelConfig {
+                    version: rings.version(),
                     max_buffer_bytes: offered.max_buffer_size,
                     allow_rw: offered.feature_rw,
                 };

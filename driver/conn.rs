@@ -269,7 +269,7 @@ impl Conn {
                 name,
                 inner <- new_mutex!(ConnInner {
                     link: None,
-                    config: ChannelConfig { max_buffer_bytes: 0, allow_rw: false },
+                    config: ChannelConfig { version: 0, max_buffer_bytes: 0, allow_rw: false },
                     ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new()),
                     results: RBTree::new(),
                 }, "Conn::inner"),

@@ -89,8 +89,9 @@ pub(crate) fn export(
             format_args!("export to dom{} refused: {why}", conn.peer.get()),
         );
     })?;
-    let dir_gref = match grants.grant(&layout, writable) {
-        Ok(root) => root,
+    let inline = ledger::refs_inline(&config, &layout, &args.priv_data);
+    let pages = match grants.grant(&layout, writable, inline) {
+        Ok(pages) => pages,
         Err(e) => {
             // The peer may map what was granted already.
             driver.retire(grants);
@@ -100,7 +101,7 @@ pub(crate) fn export(
     let info = Export {
         hid,
         size,
-        dir_gref,
+        pages,
         flags: args.flags,
         priv_data: args.priv_data,
     };

@@ -25,6 +25,7 @@ use super::common::ledger::ExportRecord;
 use super::common::limits::XEN_PAGE_SIZE;
 use super::common::pgdir::{self, DirPage, Layout};
 use super::common::uapi::{Event, EventType};
+use super::common::wire::{InlineRefs, PageRefs};
 use super::common::xen::{DomId, GrantRef};
 use crate::ffi::dmabuf::PinnedDmabuf;
 use crate::ffi::grant::{DmabufGrants, GrantedPage, OwnedPage};
@@ -110,19 +111,31 @@ impl ExportGrants {
         )?)
     }
 
-    /// Grants the data pages, then the directory; the root's reference.
-    /// On failure what was granted stays recorded: retire the value.
+    /// Grants the data pages, then, unless their references go `inline`
+    /// in the EXPORT, the directory; where the importer finds them. On
+    /// failure what was granted stays recorded: retire the value.
     ///
     /// # Errors
     ///
     /// `ENOMEM`, or the grant table's error (`ENOSPC` when it has no free
     /// reference), or `EINVAL` if the layout and the pages disagree.
-    pub(crate) fn grant(&mut self, layout: &Layout, writable: bool) -> Result<GrantRef> {
+    pub(crate) fn grant(
+        &mut self,
+        layout: &Layout,
+        writable: bool,
+        inline: bool,
+    ) -> Result<PageRefs> {
         let before = self.live();
         let granted = self.data.grant(self.peer.get(), writable);
         stats::GRANTS.add((self.live() - before) as i64);
         granted?;
-        self.build_directory(layout)
+        if inline {
+            let refs = to_grant_refs(self.data.refs())?;
+            return Ok(PageRefs::Inline(
+                InlineRefs::new(&refs).map_err(|_| EINVAL)?,
+            ));
+        }
+        self.build_directory(layout).map(PageRefs::Directory)
     }
 
     /// Takes the driver's record reserved for this export (once).

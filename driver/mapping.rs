@@ -22,7 +22,7 @@ use kernel::sync::{new_mutex, Arc, Mutex};
 
 use super::common::id::HyperDmabufId;
 use super::common::pgdir;
-use super::common::wire::Export;
+use super::common::wire::{Export, PageRefs};
 use super::common::xen::{DomId, GrantRef};
 use crate::conn::Conn;
 use crate::context::Context;
@@ -118,7 +118,8 @@ impl Drop for GrantMapping {
     }
 }
 
-/// Reads the directory of `export` from `peer`: the data grants.
+/// The data grants of `export` from `peer`: carried in its EXPORT, or read
+/// from its directory.
 pub(crate) fn read_directory(
     ctx: &Context,
     export: &Export,
@@ -138,8 +139,13 @@ pub(crate) fn read_directory(
         );
         EIO
     };
+    let root = match &export.pages {
+        // Version 2: the EXPORT carried them, no directory to map.
+        PageRefs::Inline(refs) => return raw_refs(refs.as_slice()),
+        PageRefs::Directory(root) => *root,
+    };
     let ro = GNTMAP_HOST_MAP | GNTMAP_READONLY;
-    let root = GrantMapping::map(ctx, &[export.dir_gref.get()], peer, ro)?;
+    let root = GrantMapping::map(ctx, &[root.get()], peer, ro)?;
     let root_words = root.pages.words(0).ok_or(EIO)?;
     let layout = pgdir::read_root_header(root_words, export.size, max_bytes).map_err(bad)?;
     let nr_pages = layout.nr_pages() as usize;

@@ -194,6 +194,7 @@ impl FrontDevice {
                     theirs: theirs_ring,
                     irq,
                     config: ChannelConfig {
+                        version: neg.version,
                         max_buffer_bytes: neg.max_buffer_size,
                         allow_rw: neg.feature_rw,
                     },

@@ -228,6 +228,9 @@ pub struct Progress {
 /// Settings of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelConfig {
+    /// The protocol version of the session (`wire::VERSION_1` or
+    /// `wire::VERSION_2`).
+    pub version: u32,
     /// Largest buffer accepted from the peer.
     pub max_buffer_bytes: u64,
     /// Whether the peer may export read-write buffers to us.
@@ -559,16 +562,17 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
     fn on_request(&mut self, host: &mut impl Host, slot: &Slot) -> Response {
         let req_id = request_id(slot);
         let op = request_op(slot);
-        let (status, map_epoch) = match Request::decode(slot, self.config.max_buffer_bytes) {
-            Ok(request) => match request.message {
-                Message::Unexport(hid) => Self::on_unexport(host, self.peer, &hid),
-                message => (self.dispatch(host, message), None),
-            },
-            Err(error) => {
-                host.protocol_error(error);
-                (Status::from(error), None)
-            }
-        };
+        let (status, map_epoch) =
+            match Request::decode(slot, self.config.max_buffer_bytes, self.config.version) {
+                Ok(request) => match request.message {
+                    Message::Unexport(hid) => Self::on_unexport(host, self.peer, &hid),
+                    message => (self.dispatch(host, message), None),
+                },
+                Err(error) => {
+                    host.protocol_error(error);
+                    (Status::from(error), None)
+                }
+            };
         Response {
             req_id,
             op,

@@ -57,6 +57,9 @@ pub enum Error {
     BadVersion(u16),
     /// A grant reference is zero or one of Xen's reserved entries.
     InvalidGref(u32),
+    /// More grant references inline than an EXPORT has room for beside its
+    /// private data.
+    TooManyInlineRefs(u32),
     /// The same grant reference appears twice where each must be distinct.
     DuplicateGref(u32),
     /// A leaf page of a page directory names the wrong position.
@@ -132,6 +135,9 @@ impl fmt::Display for Error {
             Error::BadMagic(magic) => write!(f, "bad page-directory magic {magic:#010x}"),
             Error::BadVersion(v) => write!(f, "unknown page-directory version {v}"),
             Error::InvalidGref(gref) => write!(f, "invalid grant reference {gref}"),
+            Error::TooManyInlineRefs(n) => {
+                write!(f, "{n} grant references do not fit inline in the message")
+            }
             Error::DuplicateGref(gref) => write!(f, "grant reference {gref} appears twice"),
             Error::BadLeafIndex { expected, found } => {
                 write!(

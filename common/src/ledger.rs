@@ -42,7 +42,7 @@ use super::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
 use super::pgdir::Layout;
 use super::shmem::SharedMem;
 use super::uapi::{self, Event, EventType};
-use super::wire::{Export, ExportFlags, Message, PrivData};
+use super::wire::{inline_capacity, Export, ExportFlags, Message, PrivData, VERSION_2};
 use super::xen::Status;
 
 /// Linux errno values of the refusals below, and of those of
@@ -416,6 +416,14 @@ pub fn export_layout(config: &ChannelConfig, size: u64) -> Result<Layout, Export
         return Err(ExportRefusal::TooLarge);
     }
     Layout::new(size, config.max_buffer_bytes).map_err(|_| ExportRefusal::TooLarge)
+}
+
+/// Whether an export of `layout` with `priv_data` carries its grant
+/// references in the EXPORT message (the session speaks version 2 and
+/// they fit beside the private data): then it has no page directory, and
+/// the importer maps its data pages at once.
+pub fn refs_inline(config: &ChannelConfig, layout: &Layout, priv_data: &PrivData) -> bool {
+    config.version >= VERSION_2 && layout.nr_pages() as usize <= inline_capacity(priv_data.len())
 }
 
 /// The errno of an export the peer answered with `status` (not `Ok`).

@@ -218,6 +218,108 @@ pub(crate) fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// The first protocol version, with a page directory for every buffer.
+pub const VERSION_1: u32 = 1;
+/// Version 2: version 1, and EXPORT may carry a small buffer's grant
+/// references itself ([`INLINE_REFS`]).
+pub const VERSION_2: u32 = 2;
+
+/// Bit 1 of EXPORT's `flags` on the wire (version 2): the data pages'
+/// grant references follow the private data in the message, and there is
+/// no page directory. Not an [`ExportFlags`] flag: it says how the pages
+/// are described, not what the importer may do with them.
+pub const INLINE_REFS: u32 = 1 << 1;
+
+/// Most grant references one EXPORT carries inline: the 200 octets from
+/// the private data to the end of the slot, with no private data.
+pub const MAX_INLINE_REFS: usize = (SLOT_SIZE - REQ_PRIV) / 4;
+
+/// Where the inline references start: right after `priv_len` octets of
+/// private data, rounded up to 4.
+const fn inline_start(priv_len: usize) -> usize {
+    REQ_PRIV + priv_len.div_ceil(4) * 4
+}
+
+/// How many grant references fit inline beside `priv_len` octets of
+/// private data (2 with the full 192, 50 with none).
+pub const fn inline_capacity(priv_len: usize) -> usize {
+    let start = inline_start(priv_len);
+    if start >= SLOT_SIZE {
+        0
+    } else {
+        (SLOT_SIZE - start) / 4
+    }
+}
+
+/// The grant references of a buffer's data pages, carried in its EXPORT.
+///
+/// # Invariants
+///
+/// `len <= MAX_INLINE_REFS`; the entries past `len` are
+/// [`GrantRef::FIRST`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InlineRefs {
+    len: u8,
+    refs: [GrantRef; MAX_INLINE_REFS],
+}
+
+const _: () = assert!(MAX_INLINE_REFS <= u8::MAX as usize);
+
+impl InlineRefs {
+    /// Copies `refs`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooManyInlineRefs`] past [`MAX_INLINE_REFS`].
+    pub fn new(refs: &[GrantRef]) -> Result<Self, Error> {
+        if refs.len() > MAX_INLINE_REFS {
+            return Err(Error::TooManyInlineRefs(saturating_u32(refs.len())));
+        }
+        let mut out = [GrantRef::FIRST; MAX_INLINE_REFS];
+        out[..refs.len()].copy_from_slice(refs);
+        // INVARIANT: length checked, the tail is the filler.
+        Ok(InlineRefs {
+            len: refs.len() as u8,
+            refs: out,
+        })
+    }
+
+    /// The references, one per data page in order.
+    pub fn as_slice(&self) -> &[GrantRef] {
+        &self.refs[..usize::from(self.len)]
+    }
+}
+
+/// Where the importer finds the grant references of a buffer's data
+/// pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageRefs {
+    /// In the page directory whose root page is granted under this
+    /// reference (protocol.md section 12).
+    Directory(GrantRef),
+    /// In the EXPORT message itself (version 2, [`INLINE_REFS`]).
+    Inline(InlineRefs),
+}
+
+impl PageRefs {
+    /// The directory's root reference, if the pages are in a directory.
+    pub const fn root(&self) -> Option<GrantRef> {
+        match self {
+            PageRefs::Directory(root) => Some(*root),
+            PageRefs::Inline(_) => None,
+        }
+    }
+
+    /// Every reference the EXPORT names: the directory's root, or each
+    /// data page's.
+    pub fn named(&self) -> &[GrantRef] {
+        match self {
+            PageRefs::Directory(root) => core::slice::from_ref(root),
+            PageRefs::Inline(refs) => refs.as_slice(),
+        }
+    }
+}
+
 /// A new export, as announced to the importer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Export {
@@ -225,8 +327,8 @@ pub struct Export {
     pub hid: HyperDmabufId,
     /// Size of the buffer in bytes; the data pages are `ceil(size / 4096)`.
     pub size: u64,
-    /// Grant reference of the root page of the buffer's page directory.
-    pub dir_gref: GrantRef,
+    /// Where the data pages' grant references are.
+    pub pages: PageRefs,
     /// Flags of the export.
     pub flags: ExportFlags,
     /// Private data for the importer's user space.
@@ -234,6 +336,11 @@ pub struct Export {
 }
 
 /// The body of a request, by operation.
+// An EXPORT with its inline references is about twice the size of the
+// other variants (440 octets): a message lives on the stack between a slot
+// and its handling, once at a time, and boxing needs an allocator the
+// protocol core does not have.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     /// [`Op::Export`].
@@ -381,9 +488,26 @@ impl Request {
                 // refuses it.
                 let pages = pages_for_bytes(export.size).unwrap_or(u32::MAX);
                 put_u32(&mut slot, REQ_NR_PAGES, pages);
-                put_u32(&mut slot, REQ_DIR_GREF, export.dir_gref.get());
-                put_u32(&mut slot, REQ_FLAGS, export.flags.bits());
                 put_priv(&mut slot, &export.priv_data);
+                match &export.pages {
+                    PageRefs::Directory(root) => {
+                        put_u32(&mut slot, REQ_DIR_GREF, root.get());
+                        put_u32(&mut slot, REQ_FLAGS, export.flags.bits());
+                    }
+                    PageRefs::Inline(refs) => {
+                        put_u32(&mut slot, REQ_FLAGS, export.flags.bits() | INLINE_REFS);
+                        // An `Export` built by hand with more references
+                        // than fit beside its private data loses the
+                        // rest: the receiver refuses the count.
+                        let start = inline_start(export.priv_data.len());
+                        for (i, r) in refs.as_slice().iter().enumerate() {
+                            let at = start + 4 * i;
+                            if at + 4 <= SLOT_SIZE {
+                                put_u32(&mut slot, at, r.get());
+                            }
+                        }
+                    }
+                }
             }
             Message::Update { priv_data, .. } => put_priv(&mut slot, priv_data),
             Message::Release { epoch, .. } | Message::Mapped { epoch, .. } => {
@@ -394,16 +518,16 @@ impl Request {
         slot
     }
 
-    /// Decodes a slot copied out of a ring, rejecting anything this version
-    /// does not define. `max_buffer_bytes` is the largest buffer the
-    /// receiver accepts.
+    /// Decodes a slot copied out of a ring, rejecting anything the
+    /// session's `version` does not define. `max_buffer_bytes` is the
+    /// largest buffer the receiver accepts.
     ///
     /// # Errors
     ///
     /// Any of the validation errors; [`Status::from`] gives the status to
     /// answer with. The `req_id` is in the slot's first four bytes even
     /// when decoding fails, see [`request_id`].
-    pub fn decode(slot: &Slot, max_buffer_bytes: u64) -> Result<Self, Error> {
+    pub fn decode(slot: &Slot, max_buffer_bytes: u64, version: u32) -> Result<Self, Error> {
         let req_id = request_id(slot);
         let op = Op::from_wire(slot[REQ_OP])?;
         check_zero(slot, REQ_OP + 1, REQ_HID)?;
@@ -433,13 +557,19 @@ impl Request {
                 if found != expected {
                     return Err(Error::CountMismatch { expected, found });
                 }
-                let dir_gref = GrantRef::new(get_u32(slot, REQ_DIR_GREF))?;
-                let flags = ExportFlags::from_bits(get_u32(slot, REQ_FLAGS))?;
-                let priv_data = get_priv(slot)?;
+                let raw_flags = get_u32(slot, REQ_FLAGS);
+                let (pages, flags, priv_data) =
+                    if version >= VERSION_2 && raw_flags & INLINE_REFS != 0 {
+                        decode_inline(slot, found, raw_flags)?
+                    } else {
+                        let root = GrantRef::new(get_u32(slot, REQ_DIR_GREF))?;
+                        let flags = ExportFlags::from_bits(raw_flags)?;
+                        (PageRefs::Directory(root), flags, get_priv(slot)?)
+                    };
                 Message::Export(Export {
                     hid,
                     size,
-                    dir_gref,
+                    pages,
                     flags,
                     priv_data,
                 })
@@ -481,6 +611,42 @@ pub fn request_op(slot: &Slot) -> u8 {
 fn put_priv(slot: &mut Slot, priv_data: &PrivData) {
     put_u32(slot, REQ_PRIV_LEN, saturating_u32(priv_data.len()));
     slot[REQ_PRIV..REQ_END].copy_from_slice(priv_data.area());
+}
+
+/// EXPORT's body with [`INLINE_REFS`] (version 2), checked in the order
+/// of protocol.md 11.3: the directory field zero, no other unknown flag,
+/// the private data's length, the count of references against the room
+/// beside it, each reference, then every octet but the fields zero.
+fn decode_inline(
+    slot: &Slot,
+    nr_pages: u32,
+    raw_flags: u32,
+) -> Result<(PageRefs, ExportFlags, PrivData), Error> {
+    if get_u32(slot, REQ_DIR_GREF) != 0 {
+        return Err(Error::ReservedNotZero {
+            offset: REQ_DIR_GREF,
+        });
+    }
+    let flags = ExportFlags::from_bits(raw_flags & !INLINE_REFS)?;
+    let priv_len = get_u32(slot, REQ_PRIV_LEN);
+    if priv_len as usize > MAX_PRIV_LEN {
+        return Err(Error::PrivTooLong(priv_len));
+    }
+    let len = priv_len as usize;
+    let count = nr_pages as usize;
+    if count > inline_capacity(len) {
+        return Err(Error::TooManyInlineRefs(nr_pages));
+    }
+    let start = inline_start(len);
+    let mut refs = [GrantRef::FIRST; MAX_INLINE_REFS];
+    for (i, r) in refs.iter_mut().take(count).enumerate() {
+        *r = GrantRef::new(get_u32(slot, start + 4 * i))?;
+    }
+    check_zero(slot, REQ_PRIV + len, start)?;
+    check_zero(slot, start + 4 * count, SLOT_SIZE)?;
+    let priv_data = PrivData::new(&slot[REQ_PRIV..REQ_PRIV + len])?;
+    let refs = InlineRefs::new(&refs[..count])?;
+    Ok((PageRefs::Inline(refs), flags, priv_data))
 }
 
 fn get_priv(slot: &Slot) -> Result<PrivData, Error> {
@@ -585,7 +751,7 @@ mod tests {
                 .prop_map(|(hid, size, gref, rw, priv_data)| Message::Export(Export {
                     hid,
                     size,
-                    dir_gref: GrantRef::new(gref).unwrap(),
+                    pages: PageRefs::Directory(GrantRef::new(gref).unwrap()),
                     flags: if rw {
                         ExportFlags::WRITABLE
                     } else {
@@ -593,6 +759,36 @@ mod tests {
                     },
                     priv_data,
                 })),
+            (hid_strategy(), priv_strategy(), any::<bool>())
+                .prop_flat_map(|(hid, priv_data, rw)| {
+                    let room = inline_capacity(priv_data.len());
+                    (
+                        Just((hid, priv_data, rw)),
+                        proptest::collection::vec(8u32.., 1..=room.max(1)),
+                        0u64..4096,
+                    )
+                })
+                .prop_filter("room for one reference", |((_, p, _), _, _)| {
+                    inline_capacity(p.len()) > 0
+                })
+                .prop_map(|((hid, priv_data, rw), refs, short)| {
+                    let refs: std::vec::Vec<GrantRef> = refs
+                        .into_iter()
+                        .map(|r| GrantRef::new(r).unwrap())
+                        .collect();
+                    Message::Export(Export {
+                        hid,
+                        // The last page partly used.
+                        size: refs.len() as u64 * 4096 - short,
+                        pages: PageRefs::Inline(InlineRefs::new(&refs).unwrap()),
+                        flags: if rw {
+                            ExportFlags::WRITABLE
+                        } else {
+                            ExportFlags::default()
+                        },
+                        priv_data,
+                    })
+                }),
             (hid_strategy(), priv_strategy())
                 .prop_map(|(hid, priv_data)| Message::Update { hid, priv_data }),
             hid_strategy().prop_map(Message::Unexport),
@@ -611,7 +807,7 @@ mod tests {
         #[test]
         fn request_round_trip(req_id in any::<u32>(), message in message_strategy()) {
             let request = Request { req_id, message };
-            prop_assert_eq!(Request::decode(&request.encode(), MAX), Ok(request));
+            prop_assert_eq!(Request::decode(&request.encode(), MAX, VERSION_2), Ok(request));
         }
 
         #[test]
@@ -626,10 +822,10 @@ mod tests {
         /// and a value re-encodes to exactly the bytes received: nothing is
         /// accepted that this version would not itself send.
         #[test]
-        fn arbitrary_slots_are_canonical_or_refused(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE)) {
+        fn arbitrary_slots_are_canonical_or_refused(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE), version in VERSION_1..=VERSION_2) {
             let mut slot = [0u8; SLOT_SIZE];
             slot.copy_from_slice(&bytes);
-            if let Ok(request) = Request::decode(&slot, MAX) {
+            if let Ok(request) = Request::decode(&slot, MAX, version) {
                 prop_assert_eq!(request.encode(), slot);
             }
             if let Ok(response) = Response::decode(&slot) {
@@ -643,7 +839,7 @@ mod tests {
         fn single_byte_corruption(req_id in any::<u32>(), message in message_strategy(), at in 0..SLOT_SIZE, value in any::<u8>()) {
             let mut slot = Request { req_id, message }.encode();
             slot[at] = value;
-            if let Ok(request) = Request::decode(&slot, MAX) {
+            if let Ok(request) = Request::decode(&slot, MAX, VERSION_2) {
                 prop_assert_eq!(request.encode(), slot);
             }
         }
@@ -655,11 +851,105 @@ mod tests {
             message: Message::Export(Export {
                 hid: HyperDmabufId::new(1, [3; KEY_LEN]).unwrap(),
                 size,
-                dir_gref: GrantRef::new(100).unwrap(),
+                pages: PageRefs::Directory(GrantRef::new(100).unwrap()),
                 flags: ExportFlags::default(),
                 priv_data: PrivData::new(b"meta").unwrap(),
             }),
         }
+    }
+
+    fn inline_export(pages: u32, priv_len: usize) -> Slot {
+        let refs: std::vec::Vec<GrantRef> = (0..pages)
+            .map(|i| GrantRef::new(100 + i).unwrap())
+            .collect();
+        Request {
+            req_id: 9,
+            message: Message::Export(Export {
+                hid: HyperDmabufId::new(1, [3; KEY_LEN]).unwrap(),
+                size: u64::from(pages) * 4096,
+                pages: PageRefs::Inline(InlineRefs::new(&refs).unwrap()),
+                flags: ExportFlags::WRITABLE,
+                priv_data: PrivData::new(&[7u8; MAX_PRIV_LEN][..priv_len]).unwrap(),
+            }),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn inline_references_follow_the_private_data() {
+        assert_eq!(
+            (inline_capacity(0), inline_capacity(1), inline_capacity(4)),
+            (50, 49, 49)
+        );
+        assert_eq!((inline_capacity(190), inline_capacity(192)), (2, 2));
+        // Three octets of private data, one of padding, then the refs.
+        let slot = inline_export(3, 3);
+        assert_eq!(get_u32(&slot, REQ_FLAGS), 1 | INLINE_REFS);
+        assert_eq!(get_u32(&slot, REQ_DIR_GREF), 0);
+        assert_eq!(slot[REQ_PRIV + 3], 0);
+        assert_eq!(get_u32(&slot, REQ_PRIV + 4), 100);
+        assert_eq!(get_u32(&slot, REQ_PRIV + 12), 102);
+        let Ok(Request {
+            message: Message::Export(e),
+            ..
+        }) = Request::decode(&slot, MAX, VERSION_2)
+        else {
+            panic!("an inline export decodes in version 2");
+        };
+        let PageRefs::Inline(refs) = e.pages else {
+            panic!("inline");
+        };
+        assert_eq!(refs.as_slice().len(), 3);
+        // Version 1 knows no inline references: its directory reference
+        // (E5, checked before the flags) is 0.
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_1),
+            Err(Error::InvalidGref(0))
+        );
+        // Full private data leaves room for two.
+        assert!(Request::decode(&inline_export(2, 192), MAX, VERSION_2).is_ok());
+
+        // The checks, in order: a directory reference beside inline ones.
+        let mut bad = slot;
+        put_u32(&mut bad, REQ_DIR_GREF, 100);
+        assert_eq!(
+            Request::decode(&bad, MAX, VERSION_2),
+            Err(Error::ReservedNotZero {
+                offset: REQ_DIR_GREF
+            })
+        );
+        // More pages than fit: 50 with 1 octet of private data.
+        let mut bad = inline_export(49, 1);
+        put_u64(&mut bad, REQ_SIZE, 50 * 4096);
+        put_u32(&mut bad, REQ_NR_PAGES, 50);
+        assert_eq!(
+            Request::decode(&bad, MAX, VERSION_2),
+            Err(Error::TooManyInlineRefs(50))
+        );
+        // A reserved reference.
+        let mut bad = slot;
+        put_u32(&mut bad, REQ_PRIV + 8, 3);
+        assert_eq!(
+            Request::decode(&bad, MAX, VERSION_2),
+            Err(Error::InvalidGref(3))
+        );
+        // The padding after the private data, and past the references.
+        let mut bad = slot;
+        bad[REQ_PRIV + 3] = 1;
+        assert_eq!(
+            Request::decode(&bad, MAX, VERSION_2),
+            Err(Error::ReservedNotZero {
+                offset: REQ_PRIV + 3
+            })
+        );
+        let mut bad = slot;
+        bad[REQ_PRIV + 16] = 1;
+        assert_eq!(
+            Request::decode(&bad, MAX, VERSION_2),
+            Err(Error::ReservedNotZero {
+                offset: REQ_PRIV + 16
+            })
+        );
     }
 
     #[test]
@@ -668,7 +958,7 @@ mod tests {
         assert_eq!(get_u32(&slot, REQ_NR_PAGES), 4);
         put_u32(&mut slot, REQ_NR_PAGES, 3);
         assert_eq!(
-            Request::decode(&slot, MAX),
+            Request::decode(&slot, MAX, VERSION_2),
             Err(Error::CountMismatch {
                 expected: 4,
                 found: 3
@@ -677,7 +967,7 @@ mod tests {
 
         let slot = export(MAX + 1).encode();
         assert!(matches!(
-            Request::decode(&slot, MAX),
+            Request::decode(&slot, MAX, VERSION_2),
             Err(Error::BufferTooLarge { .. })
         ));
 
@@ -685,10 +975,10 @@ mod tests {
         // importer could read its directory, so it is refused at once.
         let huge = 1 << 40;
         let slot = export(PGDIR_MAX_BUFFER_BYTES).encode();
-        assert!(Request::decode(&slot, huge).is_ok());
+        assert!(Request::decode(&slot, huge, VERSION_2).is_ok());
         let slot = export(PGDIR_MAX_BUFFER_BYTES + 4096).encode();
         assert_eq!(
-            Request::decode(&slot, huge),
+            Request::decode(&slot, huge, VERSION_2),
             Err(Error::BufferTooLarge {
                 size: PGDIR_MAX_BUFFER_BYTES + 4096,
                 max: PGDIR_MAX_BUFFER_BYTES
@@ -697,25 +987,42 @@ mod tests {
 
         let mut slot = export(4096).encode();
         put_u64(&mut slot, REQ_SIZE, 0);
-        assert_eq!(Request::decode(&slot, MAX), Err(Error::EmptyBuffer));
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_2),
+            Err(Error::EmptyBuffer)
+        );
 
         let mut slot = export(4096).encode();
         put_u32(&mut slot, REQ_DIR_GREF, 7);
-        assert_eq!(Request::decode(&slot, MAX), Err(Error::InvalidGref(7)));
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_2),
+            Err(Error::InvalidGref(7))
+        );
 
         let mut slot = export(4096).encode();
         put_u32(&mut slot, REQ_FLAGS, 6);
-        assert_eq!(Request::decode(&slot, MAX), Err(Error::UnknownFlags(6)));
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_1),
+            Err(Error::UnknownFlags(6))
+        );
+        put_u32(&mut slot, REQ_FLAGS, 4);
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_2),
+            Err(Error::UnknownFlags(4))
+        );
 
         let mut slot = export(4096).encode();
         put_u32(&mut slot, REQ_PRIV_LEN, 193);
-        assert_eq!(Request::decode(&slot, MAX), Err(Error::PrivTooLong(193)));
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_2),
+            Err(Error::PrivTooLong(193))
+        );
 
         // Private bytes past the declared length are reserved.
         let mut slot = export(4096).encode();
         slot[REQ_PRIV + 4] = 1;
         assert_eq!(
-            Request::decode(&slot, MAX),
+            Request::decode(&slot, MAX, VERSION_2),
             Err(Error::ReservedNotZero {
                 offset: REQ_PRIV + 4
             })
@@ -724,7 +1031,7 @@ mod tests {
         let mut slot = export(4096).encode();
         slot[SLOT_SIZE - 1] = 1;
         assert_eq!(
-            Request::decode(&slot, MAX),
+            Request::decode(&slot, MAX, VERSION_2),
             Err(Error::ReservedNotZero {
                 offset: SLOT_SIZE - 1
             })
@@ -732,7 +1039,10 @@ mod tests {
 
         let mut slot = export(4096).encode();
         slot[REQ_OP] = 0x80;
-        assert_eq!(Request::decode(&slot, MAX), Err(Error::UnknownOp(0x80)));
+        assert_eq!(
+            Request::decode(&slot, MAX, VERSION_2),
+            Err(Error::UnknownOp(0x80))
+        );
         assert_eq!(request_id(&slot), 9);
         assert_eq!(Status::from(Error::UnknownOp(0x80)), Status::NotSupported);
     }
@@ -750,7 +1060,7 @@ mod tests {
         .encode();
         put_u64(&mut slot, REQ_SIZE, 4096);
         assert_eq!(
-            Request::decode(&slot, MAX),
+            Request::decode(&slot, MAX, VERSION_2),
             Err(Error::ReservedNotZero {
                 offset: REQ_SIZE + 1
             })
@@ -782,7 +1092,7 @@ mod tests {
         }
         .encode();
         put_u32(&mut slot, REQ_EPOCH, 0);
-        assert_eq!(Request::decode(&slot, MAX), Err(Error::BadEpoch));
+        assert_eq!(Request::decode(&slot, MAX, VERSION_2), Err(Error::BadEpoch));
 
         // Busy to UNEXPORT must name the epoch; nothing else may.
         let busy = Response {

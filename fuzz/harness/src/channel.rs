@@ -26,7 +26,7 @@ use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
 use hyper_dmabuf_common::uapi::Event;
-use hyper_dmabuf_common::wire::{request_id, request_op, Message, Slot};
+use hyper_dmabuf_common::wire::{request_id, request_op, Message, Slot, VERSION_1, VERSION_2};
 use hyper_dmabuf_common::xen::{DomId, Status};
 use hyper_dmabuf_common::Error;
 
@@ -52,7 +52,8 @@ pub struct Setup {
     pub their_order: u8,
     /// Selects the largest buffer accepted ([`max_preset`]).
     pub max: u8,
-    /// Bit 0: the peer may export read-write. Bits 1..: imports kept.
+    /// Bit 0: the peer may export read-write. Bits 1..=3: imports kept.
+    /// Bit 7: the session speaks version 2 (inline references).
     pub flags: u8,
 }
 
@@ -302,6 +303,12 @@ pub fn run(data: &[u8]) {
     let theirs = ring(setup.their_order);
     let (ours, theirs) = (&ours[..], &theirs[..]);
     let config = ChannelConfig {
+        // Both versions: 2 reads EXPORT's inline references.
+        version: if setup.flags & 0x80 != 0 {
+            VERSION_2
+        } else {
+            VERSION_1
+        },
         max_buffer_bytes: max_preset(setup.max),
         allow_rw: setup.flags & 1 != 0,
     };

@@ -42,8 +42,8 @@ use hyper_dmabuf_common::limits::{GNTTAB_NR_RESERVED_ENTRIES, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
 use hyper_dmabuf_common::uapi::{Event, EventType};
 use hyper_dmabuf_common::wire::{
-    request_id, request_op, Export, ExportFlags, MapEpoch, Message, PrivData, Request, Response,
-    Slot,
+    request_id, request_op, Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request,
+    Response, Slot, VERSION_2,
 };
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
@@ -334,7 +334,7 @@ struct Peer<'a> {
 /// (each carries the count of the update call that made it) and that none
 /// follows its buffer's UNEXPORT.
 fn peer_reads(peer: &mut Peer<'_>, slot: &Slot) {
-    let Ok(request) = Request::decode(slot, 1 << 30) else {
+    let Ok(request) = Request::decode(slot, 1 << 30, VERSION_2) else {
         panic!("a request of ours does not decode");
     };
     match request.message {
@@ -440,6 +440,7 @@ pub fn run(data: &[u8]) {
     let mut updates = 0u64;
     let peer_id = DomId::new(1).expect("not reserved");
     let config = ChannelConfig {
+        version: VERSION_2,
         max_buffer_bytes: 1 << 30,
         allow_rw: true,
     };
@@ -469,7 +470,9 @@ pub fn run(data: &[u8]) {
                     let export = Export {
                         hid,
                         size: XEN_PAGE_SIZE as u64,
-                        dir_gref: GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES).expect("valid"),
+                        pages: PageRefs::Directory(
+                            GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES).expect("valid"),
+                        ),
                         flags: if writable {
                             ExportFlags::WRITABLE
                         } else {
@@ -647,7 +650,9 @@ pub fn run(data: &[u8]) {
                     let info = Export {
                         hid,
                         size: XEN_PAGE_SIZE as u64,
-                        dir_gref: GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES).expect("valid"),
+                        pages: PageRefs::Directory(
+                            GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES).expect("valid"),
+                        ),
                         flags: ExportFlags::default(),
                         priv_data: PrivData::EMPTY,
                     };

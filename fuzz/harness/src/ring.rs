@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use hyper_dmabuf_common::limits::{DEFAULT_MAX_BUFFER_BYTES, MAX_RING_PAGE_ORDER, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
 use hyper_dmabuf_common::shmem::SharedMem;
-use hyper_dmabuf_common::wire::{request_id, request_op, Request, Response, Slot};
+use hyper_dmabuf_common::wire::{request_id, request_op, Request, Response, Slot, VERSION_2};
 use hyper_dmabuf_common::Error;
 
 use crate::input::{decode_all, Reader, Writer};
@@ -445,7 +445,8 @@ fn check_request_pop(model: &mut Model, popped: bool, slot: &Slot) {
     let sent = model.requests.pop_front().expect("counted above");
     model.req_published -= 1;
     assert_eq!(slot, &sent, "responder popped another slot than was sent");
-    let decoded = Request::decode(slot, DEFAULT_MAX_BUFFER_BYTES).expect("sent request decodes");
+    let decoded =
+        Request::decode(slot, DEFAULT_MAX_BUFFER_BYTES, VERSION_2).expect("sent request decodes");
     assert_eq!(decoded.encode(), sent, "request not canonical");
 }
 

@@ -14,11 +14,12 @@
 
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::limits::{
-    DEFAULT_MAX_BUFFER_BYTES, GNTTAB_NR_RESERVED_ENTRIES, MAX_PRIV_LEN, PGDIR_MAX_BUFFER_BYTES,
+    pages_for_bytes, DEFAULT_MAX_BUFFER_BYTES, GNTTAB_NR_RESERVED_ENTRIES, MAX_PRIV_LEN,
+    PGDIR_MAX_BUFFER_BYTES,
 };
 use hyper_dmabuf_common::wire::{
-    request_id, Export, ExportFlags, MapEpoch, Message, Op, PrivData, Request, Response, Slot,
-    SLOT_SIZE,
+    inline_capacity, request_id, Export, ExportFlags, InlineRefs, MapEpoch, Message, Op, PageRefs,
+    PrivData, Request, Response, Slot, SLOT_SIZE, VERSION_1, VERSION_2,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 
@@ -68,20 +69,40 @@ pub fn sample_hid(tag: u32) -> HyperDmabufId {
     HyperDmabufId::new(u64::from(tag) | 1 << 40, key).expect("number is not zero")
 }
 
+/// The references of an EXPORT of `size` octets derived from `tag`: inline
+/// (version 2) when bit 4 of `tag` asks and they fit beside `priv_len`
+/// octets of private data, else a directory root.
+pub fn sample_pages(tag: u32, size: u64, priv_len: usize) -> PageRefs {
+    let first = GNTTAB_NR_RESERVED_ENTRIES + (tag >> 12);
+    let pages = pages_for_bytes(size).map_or(usize::MAX, |p| p as usize);
+    if tag & 16 != 0 && pages <= inline_capacity(priv_len) {
+        let refs: Vec<GrantRef> = (0..pages as u32)
+            .map(|i| GrantRef::new(first.saturating_add(i)).expect("above the reserved entries"))
+            .collect();
+        return PageRefs::Inline(InlineRefs::new(&refs).expect("counted"));
+    }
+    PageRefs::Directory(GrantRef::new(first).expect("above the reserved entries"))
+}
+
 /// A valid request derived from `tag`, accepted under the default limit:
-/// each of the five operations, with sizes from one byte to 16 MiB,
-/// private data of 0..=192 bytes and both flag settings.
+/// each of the five operations, with sizes from one byte to 16 MiB (to
+/// 200 KiB with inline references), private data of 0..=192 bytes and
+/// both flag settings.
 pub fn sample_request(tag: u32, req_id: u32) -> Request {
     let hid = sample_hid(tag >> 3);
     let priv_len = (tag >> 4) as usize % (MAX_PRIV_LEN + 1);
     let priv_bytes: Vec<u8> = (0..priv_len).map(|i| (i as u8) ^ (tag as u8)).collect();
     let priv_data = PrivData::new(&priv_bytes).expect("length bounded");
+    let size = if tag & 16 != 0 {
+        u64::from(tag >> 8) % (inline_capacity(priv_len) as u64 * 4096).max(1) + 1
+    } else {
+        u64::from(tag >> 8) % (16 << 20) + 1
+    };
     let message = match tag % 5 {
         0 => Message::Export(Export {
             hid,
-            size: u64::from(tag >> 8) % (16 << 20) + 1,
-            dir_gref: GrantRef::new(GNTTAB_NR_RESERVED_ENTRIES + (tag >> 12))
-                .expect("above the reserved entries"),
+            size,
+            pages: sample_pages(tag, size, priv_len),
             flags: if tag & 8 != 0 {
                 ExportFlags::WRITABLE
             } else {
@@ -263,6 +284,7 @@ pub fn run(data: &[u8]) {
                 if let Message::Export(export) = &mut request.message {
                     if size != 0 {
                         export.size = size;
+                        export.pages = sample_pages(tag, size, export.priv_data.len());
                     }
                 }
                 let max = max_preset(max);
@@ -275,7 +297,7 @@ pub fn run(data: &[u8]) {
                         Message::Export(e) => e.size <= max.min(PGDIR_MAX_BUFFER_BYTES),
                         _ => true,
                     };
-                    let decoded = Request::decode(&slot, max);
+                    let decoded = Request::decode(&slot, max, VERSION_2);
                     if fits {
                         assert_eq!(decoded, Ok(request), "encoded request does not round-trip");
                     } else {
@@ -331,9 +353,21 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// Decodes `slot` as a request under `max` and checks the result.
+/// Decodes `slot` as a request under `max`, in both versions, and checks
+/// the results: version 2 accepts all version 1 does, the same way.
 pub fn check_request(slot: &Slot, max: u64) {
-    match Request::decode(slot, max) {
+    let old = Request::decode(slot, max, VERSION_1);
+    if let Ok(request) = old {
+        assert_eq!(
+            Request::decode(slot, max, VERSION_2),
+            Ok(request),
+            "v2 differs"
+        );
+        if let Message::Export(export) = request.message {
+            assert!(matches!(export.pages, PageRefs::Directory(_)), "v1 inline");
+        }
+    }
+    match Request::decode(slot, max, VERSION_2) {
         Ok(request) => {
             assert_eq!(&request.encode(), slot, "accepted a non-canonical request");
             assert_eq!(request.req_id, request_id(slot));
@@ -342,7 +376,16 @@ pub fn check_request(slot: &Slot, max: u64) {
                     export.size > 0 && export.size <= max.min(PGDIR_MAX_BUFFER_BYTES),
                     "size out of limits"
                 );
-                assert!(export.dir_gref.get() >= GNTTAB_NR_RESERVED_ENTRIES);
+                let named = export.pages.named();
+                assert!(named.iter().all(|r| r.get() >= GNTTAB_NR_RESERVED_ENTRIES));
+                if let PageRefs::Inline(refs) = export.pages {
+                    assert_eq!(
+                        Some(refs.as_slice().len() as u32),
+                        pages_for_bytes(export.size),
+                        "inline references not one per page"
+                    );
+                    assert!(refs.as_slice().len() <= inline_capacity(export.priv_data.len()));
+                }
                 assert!(export.priv_data.len() <= MAX_PRIV_LEN);
             }
         }

@@ -29,7 +29,7 @@ use hyper_dmabuf_common::limits::{pages_for_bytes, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::pgdir::{decode, encode_leaf, encode_root, DirPage, Layout};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
 use hyper_dmabuf_common::shmem::SharedMem;
-use hyper_dmabuf_common::wire::{Request, Response, Slot, SLOT_SIZE};
+use hyper_dmabuf_common::wire::{PageRefs, Request, Response, Slot, SLOT_SIZE};
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_common::Error;
 
@@ -46,7 +46,7 @@ fn sample_request() -> Slot {
         message: hyper_dmabuf_common::wire::Message::Export(hyper_dmabuf_common::wire::Export {
             hid,
             size: 8 << 20,
-            dir_gref: GrantRef::new(4242).expect("not reserved"),
+            pages: PageRefs::Directory(GrantRef::new(4242).expect("not reserved")),
             flags: Default::default(),
             priv_data: hyper_dmabuf_common::wire::PrivData::new(&[0xa5; 192]).expect("192 bytes"),
         }),

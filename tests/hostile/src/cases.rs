@@ -22,7 +22,8 @@ use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::pgdir::{self, DirPage, Layout, LEAF_ENTRIES, ROOT_ENTRIES};
 use hyper_dmabuf_common::wire::{
-    self as wire, Export, ExportFlags, MapEpoch, Message, PrivData, Request, Response, Slot,
+    self as wire, Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request, Response,
+    Slot,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_xenbus_proto::schema;
@@ -163,7 +164,7 @@ pub(crate) const CASES: &[(&str, CaseFn)] = &[
         xs_bad_node(c, schema::NODE_VERSION, "01")
     }),
     ("xs-version-unsupported", |c| {
-        xs_bad_node(c, schema::NODE_VERSION, "2")
+        xs_bad_node(c, schema::NODE_VERSION, "3")
     }),
     ("xs-ring-order-too-big", |c| {
         xs_bad_node(c, schema::NODE_RING_PAGE_ORDER, "5")
@@ -254,7 +255,9 @@ impl<'g> Ctx<'g> {
         let export = Export {
             hid,
             size,
-            dir_gref: GrantRef::new(dir_gref).expect("callers pass references of at least 8"),
+            pages: PageRefs::Directory(
+                GrantRef::new(dir_gref).expect("callers pass references of at least 8"),
+            ),
             flags: ExportFlags::default(),
             priv_data: PrivData::new(b"hostile").expect("short"),
         };

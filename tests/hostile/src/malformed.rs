@@ -9,7 +9,9 @@
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{self, DirPage, Layout, LEAF_ENTRIES};
-use hyper_dmabuf_common::wire::{Export, ExportFlags, MapEpoch, Message, PrivData, Request, Slot};
+use hyper_dmabuf_common::wire::{
+    Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request, Slot,
+};
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 
 use std::fs::File;
@@ -41,7 +43,7 @@ pub(crate) fn export(hid: HyperDmabufId, size: u64, next_id: &mut dyn FnMut() ->
         Message::Export(Export {
             hid,
             size,
-            dir_gref: GrantRef::FIRST,
+            pages: PageRefs::Directory(GrantRef::FIRST),
             flags: ExportFlags::default(),
             priv_data: PrivData::new(b"hostile").expect("short"),
         }),
@@ -254,7 +256,12 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), all.len());
         for (what, slot, want) in &all {
-            let error = Request::decode(slot, DEFAULT_MAX_BUFFER_BYTES).expect_err(what);
+            let error = Request::decode(
+                slot,
+                DEFAULT_MAX_BUFFER_BYTES,
+                hyper_dmabuf_common::wire::VERSION_2,
+            )
+            .expect_err(what);
             assert_eq!(Status::from(error), *want, "{what}");
         }
         assert_eq!(all.len(), 5 + 7 + 8);

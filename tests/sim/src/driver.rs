@@ -25,11 +25,11 @@ use hyper_dmabuf_common::ledger::{
 };
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{
-    encode_leaf, encode_root, read_leaf, read_root_entries, read_root_header, DirPage,
+    encode_leaf, encode_root, read_leaf, read_root_entries, read_root_header, DirPage, Layout,
 };
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::{Event, EventType};
-use hyper_dmabuf_common::wire::{Export, ExportFlags, PrivData};
+use hyper_dmabuf_common::wire::{Export, ExportFlags, InlineRefs, PageRefs, PrivData};
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
 
@@ -440,34 +440,16 @@ impl Domain {
             );
         }
         let mut dir = Vec::new();
-        let mut page: DirPage = [0u8; XEN_PAGE_SIZE];
-        let mut grant_dir_page = |hv: &mut Hypervisor, page: &DirPage| {
-            let id = hv.alloc_page(me);
-            hv.page_window(me, id).write_bytes(0, page);
-            let gref = hv
-                .grant_access(me, id, peer, true)
-                .expect("fresh page of ours");
-            dir.push((id, gref));
-            gref
-        };
-        let root_entries: Vec<GrantRef> = if layout.nr_leaves() == 0 {
-            data.clone()
+        let pages = if ledger::refs_inline(&config, &layout, &priv_data) {
+            PageRefs::Inline(InlineRefs::new(&data).expect("counted by refs_inline"))
         } else {
-            (0..layout.nr_leaves())
-                .map(|i| {
-                    let range = layout.leaf_range(i).expect("leaf in range");
-                    encode_leaf(&layout, i, &data[range], &mut page).expect("layout counts");
-                    grant_dir_page(hv, &page)
-                })
-                .collect()
+            PageRefs::Directory(grant_directory(hv, me, peer, &layout, &data, &mut dir))
         };
-        encode_root(&layout, &root_entries, &mut page).expect("layout counts");
-        let root = grant_dir_page(hv, &page);
         let hid = self.new_hid();
         let export = Export {
             hid,
             size: layout.size(),
-            dir_gref: root,
+            pages,
             flags,
             priv_data,
         };
@@ -962,9 +944,45 @@ fn mapping_of(import: &ImportRecord<Mapping>) -> Option<&Mapping> {
     }
 }
 
+/// Writes and grants `data`'s directory (leaves, then the root) to
+/// `peer`, each page recorded in `dir`; the root's reference.
+fn grant_directory(
+    hv: &mut Hypervisor,
+    me: DomId,
+    peer: DomId,
+    layout: &Layout,
+    data: &[GrantRef],
+    dir: &mut Vec<(PageId, GrantRef)>,
+) -> GrantRef {
+    let mut page: DirPage = [0u8; XEN_PAGE_SIZE];
+    let mut grant_dir_page = |hv: &mut Hypervisor, page: &DirPage| {
+        let id = hv.alloc_page(me);
+        hv.page_window(me, id).write_bytes(0, page);
+        let gref = hv
+            .grant_access(me, id, peer, true)
+            .expect("fresh page of ours");
+        dir.push((id, gref));
+        gref
+    };
+    let root_entries: Vec<GrantRef> = if layout.nr_leaves() == 0 {
+        data.to_vec()
+    } else {
+        (0..layout.nr_leaves())
+            .map(|i| {
+                let range = layout.leaf_range(i).expect("leaf in range");
+                encode_leaf(layout, i, &data[range], &mut page).expect("layout counts");
+                grant_dir_page(hv, &page)
+            })
+            .collect()
+    };
+    encode_root(layout, &root_entries, &mut page).expect("layout counts");
+    grant_dir_page(hv, &page)
+}
+
 /// Maps an exported buffer: the root page, then every leaf in one batch,
 /// then every data page in one batch; the directory pages are unmapped
-/// once decoded. On any failure, whatever was mapped is unmapped.
+/// once decoded. References carried inline need no directory: one batch.
+/// On any failure, whatever was mapped is unmapped.
 fn map_buffer(
     hv: &mut Hypervisor,
     me: DomId,
@@ -973,15 +991,20 @@ fn map_buffer(
     max: u64,
     rw: bool,
 ) -> Result<(Vec<MapHandle>, Window), DriverError> {
-    let (root_handle, root) = hv
-        .map(me, peer, &[export.dir_gref], false)
-        .pop()
-        .expect("one result per operation")
-        .map_err(DriverError::Map)?;
-    let mut dir = vec![root_handle];
-    let decoded = decode_directory(hv, me, peer, &root, export.size, max, &mut dir);
-    unmap_all(hv, me, &dir);
-    let data = decoded?;
+    let data = match &export.pages {
+        PageRefs::Inline(refs) => refs.as_slice().to_vec(),
+        PageRefs::Directory(root_ref) => {
+            let (root_handle, root) = hv
+                .map(me, peer, &[*root_ref], false)
+                .pop()
+                .expect("one result per operation")
+                .map_err(DriverError::Map)?;
+            let mut dir = vec![root_handle];
+            let decoded = decode_directory(hv, me, peer, &root, export.size, max, &mut dir);
+            unmap_all(hv, me, &dir);
+            decoded?
+        }
+    };
     let mut handles = Vec::with_capacity(data.len());
     let mut windows = Vec::with_capacity(data.len());
     let mut failed = None;

@@ -432,6 +432,7 @@ impl World {
                 let n = negotiated.ok_or("not negotiated")?;
                 let p = pending.take().ok_or("no rings")?;
                 let config = ChannelConfig {
+                    version: n.version,
                     max_buffer_bytes: n.max_buffer_size,
                     allow_rw: n.feature_rw,
                 };
@@ -585,6 +586,7 @@ impl World {
         let front_ring = Window::join(&windows[..per_ring], true);
         let back_ring = Window::join(&windows[per_ring..], true);
         let chan_config = ChannelConfig {
+            version: rings.version(),
             max_buffer_bytes: config.max_buffer_size,
             allow_rw: config.feature_rw,
         };

@@ -27,7 +27,7 @@ use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ring::init_shared;
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::Event;
-use hyper_dmabuf_common::wire::{Export, ExportFlags, PrivData};
+use hyper_dmabuf_common::wire::{Export, ExportFlags, PageRefs, PrivData};
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
 use proptest::prelude::*;
@@ -231,6 +231,7 @@ fn act(sched: &Sched, actor: &RefCell<Actor>, c: u8) -> bool {
 const SLOTS: usize = 8;
 
 const CONFIG: ChannelConfig = ChannelConfig {
+    version: hyper_dmabuf_common::wire::VERSION_2,
     max_buffer_bytes: 1 << 30,
     allow_rw: false,
 };
@@ -289,7 +290,7 @@ fn run(choices: Vec<u8>, hooks: Vec<u8>, maps: u32) {
         let export = Export {
             hid: hid(),
             size: 4096,
-            dir_gref: GrantRef::new(8).unwrap(),
+            pages: PageRefs::Directory(GrantRef::new(8).unwrap()),
             flags: ExportFlags::default(),
             priv_data: PrivData::EMPTY,
         };

@@ -17,7 +17,7 @@ use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ring::init_shared;
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::Event;
-use hyper_dmabuf_common::wire::{Export, ExportFlags, PrivData};
+use hyper_dmabuf_common::wire::{Export, ExportFlags, PageRefs, PrivData};
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
 use hyper_dmabuf_sim::{Side, World, WorldConfig};
@@ -112,6 +112,7 @@ impl Host for TestHost {
 type End = (Channel<Hooked>, TestHost);
 
 const CONFIG: ChannelConfig = ChannelConfig {
+    version: hyper_dmabuf_common::wire::VERSION_2,
     max_buffer_bytes: 1 << 30,
     allow_rw: true,
 };
@@ -149,7 +150,7 @@ fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
     let export = Export {
         hid,
         size: 4096,
-        dir_gref: GrantRef::new(8).unwrap(),
+        pages: PageRefs::Directory(GrantRef::new(8).unwrap()),
         flags: ExportFlags::default(),
         priv_data: PrivData::EMPTY,
     };

@@ -12,7 +12,9 @@ use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::pgdir::{encode_root, Layout};
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::EventType;
-use hyper_dmabuf_common::wire::{Export, ExportFlags, MapEpoch, Message, PrivData, Request, Slot};
+use hyper_dmabuf_common::wire::{
+    Export, ExportFlags, InlineRefs, MapEpoch, Message, PageRefs, PrivData, Request, Slot,
+};
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_common::Error;
 use hyper_dmabuf_sim::hv::MapStatus;
@@ -223,7 +225,7 @@ fn hostile_peer(attacker: Side) {
     // Forged directories: every import fails and nothing stays mapped.
     // (1) A root reference that was never granted.
     let (_, mut e) = at.prepare(4096, 2);
-    e.dir_gref = GrantRef::new(5000).unwrap();
+    e.pages = PageRefs::Directory(GrantRef::new(5000).unwrap());
     let s = at.slot(Message::Export(e));
     assert_eq!(at.ask(s), Status::Ok);
     assert_eq!(
@@ -233,7 +235,7 @@ fn hostile_peer(attacker: Side) {
     // (2) A root that is a data page.
     let (_, mut e) = at.prepare(2 * 4096, 3);
     let data = at.w.dom(at.attacker).export_grants(&e.hid).unwrap();
-    e.dir_gref = data[1];
+    e.pages = PageRefs::Directory(data[1]);
     let s = at.slot(Message::Export(e));
     assert_eq!(at.ask(s), Status::Ok);
     assert!(matches!(
@@ -241,24 +243,38 @@ fn hostile_peer(attacker: Side) {
         Err(DriverError::Decode(Error::BadMagic(_)))
     ));
     // (3) A hand-made directory naming one data page that is not granted:
-    // the batch maps the others, the import unmaps them (CVE-2021-26932).
-    let (_, e) = at.prepare(6 * 4096, 4);
-    let mut data = at.w.dom(at.attacker).export_grants(&e.hid).unwrap();
-    data[3] = GrantRef::new(5001).unwrap();
-    let e = Export {
-        dir_gref: at.forge_root(e.size, &data),
-        hid: hid(11),
-        ..e
-    };
-    let s = at.slot(Message::Export(e));
-    assert_eq!(at.ask(s), Status::Ok);
-    let calls = at.w.hv.map_calls;
-    assert_eq!(
-        at.victim_import(&e, false),
-        Err(DriverError::Map(MapStatus::BadGntref))
-    );
-    assert_eq!(at.w.hv.map_calls - calls, 2, "root, then one data batch");
-    at.assert_no_leaked_maps();
+    // the batch maps the others, the import unmaps them (CVE-2021-26932);
+    // (3b) the same with the references inline (version 2): one batch,
+    // undone.
+    for (number, inline) in [(11, false), (13, true)] {
+        let (_, e) = at.prepare(6 * 4096, number);
+        let mut data = at.w.dom(at.attacker).export_grants(&e.hid).unwrap();
+        data[3] = GrantRef::new(5000 + number as u32).unwrap();
+        let pages = if inline {
+            PageRefs::Inline(InlineRefs::new(&data).unwrap())
+        } else {
+            PageRefs::Directory(at.forge_root(e.size, &data))
+        };
+        let e = Export {
+            pages,
+            hid: hid(number),
+            ..e
+        };
+        let s = at.slot(Message::Export(e));
+        assert_eq!(at.ask(s), Status::Ok);
+        let calls = at.w.hv.map_calls;
+        assert_eq!(
+            at.victim_import(&e, false),
+            Err(DriverError::Map(MapStatus::BadGntref))
+        );
+        let batches = if inline { 1 } else { 2 };
+        assert_eq!(
+            at.w.hv.map_calls - calls,
+            batches,
+            "root, then one data batch"
+        );
+        at.assert_no_leaked_maps();
+    }
     // (4) A read-write export whose grants are read-only.
     let (_, e) = at.prepare(2 * 4096, 5);
     let forged = Export {
@@ -274,9 +290,11 @@ fn hostile_peer(attacker: Side) {
     at.assert_no_leaked_maps();
     // (5) A size that disagrees with the directory.
     let (_, e) = at.prepare(5 * 4096, 6);
+    let data = at.w.dom(at.attacker).export_grants(&e.hid).unwrap();
     let forged = Export {
         size: 4096,
         hid: hid(12),
+        pages: PageRefs::Directory(at.forge_root(5 * 4096, &data)),
         ..e
     };
     let s = at.slot(Message::Export(forged));
@@ -285,6 +303,16 @@ fn hostile_peer(attacker: Side) {
         at.victim_import(&forged, false),
         Err(DriverError::Decode(Error::SizeMismatch { .. }))
     ));
+    at.assert_no_leaked_maps();
+    // (5b) Inline, the references are counted by the size: five of them
+    // with a one-page size is refused on the ring.
+    let forged = Export {
+        size: 4096,
+        hid: hid(14),
+        ..e
+    };
+    let s = at.slot(Message::Export(forged));
+    assert_eq!(at.ask(s), Status::Invalid);
     at.assert_no_leaked_maps();
     at.w.check();
 

@@ -19,7 +19,8 @@ use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::PGDIR_MAX_BUFFER_BYTES;
 use hyper_dmabuf_common::pgdir::{self, Layout, ROOT_ENTRIES};
 use hyper_dmabuf_common::wire::{
-    Export, ExportFlags, MapEpoch, Message, PrivData, Request, Response, SLOT_SIZE,
+    Export, ExportFlags, InlineRefs, MapEpoch, Message, PageRefs, PrivData, Request, Response,
+    SLOT_SIZE, VERSION_1, VERSION_2,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_xenbus_proto::parse;
@@ -62,7 +63,7 @@ fn export(size: u64, gref: u32, flags: ExportFlags, priv_data: &[u8]) -> [u8; SL
         message: Message::Export(Export {
             hid: id(1),
             size,
-            dir_gref: GrantRef::new(gref).unwrap(),
+            pages: PageRefs::Directory(GrantRef::new(gref).unwrap()),
             flags,
             priv_data: PrivData::new(priv_data).unwrap(),
         }),
@@ -105,9 +106,52 @@ fn leaf(size: u64, index: u32, refs: &[GrantRef]) -> Vec<u8> {
 /// Every vector, one line each, as the file holds them.
 fn cases() -> Vec<String> {
     let mut out = Vec::new();
+    let mut inline = Vec::new();
     let mut req = |name: &str, limit: u64, slot: [u8; SLOT_SIZE], verdict: &str| {
         out.push(format!("request {name} {limit} {} {verdict}", hex(&slot)));
     };
+    let mut req2 = |name: &str, slot: [u8; SLOT_SIZE], verdict: &str| {
+        inline.push(format!("request2 {name} {GIB} {} {verdict}", hex(&slot)));
+    };
+    // Version 2: three pages inline after seven octets of private data and
+    // one of padding, at octets 64, 68, 72.
+    let refs = grefs(100, 3);
+    let three = Request {
+        req_id: 7,
+        message: Message::Export(Export {
+            hid: id(1),
+            size: 12289 - 1,
+            pages: PageRefs::Inline(InlineRefs::new(&refs).unwrap()),
+            flags: ExportFlags::WRITABLE,
+            priv_data: PrivData::new(b"frame 1").unwrap(),
+        }),
+    }
+    .encode();
+    req2("export-inline", three, "OK");
+    let mut s = three;
+    put32(&mut s, DIR_GREF, 100);
+    req2("export-inline-with-directory", s, "EINVAL");
+    let mut s = three;
+    put32(&mut s, FLAGS, 2 | 4);
+    req2("export-inline-unknown-flag", s, "EINVAL");
+    let mut s = three;
+    s[56 + 7] = 1;
+    req2("export-inline-padding", s, "EINVAL");
+    let mut s = three;
+    put32(&mut s, 72, 7);
+    req2("export-inline-reserved-gref", s, "EINVAL");
+    let mut s = three;
+    put32(&mut s, 76, 103);
+    req2("export-inline-past-count", s, "EINVAL");
+    // With the full 192 octets of private data, room for two: three is
+    // refused.
+    let mut s = three;
+    put32(&mut s, PRIV_LEN, 192);
+    s[56..248].fill(b'x');
+    s[248..].fill(0);
+    put32(&mut s, 248, 100);
+    put32(&mut s, 252, 101);
+    req2("export-inline-no-room", s, "EINVAL");
     let none = ExportFlags::default();
     let ok = export(12289, 100, none, b"frame 1");
     req("export", GIB, ok, "OK");
@@ -304,18 +348,24 @@ fn cases() -> Vec<String> {
         let shown = if value.is_empty() { "-" } else { value };
         out.push(format!("xenstore {node} {shown} {verdict}"));
     }
+    out.extend(inline);
     out
 }
 
 const HEADER: &str = "\
-# Golden vectors of the hyper_dmabuf protocol, version 1 (docs/protocol.md).
-# Checked by tests/sim/tests/vectors.rs against the reference code.
+# Golden vectors of the hyper_dmabuf protocol, versions 1 and 2
+# (docs/protocol.md). Checked by tests/sim/tests/vectors.rs against the
+# reference code.
 #
 # One vector per line, fields separated by one space:
 #   request  NAME LIMIT HEX VERDICT    a request slot (section 11) as received
 #            by an end whose buffer limit is LIMIT octets; VERDICT is the
 #            status its decoding gives (sections 11.2 to 11.6, before any
-#            check of the end's own state): OK, EINVAL, E2BIG or EOPNOTSUPP
+#            check of the end's own state): OK, EINVAL, E2BIG or EOPNOTSUPP,
+#            the same in version 1 and in version 2
+#   request2 NAME LIMIT HEX VERDICT    the same in version 2 only (an EXPORT
+#            with inline references, section 11.3); in version 1 each is
+#            EINVAL
 #   response NAME HEX VERDICT          a response slot (section 11.9) for a
 #            request with that operation outstanding: ok, or fatal
 #   root     NAME SIZE LIMIT HEX VERDICT  a root directory page (section 12)
@@ -380,18 +430,35 @@ where
     text.parse().unwrap()
 }
 
+/// The status of a request slot's decoding in `version`.
+fn judge_request(bytes: &str, limit: u64, version: u32) -> String {
+    match Request::decode(&slot(bytes), limit, version) {
+        Ok(r) => {
+            // A valid slot is also exactly what the encoder writes.
+            assert_eq!(r.encode(), slot(bytes), "{bytes}");
+            "OK".into()
+        }
+        Err(e) => status_name(Status::from(e)).into(),
+    }
+}
+
 /// What the reference code says of one line (without its verdict).
 fn judge(fields: &[&str]) -> String {
     let ok_or_bad = |ok: bool| if ok { "ok" } else { "bad" }.to_string();
     match fields {
-        ["request", _, limit, bytes] => match Request::decode(&slot(bytes), n(limit)) {
-            Ok(r) => {
-                // A valid slot is also exactly what the encoder writes.
-                assert_eq!(r.encode(), slot(bytes), "{fields:?}");
-                "OK".into()
-            }
-            Err(e) => status_name(Status::from(e)).into(),
-        },
+        ["request", _, limit, bytes] => {
+            let v1 = judge_request(bytes, n(limit), VERSION_1);
+            assert_eq!(v1, judge_request(bytes, n(limit), VERSION_2), "{fields:?}");
+            v1
+        }
+        ["request2", _, limit, bytes] => {
+            assert_eq!(
+                judge_request(bytes, n(limit), VERSION_1),
+                "EINVAL",
+                "{fields:?}"
+            );
+            judge_request(bytes, n(limit), VERSION_2)
+        }
         ["response", _, bytes] => match Response::decode(&slot(bytes)) {
             Ok(r) => {
                 assert_eq!(r.encode(), slot(bytes), "{fields:?}");

@@ -24,7 +24,8 @@ use hyper_dmabuf_common::limits::MAX_IMPORTS_PER_PEER;
 use hyper_dmabuf_common::pgdir::{self, DirPage};
 use hyper_dmabuf_common::ring::HEADER_SIZE;
 use hyper_dmabuf_common::wire::{
-    self, Export, ExportFlags, MapEpoch, Message, PrivData, Request, Response, Slot,
+    self, inline_capacity, Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request,
+    Response, Slot, VERSION_2,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_xenbus_proto::schema::{self, BackendConfig};
@@ -142,7 +143,7 @@ pub(crate) const CASES: &[(&str, CaseFn)] = &[
         xs_bad(c, schema::NODE_VERSIONS, None)
     }),
     ("xs-versions-no-common", |c| {
-        xs_bad(c, schema::NODE_VERSIONS, Some("2,3"))
+        xs_bad(c, schema::NODE_VERSIONS, Some("3,4"))
     }),
     ("xs-versions-not-increasing", |c| {
         xs_bad(c, schema::NODE_VERSIONS, Some("1,1"))
@@ -352,7 +353,7 @@ impl<'g> Ctx<'g> {
         self.request(Message::Export(Export {
             hid,
             size,
-            dir_gref: GrantRef::new(dir_gref).map_err(|e| format!("{e:?}"))?,
+            pages: PageRefs::Directory(GrantRef::new(dir_gref).map_err(|e| format!("{e:?}"))?),
             flags: ExportFlags::default(),
             priv_data: PrivData::new(b"hostile backend").expect("short"),
         }))
@@ -554,7 +555,8 @@ impl<'g> Ctx<'g> {
                     .drain(..)
                     .inspect(|r| {
                         if let Some(e) = decode_export(r) {
-                            self.known_refs.insert(e.dir_gref.get());
+                            self.known_refs
+                                .extend(e.pages.named().iter().map(|g| g.get()));
                         }
                     })
                     .map(|r| answer_to(&r, Status::Ok))
@@ -720,7 +722,8 @@ impl<'g> Ctx<'g> {
             decode_export(s).is_some_and(|e| e.priv_data.as_bytes() == tag.as_bytes())
         })?;
         let export = decode_export(&slot).expect("checked by take_request");
-        self.known_refs.insert(export.dir_gref.get());
+        self.known_refs
+            .extend(export.pages.named().iter().map(|g| g.get()));
         Ok((slot, export))
     }
 
@@ -733,12 +736,21 @@ impl<'g> Ctx<'g> {
         Ok(export)
     }
 
-    /// The data grant references of a victim export, from its directory
-    /// (mapped read-only, read once, unmapped).
+    /// The data grant references of a victim export: carried inline
+    /// (version 2), or from its directory (mapped read-only, read once,
+    /// unmapped).
     fn data_refs(&mut self, export: &Export) -> Result<Vec<u32>, String> {
+        let root = match export.pages {
+            PageRefs::Directory(root) => root,
+            PageRefs::Inline(refs) => {
+                let refs: Vec<u32> = refs.as_slice().iter().map(|g| g.get()).collect();
+                self.known_refs.extend(&refs);
+                return Ok(refs);
+            }
+        };
         let root = self
             .gntdev
-            .map_refs(self.dev.front_id, &[export.dir_gref.get()], false)
+            .map_refs(self.dev.front_id, &[root.get()], false)
             .map_err(|e| format!("mapping the directory of {}: {e}", export.hid))?;
         // Mapped read-only, so read through a copy of its words.
         let words: Vec<AtomicU32> = root
@@ -796,7 +808,8 @@ impl<'g> Ctx<'g> {
     /// Takes the UNEXPORT of `hid` (held).
     fn unexport_of(&mut self, hid: HyperDmabufId) -> Result<Slot, String> {
         self.take_request(&format!("the UNEXPORT of {hid}"), |s| {
-            Request::decode(s, u64::MAX).is_ok_and(|r| r.message == Message::Unexport(hid))
+            Request::decode(s, u64::MAX, VERSION_2)
+                .is_ok_and(|r| r.message == Message::Unexport(hid))
         })
     }
 
@@ -815,7 +828,7 @@ impl<'g> Ctx<'g> {
 
 /// An EXPORT request's announcement, if `slot` is one.
 fn decode_export(slot: &Slot) -> Option<Export> {
-    match Request::decode(slot, u64::MAX).ok()?.message {
+    match Request::decode(slot, u64::MAX, VERSION_2).ok()?.message {
         Message::Export(e) => Some(e),
         _ => None,
     }
@@ -1478,13 +1491,17 @@ fn maps_before_announce(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     // granted just before; the rest of the range is scanned once we
     // answered, before the victim's 5 s wait for the answer could end.
     let rings = ctx.session()?.ring_refs();
+    // In version 2 the references of a buffer this small come in the
+    // EXPORT itself: no directory root among the grants.
+    let inline = ctx.session()?.rings.version() >= VERSION_2
+        && PAGES <= inline_capacity("hostile-importer early".len());
     let t0 = Instant::now();
-    let (mut found, untried) = ctx.scan_nearest(&rings, PAGES + 1);
+    let (mut found, untried) = ctx.scan_nearest(&rings, PAGES + usize::from(!inline));
     let scan_ms = t0.elapsed().as_millis();
     let (slot, export) = ctx.announced("early")?;
     let data = ctx.data_refs(&export)?;
     let mut expected = data.clone();
-    expected.push(export.dir_gref.get());
+    expected.extend(export.pages.root().map(|g| g.get()));
     expected.sort_unstable();
     let mut got: Vec<u32> = found.iter().map(|m| m.refs()[0]).collect();
     got.sort_unstable();
@@ -1497,14 +1514,19 @@ fn maps_before_announce(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     println!(
         "importer-maps-before-announce: {} references mapped before we read the announcement \
          (in {scan_ms} ms, {} of references 8 to {} left untried): \
-         the buffer's {} data pages and its root",
+         the buffer's {} data pages and its root, if it has a directory",
         got.len(),
         untried.len(),
         ctx.scan_limit,
         data.len()
     );
     // The data pages, in the buffer's order, hold its pattern.
-    found.retain(|m| m.refs()[0] != export.dir_gref.get());
+    found.retain(|m| {
+        export
+            .pages
+            .root()
+            .is_none_or(|root| m.refs()[0] != root.get())
+    });
     let check = |found: &[ForeignMap<'_>], when: &str| {
         let bytes: Vec<u8> = data
             .iter()

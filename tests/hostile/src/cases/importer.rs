@@ -20,7 +20,9 @@ use hdmabuf_agent::xendev::{Gntdev, GrantRange, PAGE};
 use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_client::Mapping;
 use hyper_dmabuf_common::pgdir::ROOT_MAGIC;
-use hyper_dmabuf_common::wire::{Export, MapEpoch, Message, Request, Response, Slot};
+use hyper_dmabuf_common::wire::{
+    Export, MapEpoch, Message, PageRefs, Request, Response, Slot, VERSION_2,
+};
 use hyper_dmabuf_common::xen::Status;
 use hyper_dmabuf_xenbus_proto::schema;
 use hyper_dmabuf_xenbus_proto::XenbusState;
@@ -127,7 +129,7 @@ fn check_pattern(what: &str, seed: u64, pages: &[Vec<u8>]) -> Result<(), String>
 /// Takes the victim's next request, which must be an EXPORT.
 fn next_export(conn: &mut Conn<'_>) -> Result<(Slot, Export), String> {
     let slot = conn.next_request()?;
-    match Request::decode(&slot, u64::MAX).map(|r| r.message) {
+    match Request::decode(&slot, u64::MAX, VERSION_2).map(|r| r.message) {
         Ok(Message::Export(export)) => Ok((slot, export)),
         other => Err(format!("expected an EXPORT from the victim, got {other:?}")),
     }
@@ -136,7 +138,7 @@ fn next_export(conn: &mut Conn<'_>) -> Result<(Slot, Export), String> {
 /// Takes the victim's next request, which must be the UNEXPORT of `export`.
 fn next_unexport(conn: &mut Conn<'_>, export: &Export) -> Result<Slot, String> {
     let slot = conn.next_request()?;
-    match Request::decode(&slot, u64::MAX).map(|r| r.message) {
+    match Request::decode(&slot, u64::MAX, VERSION_2).map(|r| r.message) {
         Ok(Message::Unexport(hid)) if hid.matches(&export.hid) => Ok(slot),
         other => Err(format!(
             "expected the UNEXPORT of {}, got {other:?}",
@@ -147,7 +149,7 @@ fn next_unexport(conn: &mut Conn<'_>, export: &Export) -> Result<Slot, String> {
 
 /// Our answer to `request`.
 fn answer(request: &Slot, status: Status, map_epoch: Option<MapEpoch>) -> Slot {
-    let req = Request::decode(request, u64::MAX);
+    let req = Request::decode(request, u64::MAX, VERSION_2);
     Response {
         req_id: u32::from_le_bytes([request[0], request[1], request[2], request[3]]),
         op: req.map_or(request[4], |r| r.message.op() as u8),
@@ -157,29 +159,45 @@ fn answer(request: &Slot, status: Status, map_epoch: Option<MapEpoch>) -> Slot {
     .encode()
 }
 
-/// An announced buffer, mapped as an importer would: its root, then its
-/// data pages.
+/// An announced buffer, mapped as an importer would: its root if it has
+/// a directory, then its data pages.
 struct Announced<'d> {
-    root: Foreign<'d>,
+    root: Option<Foreign<'d>>,
     data: Foreign<'d>,
+    /// The data pages' references.
+    refs: Vec<u32>,
     seed: u64,
 }
 
 impl<'d> Announced<'d> {
     fn map(gntdev: &'d Gntdev, domid: u16, export: &Export, seed: u64) -> Result<Self, String> {
-        let root = Foreign::map(gntdev, domid, &[export.dir_gref.get()])
-            .map_err(|e| format!("mapping the root of {}: {e}", export.hid))?;
-        let refs = data_refs(&root.page(0))?;
+        let (root, refs) = match export.pages {
+            PageRefs::Directory(root) => {
+                let root = Foreign::map(gntdev, domid, &[root.get()])
+                    .map_err(|e| format!("mapping the root of {}: {e}", export.hid))?;
+                let refs = data_refs(&root.page(0))?;
+                (Some(root), refs)
+            }
+            // Version 2: the references came in the EXPORT.
+            PageRefs::Inline(refs) => (None, refs.as_slice().iter().map(|r| r.get()).collect()),
+        };
         let data = Foreign::map(gntdev, domid, &refs)
             .map_err(|e| format!("mapping the data of {}: {e}", export.hid))?;
-        let a = Announced { root, data, seed };
+        let a = Announced {
+            root,
+            data,
+            refs,
+            seed,
+        };
         a.check("as mapped")?;
         Ok(a)
     }
 
     /// The root is still a root and the data still the pattern.
     fn check(&self, when: &str) -> Result<(), String> {
-        data_refs(&self.root.page(0)).map_err(|e| format!("{when}: {e}"))?;
+        if let Some(root) = &self.root {
+            data_refs(&root.page(0)).map_err(|e| format!("{when}: {e}"))?;
+        }
         let pages: Vec<Vec<u8>> = (0..PAGES).map(|i| self.data.page(i)).collect();
         check_pattern(when, self.seed, &pages)
     }
@@ -210,8 +228,8 @@ pub(super) fn early_map(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     let (request, probe) = next_export(&mut conn)?;
     let mut seen = {
         let mapped = Announced::map(&gntdev, be, &probe, 11)?;
-        let mut refs = data_refs(&mapped.root.page(0))?;
-        refs.push(probe.dir_gref.get());
+        let mut refs = mapped.refs.clone();
+        refs.extend(probe.pages.root().map(|r| r.get()));
         refs
     };
     conn.reply(&answer(&request, Status::Ok, None))?;
@@ -250,16 +268,21 @@ pub(super) fn early_map(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         }
     }
     let (request, early) = next_export(&mut conn)?;
-    let root = mapped.get(&early.dir_gref.get()).ok_or_else(|| {
-        format!(
-            "the root {} of the new buffer was not among the {} grants mapped before its \
-             announcement ({low}..={high}: {:?})",
-            early.dir_gref,
-            mapped.len(),
-            mapped.keys().collect::<Vec<_>>()
-        )
-    })?;
-    let refs = data_refs(&root.page(0))?;
+    let root = match early.pages {
+        PageRefs::Directory(root) => Some(mapped.get(&root.get()).ok_or_else(|| {
+            format!(
+                "the root {root} of the new buffer was not among the {} grants mapped before \
+                 its announcement ({low}..={high}: {:?})",
+                mapped.len(),
+                mapped.keys().collect::<Vec<_>>()
+            )
+        })?),
+        PageRefs::Inline(_) => None,
+    };
+    let refs = match (root, early.pages) {
+        (Some(root), _) => data_refs(&root.page(0))?,
+        (None, pages) => pages.named().iter().map(|r| r.get()).collect(),
+    };
     let data: Vec<&Foreign<'_>> = refs
         .iter()
         .map(|r| {
@@ -270,9 +293,9 @@ pub(super) fn early_map(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         .collect::<Result<_, _>>()?;
     println!(
         "importer-early-map: {} grants of domain {be} mapped before reading its announcement; \
-         the new buffer's root {} and data {refs:?} among them",
+         the new buffer's root {:?} and data {refs:?} among them",
         mapped.len(),
-        early.dir_gref
+        early.pages.root().map(|r| r.get())
     );
     let read = |data: &[&Foreign<'_>]| -> Vec<Vec<u8>> { data.iter().map(|f| f.page(0)).collect() };
     check_pattern("mapped before the announcement", 12, &read(&data))?;
@@ -286,7 +309,9 @@ pub(super) fn early_map(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     ctx.referee(&format!("hold early 1 {PAGES}"), None)?;
     ctx.referee("drop early", None)?;
     check_pattern("after the unexport and the drop", 12, &read(&data))?;
-    data_refs(&root.page(0)).map_err(|e| format!("after the drop: {e}"))?;
+    if let Some(root) = root {
+        data_refs(&root.page(0)).map_err(|e| format!("after the drop: {e}"))?;
+    }
     drop(data);
     drop(mapped);
     ctx.referee("ended early", None)?;
