@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// The anchors, in table order; `first_import` is ours' own first import
-/// (the anchor of a cached re-import).
-const ANCHORS: [&str; 4] = ["gntdev", "floor", "copy", "first_import"];
+/// and `noop_ioctl` an ioctl the device does not know, timed in the
+/// importer (the anchors of a cached re-import).
+const ANCHORS: [&str; 5] = ["gntdev", "floor", "copy", "first_import", "noop_ioctl"];
 
 /// The metrics, in table order, with what they measure.
 const METRICS: [(&str, &str); 11] = [
@@ -140,7 +141,8 @@ impl Run {
         // A cached re-import's anchor is ours' first import.
         let (path, metric) = match path {
             "first_import" if metric == "reimport" => ("ours", "import"),
-            "first_import" => return None,
+            "noop_ioctl" if metric == "reimport" => ("ours", "noop_ioctl"),
+            "first_import" | "noop_ioctl" => return None,
             p => (p, metric),
         };
         self.series
@@ -387,6 +389,35 @@ fn targets(records: &[Value]) -> String {
                 ))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ),
+    );
+    // Ours against `anchor` at each size `metric` was measured at.
+    let ratios = |metric: &str, anchor: &str| -> Vec<(String, Option<f64>)> {
+        records
+            .iter()
+            .filter(|r| r["metric"] == metric)
+            .map(|r| {
+                (
+                    human_size(r["size_bytes"].as_u64().unwrap_or(0)),
+                    ratio(Some(r), anchor),
+                )
+            })
+            .collect()
+    };
+    let noop = ratios("reimport", "noop_ioctl");
+    verdict(
+        all_below(&noop, 2.0),
+        format!(
+            "cached re-import within 2x of a no-op ioctl at every size: {}",
+            show(&noop)
+        ),
+    );
+    let frames = ratios("frame", "gntdev");
+    verdict(
+        all_below(&frames, 1.0),
+        format!(
+            "swapchain time per frame no slower than gntdev + transport at every size: {}",
+            show(&frames)
         ),
     );
     let c = list("copy", &|s| s >= 8 << 20);
