@@ -23,6 +23,7 @@ use super::common::ledger::{
     self, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError,
     Released, SendError, Sink, Tick, RETRY_MS,
 };
+use super::common::limits::max_imports_from_param;
 use super::common::uapi::{Event, EventType};
 use super::common::wire::{Export, ExportFlags, PrivData};
 use super::common::xen::{DomId, Status};
@@ -270,7 +271,8 @@ impl Conn {
                 inner <- new_mutex!(ConnInner {
                     link: None,
                     config: ChannelConfig { version: 0, max_buffer_bytes: 0, allow_rw: false },
-                    ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new()),
+                    ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new())
+                        .with_max_imports(max_imports_from_param(ffi::params::max_imports())),
                     results: RBTree::new(),
                 }, "Conn::inner"),
                 answered <- new_condvar!("Conn::answered"),

@@ -50,6 +50,7 @@ bool hdm_inject_warn_requested(void);
 void hdm_warn(const char *msg);
 unsigned long long hdm_param_max_buffer_mib(void);
 unsigned int hdm_param_ring_page_order(void);
+unsigned int hdm_param_max_imports(void);
 bool hdm_param_allow_rw(void);
 bool hdm_param_log_buffers(void);
 

@@ -19,10 +19,28 @@ pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
 /// original hyper_dmabuf).
 pub const MAX_PRIV_LEN: usize = 192;
 
-/// Most buffers one peer may have announced to us at a time; an EXPORT
-/// past it is answered `NoSpace` (the importer's memory is the peer's to
-/// spend only this far).
+/// Most buffers one peer may have announced to us at a time, by default;
+/// an EXPORT past it is answered `NoSpace` (the importer's memory is the
+/// peer's to spend only this far). The driver's `max_imports` module
+/// parameter sets it ([`max_imports_from_param`]).
 pub const MAX_IMPORTS_PER_PEER: usize = 4096;
+
+/// Largest `max_imports` taken as it is: a peer may make us keep about
+/// 1 KiB per buffer it announces, so 2^20 buffers (about 1 GiB) is
+/// more than any configuration should allow.
+pub const MAX_IMPORTS_PARAM: u32 = 1 << 20;
+
+/// The per-peer import limit the `max_imports` module parameter (`raw`, as
+/// root set it) gives: at least 1, at most [`MAX_IMPORTS_PARAM`].
+pub const fn max_imports_from_param(raw: u32) -> usize {
+    if raw == 0 {
+        1
+    } else if raw > MAX_IMPORTS_PARAM {
+        MAX_IMPORTS_PARAM as usize
+    } else {
+        raw as usize
+    }
+}
 
 /// Default largest buffer a domain accepts to import or export: 1 GiB.
 pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
@@ -72,6 +90,15 @@ pub const fn pages_for_bytes(size: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_import_limit_parameter_is_clamped() {
+        assert_eq!(max_imports_from_param(0), 1);
+        assert_eq!(max_imports_from_param(1), 1);
+        assert_eq!(max_imports_from_param(4096), MAX_IMPORTS_PER_PEER);
+        assert_eq!(max_imports_from_param(10_000), 10_000);
+        assert_eq!(max_imports_from_param(u32::MAX), 1 << 20);
+    }
 
     #[test]
     fn the_buffer_parameter_is_mib_clamped_to_a_tebibyte() {

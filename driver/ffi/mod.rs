@@ -120,6 +120,12 @@ pub(crate) mod params {
         // SAFETY: reads a read-only (0444) module parameter.
         unsafe { bindings::hdm_param_ring_page_order() }
     }
+    /// `max_imports`, as root set it
+    /// (`common::limits::max_imports_from_param` reads it).
+    pub(crate) fn max_imports() -> u32 {
+        // SAFETY: reads a read-only (0444) module parameter.
+        unsafe { bindings::hdm_param_max_imports() }
+    }
     /// `allow_rw`.
     pub(crate) fn allow_rw() -> bool {
         // SAFETY: reads a read-only (0444) module parameter.

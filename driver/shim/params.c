@@ -24,6 +24,11 @@ module_param(ring_page_order, uint, 0444);
 MODULE_PARM_DESC(ring_page_order,
 		 "Ring size offered or asked for, 2^order pages per ring (default 2, at most 4)");
 
+static unsigned int max_imports = 4096;
+module_param(max_imports, uint, 0444);
+MODULE_PARM_DESC(max_imports,
+		 "Buffers one peer may have announced to this domain at once (default 4096, 1 to 1048576)");
+
 static bool allow_rw = true;
 module_param(allow_rw, bool, 0444);
 MODULE_PARM_DESC(allow_rw,
@@ -56,6 +61,11 @@ unsigned long long hdm_param_max_buffer_mib(void)
 unsigned int hdm_param_ring_page_order(void)
 {
 	return ring_page_order;
+}
+
+unsigned int hdm_param_max_imports(void)
+{
+	return max_imports;
 }
 
 bool hdm_param_allow_rw(void)

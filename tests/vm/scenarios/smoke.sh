@@ -33,6 +33,11 @@ hdm_expect_dmesg "hyper_dmabuf: role: $HDM_ROLE"
 [ -c /dev/xen/hyper_dmabuf ] || hdm_fail "no /dev/xen/hyper_dmabuf"
 hdm_rmmod hyper_dmabuf
 hdm_expect_dmesg "hyper_dmabuf: unloaded ($HDM_ROLE)"
+# The per-peer import limit is root's to set (docs/driver.md).
+hdm_insmod hyper_dmabuf max_imports=10000
+[ "$(cat /sys/module/hyper_dmabuf/parameters/max_imports)" = 10000 ] ||
+    hdm_fail "max_imports is $(cat /sys/module/hyper_dmabuf/parameters/max_imports 2>&1)"
+hdm_rmmod hyper_dmabuf
 
 # The kernel's own producers and consumers (issue 14) load in every
 # domain and make their devices: vivid a camera and an output, vkms and
