@@ -469,10 +469,14 @@ impl Conn {
                     return Pass::Done;
                 }
             };
-            // Answers made room: the RELEASEs that found the ring full,
-            // then the frames queued behind them.
-            let released = parts.ledger.flush_releases(&mut link.channel, sink);
-            if parts.ledger.flush_updates(&mut link.channel, sink) || released {
+            // Answers made room: first the UNEXPORTs that are due (a
+            // stream of frames must not hold a revocation back), the
+            // RELEASEs that found the ring full, then the frames queued.
+            let now = ffi::now_ms();
+            let ledger = &mut *parts.ledger;
+            let (revoked, _) = ledger.send_due_unexports(&mut link.channel, sink, now);
+            let released = ledger.flush_releases(&mut link.channel, sink);
+            if ledger.flush_updates(&mut link.channel, sink, now) || released || revoked {
                 link.irq.notify();
             }
             pass
@@ -580,7 +584,7 @@ impl Conn {
             };
             let notify = parts
                 .ledger
-                .update(channel, sink, hid, file, flags, priv_data)
+                .update(channel, sink, hid, file, flags, priv_data, ffi::now_ms())
                 .map_err(|why| Error::from_errno(-why.errno()))?;
             if let (true, Some(irq)) = (notify, irq) {
                 irq.notify();

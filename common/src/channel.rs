@@ -337,6 +337,16 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
         self.pending.as_ref().iter().filter(|p| p.is_some()).count()
     }
 
+    /// Slots of the ring we request on.
+    pub fn ring_size(&self) -> u32 {
+        self.requests.size()
+    }
+
+    /// Slots of that ring free for new requests.
+    pub fn free_slots(&self) -> u32 {
+        self.requests.free_slots()
+    }
+
     /// Whether [`Channel::send`] would find a free slot and request id now
     /// (so a driver can queue notifications instead of failing them).
     pub fn can_send(&self) -> bool {

@@ -21,10 +21,11 @@
 //! * the **RELEASE retry** queue: a RELEASE that finds the ring full is
 //!   sent by the next tick or answer; at most one per import, so the queue
 //!   is bounded by the admission limit and needs no memory of its own;
-//! * the **UPDATE queue**: a frame announced while the ring is full (or
-//!   while earlier ones wait) waits in its export's record, the newest
-//!   private data of each buffer once, and goes in the order announced
-//!   ([`Ledger::update`], [`Ledger::flush_updates`]);
+//! * the **UPDATE queue**: a frame announced while the ring is short of
+//!   room (or while earlier ones wait) waits in its export's record, the
+//!   newest private data of each buffer once, and goes in the order
+//!   announced ([`Ledger::update`], [`Ledger::flush_updates`], a
+//!   [`Fifo`] of at most one ring's worth of buffers);
 //! * **export policy**: which buffer may be exported over a connection
 //!   ([`export_layout`]) and what a refusal means to user space.
 //!
@@ -37,6 +38,7 @@ use core::marker::PhantomData;
 
 use super::channel::{Channel, ChannelConfig, ExportState, Host, ImportState, PendingTable};
 use super::error::Error;
+use super::fifo::Fifo;
 use super::id::HyperDmabufId;
 use super::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
 use super::pgdir::Layout;
@@ -177,9 +179,9 @@ pub struct ExportRecord<G> {
     /// Its file was closed: it is being unexported, and exporting the
     /// same buffer again makes a new export rather than reviving this one.
     owner_closed: bool,
-    /// Its place in the UPDATE queue, while its newest private data waits
+    /// Its number is in the UPDATE queue: its newest private data waits
     /// for room on the ring.
-    update_queued: Option<u64>,
+    update_queued: bool,
     /// What keeps its pages granted.
     pub grants: G,
 }
@@ -194,7 +196,7 @@ impl<G> ExportRecord<G> {
             identity,
             unexport_at: None,
             owner_closed: false,
-            update_queued: None,
+            update_queued: false,
             grants,
         }
     }
@@ -212,13 +214,24 @@ impl<G> ExportRecord<G> {
 
     /// Whether an UPDATE of it waits for room on the ring.
     pub const fn update_queued(&self) -> bool {
-        self.update_queued.is_some()
+        self.update_queued
     }
 
     /// Whether it may take a new frame: it is neither unexported nor
     /// going because its file was closed.
     const fn updatable(&self) -> bool {
         !self.state.unexported() && !self.owner_closed
+    }
+
+    /// [`Self::updatable`] at `now`, and no unexport of it is due: one
+    /// asked for now (or whose delay ran out) that the ring had no room
+    /// for yet is going, and no frame may cancel it.
+    fn updatable_at(&self, now: u64) -> bool {
+        self.updatable() && !self.unexport_due(now)
+    }
+
+    fn unexport_due(&self, now: u64) -> bool {
+        matches!(self.unexport_at, Some(at) if at <= now)
     }
 }
 
@@ -363,6 +376,15 @@ pub struct Tick {
 /// try, in milliseconds: the peer answers within a few.
 pub const RETRY_MS: u64 = 10;
 
+/// Whether an UPDATE may take a slot of `channel`'s ring now: one in
+/// eight slots (at least one) stays free for EXPORT, UNEXPORT, MAPPED and
+/// RELEASE, so that a stream of frames never makes them fail for want
+/// of room.
+fn update_room<M: SharedMem, P: PendingTable>(channel: &Channel<M, P>) -> bool {
+    let reserve = (channel.ring_size() / 8).max(1);
+    channel.can_send() && channel.free_slots() > reserve
+}
+
 /// Why an export is refused before anything is granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportRefusal {
@@ -463,6 +485,9 @@ pub enum UpdateRefusal {
     /// The connection is down (`ENOTCONN`): the export took the private
     /// data, the peer hears nothing.
     NotConnected,
+    /// The frame would wait, and a ring's worth of other buffers' frames
+    /// wait already (`EAGAIN`): the peer is far behind.
+    QueueFull,
 }
 
 impl UpdateRefusal {
@@ -473,6 +498,7 @@ impl UpdateRefusal {
             UpdateRefusal::NotOwner => errno::EPERM,
             UpdateRefusal::OtherFlags => errno::EINVAL,
             UpdateRefusal::NotConnected => errno::ENOTCONN,
+            UpdateRefusal::QueueFull => errno::EAGAIN,
         }
     }
 }
@@ -504,10 +530,9 @@ pub struct Ledger<XT, IT> {
     imports_held: usize,
     /// Records with `release_unsent`.
     releases_unsent: usize,
-    /// Export records with `update_queued`.
-    updates_queued: usize,
-    /// The place the next queued UPDATE takes.
-    next_update_place: u64,
+    /// The numbers of the export records with `update_queued`, in the
+    /// order their UPDATEs go.
+    updates: Fifo,
     max_imports: usize,
 }
 
@@ -533,8 +558,7 @@ where
             next_orphan_key: 0,
             imports_held: 0,
             releases_unsent: 0,
-            updates_queued: 0,
-            next_update_place: 0,
+            updates: Fifo::default(),
             max_imports: MAX_IMPORTS_PER_PEER,
         }
     }
@@ -612,7 +636,7 @@ where
 
     /// UPDATEs waiting for room on the ring.
     pub fn updates_queued(&self) -> usize {
-        self.updates_queued
+        self.updates.len()
     }
 
     // ---- exports ----
@@ -679,8 +703,8 @@ where
     /// grants.
     fn export_dropped(&mut self, sink: &mut impl Sink<G>, record: ExportRecord<G>) {
         sink.gauge(Gauge::Exports, false);
-        if record.update_queued.is_some() {
-            self.updates_queued -= 1;
+        if record.update_queued {
+            self.updates.remove(record.info.hid.number());
         }
         sink.retire(record.grants);
     }
@@ -692,25 +716,29 @@ where
         self.exports.get(key).map(|e| e.info.hid)
     }
 
-    /// A new frame in our export `hid`: it takes `priv_data`, a pending
-    /// delayed unexport is cancelled, and the peer is sent an UPDATE, now
-    /// if the ring has room and no earlier UPDATE waits, else once
-    /// [`Ledger::flush_updates`] reaches it. An UPDATE of the same buffer
-    /// still waiting is replaced, and the buffer takes the last place:
-    /// the peer hears the updates in the order they were made, and never
-    /// an older frame of a buffer after a newer one. Returns whether to
-    /// notify the peer.
+    /// A new frame in our export `hid`: it takes `priv_data`, a delayed
+    /// unexport not yet due is cancelled, and the peer is sent an UPDATE,
+    /// now if the ring has room to spare and no earlier UPDATE waits, else
+    /// once [`Ledger::flush_updates`] reaches it. An UPDATE of the same
+    /// buffer still waiting is replaced, and the buffer takes the last
+    /// place: the peer hears the updates in the order they were made, and
+    /// never an older frame of a buffer after a newer one. Returns whether
+    /// to notify the peer.
     ///
     /// `flags`, if given, must be the export's (a re-export's check).
     ///
     /// # Errors
     ///
-    /// [`UpdateRefusal::NotFound`] if we export no such buffer or it is
-    /// being unexported; [`UpdateRefusal::NotOwner`] if `file` may not
-    /// manage it ([`uapi::may_manage_export`]);
-    /// [`UpdateRefusal::OtherFlags`]; nothing changes then.
-    /// [`UpdateRefusal::NotConnected`] without a channel: the export took
-    /// the private data all the same, and the peer hears nothing.
+    /// Nothing changes on these: [`UpdateRefusal::NotFound`] if we export
+    /// no such buffer; [`UpdateRefusal::NotOwner`] if `file` may not
+    /// manage it ([`uapi::may_manage_export`]); then
+    /// [`UpdateRefusal::NotFound`] if it is being unexported (its file
+    /// closed, or an unexport due at `now`); [`UpdateRefusal::OtherFlags`];
+    /// [`UpdateRefusal::QueueFull`] if it would wait and a ring's worth of
+    /// other buffers wait already. [`UpdateRefusal::NotConnected`] without
+    /// a channel: the export took the private data all the same, and the
+    /// peer hears nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn update<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
@@ -719,75 +747,74 @@ where
         file: FileRights,
         flags: Option<ExportFlags>,
         priv_data: PrivData,
+        now: u64,
     ) -> Result<bool, UpdateRefusal> {
-        let queue_empty = self.updates_queued == 0;
+        let key = hid.number();
         let record = self
             .exports
-            .get_mut(hid.number())
-            .filter(|e| e.info.hid.matches(hid) && e.updatable())
+            .get_mut(key)
+            .filter(|e| e.info.hid.matches(hid))
             .ok_or(UpdateRefusal::NotFound)?;
+        // Whose it is first: another file learns nothing of its state.
         if !uapi::may_manage_export(record.owner, file.file, file.admin) {
             return Err(UpdateRefusal::NotOwner);
         }
+        if !record.updatable_at(now) {
+            return Err(UpdateRefusal::NotFound);
+        }
         if flags.is_some_and(|f| f != record.info.flags) {
             return Err(UpdateRefusal::OtherFlags);
+        }
+        let hot = self.updates.is_empty() && channel.as_ref().is_some_and(|c| update_room(c));
+        if !hot && channel.is_some() && self.updates.push_back(key).is_err() {
+            return Err(UpdateRefusal::QueueFull);
         }
         record.info.priv_data = priv_data;
         record.unexport_at = None;
         let Some(channel) = channel else {
             return Err(UpdateRefusal::NotConnected);
         };
-        // The hot path: nothing waits, and the ring has room.
-        if queue_empty && channel.can_send() {
-            if let Ok(notify) = channel.send(
-                Message::Update {
-                    hid: *hid,
-                    priv_data,
-                },
-                None,
-            ) {
+        if hot {
+            let message = Message::Update {
+                hid: *hid,
+                priv_data,
+            };
+            if let Ok(notify) = channel.send(message, None) {
                 sink.sent(true);
                 return Ok(notify);
             }
+            // `update_room` said there was room; should the channel
+            // refuse anyway, the frame waits.
+            if self.updates.push_back(key).is_err() {
+                return Err(UpdateRefusal::QueueFull);
+            }
         }
+        record.update_queued = true;
         sink.sent(false);
-        if record.update_queued.is_none() {
-            self.updates_queued += 1;
-        }
-        record.update_queued = Some(self.next_update_place);
-        self.next_update_place += 1;
-        Ok(self.flush_updates(channel, sink))
+        Ok(self.flush_updates(channel, sink, now))
     }
 
-    /// Sends the UPDATEs that wait for room, in the order they were made,
-    /// while the ring has room. Returns whether to notify the peer.
+    /// Sends the UPDATEs that wait, in the order they were made, while the
+    /// ring has room to spare; drops those of buffers being unexported.
+    /// Returns whether to notify the peer.
     pub fn flush_updates<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
         sink: &mut impl Sink<G>,
+        now: u64,
     ) -> bool {
         let mut notify = false;
-        while self.updates_queued > 0 && channel.can_send() {
-            // The queue is a place number in each waiting record: the
-            // walk is paid only while the ring is full, never on the hot
-            // path of an update that finds room.
-            let mut first: Option<(u64, u64)> = None;
-            self.exports.for_each(|key, e| {
-                if let Some(place) = e.update_queued {
-                    if first.map_or(true, |(_, p)| place < p) {
-                        first = Some((key, place));
-                    }
-                }
-            });
-            let Some(record) = first.and_then(|(key, _)| self.exports.get_mut(key)) else {
+        while update_room(channel) {
+            let Some(key) = self.updates.pop_front() else {
                 break;
             };
-            let place = record.update_queued.take();
-            self.updates_queued -= 1;
-            if !record.updatable() {
-                // Unexported since (its UNEXPORT may be on the ring
-                // already): the frame is moot, and an UPDATE must not
-                // follow the UNEXPORT.
+            let Some(record) = self.exports.get_mut(key) else {
+                continue;
+            };
+            record.update_queued = false;
+            if !record.updatable_at(now) {
+                // Unexported since, or about to be: the frame is moot, and
+                // an UPDATE must not follow the UNEXPORT.
                 continue;
             }
             let message = Message::Update {
@@ -800,11 +827,10 @@ where
                     notify |= n;
                 }
                 Err(_) => {
-                    // `can_send` said there was room; should the channel
-                    // refuse anyway, the update keeps its place.
+                    // `update_room` said there was room; should the
+                    // channel refuse anyway, the frame keeps its place.
                     sink.sent(false);
-                    record.update_queued = place;
-                    self.updates_queued += 1;
+                    record.update_queued = self.updates.push_front(key).is_ok();
                     break;
                 }
             }
@@ -833,18 +859,23 @@ where
     /// Schedules, at `now`, the unexport of every buffer the file `owner`
     /// exported (it was closed).
     pub fn unexport_owned_by(&mut self, owner: u64, now: u64) {
-        self.exports.for_each_mut(|_, e| {
+        let updates = &mut self.updates;
+        self.exports.for_each_mut(|key, e| {
             if e.owner == owner && !e.state.unexported() {
                 e.unexport_at = Some(now);
                 e.owner_closed = true;
+                // Its frames are moot now.
+                if core::mem::take(&mut e.update_queued) {
+                    updates.remove(key);
+                }
             }
         });
     }
 
-    /// The timed work at `now`: sends the UNEXPORTs that are due and the
-    /// RELEASEs that found the ring full, as far as the ring has room.
-    /// Without a channel (not connected) nothing is sent and only the
-    /// schedule is reported.
+    /// The timed work at `now`: sends the UNEXPORTs that are due, the
+    /// RELEASEs that found the ring full and the UPDATEs that wait, as far
+    /// as the ring has room. Without a channel (not connected) nothing is
+    /// sent and only the schedule is reported.
     pub fn tick<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
@@ -852,50 +883,61 @@ where
         now: u64,
     ) -> Tick {
         let mut tick = Tick::default();
-        let mut due = None;
         self.exports.for_each(|_, e| match e.unexport_at {
-            Some(at) if at <= now => {
-                due.get_or_insert(at);
-            }
-            Some(at) => tick.next = Some(tick.next.map_or(at, |n| n.min(at))),
-            None => {}
+            Some(at) if at > now => tick.next = Some(tick.next.map_or(at, |n| n.min(at))),
+            _ => {}
         });
         let Some(channel) = channel else {
             return tick;
         };
-        // One at a time, smallest number first: a revoke changes the
-        // record, so no borrow of the table is held across it.
+        let (notify, blocked) = self.send_due_unexports(channel, sink, now);
+        tick.notify |= notify;
+        tick.notify |= self.flush_releases(channel, sink);
+        tick.notify |= self.flush_updates(channel, sink, now);
+        if blocked || self.releases_unsent > 0 || !self.updates.is_empty() {
+            tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
+        }
+        tick
+    }
+
+    /// Sends the UNEXPORTs due at `now`, smallest number first, while the
+    /// ring has room: before any waiting UPDATE, so that a stream of frames
+    /// can never hold a revocation back. Returns whether to notify the
+    /// peer, and whether one is still due (the ring is full).
+    pub fn send_due_unexports<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G>,
+        now: u64,
+    ) -> (bool, bool) {
+        let mut notify = false;
+        // One at a time: a revoke changes the record, so no borrow of the
+        // table is held across it.
         let mut after = None;
-        while due.is_some() {
-            let Some(key) = self.next_due(now, after) else {
-                break;
-            };
+        while let Some(key) = self.next_due(now, after) {
             after = Some(key);
             let Some(hid) = self.exports.get(key).map(|e| e.info.hid) else {
                 break;
             };
             match channel.revoke(&mut self.view(sink), &hid, None) {
-                Ok(notify) => {
+                Ok(n) => {
                     sink.sent(true);
                     sink.unexporting(&hid);
-                    tick.notify |= notify;
+                    notify |= n;
                     if let Some(e) = self.exports.get_mut(key) {
                         e.unexport_at = None;
+                        if core::mem::take(&mut e.update_queued) {
+                            self.updates.remove(key);
+                        }
                     }
                 }
                 Err(_) => {
                     sink.sent(false);
-                    tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
-                    break;
+                    return (notify, true);
                 }
             }
         }
-        tick.notify |= self.flush_releases(channel, sink);
-        tick.notify |= self.flush_updates(channel, sink);
-        if self.releases_unsent > 0 || self.updates_queued > 0 {
-            tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
-        }
-        tick
+        (notify, false)
     }
 
     /// The smallest key above `after` whose unexport is due at `now`.

@@ -492,7 +492,7 @@ pub fn run(data: &[u8]) {
                     peer.next_req += 1;
                     peer.requests.publish();
                     peer.exports.insert(req_id, hid);
-                    process(&mut ledger, &mut channel, &mut fx);
+                    process(&mut ledger, &mut channel, &mut fx, now);
                     while let Ok(true) = peer.requests.pop(&mut slot) {
                         let answer = Response::decode(&slot).expect("our answers decode");
                         if let Some(answered) = peer.exports.remove(&answer.req_id) {
@@ -511,7 +511,7 @@ pub fn run(data: &[u8]) {
                         peer.next_req += 1;
                         peer.requests.publish();
                     }
-                    process(&mut ledger, &mut channel, &mut fx);
+                    process(&mut ledger, &mut channel, &mut fx, now);
                     while let Ok(true) = peer.requests.pop(&mut slot) {}
                 }
                 LedgerOp::PeerAnswer { busy } => {
@@ -532,9 +532,9 @@ pub fn run(data: &[u8]) {
                         let _ = peer.answers.push(&answer.encode());
                     }
                     peer.answers.publish();
-                    process(&mut ledger, &mut channel, &mut fx);
+                    process(&mut ledger, &mut channel, &mut fx, now);
                 }
-                LedgerOp::Process => process(&mut ledger, &mut channel, &mut fx),
+                LedgerOp::Process => process(&mut ledger, &mut channel, &mut fx, now),
                 LedgerOp::Begin {
                     sel,
                     generation,
@@ -621,6 +621,10 @@ pub fn run(data: &[u8]) {
                         assert_eq!(local_hids.get(&local), Some(&hid));
                         let frame = PrivData::new(&updates.to_le_bytes()).expect("fits");
                         updates += 1;
+                        let due = ledger
+                            .export(&hid)
+                            .and_then(|e| e.unexport_at())
+                            .is_some_and(|at| at <= now);
                         let done = ledger.update(
                             Some(&mut channel),
                             &mut fx,
@@ -628,9 +632,16 @@ pub fn run(data: &[u8]) {
                             rights,
                             Some(ExportFlags::default()),
                             frame,
+                            now,
                         );
                         match done {
-                            Ok(_) => assert_eq!(local_owners.get(&local), Some(&owner)),
+                            Ok(_) => {
+                                assert_eq!(local_owners.get(&local), Some(&owner));
+                                assert!(!due, "a frame cancelled a due unexport");
+                            }
+                            // An unexport due and not yet sent: no frame
+                            // may cancel it.
+                            Err(UpdateRefusal::NotFound) if due => {}
                             // Another file's export, still open, is not this
                             // one's to update.
                             Err(UpdateRefusal::NotOwner) => {
@@ -732,12 +743,20 @@ pub fn run(data: &[u8]) {
 }
 
 /// The event handler: process, then send what waited for room.
-fn process(ledger: &mut TestLedger, channel: &mut Channel<&[AtomicU32]>, fx: &mut Effects) {
+fn process(
+    ledger: &mut TestLedger,
+    channel: &mut Channel<&[AtomicU32]>,
+    fx: &mut Effects,
+    now: u64,
+) {
     // The peer speaks the protocol: nothing it sends may be fatal.
     channel
         .process(&mut ledger.view(fx))
         .expect("an honest peer broke nothing");
+    // As the driver: due UNEXPORTs, RELEASEs, then the queued frames.
+    ledger.send_due_unexports(channel, fx, now);
     ledger.flush_releases(channel, fx);
+    ledger.flush_updates(channel, fx, now);
 }
 
 fn let_go(

@@ -82,6 +82,7 @@ impl From<UpdateRefusal> for DriverError {
             UpdateRefusal::NotFound | UpdateRefusal::NotOwner => DriverError::NoSuchBuffer,
             UpdateRefusal::OtherFlags => DriverError::OtherFlags,
             UpdateRefusal::NotConnected => DriverError::NotConnected,
+            UpdateRefusal::QueueFull => DriverError::Again,
         }
     }
 }
@@ -513,9 +514,9 @@ impl Domain {
             } else {
                 ExportFlags::default()
             };
-            let notify = self
-                .ledger
-                .update(chan, &mut ctx, &hid, USER, Some(flags), priv_data)?;
+            let notify =
+                self.ledger
+                    .update(chan, &mut ctx, &hid, USER, Some(flags), priv_data, NOW)?;
             self.notify_if(hv, notify);
             self.user.completions.insert(token, Status::Ok);
             return Ok((hid, token));
@@ -582,9 +583,15 @@ impl Domain {
         let conn = self.conn.as_mut().ok_or(DriverError::NotConnected)?;
         let me = self.id;
         let mut ctx = Self::ctx(&mut self.user, hv, me);
-        let notify =
-            self.ledger
-                .update(Some(&mut conn.chan), &mut ctx, hid, USER, None, priv_data)?;
+        let notify = self.ledger.update(
+            Some(&mut conn.chan),
+            &mut ctx,
+            hid,
+            USER,
+            None,
+            priv_data,
+            NOW,
+        )?;
         self.notify_if(hv, notify);
         let token = self.token();
         self.user.completions.insert(token, Status::Ok);
@@ -806,9 +813,13 @@ impl Domain {
         };
         let mut ctx = Self::ctx(&mut self.user, hv, me);
         let progress = conn.chan.process(&mut self.ledger.view(&mut ctx))?;
+        // As the driver: due UNEXPORTs before the queued frames.
+        let (revoked, _) = self
+            .ledger
+            .send_due_unexports(&mut conn.chan, &mut ctx, NOW);
         let released = self.ledger.flush_releases(&mut conn.chan, &mut ctx);
-        let updated = self.ledger.flush_updates(&mut conn.chan, &mut ctx);
-        if progress.notify || released || updated {
+        let updated = self.ledger.flush_updates(&mut conn.chan, &mut ctx, NOW);
+        if progress.notify || released || updated || revoked {
             hv.notify(me, conn.port);
         }
         conn.more = progress.more;

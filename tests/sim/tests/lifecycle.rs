@@ -329,6 +329,11 @@ fn frames_beyond_the_ring_wait_in_order_newest_per_buffer() {
         dom.update(hv, hid, tag).unwrap();
     }
     dom.unexport(hv, &bufs[0].hid).unwrap();
+    // Asked now: no later frame may cancel it, however full the ring.
+    assert_eq!(
+        dom.update(hv, &bufs[0].hid, hyper_dmabuf_common::wire::PrivData::EMPTY),
+        Err(DriverError::NoSuchBuffer)
+    );
     w.pump();
     let events = w.split(Side::Front).0.take_events();
     let revoked = events

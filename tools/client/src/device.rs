@@ -301,7 +301,8 @@ impl Device {
     ///
     /// `ENOENT` (this domain exports no such buffer, or it is being
     /// unexported), `EPERM` (another file's), `ENOTCONN` (the peer is not
-    /// connected).
+    /// connected), `EAGAIN` (256 other buffers' frames wait already:
+    /// [`Error::should_retry`]).
     pub fn update(&self, id: &HyperDmabufId, priv_data: PrivData) -> Result<()> {
         let mut record = UpdateArgs {
             hid: *id,
@@ -602,6 +603,10 @@ fn update_hint(errno: Errno) -> Option<&'static str> {
              an administrator, may announce its frames",
         ),
         Errno::NOTCONN => Some("the importing domain is not connected"),
+        Errno::AGAIN => Some(
+            "frames of 256 other buffers wait for the importer already: it is far behind; \
+             retry once it has taken some",
+        ),
         _ => None,
     }
 }
