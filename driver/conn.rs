@@ -474,7 +474,8 @@ impl Conn {
             // RELEASEs that found the ring full, then the frames queued.
             let now = ffi::now_ms();
             let ledger = &mut *parts.ledger;
-            let (revoked, _) = ledger.send_due_unexports(&mut link.channel, sink, now);
+            let revoked = ledger.unexports_blocked()
+                && ledger.send_due_unexports(&mut link.channel, sink, now).0;
             let released = ledger.flush_releases(&mut link.channel, sink);
             if ledger.flush_updates(&mut link.channel, sink, now) || released || revoked {
                 link.irq.notify();

@@ -533,6 +533,10 @@ pub struct Ledger<XT, IT> {
     /// The numbers of the export records with `update_queued`, in the
     /// order their UPDATEs go.
     updates: Fifo,
+    /// An UNEXPORT that was due found the ring full: the answers that make
+    /// room send it ([`Ledger::send_due_unexports`]), and only then is the
+    /// walk for due ones worth its cost on that path.
+    unexports_blocked: bool,
     max_imports: usize,
 }
 
@@ -559,6 +563,7 @@ where
             imports_held: 0,
             releases_unsent: 0,
             updates: Fifo::default(),
+            unexports_blocked: false,
             max_imports: MAX_IMPORTS_PER_PEER,
         }
     }
@@ -637,6 +642,11 @@ where
     /// UPDATEs waiting for room on the ring.
     pub fn updates_queued(&self) -> usize {
         self.updates.len()
+    }
+
+    /// Whether a due UNEXPORT found the ring full and waits for room.
+    pub fn unexports_blocked(&self) -> bool {
+        self.unexports_blocked
     }
 
     // ---- exports ----
@@ -933,10 +943,12 @@ where
                 }
                 Err(_) => {
                     sink.sent(false);
+                    self.unexports_blocked = true;
                     return (notify, true);
                 }
             }
         }
+        self.unexports_blocked = false;
         (notify, false)
     }
 

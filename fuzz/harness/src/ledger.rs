@@ -754,7 +754,9 @@ fn process(
         .process(&mut ledger.view(fx))
         .expect("an honest peer broke nothing");
     // As the driver: due UNEXPORTs, RELEASEs, then the queued frames.
-    ledger.send_due_unexports(channel, fx, now);
+    if ledger.unexports_blocked() {
+        ledger.send_due_unexports(channel, fx, now);
+    }
     ledger.flush_releases(channel, fx);
     ledger.flush_updates(channel, fx, now);
 }

@@ -814,9 +814,11 @@ impl Domain {
         let mut ctx = Self::ctx(&mut self.user, hv, me);
         let progress = conn.chan.process(&mut self.ledger.view(&mut ctx))?;
         // As the driver: due UNEXPORTs before the queued frames.
-        let (revoked, _) = self
-            .ledger
-            .send_due_unexports(&mut conn.chan, &mut ctx, NOW);
+        let revoked = self.ledger.unexports_blocked()
+            && self
+                .ledger
+                .send_due_unexports(&mut conn.chan, &mut ctx, NOW)
+                .0;
         let released = self.ledger.flush_releases(&mut conn.chan, &mut ctx);
         let updated = self.ledger.flush_updates(&mut conn.chan, &mut ctx, NOW);
         if progress.notify || released || updated || revoked {
