@@ -893,14 +893,22 @@ where
         now: u64,
     ) -> Tick {
         let mut tick = Tick::default();
+        let mut any_due = false;
         self.exports.for_each(|_, e| match e.unexport_at {
             Some(at) if at > now => tick.next = Some(tick.next.map_or(at, |n| n.min(at))),
-            _ => {}
+            Some(_) => any_due = true,
+            None => {}
         });
         let Some(channel) = channel else {
             return tick;
         };
-        let (notify, blocked) = self.send_due_unexports(channel, sink, now);
+        // The walk for due ones only when this one found any.
+        let (notify, blocked) = if any_due {
+            self.send_due_unexports(channel, sink, now)
+        } else {
+            self.unexports_blocked = false;
+            (false, false)
+        };
         tick.notify |= notify;
         tick.notify |= self.flush_releases(channel, sink);
         tick.notify |= self.flush_updates(channel, sink, now);
