@@ -18,19 +18,21 @@ use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, M
 use kernel::time::msecs_to_jiffies;
 
 use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
+use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
-    self, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger, MappedError,
-    Released, SendError, Sink, Tick, RETRY_MS,
+    self, Claim, FileRights, Frame, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
+    MappedError, Released, SendError, Sink, Tick, RETRY_MS,
 };
 use super::common::limits::max_imports_from_param;
 use super::common::uapi::{Event, EventType};
-use super::common::wire::{Export, ExportFlags, PrivData};
+use super::common::wire::{Export, ExportFlags, FenceId, FenceResult, PrivData, VERSION_3};
 use super::common::xen::{DomId, Status};
 use super::common::Error as ProtoError;
 use crate::context::Context;
 use crate::ffi::device::SeqFile;
 use crate::ffi::dmabuf::DmabufRef;
+use crate::ffi::fence::{cancel_watches, FenceRef, FenceWatch, PeerFence};
 use crate::ffi::xenbus::{Irq, SharedRing, XenbusDev};
 use crate::ffi::{self, errno};
 use crate::files::Addressed;
@@ -90,8 +92,10 @@ impl AsMut<[Option<Pending>]> for PendingBox {
 /// import's handle is its dma-buf's identity.
 pub(crate) type ImportEntry = ImportRecord<usize>;
 
-/// The ledger of a connection, over the kernel's trees.
-type ConnLedger = Ledger<Tree<ExportEntry>, Tree<ImportEntry>>;
+/// The ledger of a connection, over the kernel's trees; the peer's fences
+/// are local dma-fences.
+type ConnLedger =
+    Ledger<Tree<ExportEntry>, Tree<ImportEntry>, Tree<InFence<PeerFence>>, Tree<OutFence>>;
 
 /// Everything behind the connection's lock.
 pub(crate) struct ConnInner {
@@ -107,6 +111,10 @@ pub(crate) struct ConnInner {
 pub(crate) struct Effects {
     events: KVec<Addressed>,
     retired: KVec<KBox<ExportGrants>>,
+    /// New fences of the peer's, for the live dma-buf of their import.
+    fences_new: KVec<(HyperDmabufId, FenceRef)>,
+    /// Fences of the peer's that ended, to signal.
+    fences_ended: KVec<(PeerFence, FenceEnd)>,
     wake: bool,
 }
 
@@ -143,7 +151,38 @@ struct ConnSink<'a> {
     fx: &'a mut Effects,
 }
 
-impl Sink<KBox<ExportGrants>> for ConnSink<'_> {
+impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
+    fn fence_new(&mut self, hid: &HyperDmabufId) -> Option<PeerFence> {
+        let fence = PeerFence::new()?;
+        // Without memory for the note, the frame is refused: a reader of a
+        // live dma-buf must not miss its fence.
+        self.fx.fences_new.reserve(1, GFP_KERNEL).ok()?;
+        let _ = self
+            .fx
+            .fences_new
+            .push((*hid, fence.reference()), GFP_KERNEL);
+        stats::FENCES_IN.inc();
+        Some(fence)
+    }
+
+    fn fence_end(&mut self, fence: PeerFence, end: FenceEnd) {
+        stats::FENCES_IN.dec();
+        if end == FenceEnd::TimedOut {
+            stats::FENCES_TIMED_OUT.inc();
+        }
+        // Signalled once the lock is dropped (their waiters' callbacks
+        // run then); without memory for the list, at once.
+        if self.fx.fences_ended.reserve(1, GFP_KERNEL).is_ok() {
+            let _ = self.fx.fences_ended.push((fence, end), GFP_KERNEL);
+        } else {
+            fence.end(end.error());
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        ffi::now_ms()
+    }
+
     fn retire(&mut self, grants: KBox<ExportGrants>) {
         // Once the lock is dropped; without memory for the list, at once
         // (the registry's locks rank below a connection's).
@@ -272,7 +311,10 @@ impl Conn {
                     link: None,
                     config: ChannelConfig { version: 0, max_buffer_bytes: 0, allow_rw: false },
                     ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new())
-                        .with_max_imports(max_imports_from_param(ffi::params::max_imports())),
+                        .with_max_imports(max_imports_from_param(ffi::params::max_imports()))
+                        .with_fence_timeout(fence_timeout_from_param(
+                            ffi::params::fence_timeout_ms(),
+                        )),
                     results: RBTree::new(),
                 }, "Conn::inner"),
                 answered <- new_condvar!("Conn::answered"),
@@ -311,6 +353,18 @@ impl Conn {
     }
 
     fn finish(&self, ctx: &Context, fx: Effects) {
+        // Fences first: a reader woken by a frame's event finds its fence
+        // on the dma-buf.
+        for (hid, fence) in fx.fences_new {
+            if let Some(buf) = self.live_dmabuf(&hid) {
+                if buf.add_fence(&fence).is_err() {
+                    stats::FENCES_UNATTACHED.inc();
+                }
+            }
+        }
+        for (fence, end) in fx.fences_ended {
+            fence.end(end.error());
+        }
         ctx.post(&fx.events);
         for grants in fx.retired {
             ctx.retire(grants);
@@ -318,6 +372,18 @@ impl Conn {
         if fx.wake {
             self.answered.notify_all();
         }
+    }
+
+    /// The live dma-buf of import `hid`, referenced, if it has one.
+    fn live_dmabuf(&self, hid: &HyperDmabufId) -> Option<DmabufRef> {
+        let inner = self.inner.lock();
+        let Claim::Live { handle, .. } = inner.ledger.import(hid)?.claim() else {
+            return None;
+        };
+        // SAFETY: a live import's identity is cleared under this lock by
+        // its dma-buf's release before the dma-buf's memory goes, so it
+        // names a live dma-buf (as in `import_begin`).
+        unsafe { DmabufRef::try_get(*handle) }
     }
 
     /// Our XenBus directory, which names the connection in log lines.
@@ -419,6 +485,8 @@ impl Conn {
             sink.fx.wake = true;
             Some(link)
         });
+        // Our fences are the session's: the peer hears of none any more.
+        cancel_watches(self.id);
         if link.is_some() {
             stats::CONNECTIONS.dec();
             ctx.peer_log(
@@ -497,7 +565,13 @@ impl Conn {
     /// `ENOTCONN` if the peer is not connected or its ring is broken,
     /// `ENOMEM` if the answer's slot cannot be allocated, `EAGAIN` if the
     /// ring is full.
-    pub(crate) fn announce(&self, ctx: &Context, entry: ExportEntry, token: u64) -> Result {
+    pub(crate) fn announce(
+        &self,
+        ctx: &Context,
+        entry: ExportEntry,
+        token: u64,
+        fence: Option<FenceWatch>,
+    ) -> Result {
         self.locked(ctx, |parts, sink| {
             let link = parts.link.as_mut().filter(|l| !l.broken);
             let connected = link.is_some();
@@ -507,11 +581,16 @@ impl Conn {
                 sink.retire(entry.grants);
                 return Err(if connected { ENOMEM } else { errno::enotconn() });
             };
-            match parts.ledger.announce(&mut link.channel, sink, entry, token) {
-                Ok(notify) => {
-                    if notify {
+            let fenced = fence.is_some();
+            match parts
+                .ledger
+                .announce(&mut link.channel, sink, entry, token, fenced)
+            {
+                Ok(sent) => {
+                    if sent.notify {
                         link.irq.notify();
                     }
+                    self.watch(fence, sent.fence);
                     Ok(())
                 }
                 Err(e) => {
@@ -583,11 +662,25 @@ impl Conn {
                 Some(l) => (Some(&mut l.channel), Some(&l.irq)),
                 None => (None, None),
             };
-            let notify = parts
+            // The frame waits for the buffer's writers, if the peer can be
+            // told (version 3) and the buffer is ours.
+            let fences = channel
+                .as_ref()
+                .is_some_and(|c| c.config().version >= VERSION_3);
+            let fence = match parts.ledger.export(hid) {
+                Some(e) if fences && uapi_may_manage(e.owner, file) => e.grants.pending_fence()?,
+                _ => None,
+            };
+            let frame = Frame {
+                priv_data,
+                fenced: fence.is_some(),
+            };
+            let sent = parts
                 .ledger
-                .update(channel, sink, hid, file, flags, priv_data, ffi::now_ms())
+                .update(channel, sink, hid, file, flags, frame, ffi::now_ms())
                 .map_err(|why| Error::from_errno(-why.errno()))?;
-            if let (true, Some(irq)) = (notify, irq) {
+            self.watch(fence, sent.fence);
+            if let (true, Some(irq)) = (sent.notify, irq) {
                 irq.notify();
             }
             Ok::<bool, Error>(parts.ledger.updates_queued() > 0)
@@ -598,6 +691,46 @@ impl Conn {
             ffi::tick_schedule(RETRY_MS as u32);
         }
         Ok(())
+    }
+
+    /// Arms `watch` for our fence `id` if the ledger gave the frame one;
+    /// else the frame went without a fence (a session below version 3)
+    /// and the watch is dropped.
+    fn watch(&self, watch: Option<FenceWatch>, id: Option<FenceId>) {
+        if let (Some(watch), Some(id)) = (watch, id) {
+            stats::FENCES_OUT.inc();
+            watch.arm(self.id, id.get());
+        }
+    }
+
+    /// Our fence `id` signalled (`error`: its negative errno, or 0): the
+    /// peer is sent SIGNAL if it holds the fence.
+    pub(crate) fn fence_signalled(&self, ctx: &Context, id: u64, error: i32) {
+        stats::FENCES_OUT.dec();
+        let Ok(id) = FenceId::new(id) else {
+            return;
+        };
+        let result = if error == 0 {
+            FenceResult::Signalled
+        } else {
+            FenceResult::Failed
+        };
+        let unsent = self.locked(ctx, |parts, sink| {
+            let link = parts.link.as_mut().filter(|l| !l.broken);
+            let (channel, irq) = match link {
+                Some(l) => (Some(&mut l.channel), Some(&l.irq)),
+                None => (None, None),
+            };
+            if parts.ledger.fence_signalled(channel, sink, id, result) {
+                if let Some(irq) = irq {
+                    irq.notify();
+                }
+            }
+            parts.ledger.signals_unsent() > 0
+        });
+        if unsent {
+            ffi::tick_schedule(RETRY_MS as u32);
+        }
     }
 
     /// Starts the unexport of `hid` now (`delay_ms == 0`) or later.
@@ -708,12 +841,25 @@ impl Conn {
         })
     }
 
-    /// Records the dma-buf of a mapped import and ends the claim.
-    pub(crate) fn import_live(&self, hid: &HyperDmabufId, identity: usize, writable: bool) {
-        self.inner
-            .lock()
-            .ledger
-            .import_live(hid, identity, writable);
+    /// Records the dma-buf of a mapped import and ends the claim. Returns
+    /// the peer's fences on the buffer that have not ended: the new
+    /// dma-buf's readers wait for them (later ones reach it through
+    /// [`Conn::finish`]).
+    pub(crate) fn import_live(
+        &self,
+        hid: &HyperDmabufId,
+        identity: usize,
+        writable: bool,
+    ) -> KVec<FenceRef> {
+        let mut inner = self.inner.lock();
+        inner.ledger.import_live(hid, identity, writable);
+        let mut fences = KVec::new();
+        inner.ledger.peer_fences(hid, |f| {
+            if fences.push(f.reference(), GFP_KERNEL).is_err() {
+                stats::FENCES_UNATTACHED.inc();
+            }
+        });
+        fences
     }
 
     /// An import that was claimed with [`Conn::import_begin`] failed.
@@ -808,6 +954,12 @@ struct ConnInnerParts<'a> {
 /// The errno of an import ioctl the ledger refused.
 fn import_errno(refusal: ImportRefusal) -> Error {
     Error::from_errno(-refusal.errno())
+}
+
+/// Whether the open file `file` may manage an export of `owner`'s (the
+/// ledger checks it again, and says why not).
+fn uapi_may_manage(owner: u64, file: FileRights) -> bool {
+    super::common::uapi::may_manage_export(owner, file.file, file.admin)
 }
 
 fn xenbus_closing() -> u32 {

@@ -14,10 +14,11 @@ use super::common::grantable::{self, PinStep};
 use super::common::id::{HyperDmabufId, KEY_LEN};
 use super::common::ledger::{self, export_flags_allowed, export_layout, ExportRefusal, FileRights};
 use super::common::uapi::ExportArgs;
-use super::common::wire::{Export, ExportFlags};
+use super::common::wire::{Export, ExportFlags, VERSION_3};
 use super::common::xen::Status;
 use crate::conn::Conn;
 use crate::ffi::dmabuf::{DmabufRef, PinnedDmabuf};
+use crate::ffi::fence::FenceWatch;
 use crate::ffi::{self, errno};
 use crate::grants::{ExportEntry, ExportGrants};
 use crate::peerlog::Level;
@@ -82,6 +83,12 @@ pub(crate) fn export(
         refused(why)
     })?;
     let identity = pin.identity();
+    // What the importer's readers wait for, if the session can carry it.
+    let fence = if config.version >= VERSION_3 {
+        FenceWatch::pending(&pin)?
+    } else {
+        None
+    };
     let hid = new_id(driver)?;
     let mut grants = ExportGrants::new(pin, conn.peer, hid, owner, &layout, |why| {
         driver.local_log(
@@ -89,7 +96,7 @@ pub(crate) fn export(
             format_args!("export to dom{} refused: {why}", conn.peer.get()),
         );
     })?;
-    let inline = ledger::refs_inline(&config, &layout, &args.priv_data);
+    let inline = ledger::refs_inline(&config, &layout, &args.priv_data, fence.is_some());
     let pages = match grants.grant(&layout, writable, inline) {
         Ok(pages) => pages,
         Err(e) => {
@@ -104,10 +111,12 @@ pub(crate) fn export(
         pages,
         flags: args.flags,
         priv_data: args.priv_data,
+        // The ledger gives it one if `fence` is some.
+        fence: None,
     };
     let entry = ExportEntry::new(info, owner, identity, grants);
     let token = driver.next_id();
-    conn.announce(driver, entry, token)?;
+    conn.announce(driver, entry, token, fence)?;
     match conn.wait(token, ANSWER_TIMEOUT_MS) {
         Ok(Status::Ok) => {
             ffi::log_buffer(format_args!(

@@ -81,7 +81,13 @@ pub(crate) fn import(
         Import::Reuse(buf, size) => (buf, size),
         Import::Map(export, max) => match map_and_export(driver, &conn, &export, max, writable) {
             Ok(buf) => {
-                conn.import_live(hid, buf.identity(), writable);
+                // The peer's fences on the buffer so far; later ones reach
+                // the live dma-buf as they come.
+                for fence in conn.import_live(hid, buf.identity(), writable) {
+                    if buf.add_fence(&fence).is_err() {
+                        stats::FENCES_UNATTACHED.inc();
+                    }
+                }
                 stats::BUFFERS_MAPPED.inc();
                 ffi::log_buffer(format_args!(
                     "{}: imported {} ({} bytes{}) from dom{}",

@@ -94,6 +94,11 @@ impl Driver {
             .cloned()
     }
 
+    /// The connection registered as `id`, if it still is.
+    pub(crate) fn conn(&self, id: u64) -> Option<Arc<Conn>> {
+        self.conns.lock().get(&id).cloned()
+    }
+
     /// A snapshot of every connection.
     ///
     /// # Errors

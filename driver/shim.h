@@ -51,6 +51,7 @@ void hdm_warn(const char *msg);
 unsigned long long hdm_param_max_buffer_mib(void);
 unsigned int hdm_param_ring_page_order(void);
 unsigned int hdm_param_max_imports(void);
+unsigned int hdm_param_fence_timeout_ms(void);
 bool hdm_param_allow_rw(void);
 bool hdm_param_log_buffers(void);
 
@@ -271,6 +272,37 @@ void hdm_dmabuf_put(struct dma_buf *buf);
 int hdm_fd_reserve(void);
 void hdm_fd_install(int fd, struct dma_buf *buf);
 void hdm_fd_unreserve(int fd);
+
+/* --- fences that cross domains (fence.c) ------------------------------------ */
+struct dma_fence;
+struct hdm_fence_watch;
+/*
+ * Importer: an unsignalled fence standing for one of the peer's (its own
+ * context; it pins this module until released), or NULL without memory.
+ */
+struct dma_fence *hdm_fence_new(void);
+struct dma_fence *hdm_fence_get(struct dma_fence *fence);
+void hdm_fence_put(struct dma_fence *fence);
+/* Signals `fence`, with `error` (a -errno) unless 0, and drops a reference. */
+void hdm_fence_end(struct dma_fence *fence, int error);
+/* Adds `fence` to `buf`'s reservation object with write usage: 0 or -errno. */
+int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence);
+/*
+ * Exporter: the unsignalled write fences of `buf`, as one, to watch: NULL
+ * if every one has signalled, ERR_PTR(-ENOMEM).
+ */
+struct hdm_fence_watch *hdm_fence_watch_new(struct dma_buf *buf);
+/* Frees a watch never armed. */
+void hdm_fence_watch_free(struct hdm_fence_watch *w);
+/*
+ * Arms it (it is the shim's from now on): hdm_rs_fence_signalled() runs in
+ * process context once the fence signals, even if it has already.
+ */
+void hdm_fence_watch_arm(struct hdm_fence_watch *w, unsigned long long conn,
+			 unsigned long long id);
+void hdm_rs_fence_signalled(unsigned long long conn, unsigned long long id, int error);
+/* Stops the armed watches of connection `conn` that have not signalled. */
+void hdm_fence_watch_cancel(unsigned long long conn);
 
 /* --- misc ------------------------------------------------------------------ */
 void hdm_get_random_bytes(void *buf, unsigned int len);

@@ -85,8 +85,16 @@ pub(crate) static RING_FULL: Counter = Counter::new("ring_full");
 pub(crate) static EVENTS_LOST: Counter = Counter::new("events_lost");
 /// Messages handled (both directions).
 pub(crate) static MESSAGES: Counter = Counter::new("messages");
+/// Local fences standing for peers' fences, not yet signalled.
+pub(crate) static FENCES_IN: Counter = Counter::new("fences_in_live");
+/// Our fences a peer waits for, not yet signalled.
+pub(crate) static FENCES_OUT: Counter = Counter::new("fences_out_live");
+/// Peers' fences ended by the timeout, without a SIGNAL.
+pub(crate) static FENCES_TIMED_OUT: Counter = Counter::new("fences_timed_out");
+/// Peers' fences that could not be added to a live dma-buf (no memory).
+pub(crate) static FENCES_UNATTACHED: Counter = Counter::new("fences_unattached");
 
-static ALL: [&Counter; 17] = [
+static ALL: [&Counter; 21] = [
     &CONNECTIONS,
     &EXPORTS,
     &IMPORTS,
@@ -104,6 +112,10 @@ static ALL: [&Counter; 17] = [
     &LOG_SUPPRESSED,
     &MESSAGES,
     &BUFFERS_MAPPED,
+    &FENCES_IN,
+    &FENCES_OUT,
+    &FENCES_TIMED_OUT,
+    &FENCES_UNATTACHED,
 ];
 
 /// Hands `out` one `name value` line per counter (the debugfs `stats`

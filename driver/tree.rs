@@ -18,6 +18,12 @@ impl<V> Tree<V> {
     }
 }
 
+impl<V> Default for Tree<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<V> Table for Tree<V> {
     type Value = V;
 

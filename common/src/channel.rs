@@ -50,8 +50,8 @@ use super::ring::{Requester, Responder, RingView};
 use super::shmem::SharedMem;
 use super::uapi::{Event, EventType};
 use super::wire::{
-    request_id, request_op, Export, ExportFlags, MapEpoch, Message, Op, PrivData, Request,
-    Response, Slot, SLOT_SIZE,
+    request_id, request_op, Export, ExportFlags, FenceId, FenceResult, MapEpoch, Message, Op,
+    PrivData, Request, Response, Slot, SLOT_SIZE,
 };
 use super::xen::{DomId, Status};
 
@@ -201,6 +201,39 @@ pub trait Host {
     /// Reports a request from the peer that was refused (for counters and
     /// one log line).
     fn protocol_error(&mut self, error: Error);
+
+    /// Whether the peer may attach `fence` to a frame (version 3): not
+    /// one it holds already, and room for one more.
+    ///
+    /// # Errors
+    ///
+    /// The status to answer: [`Status::Exists`], [`Status::NoSpace`]; a
+    /// host without fences refuses every one.
+    fn admit_fence(&mut self, _fence: FenceId) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
+
+    /// Attaches the peer's `fence` to the frame of `hid` it announces:
+    /// readers of the buffer wait for it until its SIGNAL.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::admit_fence`], and [`Status::NoMemory`].
+    fn attach_fence(&mut self, _hid: &HyperDmabufId, _fence: FenceId) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
+
+    /// The peer's SIGNAL of `fence`, attached to a frame of `hid`: the
+    /// status to answer, [`Status::NoSuchBuffer`] for a fence it did not
+    /// attach to that buffer or that ended already.
+    fn signal_fence(
+        &mut self,
+        _hid: &HyperDmabufId,
+        _fence: FenceId,
+        _result: FenceResult,
+    ) -> Status {
+        Status::NoSuchBuffer
+    }
 }
 
 /// One request sent and not yet answered (opaque outside this module).
@@ -561,7 +594,7 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
                     }
                 }
             }
-            Op::Update | Op::Release | Op::Mapped => {}
+            Op::Update | Op::Release | Op::Mapped | Op::Signal => {}
         }
         if let Some(token) = pending.token {
             host.complete(token, status);
@@ -633,7 +666,14 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
                 if host.import_mut(&export.hid).is_some() {
                     return Status::Exists;
                 }
+                if let Some(Err(status)) = export.fence.map(|f| host.admit_fence(f)) {
+                    return status;
+                }
                 if let Err(status) = host.add_import(ImportState::new(export)) {
+                    return status;
+                }
+                if let Some(Err(status)) = export.fence.map(|f| host.attach_fence(&export.hid, f)) {
+                    host.remove_import(&export.hid);
                     return status;
                 }
                 host.post_event(Event::about_import(
@@ -644,20 +684,33 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
                 ));
                 Status::Ok
             }
-            Message::Update { hid, priv_data } => match host.import_mut(&hid) {
-                Some(state) if !state.revoked => {
-                    state.export.priv_data = priv_data;
-                    let export = state.export;
-                    host.post_event(Event::about_import(
-                        EventType::Update,
-                        peer,
-                        &export,
-                        priv_data,
-                    ));
-                    Status::Ok
+            Message::Update {
+                hid,
+                priv_data,
+                fence,
+            } => {
+                if !host.import_mut(&hid).is_some_and(|state| !state.revoked) {
+                    return Status::NoSuchBuffer;
                 }
-                _ => Status::NoSuchBuffer,
-            },
+                // The fence before the frame: no reader hears of a frame
+                // that is not fenced as its exporter asked.
+                if let Some(Err(status)) = fence.map(|f| host.attach_fence(&hid, f)) {
+                    return status;
+                }
+                let Some(state) = host.import_mut(&hid) else {
+                    return Status::NoSuchBuffer;
+                };
+                state.export.priv_data = priv_data;
+                let export = state.export;
+                host.post_event(Event::about_import(
+                    EventType::Update,
+                    peer,
+                    &export,
+                    priv_data,
+                ));
+                Status::Ok
+            }
+            Message::Signal { hid, fence, result } => host.signal_fence(&hid, fence, result),
             // Handled by `on_unexport`, which also answers an epoch.
             Message::Unexport(hid) => Self::on_unexport(host, peer, &hid).0,
             Message::Mapped { hid, epoch } => match host.export_mut(&hid) {

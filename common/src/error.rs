@@ -90,6 +90,8 @@ pub enum Error {
     BadId,
     /// A mapping epoch is zero, or present where none belongs.
     BadEpoch,
+    /// A fence id is zero, or a SIGNAL's result is not defined.
+    BadFence,
     /// A domain id is one of Xen's reserved ids or does not fit 16 bits.
     BadDomId(u32),
     /// An unexport delay longer than [`super::uapi::MAX_UNEXPORT_DELAY_MS`].
@@ -158,6 +160,7 @@ impl fmt::Display for Error {
             Error::BadStatus(status) => write!(f, "undefined status code {status}"),
             Error::BadId => write!(f, "malformed hyper_dmabuf_id"),
             Error::BadEpoch => write!(f, "bad mapping epoch"),
+            Error::BadFence => write!(f, "bad fence id or result"),
             Error::BadDomId(domid) => write!(f, "{domid} is not a valid domain id"),
             Error::DelayTooLong(ms) => write!(f, "unexport delay of {ms} ms is too long"),
             Error::UnknownQueryItem(item) => write!(f, "unknown query item {item}"),

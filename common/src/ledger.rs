@@ -38,13 +38,17 @@ use core::marker::PhantomData;
 
 use super::channel::{Channel, ChannelConfig, ExportState, Host, ImportState, PendingTable};
 use super::error::Error;
+use super::fence::{FenceEnd, InFence, OutFence, OutState, DEFAULT_FENCE_TIMEOUT_MS, MAX_FENCES};
 use super::fifo::Fifo;
 use super::id::HyperDmabufId;
 use super::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
 use super::pgdir::Layout;
 use super::shmem::SharedMem;
 use super::uapi::{self, Event, EventType};
-use super::wire::{inline_capacity, Export, ExportFlags, Message, PrivData, VERSION_2};
+use super::wire::{
+    inline_capacity, Export, ExportFlags, FenceId, FenceResult, Message, PrivData, VERSION_2,
+    VERSION_3,
+};
 use super::xen::Status;
 
 /// Linux errno values of the refusals below, and of those of
@@ -125,8 +129,10 @@ pub trait Table {
 
 /// The side effects of the ledger's decisions, carried out by the host.
 ///
-/// `G` is what keeps an export's pages granted.
-pub trait Sink<G> {
+/// `G` is what keeps an export's pages granted; `F` is a local fence that
+/// stands for one of the peer's (a host without fences keeps `()` and the
+/// defaults, and so refuses every fence).
+pub trait Sink<G, F = ()> {
     /// An export ended: end foreign access to its pages (deferred for
     /// those the peer still maps) and post [`EventType::GrantsEnded`]
     /// once they have all ended.
@@ -152,6 +158,23 @@ pub trait Sink<G> {
 
     /// A due unexport of `hid` started (a log line).
     fn unexporting(&mut self, _hid: &HyperDmabufId) {}
+
+    /// A local fence for one the peer attached to a frame of `hid`, not
+    /// signalled; the host adds it to the buffer's live dma-buf, if there
+    /// is one. `None` without memory (the frame is refused).
+    fn fence_new(&mut self, _hid: &HyperDmabufId) -> Option<F> {
+        None
+    }
+
+    /// Signals a local fence made by [`Sink::fence_new`], with the error
+    /// `end` carries.
+    fn fence_end(&mut self, _fence: F, _end: FenceEnd) {}
+
+    /// The host clock in milliseconds (the clock [`Ledger::tick`] is
+    /// given): when a fence from the peer times out.
+    fn now_ms(&self) -> u64 {
+        0
+    }
 }
 
 /// What a [`Sink::gauge`] call counts.
@@ -182,6 +205,8 @@ pub struct ExportRecord<G> {
     /// Its number is in the UPDATE queue: its newest private data waits
     /// for room on the ring.
     update_queued: bool,
+    /// The fence of the frame in the UPDATE queue, if it has one.
+    queued_fence: Option<FenceId>,
     /// What keeps its pages granted.
     pub grants: G,
 }
@@ -197,6 +222,7 @@ impl<G> ExportRecord<G> {
             unexport_at: None,
             owner_closed: false,
             update_queued: false,
+            queued_fence: None,
             grants,
         }
     }
@@ -442,10 +468,38 @@ pub fn export_layout(config: &ChannelConfig, size: u64) -> Result<Layout, Export
 
 /// Whether an export of `layout` with `priv_data` carries its grant
 /// references in the EXPORT message (the session speaks version 2 and
-/// they fit beside the private data): then it has no page directory, and
-/// the importer maps its data pages at once.
-pub fn refs_inline(config: &ChannelConfig, layout: &Layout, priv_data: &PrivData) -> bool {
-    config.version >= VERSION_2 && layout.nr_pages() as usize <= inline_capacity(priv_data.len())
+/// they fit beside the private data, and beside a fence if the buffer has
+/// one the session can carry): then it has no page directory, and the
+/// importer maps its data pages at once.
+pub fn refs_inline(
+    config: &ChannelConfig,
+    layout: &Layout,
+    priv_data: &PrivData,
+    fenced: bool,
+) -> bool {
+    let fenced = fenced && config.version >= VERSION_3;
+    config.version >= VERSION_2
+        && layout.nr_pages() as usize <= inline_capacity(priv_data.len(), fenced)
+}
+
+/// A frame announced by [`Ledger::update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Its private data.
+    pub priv_data: PrivData,
+    /// Whether the local buffer has an unsignalled fence its readers must
+    /// wait for (the frame carries it if the session speaks version 3).
+    pub fenced: bool,
+}
+
+/// A message of ours that went, or waits in a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Notify the peer.
+    pub notify: bool,
+    /// The id of the fence the frame carries: the host calls
+    /// [`Ledger::fence_signalled`] with it once its own fence signals.
+    pub fence: Option<FenceId>,
 }
 
 /// The errno of an export the peer answered with `status` (not `Ok`).
@@ -488,6 +542,9 @@ pub enum UpdateRefusal {
     /// The frame would wait, and a ring's worth of other buffers' frames
     /// wait already (`EAGAIN`): the peer is far behind.
     QueueFull,
+    /// The frame has a fence, and [`MAX_FENCES`] of ours are not yet
+    /// signalled (`EAGAIN`): the producer is far ahead of its own GPU.
+    TooManyFences,
 }
 
 impl UpdateRefusal {
@@ -498,7 +555,7 @@ impl UpdateRefusal {
             UpdateRefusal::NotOwner => errno::EPERM,
             UpdateRefusal::OtherFlags => errno::EINVAL,
             UpdateRefusal::NotConnected => errno::ENOTCONN,
-            UpdateRefusal::QueueFull => errno::EAGAIN,
+            UpdateRefusal::QueueFull | UpdateRefusal::TooManyFences => errno::EAGAIN,
         }
     }
 }
@@ -508,7 +565,8 @@ impl UpdateRefusal {
 pub enum SendError {
     /// No memory for the record (`ENOMEM`).
     NoMemory,
-    /// The ring is full (`EAGAIN`).
+    /// The ring is full, or [`MAX_FENCES`] of ours are not yet signalled
+    /// (`EAGAIN`).
     RingFull,
     /// The connection is down (`ENOTCONN`).
     NotConnected,
@@ -521,10 +579,24 @@ pub enum SendError {
 /// `XT` holds [`ExportRecord`]s and `IT` [`ImportRecord`]s, keyed by
 /// buffer number (orphans by a local key). `G` keeps an export's pages
 /// granted; `L` is a live import's local buffer.
-pub struct Ledger<XT, IT> {
+pub struct Ledger<XT, IT, FI = NoFences<InFence<()>>, FO = NoFences<OutFence>> {
     exports: XT,
     imports: IT,
     orphans: IT,
+    /// The peer's fences on our imports, by id.
+    fences_in: FI,
+    /// Our fences on our exports, by id.
+    fences_out: FO,
+    /// Records in `fences_in` and `fences_out`.
+    fences_in_held: usize,
+    fences_out_held: usize,
+    /// Records of `fences_out` in [`OutState::Unsent`].
+    signals_unsent: usize,
+    /// The id of our next fence: never reused while the ledger lives.
+    next_fence: u64,
+    /// No fence of the peer's times out before this (host clock).
+    fence_deadline: Option<u64>,
+    fence_timeout_ms: u64,
     next_orphan_key: u64,
     /// Records in `imports` and `orphans`: the admission count.
     imports_held: usize,
@@ -541,24 +613,82 @@ pub struct Ledger<XT, IT> {
 }
 
 /// The [`Host`] a [`Channel`] works on: a ledger and its sink.
-pub struct View<'a, XT, IT, S, G> {
-    ledger: &'a mut Ledger<XT, IT>,
+pub struct View<'a, XT, IT, FI, FO, S, G, F> {
+    ledger: &'a mut Ledger<XT, IT, FI, FO>,
     sink: &'a mut S,
-    grants: PhantomData<G>,
+    grants: PhantomData<(G, F)>,
 }
 
-impl<G, L, XT, IT> Ledger<XT, IT>
+/// The fence tables of a host that keeps no fences: always empty, and
+/// every insertion fails (so every fence is refused).
+pub struct NoFences<V>(PhantomData<V>);
+
+impl<V> Default for NoFences<V> {
+    fn default() -> Self {
+        NoFences(PhantomData)
+    }
+}
+
+impl<V> Table for NoFences<V> {
+    type Value = V;
+
+    fn get(&self, _key: u64) -> Option<&V> {
+        None
+    }
+
+    fn get_mut(&mut self, _key: u64) -> Option<&mut V> {
+        None
+    }
+
+    fn try_insert(&mut self, _key: u64, value: V) -> Result<(), V> {
+        Err(value)
+    }
+
+    fn remove(&mut self, _key: u64) -> Option<V> {
+        None
+    }
+
+    fn first(&self) -> Option<u64> {
+        None
+    }
+
+    fn find(&self, _pred: impl FnMut(&V) -> bool) -> Option<u64> {
+        None
+    }
+
+    fn for_each<'a>(&'a self, _f: impl FnMut(u64, &'a V)) {}
+
+    fn for_each_mut(&mut self, _f: impl FnMut(u64, &mut V)) {}
+
+    fn retain(&mut self, _keep: impl FnMut(&mut V) -> bool, _removed: impl FnMut(V)) {}
+}
+
+impl<G, L, F, XT, IT, FI, FO> Ledger<XT, IT, FI, FO>
 where
     XT: Table<Value = ExportRecord<G>>,
     IT: Table<Value = ImportRecord<L>>,
+    FI: Table<Value = InFence<F>>,
+    FO: Table<Value = OutFence>,
 {
     /// An empty ledger over empty tables, admitting up to
     /// [`MAX_IMPORTS_PER_PEER`] imports.
-    pub fn new(exports: XT, imports: IT, orphans: IT) -> Self {
+    pub fn new(exports: XT, imports: IT, orphans: IT) -> Self
+    where
+        FI: Default,
+        FO: Default,
+    {
         Ledger {
             exports,
             imports,
             orphans,
+            fences_in: FI::default(),
+            fences_out: FO::default(),
+            fences_in_held: 0,
+            fences_out_held: 0,
+            signals_unsent: 0,
+            next_fence: 1,
+            fence_deadline: None,
+            fence_timeout_ms: DEFAULT_FENCE_TIMEOUT_MS,
             next_orphan_key: 0,
             imports_held: 0,
             releases_unsent: 0,
@@ -575,8 +705,18 @@ where
         self
     }
 
+    /// The same, timing the peer's fences out after `ms` milliseconds.
+    #[must_use]
+    pub fn with_fence_timeout(mut self, ms: u64) -> Self {
+        self.fence_timeout_ms = ms;
+        self
+    }
+
     /// The channel's view of this ledger, with `sink` for the effects.
-    pub fn view<'a, S: Sink<G>>(&'a mut self, sink: &'a mut S) -> View<'a, XT, IT, S, G> {
+    pub fn view<'a, S: Sink<G, F>>(
+        &'a mut self,
+        sink: &'a mut S,
+    ) -> View<'a, XT, IT, FI, FO, S, G, F> {
         View {
             ledger: self,
             sink,
@@ -651,28 +791,55 @@ where
 
     // ---- exports ----
 
-    /// Records `record` and announces it on `channel` with `token`. On
+    /// Records `record` and announces it on `channel` with `token`, with
+    /// a fence of ours if `fenced` and the session speaks version 3. On
     /// failure the record is gone and its grants retired (the peer may
     /// map them already: grant references are enumerable).
     ///
     /// # Errors
     ///
-    /// [`SendError::NoMemory`], [`SendError::RingFull`].
+    /// [`SendError::NoMemory`], [`SendError::RingFull`] (also when
+    /// [`MAX_FENCES`] of ours are not yet signalled).
     pub fn announce<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
-        sink: &mut impl Sink<G>,
-        record: ExportRecord<G>,
+        sink: &mut impl Sink<G, F>,
+        mut record: ExportRecord<G>,
         token: u64,
-    ) -> Result<bool, SendError> {
+        fenced: bool,
+    ) -> Result<Sent, SendError> {
+        let hid = record.info.hid;
+        let fence = if fenced && channel.config().version >= VERSION_3 {
+            match self.reserve_fence(&hid, OutState::Announced) {
+                Some(fence) => Some(fence),
+                None => {
+                    sink.retire(record.grants);
+                    return Err(SendError::RingFull);
+                }
+            }
+        } else {
+            None
+        };
+        record.info.fence = fence;
         let info = record.info;
-        self.record_export(sink, record)?;
+        if let Err(e) = self.record_export(sink, record) {
+            if let Some(f) = fence {
+                self.forget_fence(f);
+            }
+            return Err(e);
+        }
         let sent = channel.announce(info, Some(token));
         sink.sent(sent.is_ok());
-        sent.map_err(|_| {
-            self.end_export(sink, &info.hid);
-            SendError::RingFull
-        })
+        match sent {
+            Ok(notify) => Ok(Sent { notify, fence }),
+            Err(_) => {
+                if let Some(f) = fence {
+                    self.forget_fence(f);
+                }
+                self.end_export(sink, &hid);
+                Err(SendError::RingFull)
+            }
+        }
     }
 
     /// Records `record` without announcing it: the first half of
@@ -683,7 +850,7 @@ where
     /// [`SendError::NoMemory`]; the grants were retired.
     pub fn record_export(
         &mut self,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         record: ExportRecord<G>,
     ) -> Result<(), SendError> {
         let number = record.info.hid.number();
@@ -700,7 +867,7 @@ where
         Ok(())
     }
 
-    fn end_export(&mut self, sink: &mut impl Sink<G>, hid: &HyperDmabufId) {
+    fn end_export(&mut self, sink: &mut impl Sink<G, F>, hid: &HyperDmabufId) {
         if self.export(hid).is_none() {
             return;
         }
@@ -711,10 +878,13 @@ where
 
     /// Accounts for a record taken out of `exports` and retires its
     /// grants.
-    fn export_dropped(&mut self, sink: &mut impl Sink<G>, record: ExportRecord<G>) {
+    fn export_dropped(&mut self, sink: &mut impl Sink<G, F>, record: ExportRecord<G>) {
         sink.gauge(Gauge::Exports, false);
         if record.update_queued {
             self.updates.remove(record.info.hid.number());
+        }
+        if let Some(fence) = record.queued_fence {
+            drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, fence);
         }
         sink.retire(record.grants);
     }
@@ -726,14 +896,16 @@ where
         self.exports.get(key).map(|e| e.info.hid)
     }
 
-    /// A new frame in our export `hid`: it takes `priv_data`, a delayed
-    /// unexport not yet due is cancelled, and the peer is sent an UPDATE,
-    /// now if the ring has room to spare and no earlier UPDATE waits, else
-    /// once [`Ledger::flush_updates`] reaches it. An UPDATE of the same
-    /// buffer still waiting is replaced, and the buffer takes the last
-    /// place: the peer hears the updates in the order they were made, and
-    /// never an older frame of a buffer after a newer one. Returns whether
-    /// to notify the peer.
+    /// A new frame in our export `hid`: it takes the frame's private data,
+    /// a delayed unexport not yet due is cancelled, and the peer is sent an
+    /// UPDATE, now if the ring has room to spare and no earlier UPDATE
+    /// waits, else once [`Ledger::flush_updates`] reaches it. An UPDATE of
+    /// the same buffer still waiting is replaced (with its fence, which
+    /// the peer never hears of), and the buffer takes the last place: the
+    /// peer hears the updates in the order they were made, and never an
+    /// older frame of a buffer after a newer one. If the frame is fenced
+    /// and the session speaks version 3, it carries a new fence of ours,
+    /// whose id is returned.
     ///
     /// `flags`, if given, must be the export's (a re-export's check).
     ///
@@ -744,25 +916,25 @@ where
     /// manage it ([`uapi::may_manage_export`]); then
     /// [`UpdateRefusal::NotFound`] if it is being unexported (its file
     /// closed, or an unexport due at `now`); [`UpdateRefusal::OtherFlags`];
-    /// [`UpdateRefusal::QueueFull`] if it would wait and a ring's worth of
-    /// other buffers wait already. [`UpdateRefusal::NotConnected`] without
-    /// a channel: the export took the private data all the same, and the
-    /// peer hears nothing.
+    /// [`UpdateRefusal::TooManyFences`]; [`UpdateRefusal::QueueFull`] if it
+    /// would wait and a ring's worth of other buffers wait already.
+    /// [`UpdateRefusal::NotConnected`] without a channel: the export took
+    /// the private data all the same, and the peer hears nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn update<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         hid: &HyperDmabufId,
         file: FileRights,
         flags: Option<ExportFlags>,
-        priv_data: PrivData,
+        frame: Frame,
         now: u64,
-    ) -> Result<bool, UpdateRefusal> {
+    ) -> Result<Sent, UpdateRefusal> {
         let key = hid.number();
         let record = self
             .exports
-            .get_mut(key)
+            .get(key)
             .filter(|e| e.info.hid.matches(hid))
             .ok_or(UpdateRefusal::NotFound)?;
         // Whose it is first: another file learns nothing of its state.
@@ -776,32 +948,68 @@ where
             return Err(UpdateRefusal::OtherFlags);
         }
         let hot = self.updates.is_empty() && channel.as_ref().is_some_and(|c| update_room(c));
+        let fenced = frame.fenced
+            && channel
+                .as_ref()
+                .is_some_and(|c| c.config().version >= VERSION_3);
+        let fence = if fenced {
+            let state = if hot {
+                OutState::Announced
+            } else {
+                OutState::Queued
+            };
+            Some(
+                self.reserve_fence(hid, state)
+                    .ok_or(UpdateRefusal::TooManyFences)?,
+            )
+        } else {
+            None
+        };
         if !hot && channel.is_some() && self.updates.push_back(key).is_err() {
+            if let Some(f) = fence {
+                self.forget_fence(f);
+            }
             return Err(UpdateRefusal::QueueFull);
         }
-        record.info.priv_data = priv_data;
-        record.unexport_at = None;
+        if let Some(record) = self.exports.get_mut(key) {
+            record.info.priv_data = frame.priv_data;
+            record.unexport_at = None;
+        }
         let Some(channel) = channel else {
             return Err(UpdateRefusal::NotConnected);
         };
         if hot {
             let message = Message::Update {
                 hid: *hid,
-                priv_data,
+                priv_data: frame.priv_data,
+                fence,
             };
             if let Ok(notify) = channel.send(message, None) {
                 sink.sent(true);
-                return Ok(notify);
+                return Ok(Sent { notify, fence });
             }
             // `update_room` said there was room; should the channel
             // refuse anyway, the frame waits.
             if self.updates.push_back(key).is_err() {
+                if let Some(f) = fence {
+                    self.forget_fence(f);
+                }
                 return Err(UpdateRefusal::QueueFull);
             }
+            if let Some(f) = fence.and_then(|f| self.fences_out.get_mut(f.get())) {
+                f.state = OutState::Queued;
+            }
         }
-        record.update_queued = true;
+        if let Some(record) = self.exports.get_mut(key) {
+            record.update_queued = true;
+            let replaced = core::mem::replace(&mut record.queued_fence, fence);
+            if let Some(old) = replaced {
+                drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, old);
+            }
+        }
         sink.sent(false);
-        Ok(self.flush_updates(channel, sink, now))
+        let notify = self.flush_updates(channel, sink, now);
+        Ok(Sent { notify, fence })
     }
 
     /// Sends the UPDATEs that wait, in the order they were made, while the
@@ -810,7 +1018,7 @@ where
     pub fn flush_updates<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         now: u64,
     ) -> bool {
         let mut notify = false;
@@ -822,30 +1030,244 @@ where
                 continue;
             };
             record.update_queued = false;
+            let queued_fence = record.queued_fence.take();
+            let (hid, priv_data) = (record.info.hid, record.info.priv_data);
             if !record.updatable_at(now) {
                 // Unexported since, or about to be: the frame is moot, and
                 // an UPDATE must not follow the UNEXPORT.
+                if let Some(fence) = queued_fence {
+                    drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, fence);
+                }
                 continue;
             }
+            let fence = queued_fence.and_then(|f| self.fence_for_frame(f));
             let message = Message::Update {
-                hid: record.info.hid,
-                priv_data: record.info.priv_data,
+                hid,
+                priv_data,
+                fence,
             };
             match channel.send(message, None) {
                 Ok(n) => {
                     sink.sent(true);
                     notify |= n;
+                    if let Some(fence) = fence {
+                        self.fence_announced(fence);
+                    }
                 }
                 Err(_) => {
                     // `update_room` said there was room; should the
                     // channel refuse anyway, the frame keeps its place.
                     sink.sent(false);
-                    record.update_queued = self.updates.push_front(key).is_ok();
+                    let queued = self.updates.push_front(key).is_ok();
+                    if let Some(record) = self.exports.get_mut(key) {
+                        record.update_queued = queued;
+                        record.queued_fence = fence;
+                    }
+                    if let (false, Some(fence)) = (queued, fence) {
+                        drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, fence);
+                    }
+                    break;
+                }
+            }
+        }
+        if self.signals_unsent > 0 {
+            notify |= self.flush_signals(channel, sink);
+        }
+        notify
+    }
+
+    // ---- our fences ----
+
+    /// A new fence of ours on `hid`, in `state`: `None` when
+    /// [`MAX_FENCES`] are held or there is no memory.
+    fn reserve_fence(&mut self, hid: &HyperDmabufId, state: OutState) -> Option<FenceId> {
+        if self.fences_out_held >= MAX_FENCES {
+            return None;
+        }
+        let id = FenceId::new(self.next_fence).ok()?;
+        let fence = OutFence { hid: *hid, state };
+        self.fences_out.try_insert(id.get(), fence).ok()?;
+        // Never zero, never reused: 2^64 fences do not happen.
+        self.next_fence = self.next_fence.wrapping_add(1).max(1);
+        self.fences_out_held += 1;
+        Some(id)
+    }
+
+    fn forget_fence(&mut self, id: FenceId) {
+        if let Some(fence) = self.fences_out.remove(id.get()) {
+            self.fences_out_held -= 1;
+            if matches!(fence.state, OutState::Unsent(_)) {
+                self.signals_unsent -= 1;
+            }
+        }
+    }
+
+    /// The fence a queued frame carries when it goes: none if its fence
+    /// signalled meanwhile (the frame is ready), else the fence.
+    fn fence_for_frame(&mut self, id: FenceId) -> Option<FenceId> {
+        match self.fences_out.get(id.get())?.state {
+            OutState::QueuedEnded(FenceResult::Signalled) => {
+                self.forget_fence(id);
+                None
+            }
+            _ => Some(id),
+        }
+    }
+
+    /// The frame carrying fence `id` is on the ring: the peer holds it.
+    fn fence_announced(&mut self, id: FenceId) {
+        let Some(fence) = self.fences_out.get_mut(id.get()) else {
+            return;
+        };
+        match fence.state {
+            OutState::QueuedEnded(result) => {
+                fence.state = OutState::Unsent(result);
+                self.signals_unsent += 1;
+            }
+            _ => fence.state = OutState::Announced,
+        }
+    }
+
+    /// Our fence `id` signalled (`result` says how): the peer is sent
+    /// SIGNAL if it holds the fence, now if the ring has room, else by
+    /// [`Ledger::flush_signals`]. An id we do not hold (of an ended
+    /// session, or ended already) is ignored. Returns whether to notify
+    /// the peer.
+    pub fn fence_signalled<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: Option<&mut Channel<M, P>>,
+        sink: &mut impl Sink<G, F>,
+        id: FenceId,
+        result: FenceResult,
+    ) -> bool {
+        let Some(fence) = self.fences_out.get_mut(id.get()) else {
+            return false;
+        };
+        match fence.state {
+            OutState::Queued => {
+                fence.state = OutState::QueuedEnded(result);
+                false
+            }
+            OutState::Announced => {
+                let hid = fence.hid;
+                if let Some(channel) = channel.filter(|c| c.can_send()) {
+                    let message = Message::Signal {
+                        hid,
+                        fence: id,
+                        result,
+                    };
+                    if let Ok(notify) = channel.send(message, None) {
+                        sink.sent(true);
+                        self.forget_fence(id);
+                        return notify;
+                    }
+                }
+                sink.sent(false);
+                fence.state = OutState::Unsent(result);
+                self.signals_unsent += 1;
+                false
+            }
+            OutState::Dropped => {
+                self.forget_fence(id);
+                false
+            }
+            OutState::QueuedEnded(_) | OutState::Unsent(_) => false,
+        }
+    }
+
+    /// Sends the SIGNALs that found the ring full, while it has room.
+    /// Returns whether to notify the peer.
+    pub fn flush_signals<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G, F>,
+    ) -> bool {
+        let mut notify = false;
+        while self.signals_unsent > 0 && channel.can_send() {
+            let Some(key) = self
+                .fences_out
+                .find(|f| matches!(f.state, OutState::Unsent(_)))
+            else {
+                break;
+            };
+            let (Some(fence), Ok(id)) = (self.fences_out.get(key), FenceId::new(key)) else {
+                break;
+            };
+            let OutState::Unsent(result) = fence.state else {
+                break;
+            };
+            let message = Message::Signal {
+                hid: fence.hid,
+                fence: id,
+                result,
+            };
+            match channel.send(message, None) {
+                Ok(n) => {
+                    sink.sent(true);
+                    notify |= n;
+                    self.forget_fence(id);
+                }
+                Err(_) => {
+                    sink.sent(false);
                     break;
                 }
             }
         }
         notify
+    }
+
+    /// Fences of ours not yet signalled or whose SIGNAL is not yet sent.
+    pub fn fences_out_held(&self) -> usize {
+        self.fences_out_held
+    }
+
+    /// SIGNALs waiting for room on the ring.
+    pub fn signals_unsent(&self) -> usize {
+        self.signals_unsent
+    }
+
+    // ---- the peer's fences ----
+
+    /// Fences of the peer's not yet ended.
+    pub fn fences_in_held(&self) -> usize {
+        self.fences_in_held
+    }
+
+    /// Calls `f` on each local fence standing for one of the peer's on
+    /// `hid`: what a new dma-buf of that import starts with.
+    pub fn peer_fences(&self, hid: &HyperDmabufId, mut f: impl FnMut(&F)) {
+        self.fences_in.for_each(|_, fence| {
+            if fence.hid.matches(hid) {
+                f(&fence.handle);
+            }
+        });
+    }
+
+    /// Ends, with [`FenceEnd::TimedOut`], the peer's fences whose deadline
+    /// is past at `now`; returns the next deadline.
+    fn expire_fences(&mut self, sink: &mut impl Sink<G, F>, now: u64) -> Option<u64> {
+        match self.fence_deadline {
+            Some(due) if due <= now => {}
+            later => return later,
+        }
+        let mut next: Option<u64> = None;
+        let mut ended = 0;
+        self.fences_in.retain(
+            |f| {
+                if f.deadline <= now {
+                    return false;
+                }
+                next = Some(next.map_or(f.deadline, |n| n.min(f.deadline)));
+                true
+            },
+            |f| {
+                sink.fence_end(f.handle, FenceEnd::TimedOut);
+                ended += 1;
+            },
+        );
+        self.fences_in_held -= ended;
+        self.fence_deadline = next;
+        next
     }
 
     /// Whether we export the local buffer `identity` and it is not being
@@ -870,6 +1292,7 @@ where
     /// exported (it was closed).
     pub fn unexport_owned_by(&mut self, owner: u64, now: u64) {
         let updates = &mut self.updates;
+        let (fences, held) = (&mut self.fences_out, &mut self.fences_out_held);
         self.exports.for_each_mut(|key, e| {
             if e.owner == owner && !e.state.unexported() {
                 e.unexport_at = Some(now);
@@ -877,6 +1300,9 @@ where
                 // Its frames are moot now.
                 if core::mem::take(&mut e.update_queued) {
                     updates.remove(key);
+                }
+                if let Some(fence) = e.queued_fence.take() {
+                    drop_queued_fence(fences, held, fence);
                 }
             }
         });
@@ -889,10 +1315,13 @@ where
     pub fn tick<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         now: u64,
     ) -> Tick {
-        let mut tick = Tick::default();
+        let mut tick = Tick {
+            next: self.expire_fences(sink, now),
+            ..Tick::default()
+        };
         let mut any_due = false;
         self.exports.for_each(|_, e| match e.unexport_at {
             Some(at) if at > now => tick.next = Some(tick.next.map_or(at, |n| n.min(at))),
@@ -911,8 +1340,13 @@ where
         };
         tick.notify |= notify;
         tick.notify |= self.flush_releases(channel, sink);
+        tick.notify |= self.flush_signals(channel, sink);
         tick.notify |= self.flush_updates(channel, sink, now);
-        if blocked || self.releases_unsent > 0 || !self.updates.is_empty() {
+        if blocked
+            || self.releases_unsent > 0
+            || self.signals_unsent > 0
+            || !self.updates.is_empty()
+        {
             tick.next = Some(tick.next.map_or(now + RETRY_MS, |n| n.min(now + RETRY_MS)));
         }
         tick
@@ -925,7 +1359,7 @@ where
     pub fn send_due_unexports<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         now: u64,
     ) -> (bool, bool) {
         let mut notify = false;
@@ -946,6 +1380,13 @@ where
                         e.unexport_at = None;
                         if core::mem::take(&mut e.update_queued) {
                             self.updates.remove(key);
+                        }
+                        if let Some(fence) = e.queued_fence.take() {
+                            drop_queued_fence(
+                                &mut self.fences_out,
+                                &mut self.fences_out_held,
+                                fence,
+                            );
                         }
                     }
                 }
@@ -1025,7 +1466,7 @@ where
     pub fn import_mapped<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         hid: &HyperDmabufId,
     ) -> Result<bool, MappedError> {
         let current = self.imports.get(hid.number()).filter(|e| e.is(hid));
@@ -1059,7 +1500,7 @@ where
     /// The import claimed by [`Ledger::import_begin`] failed. If its
     /// session ended meanwhile, the teardown kept it only for this ioctl:
     /// nothing maps it, so it goes now.
-    pub fn import_abort(&mut self, sink: &mut impl Sink<G>, hid: &HyperDmabufId) {
+    pub fn import_abort(&mut self, sink: &mut impl Sink<G, F>, hid: &HyperDmabufId) {
         let Some(record) = self.import_mut(hid) else {
             return;
         };
@@ -1089,7 +1530,7 @@ where
     pub fn import_released<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: Option<&mut Channel<M, P>>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
         hid: &HyperDmabufId,
     ) -> Released {
         let Some(record) = self.import_mut(hid) else {
@@ -1125,7 +1566,7 @@ where
     pub fn flush_releases<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
     ) -> bool {
         let mut notify = false;
         while self.releases_unsent > 0 && channel.can_send() {
@@ -1158,7 +1599,7 @@ where
         });
     }
 
-    fn forget(&mut self, sink: &mut impl Sink<G>, hid: &HyperDmabufId) {
+    fn forget(&mut self, sink: &mut impl Sink<G, F>, hid: &HyperDmabufId) {
         let number = hid.number();
         let gone = if self.imports.get(number).is_some_and(|e| e.is(hid)) {
             self.imports.remove(number)
@@ -1173,7 +1614,7 @@ where
     }
 
     /// Accounts for a record taken out of `imports` or `orphans`.
-    fn dropped(&mut self, sink: &mut impl Sink<G>, record: &ImportRecord<L>) {
+    fn dropped(&mut self, sink: &mut impl Sink<G, F>, record: &ImportRecord<L>) {
         sink.gauge(Gauge::Imports, false);
         self.imports_held -= 1;
         if record.release_unsent {
@@ -1192,7 +1633,7 @@ where
     pub fn detach<M: SharedMem, P: PendingTable>(
         &mut self,
         channel: &mut Channel<M, P>,
-        sink: &mut impl Sink<G>,
+        sink: &mut impl Sink<G, F>,
     ) {
         let peer = channel.peer();
         channel.disconnect(&mut self.view(sink));
@@ -1201,6 +1642,15 @@ where
                 self.export_dropped(sink, record);
             }
         }
+        // Our fences: the peer is gone, and the host stops watching them.
+        self.fences_out.retain(|_| false, |_| {});
+        self.fences_out_held = 0;
+        self.signals_unsent = 0;
+        // Its fences: no SIGNAL will come.
+        self.fences_in
+            .retain(|_| false, |f| sink.fence_end(f.handle, FenceEnd::PeerGone));
+        self.fences_in_held = 0;
+        self.fence_deadline = None;
         let mut forgotten = 0;
         let mut unsent = 0;
         self.imports.retain(
@@ -1231,7 +1681,7 @@ where
 
     /// Admission of a buffer the peer announced (the channel checked the
     /// message itself).
-    fn admit(&mut self, sink: &mut impl Sink<G>, import: ImportState) -> Result<(), Status> {
+    fn admit(&mut self, sink: &mut impl Sink<G, F>, import: ImportState) -> Result<(), Status> {
         if self.imports_held >= self.max_imports {
             return Err(Status::NoSpace);
         }
@@ -1286,11 +1736,13 @@ pub enum MappedError {
     Again,
 }
 
-impl<'v, G: 'v, L: 'v, XT, IT, S> Host for View<'v, XT, IT, S, G>
+impl<'v, G: 'v, L: 'v, F: 'v, XT, IT, FI, FO, S> Host for View<'v, XT, IT, FI, FO, S, G, F>
 where
     XT: Table<Value = ExportRecord<G>>,
     IT: Table<Value = ImportRecord<L>>,
-    S: Sink<G>,
+    FI: Table<Value = InFence<F>>,
+    FO: Table<Value = OutFence>,
+    S: Sink<G, F>,
 {
     fn export_mut(&mut self, hid: &HyperDmabufId) -> Option<&mut ExportState> {
         self.ledger.export_mut(hid).map(|e| &mut e.state)
@@ -1344,6 +1796,69 @@ where
 
     fn protocol_error(&mut self, error: Error) {
         self.sink.protocol_error(error);
+    }
+
+    fn admit_fence(&mut self, fence: FenceId) -> Result<(), Status> {
+        if self.ledger.fences_in.get(fence.get()).is_some() {
+            return Err(Status::Exists);
+        }
+        if self.ledger.fences_in_held >= MAX_FENCES {
+            return Err(Status::NoSpace);
+        }
+        Ok(())
+    }
+
+    fn attach_fence(&mut self, hid: &HyperDmabufId, fence: FenceId) -> Result<(), Status> {
+        self.admit_fence(fence)?;
+        let handle = self.sink.fence_new(hid).ok_or(Status::NoMemory)?;
+        let ledger = &mut *self.ledger;
+        let deadline = self.sink.now_ms().saturating_add(ledger.fence_timeout_ms);
+        let record = InFence {
+            hid: *hid,
+            deadline,
+            handle,
+        };
+        if let Err(record) = ledger.fences_in.try_insert(fence.get(), record) {
+            self.sink.fence_end(record.handle, FenceEnd::PeerGone);
+            return Err(Status::NoMemory);
+        }
+        ledger.fences_in_held += 1;
+        ledger.fence_deadline = Some(ledger.fence_deadline.map_or(deadline, |d| d.min(deadline)));
+        Ok(())
+    }
+
+    fn signal_fence(&mut self, hid: &HyperDmabufId, fence: FenceId, result: FenceResult) -> Status {
+        let ledger = &mut *self.ledger;
+        if !ledger
+            .fences_in
+            .get(fence.get())
+            .is_some_and(|f| f.hid.matches(hid))
+        {
+            return Status::NoSuchBuffer;
+        }
+        let Some(record) = ledger.fences_in.remove(fence.get()) else {
+            return Status::NoSuchBuffer;
+        };
+        ledger.fences_in_held -= 1;
+        self.sink.fence_end(record.handle, result.into());
+        Status::Ok
+    }
+}
+
+/// A queued frame carrying our fence `id` will not go: the peer never
+/// hears of the fence, which is forgotten now if it has ended, else once
+/// it does.
+fn drop_queued_fence<FO: Table<Value = OutFence>>(fences: &mut FO, held: &mut usize, id: FenceId) {
+    let Some(fence) = fences.get_mut(id.get()) else {
+        return;
+    };
+    match fence.state {
+        OutState::QueuedEnded(_) => {
+            if fences.remove(id.get()).is_some() {
+                *held -= 1;
+            }
+        }
+        _ => fence.state = OutState::Dropped,
     }
 }
 

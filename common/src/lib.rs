@@ -37,6 +37,7 @@
 mod bytes;
 pub mod channel;
 pub mod error;
+pub mod fence;
 pub mod fifo;
 pub mod grantable;
 pub mod id;

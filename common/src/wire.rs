@@ -73,6 +73,9 @@ pub enum Op {
     Release = 0x04,
     /// The sender, an importer, has mapped the buffer (a new mapping epoch).
     Mapped = 0x05,
+    /// The sender, an exporter, says a fence it attached to a frame of a
+    /// buffer has signalled (version 3).
+    Signal = 0x06,
 }
 
 impl Op {
@@ -88,6 +91,7 @@ impl Op {
             0x03 => Op::Unexport,
             0x04 => Op::Release,
             0x05 => Op::Mapped,
+            0x06 => Op::Signal,
             other => return Err(Error::UnknownOp(other)),
         })
     }
@@ -224,6 +228,17 @@ pub const VERSION_1: u32 = 1;
 /// references itself ([`INLINE_REFS`]).
 pub const VERSION_2: u32 = 2;
 
+/// Version 3: version 2, and an EXPORT or UPDATE may carry a fence that
+/// the exporter signals later with [`Op::Signal`].
+pub const VERSION_3: u32 = 3;
+
+/// Bit 2 of EXPORT's `flags` on the wire (version 3): the last 8 octets of
+/// the slot carry a [`FenceId`], and inline references end before them.
+pub const FENCED: u32 = 1 << 2;
+
+/// Where a fenced EXPORT carries its fence: the slot's last 8 octets.
+const EXPORT_FENCE: usize = SLOT_SIZE - 8;
+
 /// Bit 1 of EXPORT's `flags` on the wire (version 2): the data pages'
 /// grant references follow the private data in the message, and there is
 /// no page directory. Not an [`ExportFlags`] flag: it says how the pages
@@ -240,14 +255,26 @@ const fn inline_start(priv_len: usize) -> usize {
     REQ_PRIV + priv_len.div_ceil(4) * 4
 }
 
+/// Where an EXPORT's inline references must end: the slot's end, or its
+/// fence if it carries one.
+const fn inline_end(fenced: bool) -> usize {
+    if fenced {
+        EXPORT_FENCE
+    } else {
+        SLOT_SIZE
+    }
+}
+
 /// How many grant references fit inline beside `priv_len` octets of
-/// private data (2 with the full 192, 50 with none).
-pub const fn inline_capacity(priv_len: usize) -> usize {
+/// private data (2 with the full 192, 50 with none), and beside a fence
+/// if `fenced` (none with the full 192, 48 with none).
+pub const fn inline_capacity(priv_len: usize, fenced: bool) -> usize {
     let start = inline_start(priv_len);
-    if start >= SLOT_SIZE {
+    let end = inline_end(fenced);
+    if start >= end {
         0
     } else {
-        (SLOT_SIZE - start) / 4
+        (end - start) / 4
     }
 }
 
@@ -333,6 +360,68 @@ pub struct Export {
     pub flags: ExportFlags,
     /// Private data for the importer's user space.
     pub priv_data: PrivData,
+    /// The fence the buffer's first contents wait for (version 3).
+    pub fence: Option<FenceId>,
+}
+
+/// A fence an exporter attached to a frame: the importer's readers wait
+/// for it until the exporter sends [`Op::Signal`] with it. Chosen by the
+/// exporter, never zero, and never reused while the importer holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FenceId(u64);
+
+impl FenceId {
+    /// Checks a raw id from the wire.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadFence`] for zero.
+    pub const fn new(raw: u64) -> Result<Self, Error> {
+        if raw == 0 {
+            Err(Error::BadFence)
+        } else {
+            // INVARIANT: checked above.
+            Ok(FenceId(raw))
+        }
+    }
+
+    /// The raw value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// A field that is zero for no fence.
+    const fn optional(raw: u64) -> Option<FenceId> {
+        if raw == 0 {
+            None
+        } else {
+            Some(FenceId(raw))
+        }
+    }
+}
+
+/// How the exporter's fence ended, as a SIGNAL says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceResult {
+    /// The work completed: the frame is ready.
+    Signalled = 0,
+    /// The work failed: the frame's contents are undefined.
+    Failed = 1,
+}
+
+impl FenceResult {
+    /// Decodes a SIGNAL's result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadFence`] for a value this version does not define.
+    pub const fn from_wire(raw: u32) -> Result<Self, Error> {
+        match raw {
+            0 => Ok(FenceResult::Signalled),
+            1 => Ok(FenceResult::Failed),
+            _ => Err(Error::BadFence),
+        }
+    }
 }
 
 /// The body of a request, by operation.
@@ -351,6 +440,8 @@ pub enum Message {
         hid: HyperDmabufId,
         /// Its new private data.
         priv_data: PrivData,
+        /// The fence the new frame waits for (version 3).
+        fence: Option<FenceId>,
     },
     /// [`Op::Unexport`].
     Unexport(HyperDmabufId),
@@ -367,6 +458,15 @@ pub enum Message {
         hid: HyperDmabufId,
         /// The epoch of the new mapping.
         epoch: MapEpoch,
+    },
+    /// [`Op::Signal`].
+    Signal {
+        /// The buffer whose frame the fence came with.
+        hid: HyperDmabufId,
+        /// The fence.
+        fence: FenceId,
+        /// How it ended.
+        result: FenceResult,
     },
 }
 
@@ -424,6 +524,7 @@ impl Message {
             Message::Unexport(_) => Op::Unexport,
             Message::Release { .. } => Op::Release,
             Message::Mapped { .. } => Op::Mapped,
+            Message::Signal { .. } => Op::Signal,
         }
     }
 
@@ -434,7 +535,8 @@ impl Message {
             Message::Update { hid, .. }
             | Message::Unexport(hid)
             | Message::Release { hid, .. }
-            | Message::Mapped { hid, .. } => hid,
+            | Message::Mapped { hid, .. }
+            | Message::Signal { hid, .. } => hid,
         }
     }
 }
@@ -453,10 +555,15 @@ const REQ_PRIV_LEN: usize = 52;
 const REQ_PRIV: usize = 56;
 const REQ_END: usize = REQ_PRIV + MAX_PRIV_LEN;
 const _: () = assert!(REQ_END <= SLOT_SIZE);
+const _: () = assert!(REQ_END <= EXPORT_FENCE);
 const HID_END: usize = REQ_HID + HyperDmabufId::WIRE_SIZE;
 const _: () = assert!(HID_END == REQ_SIZE);
 // MAPPED and RELEASE carry their epoch right after the id.
 const REQ_EPOCH: usize = HID_END;
+// UPDATE (version 3) carries its fence where EXPORT has its size; SIGNAL
+// its fence there too, and its result after it.
+const REQ_FENCE: usize = HID_END;
+const REQ_RESULT: usize = REQ_FENCE + 8;
 
 // Response field offsets.
 const RSP_STATUS: usize = 8;
@@ -489,27 +596,42 @@ impl Request {
                 let pages = pages_for_bytes(export.size).unwrap_or(u32::MAX);
                 put_u32(&mut slot, REQ_NR_PAGES, pages);
                 put_priv(&mut slot, &export.priv_data);
+                let mut flags = export.flags.bits();
+                if let Some(fence) = export.fence {
+                    flags |= FENCED;
+                    put_u64(&mut slot, EXPORT_FENCE, fence.get());
+                }
                 match &export.pages {
                     PageRefs::Directory(root) => {
                         put_u32(&mut slot, REQ_DIR_GREF, root.get());
-                        put_u32(&mut slot, REQ_FLAGS, export.flags.bits());
                     }
                     PageRefs::Inline(refs) => {
-                        put_u32(&mut slot, REQ_FLAGS, export.flags.bits() | INLINE_REFS);
+                        flags |= INLINE_REFS;
                         // An `Export` built by hand with more references
                         // than fit beside its private data loses the
                         // rest: the receiver refuses the count.
                         let start = inline_start(export.priv_data.len());
+                        let end = inline_end(export.fence.is_some());
                         for (i, r) in refs.as_slice().iter().enumerate() {
                             let at = start + 4 * i;
-                            if at + 4 <= SLOT_SIZE {
+                            if at + 4 <= end {
                                 put_u32(&mut slot, at, r.get());
                             }
                         }
                     }
                 }
+                put_u32(&mut slot, REQ_FLAGS, flags);
             }
-            Message::Update { priv_data, .. } => put_priv(&mut slot, priv_data),
+            Message::Update {
+                priv_data, fence, ..
+            } => {
+                put_priv(&mut slot, priv_data);
+                put_u64(&mut slot, REQ_FENCE, fence.map_or(0, FenceId::get));
+            }
+            Message::Signal { fence, result, .. } => {
+                put_u64(&mut slot, REQ_FENCE, fence.get());
+                put_u32(&mut slot, REQ_RESULT, *result as u32);
+            }
             Message::Release { epoch, .. } | Message::Mapped { epoch, .. } => {
                 put_u32(&mut slot, REQ_EPOCH, epoch.get())
             }
@@ -530,6 +652,9 @@ impl Request {
     pub fn decode(slot: &Slot, max_buffer_bytes: u64, version: u32) -> Result<Self, Error> {
         let req_id = request_id(slot);
         let op = Op::from_wire(slot[REQ_OP])?;
+        if op == Op::Signal && version < VERSION_3 {
+            return Err(Error::UnknownOp(slot[REQ_OP]));
+        }
         check_zero(slot, REQ_OP + 1, REQ_HID)?;
         let mut hid_bytes = [0u8; HyperDmabufId::WIRE_SIZE];
         hid_bytes.copy_from_slice(&slot[REQ_HID..HID_END]);
@@ -557,14 +682,25 @@ impl Request {
                 if found != expected {
                     return Err(Error::CountMismatch { expected, found });
                 }
-                let raw_flags = get_u32(slot, REQ_FLAGS);
+                let mut raw_flags = get_u32(slot, REQ_FLAGS);
+                let fenced = version >= VERSION_3 && raw_flags & FENCED != 0;
+                let fence = if fenced {
+                    raw_flags &= !FENCED;
+                    Some(FenceId::new(get_u64(slot, EXPORT_FENCE))?)
+                } else {
+                    None
+                };
                 let (pages, flags, priv_data) =
                     if version >= VERSION_2 && raw_flags & INLINE_REFS != 0 {
-                        decode_inline(slot, found, raw_flags)?
+                        decode_inline(slot, found, raw_flags, fenced)?
                     } else {
                         let root = GrantRef::new(get_u32(slot, REQ_DIR_GREF))?;
                         let flags = ExportFlags::from_bits(raw_flags)?;
-                        (PageRefs::Directory(root), flags, get_priv(slot)?)
+                        (
+                            PageRefs::Directory(root),
+                            flags,
+                            get_priv(slot, inline_end(fenced))?,
+                        )
                     };
                 Message::Export(Export {
                     hid,
@@ -572,12 +708,29 @@ impl Request {
                     pages,
                     flags,
                     priv_data,
+                    fence,
                 })
             }
             Op::Update => {
-                check_zero(slot, REQ_SIZE, REQ_PRIV_LEN)?;
-                let priv_data = get_priv(slot)?;
-                Message::Update { hid, priv_data }
+                let fence = if version >= VERSION_3 {
+                    FenceId::optional(get_u64(slot, REQ_FENCE))
+                } else {
+                    check_zero(slot, REQ_FENCE, REQ_FENCE + 8)?;
+                    None
+                };
+                check_zero(slot, REQ_FENCE + 8, REQ_PRIV_LEN)?;
+                let priv_data = get_priv(slot, SLOT_SIZE)?;
+                Message::Update {
+                    hid,
+                    priv_data,
+                    fence,
+                }
+            }
+            Op::Signal => {
+                let fence = FenceId::new(get_u64(slot, REQ_FENCE))?;
+                let result = FenceResult::from_wire(get_u32(slot, REQ_RESULT))?;
+                check_zero(slot, REQ_RESULT + 4, SLOT_SIZE)?;
+                Message::Signal { hid, fence, result }
             }
             Op::Unexport => {
                 check_zero(slot, HID_END, SLOT_SIZE)?;
@@ -616,11 +769,13 @@ fn put_priv(slot: &mut Slot, priv_data: &PrivData) {
 /// EXPORT's body with [`INLINE_REFS`] (version 2), checked in the order
 /// of protocol.md 11.3: the directory field zero, no other unknown flag,
 /// the private data's length, the count of references against the room
-/// beside it, each reference, then every octet but the fields zero.
+/// beside it (and its fence, if `fenced`), each reference, then every
+/// octet but the fields zero.
 fn decode_inline(
     slot: &Slot,
     nr_pages: u32,
     raw_flags: u32,
+    fenced: bool,
 ) -> Result<(PageRefs, ExportFlags, PrivData), Error> {
     if get_u32(slot, REQ_DIR_GREF) != 0 {
         return Err(Error::ReservedNotZero {
@@ -634,7 +789,7 @@ fn decode_inline(
     }
     let len = priv_len as usize;
     let count = nr_pages as usize;
-    if count > inline_capacity(len) {
+    if count > inline_capacity(len, fenced) {
         return Err(Error::TooManyInlineRefs(nr_pages));
     }
     let start = inline_start(len);
@@ -643,19 +798,21 @@ fn decode_inline(
         *r = GrantRef::new(get_u32(slot, start + 4 * i))?;
     }
     check_zero(slot, REQ_PRIV + len, start)?;
-    check_zero(slot, start + 4 * count, SLOT_SIZE)?;
+    check_zero(slot, start + 4 * count, inline_end(fenced))?;
     let priv_data = PrivData::new(&slot[REQ_PRIV..REQ_PRIV + len])?;
     let refs = InlineRefs::new(&refs[..count])?;
     Ok((PageRefs::Inline(refs), flags, priv_data))
 }
 
-fn get_priv(slot: &Slot) -> Result<PrivData, Error> {
+/// The private data, and the octets after it zero up to `end` (where a
+/// fence starts, or the slot's end).
+fn get_priv(slot: &Slot, end: usize) -> Result<PrivData, Error> {
     let priv_data = PrivData::decode(
         get_u32(slot, REQ_PRIV_LEN),
         &slot[REQ_PRIV..REQ_END],
         REQ_PRIV,
     )?;
-    check_zero(slot, REQ_END, SLOT_SIZE)?;
+    check_zero(slot, REQ_END, end)?;
     Ok(priv_data)
 }
 
@@ -739,6 +896,10 @@ mod tests {
             .prop_map(|v| PrivData::new(&v).unwrap())
     }
 
+    fn fence_strategy() -> impl Strategy<Value = Option<FenceId>> {
+        proptest::option::of(1u64..).prop_map(|f| f.map(|f| FenceId::new(f).unwrap()))
+    }
+
     fn message_strategy() -> impl Strategy<Value = Message> {
         prop_oneof![
             (
@@ -746,32 +907,41 @@ mod tests {
                 1..=MAX,
                 8u32..,
                 any::<bool>(),
-                priv_strategy()
+                priv_strategy(),
+                fence_strategy()
             )
-                .prop_map(|(hid, size, gref, rw, priv_data)| Message::Export(Export {
-                    hid,
-                    size,
-                    pages: PageRefs::Directory(GrantRef::new(gref).unwrap()),
-                    flags: if rw {
-                        ExportFlags::WRITABLE
-                    } else {
-                        ExportFlags::default()
-                    },
-                    priv_data,
-                })),
-            (hid_strategy(), priv_strategy(), any::<bool>())
-                .prop_flat_map(|(hid, priv_data, rw)| {
-                    let room = inline_capacity(priv_data.len());
+                .prop_map(|(hid, size, gref, rw, priv_data, fence)| Message::Export(
+                    Export {
+                        hid,
+                        size,
+                        pages: PageRefs::Directory(GrantRef::new(gref).unwrap()),
+                        flags: if rw {
+                            ExportFlags::WRITABLE
+                        } else {
+                            ExportFlags::default()
+                        },
+                        priv_data,
+                        fence,
+                    }
+                )),
+            (
+                hid_strategy(),
+                priv_strategy(),
+                any::<bool>(),
+                fence_strategy()
+            )
+                .prop_flat_map(|(hid, priv_data, rw, fence)| {
+                    let room = inline_capacity(priv_data.len(), fence.is_some());
                     (
-                        Just((hid, priv_data, rw)),
+                        Just((hid, priv_data, rw, fence)),
                         proptest::collection::vec(8u32.., 1..=room.max(1)),
                         0u64..4096,
                     )
                 })
-                .prop_filter("room for one reference", |((_, p, _), _, _)| {
-                    inline_capacity(p.len()) > 0
+                .prop_filter("room for one reference", |((_, p, _, f), _, _)| {
+                    inline_capacity(p.len(), f.is_some()) > 0
                 })
-                .prop_map(|((hid, priv_data, rw), refs, short)| {
+                .prop_map(|((hid, priv_data, rw, fence), refs, short)| {
                     let refs: std::vec::Vec<GrantRef> = refs
                         .into_iter()
                         .map(|r| GrantRef::new(r).unwrap())
@@ -787,10 +957,27 @@ mod tests {
                             ExportFlags::default()
                         },
                         priv_data,
+                        fence,
                     })
                 }),
-            (hid_strategy(), priv_strategy())
-                .prop_map(|(hid, priv_data)| Message::Update { hid, priv_data }),
+            (hid_strategy(), priv_strategy(), fence_strategy()).prop_map(
+                |(hid, priv_data, fence)| Message::Update {
+                    hid,
+                    priv_data,
+                    fence
+                }
+            ),
+            (hid_strategy(), 1u64.., any::<bool>()).prop_map(|(hid, f, failed)| {
+                Message::Signal {
+                    hid,
+                    fence: FenceId::new(f).unwrap(),
+                    result: if failed {
+                        FenceResult::Failed
+                    } else {
+                        FenceResult::Signalled
+                    },
+                }
+            }),
             hid_strategy().prop_map(Message::Unexport),
             (hid_strategy(), 1u32..).prop_map(|(hid, e)| Message::Release {
                 hid,
@@ -807,11 +994,11 @@ mod tests {
         #[test]
         fn request_round_trip(req_id in any::<u32>(), message in message_strategy()) {
             let request = Request { req_id, message };
-            prop_assert_eq!(Request::decode(&request.encode(), MAX, VERSION_2), Ok(request));
+            prop_assert_eq!(Request::decode(&request.encode(), MAX, VERSION_3), Ok(request));
         }
 
         #[test]
-        fn response_round_trip(req_id in any::<u32>(), op in 1u8..=5, status in prop::sample::select(&[0, -1, -2, -7, -12, -16, -17, -22, -28, -95][..]), epoch in 1u32..) {
+        fn response_round_trip(req_id in any::<u32>(), op in 1u8..=6, status in prop::sample::select(&[0, -1, -2, -7, -12, -16, -17, -22, -28, -95][..]), epoch in 1u32..) {
             let status = Status::from_wire(status).unwrap();
             let map_epoch = (op == Op::Unexport as u8 && status == Status::Busy).then(|| MapEpoch::new(epoch).unwrap());
             let response = Response { req_id, op, status, map_epoch };
@@ -822,7 +1009,7 @@ mod tests {
         /// and a value re-encodes to exactly the bytes received: nothing is
         /// accepted that this version would not itself send.
         #[test]
-        fn arbitrary_slots_are_canonical_or_refused(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE), version in VERSION_1..=VERSION_2) {
+        fn arbitrary_slots_are_canonical_or_refused(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE), version in VERSION_1..=VERSION_3) {
             let mut slot = [0u8; SLOT_SIZE];
             slot.copy_from_slice(&bytes);
             if let Ok(request) = Request::decode(&slot, MAX, version) {
@@ -839,8 +1026,21 @@ mod tests {
         fn single_byte_corruption(req_id in any::<u32>(), message in message_strategy(), at in 0..SLOT_SIZE, value in any::<u8>()) {
             let mut slot = Request { req_id, message }.encode();
             slot[at] = value;
-            if let Ok(request) = Request::decode(&slot, MAX, VERSION_2) {
+            if let Ok(request) = Request::decode(&slot, MAX, VERSION_3) {
                 prop_assert_eq!(request.encode(), slot);
+            }
+        }
+
+        /// Each version accepts everything the one before does, the same
+        /// way: a peer that speaks an older version is understood.
+        #[test]
+        fn versions_extend_each_other(bytes in proptest::collection::vec(any::<u8>(), SLOT_SIZE)) {
+            let mut slot = [0u8; SLOT_SIZE];
+            slot.copy_from_slice(&bytes);
+            for older in [VERSION_1, VERSION_2] {
+                if let Ok(request) = Request::decode(&slot, MAX, older) {
+                    prop_assert_eq!(Request::decode(&slot, MAX, older + 1), Ok(request));
+                }
             }
         }
     }
@@ -854,6 +1054,7 @@ mod tests {
                 pages: PageRefs::Directory(GrantRef::new(100).unwrap()),
                 flags: ExportFlags::default(),
                 priv_data: PrivData::new(b"meta").unwrap(),
+                fence: None,
             }),
         }
     }
@@ -870,6 +1071,7 @@ mod tests {
                 pages: PageRefs::Inline(InlineRefs::new(&refs).unwrap()),
                 flags: ExportFlags::WRITABLE,
                 priv_data: PrivData::new(&[7u8; MAX_PRIV_LEN][..priv_len]).unwrap(),
+                fence: None,
             }),
         }
         .encode()
@@ -878,10 +1080,17 @@ mod tests {
     #[test]
     fn inline_references_follow_the_private_data() {
         assert_eq!(
-            (inline_capacity(0), inline_capacity(1), inline_capacity(4)),
+            (
+                inline_capacity(0, false),
+                inline_capacity(1, false),
+                inline_capacity(4, false)
+            ),
             (50, 49, 49)
         );
-        assert_eq!((inline_capacity(190), inline_capacity(192)), (2, 2));
+        assert_eq!(
+            (inline_capacity(190, false), inline_capacity(192, false)),
+            (2, 2)
+        );
         // Three octets of private data, one of padding, then the refs.
         let slot = inline_export(3, 3);
         assert_eq!(get_u32(&slot, REQ_FLAGS), 1 | INLINE_REFS);
@@ -1055,6 +1264,7 @@ mod tests {
             message: Message::Update {
                 hid,
                 priv_data: PrivData::EMPTY,
+                fence: None,
             },
         }
         .encode();

@@ -11,6 +11,7 @@ use kernel::prelude::*;
 
 use super::super::common::grantable::{PinStep, Walk};
 use super::super::common::mmap::{MappedBuffer, MmapPlan, MmapRequest};
+use super::fence::FenceRef;
 use super::grant::GrantPages;
 use crate::bindings;
 
@@ -71,6 +72,11 @@ impl PinnedDmabuf {
     /// Size in bytes.
     pub(crate) fn size(&self) -> u64 {
         self.pin.size
+    }
+
+    /// The dma-buf, live while `self` is.
+    pub(super) fn raw(&self) -> *mut bindings::dma_buf {
+        self.pin.buf
     }
 
     /// Identity of the underlying dma-buf (its address), to recognise the
@@ -255,6 +261,18 @@ impl DmabufRef {
         // SAFETY: any fd value is checked by the callee.
         let buf = kernel::error::from_err_ptr(unsafe { bindings::hdm_dmabuf_get(fd) })?;
         NonNull::new(buf).map(DmabufRef).ok_or(EINVAL)
+    }
+
+    /// Adds `fence` to the dma-buf's reservation object, for its readers
+    /// to wait for.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn add_fence(&self, fence: &FenceRef) -> Result {
+        // SAFETY: both are live (invariants); the reservation object takes
+        // its own reference.
+        to_result(unsafe { bindings::hdm_dmabuf_add_fence(self.0.as_ptr(), fence.as_ptr()) })
     }
 
     /// The address of the dma-buf, for [`DmabufRef::try_get`].

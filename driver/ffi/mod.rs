@@ -8,6 +8,7 @@
 
 pub(crate) mod device;
 pub(crate) mod dmabuf;
+pub(crate) mod fence;
 pub(crate) mod grant;
 pub(crate) mod xenbus;
 
@@ -125,6 +126,12 @@ pub(crate) mod params {
     pub(crate) fn max_imports() -> u32 {
         // SAFETY: reads a read-only (0444) module parameter.
         unsafe { bindings::hdm_param_max_imports() }
+    }
+    /// `fence_timeout_ms`, as root set it
+    /// (`common::fence::fence_timeout_from_param` reads it).
+    pub(crate) fn fence_timeout_ms() -> u64 {
+        // SAFETY: reads a read-only (0444) module parameter.
+        u64::from(unsafe { bindings::hdm_param_fence_timeout_ms() })
     }
     /// `allow_rw`.
     pub(crate) fn allow_rw() -> bool {

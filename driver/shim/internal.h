@@ -33,6 +33,8 @@ void hdm_debugfs_unregister(void);
 /* xenbus.c: the frontend and backend drivers. */
 int hdm_xenbus_register(void);
 void hdm_xenbus_unregister(void);
+/* fence.c: no watch left, and none reporting (after the XenBus drivers). */
+void hdm_fence_watch_drain(void);
 /* gbuf.c: the grant-PTE vmap's page with no frame (HDM_PT_GRANT_PTES). */
 void hdm_hole_page_alloc(void);
 void hdm_hole_page_free(void);

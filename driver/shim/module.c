@@ -2,7 +2,8 @@
 /*
  * Registration of the module's C tables, in order, each undone if a later
  * one fails: the control device, the PV vmap's hole page, debugfs, then
- * the XenBus drivers (which probe existing devices at once).
+ * the XenBus drivers (which probe existing devices at once). Unloading
+ * stops the fence watches once no connection is left to arm one.
  */
 #include <linux/module.h>
 
@@ -31,6 +32,7 @@ int hdm_register_all(unsigned int tables)
 void hdm_unregister_all(void)
 {
 	hdm_xenbus_unregister();
+	hdm_fence_watch_drain();
 	hdm_debugfs_unregister();
 	hdm_hole_page_free();
 	hdm_misc_unregister();

@@ -29,6 +29,11 @@ module_param(max_imports, uint, 0444);
 MODULE_PARM_DESC(max_imports,
 		 "Buffers one peer may have announced to this domain at once (default 4096, 1 to 1048576)");
 
+static unsigned int fence_timeout_ms = 10000;
+module_param(fence_timeout_ms, uint, 0444);
+MODULE_PARM_DESC(fence_timeout_ms,
+		 "How long a peer's fence may stay unsignalled before it ends with ETIMEDOUT, in ms (default 10000, 100 to 600000)");
+
 static bool allow_rw = true;
 module_param(allow_rw, bool, 0444);
 MODULE_PARM_DESC(allow_rw,
@@ -66,6 +71,11 @@ unsigned int hdm_param_ring_page_order(void)
 unsigned int hdm_param_max_imports(void)
 {
 	return max_imports;
+}
+
+unsigned int hdm_param_fence_timeout_ms(void)
+{
+	return fence_timeout_ms;
 }
 
 bool hdm_param_allow_rw(void)

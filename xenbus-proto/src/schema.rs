@@ -22,7 +22,7 @@
 //! /local/domain/0/backend/hyper_dmabuf/5/0/frontend-id = "5"
 //! /local/domain/0/backend/hyper_dmabuf/5/0/online = "1"
 //! /local/domain/0/backend/hyper_dmabuf/5/0/state = "4"
-//! /local/domain/0/backend/hyper_dmabuf/5/0/versions = "1,2"
+//! /local/domain/0/backend/hyper_dmabuf/5/0/versions = "1,2,3"
 //! /local/domain/0/backend/hyper_dmabuf/5/0/max-ring-page-order = "2"
 //! /local/domain/0/backend/hyper_dmabuf/5/0/max-buffer-size = "1073741824"
 //! /local/domain/0/backend/hyper_dmabuf/5/0/feature-rw = "0"
@@ -71,7 +71,7 @@
 //! * `versions` — Values: `<list of uint32_t>`, comma-separated, strictly
 //!   increasing, at most [`parse::MAX_VERSIONS`] items and [`parse::MAX_VERSIONS_LEN`]
 //!   bytes. The protocol versions the backend speaks: this crate speaks
-//!   [`SUPPORTED_VERSIONS`], 1 and 2 ([`PROTOCOL_VERSION`]).
+//!   [`SUPPORTED_VERSIONS`], 1 to 3 ([`PROTOCOL_VERSION`]).
 //! * `max-ring-page-order` — Values: `<uint32_t>` 0..=[`MAX_RING_PAGE_ORDER`].
 //!   The largest `ring-page-order` the frontend may choose. Required.
 //! * `max-buffer-size` — Values: `<uint64_t>` bytes, at least 1. Neither
@@ -108,10 +108,11 @@ use super::store::{with_transaction, NodePath, Perm, PermKind, Store, Txn, TRANS
 /// The XenBus device type: `/local/domain/<F>/device/hyper_dmabuf/...`.
 pub const DEVICE_TYPE: &str = "hyper_dmabuf";
 /// The protocol version this crate implements.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The versions this crate speaks, in increasing order: 2 adds inline
-/// grant references to EXPORT (docs/protocol.md, section 1).
-pub const SUPPORTED_VERSIONS: &[u32] = &[1, PROTOCOL_VERSION];
+/// grant references to EXPORT, 3 fences that cross domains
+/// (docs/protocol.md, section 1).
+pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2, PROTOCOL_VERSION];
 /// Largest `ring-page-order` of the protocol (16 pages per ring).
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
 /// Largest number of pages per ring (`1 << MAX_RING_PAGE_ORDER`).

@@ -206,7 +206,7 @@ fn backend_publish_and_frontend_read() {
     let mut s = MemStore::new();
     let (_, b) = dirs();
     publish_backend(&mut s, &b, &offered()).unwrap();
-    assert_eq!(s.get_str(&format!("{b}/versions")), Some("1,2".into()));
+    assert_eq!(s.get_str(&format!("{b}/versions")), Some("1,2,3".into()));
     assert_eq!(
         s.get_str(&format!("{b}/max-buffer-size")),
         Some("1073741824".into())
@@ -224,7 +224,7 @@ fn backend_publish_and_frontend_read() {
     assert_eq!(
         n,
         Negotiated {
-            version: 2,
+            version: 3,
             ring_page_order: 2,
             max_buffer_size: 1 << 20,
             feature_rw: false
@@ -256,7 +256,7 @@ fn backend_publish_and_frontend_read() {
 fn hostile_backend_nodes() {
     let (_, b) = dirs();
     let cases: [(&str, &[u8]); 9] = [
-        ("versions", b"3"),
+        ("versions", b"4"),
         ("versions", b"1,1"),
         ("versions", b""),
         ("max-ring-page-order", b"5"),
@@ -450,8 +450,8 @@ fn hostile_frontend_nodes() {
     );
 
     let mut s = fresh();
-    s.poke(&format!("{f}/version"), b"3");
-    check(&mut s, Error::UnsupportedVersion(3));
+    s.poke(&format!("{f}/version"), b"4");
+    check(&mut s, Error::UnsupportedVersion(4));
 
     let mut s = fresh();
     s.poke(&format!("{f}/ring-page-order"), b"3");

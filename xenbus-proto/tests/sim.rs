@@ -725,7 +725,7 @@ fn hostile_backend_versions() {
     let mut w = World::new();
     w.load_back();
     w.run();
-    w.s.poke(&format!("{}/versions", w.bdir), b"3,4");
+    w.s.poke(&format!("{}/versions", w.bdir), b"4,5");
     w.load_front();
     w.run();
     assert_eq!(w.front_state(), S::Closed);

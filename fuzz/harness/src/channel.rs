@@ -458,7 +458,8 @@ fn set_hid(message: &mut Message, id: HyperDmabufId) {
         Message::Update { hid, .. }
         | Message::Unexport(hid)
         | Message::Release { hid, .. }
-        | Message::Mapped { hid, .. } => *hid = id,
+        | Message::Mapped { hid, .. }
+        | Message::Signal { hid, .. } => *hid = id,
     }
 }
 

@@ -27,23 +27,32 @@
 //!   while the export is still recorded;
 //! * **teardown**: a detach leaves no import of the ended session
 //!   unorphaned or unclaimed, tells readers of each live one, and all of
-//!   the session's waiting requests complete.
+//!   the session's waiting requests complete;
+//! * **the peer's fences**: a fenced UPDATE is answered as the rule says
+//!   (no buffer, a fence it holds, the limit), a SIGNAL is taken only for
+//!   a fence the peer attached to that buffer, and every local fence ends
+//!   exactly once: signalled, failed, timed out when its deadline passes,
+//!   or with the session;
+//! * **our fences**: the peer hears a SIGNAL only for a fence a frame it
+//!   read carried, once; never more than the limit are held, none after
+//!   the session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
 
 use hyper_dmabuf_common::channel::{Channel, ChannelConfig};
+use hyper_dmabuf_common::fence::{FenceEnd, InFence, OutFence, MAX_FENCES};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
-    Claim, ExportRecord, FileRights, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
+    Claim, ExportRecord, FileRights, Frame, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
     Released, Sink, UpdateRefusal,
 };
 use hyper_dmabuf_common::limits::{GNTTAB_NR_RESERVED_ENTRIES, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
 use hyper_dmabuf_common::uapi::{Event, EventType};
 use hyper_dmabuf_common::wire::{
-    request_id, request_op, Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request,
-    Response, Slot, VERSION_2,
+    request_id, request_op, Export, ExportFlags, FenceId, FenceResult, MapEpoch, Message, PageRefs,
+    PrivData, Request, Response, Slot, VERSION_3,
 };
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
@@ -57,6 +66,9 @@ const NUMBERS: u8 = 5;
 const GENERATIONS: u8 = 3;
 /// Local buffers the exporter side picks from.
 const LOCAL: u8 = 4;
+/// How long the peer's fences live here before they time out, in
+/// milliseconds: a few ticks.
+const FENCE_TIMEOUT_MS: u64 = 500;
 
 /// The peer's buffer `sel` of its session `generation`.
 fn peer_hid(sel: u8, generation: u8) -> HyperDmabufId {
@@ -134,6 +146,8 @@ pub enum LedgerOp {
         local: u8,
         /// Selects the owner file.
         owner: u8,
+        /// The buffer has a fence not yet signalled.
+        fenced: bool,
     },
     /// Local: unexports it after `delay` ms.
     Unexport {
@@ -154,6 +168,31 @@ pub enum LedgerOp {
     },
     /// The connection ends; the next one starts at once.
     Reconnect,
+    /// Peer: a new frame of its buffer, with fence `fence`.
+    PeerFencedUpdate {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+        /// The fence id, less one.
+        fence: u8,
+    },
+    /// Peer: SIGNAL of fence `fence` on its buffer.
+    PeerSignal {
+        /// Selects the number.
+        sel: u8,
+        /// Selects the session.
+        generation: u8,
+        /// The fence id, less one.
+        fence: u8,
+    },
+    /// Local: one of our fences signals.
+    LocalSignal {
+        /// Selects the fence.
+        pick: u8,
+        /// It failed.
+        failed: bool,
+    },
 }
 
 impl LedgerOp {
@@ -162,7 +201,7 @@ impl LedgerOp {
         let tag = r.u8();
         let (a, b) = (r.u8(), r.u8());
         let flag = b & 0x80 != 0;
-        match tag % 13 {
+        match tag % 16 {
             0 => LedgerOp::PeerExport {
                 sel: a,
                 generation: b & 0x7f,
@@ -193,11 +232,29 @@ impl LedgerOp {
                 sel: a,
                 generation: b & 0x7f,
             },
-            8 => LedgerOp::Export { local: a, owner: b },
+            8 => LedgerOp::Export {
+                local: a,
+                owner: b & 0x7f,
+                fenced: flag,
+            },
             9 => LedgerOp::Unexport { local: a, delay: b },
             10 => LedgerOp::Close { owner: a },
             11 => LedgerOp::Tick { advance: a },
-            _ => LedgerOp::Reconnect,
+            12 => LedgerOp::Reconnect,
+            13 => LedgerOp::PeerFencedUpdate {
+                sel: a & 0x0f,
+                generation: a >> 4,
+                fence: b,
+            },
+            14 => LedgerOp::PeerSignal {
+                sel: a & 0x0f,
+                generation: a >> 4,
+                fence: b,
+            },
+            _ => LedgerOp::LocalSignal {
+                pick: a,
+                failed: flag,
+            },
         }
     }
 
@@ -229,11 +286,26 @@ impl LedgerOp {
                 held,
             } => (6, sel, flagged(generation, held)),
             LedgerOp::LetGo { sel, generation } => (7, sel, generation & 0x7f),
-            LedgerOp::Export { local, owner } => (8, local, owner),
+            LedgerOp::Export {
+                local,
+                owner,
+                fenced,
+            } => (8, local, flagged(owner, fenced)),
             LedgerOp::Unexport { local, delay } => (9, local, delay),
             LedgerOp::Close { owner } => (10, owner, 0),
             LedgerOp::Tick { advance } => (11, advance, 0),
             LedgerOp::Reconnect => (12, 0, 0),
+            LedgerOp::PeerFencedUpdate {
+                sel,
+                generation,
+                fence,
+            } => (13, (sel & 0x0f) | generation << 4, fence),
+            LedgerOp::PeerSignal {
+                sel,
+                generation,
+                fence,
+            } => (14, (sel & 0x0f) | generation << 4, fence),
+            LedgerOp::LocalSignal { pick, failed } => (15, pick, flagged(0, failed)),
         };
         w.u8(tag).u8(a).u8(b);
     }
@@ -258,7 +330,12 @@ pub fn encode(limit: u8, ops: &[LedgerOp]) -> Vec<u8> {
 #[derive(Debug)]
 struct Grants(u64);
 
-type TestLedger = Ledger<BTreeMap<u64, ExportRecord<Grants>>, BTreeMap<u64, ImportRecord<u64>>>;
+type TestLedger = Ledger<
+    BTreeMap<u64, ExportRecord<Grants>>,
+    BTreeMap<u64, ImportRecord<u64>>,
+    BTreeMap<u64, InFence<u64>>,
+    BTreeMap<u64, OutFence>,
+>;
 
 /// The sink: records every effect and checks the ones it can.
 #[derive(Default)]
@@ -268,9 +345,28 @@ struct Effects {
     issued: HashSet<u64>,
     completed: HashMap<u64, Status>,
     gauges: [i64; 2],
+    /// Local fences for the peer's, by serial: how each ended.
+    fences: HashMap<u64, Option<FenceEnd>>,
+    next_fence: u64,
+    now: u64,
 }
 
-impl Sink<Grants> for Effects {
+impl Sink<Grants, u64> for Effects {
+    fn fence_new(&mut self, _hid: &HyperDmabufId) -> Option<u64> {
+        self.next_fence += 1;
+        self.fences.insert(self.next_fence, None);
+        Some(self.next_fence)
+    }
+
+    fn fence_end(&mut self, fence: u64, end: FenceEnd) {
+        let old = self.fences.insert(fence, Some(end));
+        assert_eq!(old, Some(None), "local fence {fence} ended twice");
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+
     fn retire(&mut self, grants: Grants) {
         assert!(
             self.retired.insert(grants.0),
@@ -328,17 +424,46 @@ struct Peer<'a> {
     last_update: Option<u64>,
     /// Our buffers whose UNEXPORT it read: no UPDATE may follow.
     revoked: HashSet<HyperDmabufId>,
+    /// Our fences a frame it read carried, and their buffers: each
+    /// SIGNAL names one, once.
+    fences_heard: HashMap<FenceId, HyperDmabufId>,
+}
+
+/// A fence of the peer's, as the harness sees it.
+struct PeerFence {
+    hid: HyperDmabufId,
+    local: u64,
+    deadline: u64,
 }
 
 /// Reads what our request in `slot` tells the peer: the order of UPDATEs
 /// (each carries the count of the update call that made it) and that none
 /// follows its buffer's UNEXPORT.
 fn peer_reads(peer: &mut Peer<'_>, slot: &Slot) {
-    let Ok(request) = Request::decode(slot, 1 << 30, VERSION_2) else {
+    let Ok(request) = Request::decode(slot, 1 << 30, VERSION_3) else {
         panic!("a request of ours does not decode");
     };
     match request.message {
-        Message::Update { hid, priv_data } => {
+        Message::Export(export) => {
+            if let Some(fence) = export.fence {
+                assert!(peer.fences_heard.insert(fence, export.hid).is_none());
+            }
+        }
+        Message::Signal { hid, fence, .. } => {
+            assert_eq!(
+                peer.fences_heard.remove(&fence),
+                Some(hid),
+                "SIGNAL of a fence no frame carried"
+            );
+        }
+        Message::Update {
+            hid,
+            priv_data,
+            fence,
+        } => {
+            if let Some(fence) = fence {
+                assert!(peer.fences_heard.insert(fence, hid).is_none());
+            }
             assert!(
                 !peer.revoked.contains(&hid),
                 "UPDATE of {hid} after its UNEXPORT"
@@ -428,8 +553,12 @@ pub fn run(data: &[u8]) {
     let ops = decode_all(&mut r, LedgerOp::decode);
     let mut ops = ops.into_iter().peekable();
 
-    let mut ledger: TestLedger =
-        Ledger::new(BTreeMap::new(), BTreeMap::new(), BTreeMap::new()).with_max_imports(max);
+    let mut ledger: TestLedger = Ledger::new(BTreeMap::new(), BTreeMap::new(), BTreeMap::new())
+        .with_max_imports(max)
+        .with_fence_timeout(FENCE_TIMEOUT_MS);
+    // The peer's fences the ledger holds, by id; ours not yet signalled.
+    let mut peer_fences: HashMap<u64, PeerFence> = HashMap::new();
+    let mut our_fences: Vec<FenceId> = Vec::new();
     let mut fx = Effects::default();
     let mut held: HashMap<HyperDmabufId, Held> = HashMap::new();
     let mut local_hids: HashMap<u8, HyperDmabufId> = HashMap::new();
@@ -440,7 +569,7 @@ pub fn run(data: &[u8]) {
     let mut updates = 0u64;
     let peer_id = DomId::new(1).expect("not reserved");
     let config = ChannelConfig {
-        version: VERSION_2,
+        version: VERSION_3,
         max_buffer_bytes: 1 << 30,
         allow_rw: true,
     };
@@ -458,6 +587,7 @@ pub fn run(data: &[u8]) {
             exports: HashMap::new(),
             last_update: None,
             revoked: HashSet::new(),
+            fences_heard: HashMap::new(),
         };
         for op in ops.by_ref() {
             match op {
@@ -479,6 +609,7 @@ pub fn run(data: &[u8]) {
                             ExportFlags::default()
                         },
                         priv_data: PrivData::EMPTY,
+                        fence: None,
                     };
                     let expected = admission(&ledger, max, &hid);
                     let req_id = peer.next_req;
@@ -609,7 +740,11 @@ pub fn run(data: &[u8]) {
                         let_go(&mut ledger, &mut channel, &mut fx, &mut held, &hid);
                     }
                 }
-                LedgerOp::Export { local, owner } => {
+                LedgerOp::Export {
+                    local,
+                    owner,
+                    fenced,
+                } => {
                     let local = local % LOCAL;
                     let identity = usize::from(local);
                     let owner = u64::from(owner % 3);
@@ -619,8 +754,12 @@ pub fn run(data: &[u8]) {
                     };
                     if let Some(hid) = ledger.export_of_identity(identity) {
                         assert_eq!(local_hids.get(&local), Some(&hid));
-                        let frame = PrivData::new(&updates.to_le_bytes()).expect("fits");
+                        let frame = Frame {
+                            priv_data: PrivData::new(&updates.to_le_bytes()).expect("fits"),
+                            fenced,
+                        };
                         updates += 1;
+                        let fences_full = ledger.fences_out_held() >= MAX_FENCES;
                         let due = ledger
                             .export(&hid)
                             .and_then(|e| e.unexport_at())
@@ -635,9 +774,14 @@ pub fn run(data: &[u8]) {
                             now,
                         );
                         match done {
-                            Ok(_) => {
+                            Ok(sent) => {
                                 assert_eq!(local_owners.get(&local), Some(&owner));
                                 assert!(!due, "a frame cancelled a due unexport");
+                                assert_eq!(sent.fence.is_some(), fenced);
+                                our_fences.extend(sent.fence);
+                            }
+                            Err(UpdateRefusal::TooManyFences) => {
+                                assert!(fenced && fences_full, "fences refused below the limit")
                             }
                             // An unexport due and not yet sent: no frame
                             // may cancel it.
@@ -666,15 +810,16 @@ pub fn run(data: &[u8]) {
                         ),
                         flags: ExportFlags::default(),
                         priv_data: PrivData::EMPTY,
+                        fence: None,
                     };
                     let token = next;
                     next += 1;
                     fx.issued.insert(token);
                     let record = ExportRecord::new(info, owner, identity, Grants(number));
-                    if ledger
-                        .announce(&mut channel, &mut fx, record, token)
-                        .is_ok()
+                    if let Ok(sent) = ledger.announce(&mut channel, &mut fx, record, token, fenced)
                     {
+                        assert_eq!(sent.fence.is_some(), fenced);
+                        our_fences.extend(sent.fence);
                         local_hids.insert(local, hid);
                         local_owners.insert(local, owner);
                     } else {
@@ -698,10 +843,99 @@ pub fn run(data: &[u8]) {
                 }
                 LedgerOp::Tick { advance } => {
                     now += u64::from(advance);
+                    fx.now = now;
                     let tick = ledger.tick(Some(&mut channel), &mut fx, now);
                     assert!(tick.next.is_none_or(|n| n > now), "a tick due in the past");
+                    peer_fences.retain(|id, f| {
+                        let end = fx.fences[&f.local];
+                        if f.deadline <= now {
+                            assert_eq!(end, Some(FenceEnd::TimedOut), "fence {id} outlived");
+                            false
+                        } else {
+                            assert_eq!(end, None, "fence {id} ended early");
+                            true
+                        }
+                    });
+                    if let Some(next) = peer_fences.values().map(|f| f.deadline).min() {
+                        assert!(tick.next.is_some_and(|n| n <= next), "no tick for a fence");
+                    }
                 }
                 LedgerOp::Reconnect => break,
+                LedgerOp::PeerFencedUpdate {
+                    sel,
+                    generation,
+                    fence,
+                } => {
+                    let hid = peer_hid(sel, generation);
+                    let id = u64::from(fence) + 1;
+                    let expected = if ledger.import(&hid).is_none_or(|i| i.ended()) {
+                        Status::NoSuchBuffer
+                    } else if peer_fences.contains_key(&id) {
+                        Status::Exists
+                    } else if peer_fences.len() >= MAX_FENCES {
+                        Status::NoSpace
+                    } else {
+                        Status::Ok
+                    };
+                    let message = Message::Update {
+                        hid,
+                        priv_data: PrivData::EMPTY,
+                        fence: Some(FenceId::new(id).expect("not zero")),
+                    };
+                    let made = fx.next_fence;
+                    if peer_asks(&mut peer, &mut ledger, &mut channel, &mut fx, now, message)
+                        .is_some_and(|status| status != expected)
+                    {
+                        panic!("fenced UPDATE of {hid}: not {expected:?}");
+                    }
+                    if fx.next_fence != made {
+                        assert_eq!(expected, Status::Ok, "a refused fence was made");
+                        let f = PeerFence {
+                            hid,
+                            local: fx.next_fence,
+                            deadline: now + FENCE_TIMEOUT_MS,
+                        };
+                        peer_fences.insert(id, f);
+                    }
+                }
+                LedgerOp::PeerSignal {
+                    sel,
+                    generation,
+                    fence,
+                } => {
+                    let hid = peer_hid(sel, generation);
+                    let id = u64::from(fence) + 1;
+                    let expected = match peer_fences.get(&id) {
+                        Some(f) if f.hid == hid => Status::Ok,
+                        _ => Status::NoSuchBuffer,
+                    };
+                    let message = Message::Signal {
+                        hid,
+                        fence: FenceId::new(id).expect("not zero"),
+                        result: FenceResult::Signalled,
+                    };
+                    let status =
+                        peer_asks(&mut peer, &mut ledger, &mut channel, &mut fx, now, message);
+                    if let Some(status) = status {
+                        assert_eq!(status, expected, "SIGNAL of fence {id} on {hid}");
+                    }
+                    if expected == Status::Ok && status.is_some() {
+                        let f = peer_fences.remove(&id).expect("checked");
+                        assert_eq!(fx.fences[&f.local], Some(FenceEnd::Signalled));
+                    }
+                }
+                LedgerOp::LocalSignal { pick, failed } => {
+                    if our_fences.is_empty() {
+                        continue;
+                    }
+                    let id = our_fences.swap_remove(usize::from(pick) % our_fences.len());
+                    let result = if failed {
+                        FenceResult::Failed
+                    } else {
+                        FenceResult::Signalled
+                    };
+                    ledger.fence_signalled(Some(&mut channel), &mut fx, id, result);
+                }
             }
             for (hid, h) in held.iter_mut() {
                 if matches!(h, Held::Mapping { .. }) && ledger.import(hid).is_none() {
@@ -709,6 +943,10 @@ pub fn run(data: &[u8]) {
                 }
             }
             check(&ledger, &fx, max, &held);
+            let pending = fx.fences.values().filter(|e| e.is_none()).count();
+            assert_eq!(pending, peer_fences.len(), "local fences vs the peer's");
+            assert_eq!(ledger.fences_in_held(), peer_fences.len());
+            assert!(ledger.fences_out_held() <= MAX_FENCES);
         }
         // The session ends.
         let mut live = 0;
@@ -729,6 +967,19 @@ pub fn run(data: &[u8]) {
             .filter(|t| !fx.completed.contains_key(t))
             .count();
         assert_eq!(missing, 0, "{missing} waiting requests never completed");
+        assert!(
+            fx.fences.values().all(Option::is_some),
+            "a fence of the peer's outlived its session"
+        );
+        peer_fences.clear();
+        assert_eq!(ledger.fences_in_held(), 0);
+        assert_eq!(
+            ledger.fences_out_held(),
+            0,
+            "a fence of ours outlived the session"
+        );
+        // The host stops watching ours: they are gone with the session.
+        our_fences.clear();
         ledger.for_each(
             |_, _| panic!("an export outlived its session"),
             |i| {
@@ -740,6 +991,33 @@ pub fn run(data: &[u8]) {
         );
         check(&ledger, &fx, max, &held);
     }
+}
+
+/// The peer sends `message` and the ledger answers it: the status, or
+/// `None` if the ring had no room.
+fn peer_asks(
+    peer: &mut Peer<'_>,
+    ledger: &mut TestLedger,
+    channel: &mut Channel<&[AtomicU32]>,
+    fx: &mut Effects,
+    now: u64,
+    message: Message,
+) -> Option<Status> {
+    let req_id = peer.next_req;
+    let request = Request { req_id, message };
+    peer.requests.push(&request.encode()).ok()?;
+    peer.next_req += 1;
+    peer.requests.publish();
+    process(ledger, channel, fx, now);
+    let mut slot: Slot = [0u8; 256];
+    let mut status = None;
+    while let Ok(true) = peer.requests.pop(&mut slot) {
+        let answer = Response::decode(&slot).expect("our answers decode");
+        if answer.req_id == req_id {
+            status = Some(answer.status);
+        }
+    }
+    status
 }
 
 /// The event handler: process, then send what waited for room.
@@ -858,7 +1136,11 @@ mod tests {
     /// going away): the oracles in `run` check each answer.
     #[test]
     fn a_reexport_is_its_owners_alone() {
-        let export = |owner| LedgerOp::Export { local: 0, owner };
+        let export = |owner| LedgerOp::Export {
+            local: 0,
+            owner,
+            fenced: false,
+        };
         run(&encode(
             8,
             &[

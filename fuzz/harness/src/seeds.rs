@@ -280,14 +280,26 @@ fn ledger_seeds() -> Vec<Seed> {
             "delayed-unexport-and-close",
             5,
             vec![
-                Export { local: 0, owner: 0 },
-                Export { local: 1, owner: 1 },
+                Export {
+                    local: 0,
+                    owner: 0,
+                    fenced: false,
+                },
+                Export {
+                    local: 1,
+                    owner: 1,
+                    fenced: false,
+                },
                 PeerAnswer { busy: false },
                 Unexport {
                     local: 0,
                     delay: 50,
                 },
-                Export { local: 0, owner: 0 },
+                Export {
+                    local: 0,
+                    owner: 0,
+                    fenced: false,
+                },
                 Unexport {
                     local: 0,
                     delay: 20,

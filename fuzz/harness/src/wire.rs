@@ -18,8 +18,9 @@ use hyper_dmabuf_common::limits::{
     PGDIR_MAX_BUFFER_BYTES,
 };
 use hyper_dmabuf_common::wire::{
-    inline_capacity, request_id, Export, ExportFlags, InlineRefs, MapEpoch, Message, Op, PageRefs,
-    PrivData, Request, Response, Slot, SLOT_SIZE, VERSION_1, VERSION_2,
+    inline_capacity, request_id, Export, ExportFlags, FenceId, FenceResult, InlineRefs, MapEpoch,
+    Message, Op, PageRefs, PrivData, Request, Response, Slot, SLOT_SIZE, VERSION_1, VERSION_2,
+    VERSION_3,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 
@@ -75,7 +76,7 @@ pub fn sample_hid(tag: u32) -> HyperDmabufId {
 pub fn sample_pages(tag: u32, size: u64, priv_len: usize) -> PageRefs {
     let first = GNTTAB_NR_RESERVED_ENTRIES + (tag >> 12);
     let pages = pages_for_bytes(size).map_or(usize::MAX, |p| p as usize);
-    if tag & 16 != 0 && pages <= inline_capacity(priv_len) {
+    if tag & 16 != 0 && pages <= inline_capacity(priv_len, false) {
         let refs: Vec<GrantRef> = (0..pages as u32)
             .map(|i| GrantRef::new(first.saturating_add(i)).expect("above the reserved entries"))
             .collect();
@@ -94,7 +95,7 @@ pub fn sample_request(tag: u32, req_id: u32) -> Request {
     let priv_bytes: Vec<u8> = (0..priv_len).map(|i| (i as u8) ^ (tag as u8)).collect();
     let priv_data = PrivData::new(&priv_bytes).expect("length bounded");
     let size = if tag & 16 != 0 {
-        u64::from(tag >> 8) % (inline_capacity(priv_len) as u64 * 4096).max(1) + 1
+        u64::from(tag >> 8) % (inline_capacity(priv_len, false) as u64 * 4096).max(1) + 1
     } else {
         u64::from(tag >> 8) % (16 << 20) + 1
     };
@@ -109,8 +110,13 @@ pub fn sample_request(tag: u32, req_id: u32) -> Request {
                 ExportFlags::default()
             },
             priv_data,
+            fence: None,
         }),
-        1 => Message::Update { hid, priv_data },
+        1 => Message::Update {
+            hid,
+            priv_data,
+            fence: None,
+        },
         2 => Message::Unexport(hid),
         3 => Message::Release {
             hid,
@@ -122,6 +128,43 @@ pub fn sample_request(tag: u32, req_id: u32) -> Request {
         },
     };
     Request { req_id, message }
+}
+
+/// A valid version-3 request derived from `tag`: [`sample_request`]'s,
+/// with a fence on an EXPORT (whose inline references then make room for
+/// it) or an UPDATE when bit 5 of `tag` asks, or a SIGNAL for one tag in
+/// six.
+pub fn sample_fenced_request(tag: u32, req_id: u32) -> Request {
+    let fence = FenceId::new(u64::from(tag.rotate_left(13)) | 1).expect("not zero");
+    if tag % 6 == 5 {
+        let result = if tag & 64 != 0 {
+            FenceResult::Failed
+        } else {
+            FenceResult::Signalled
+        };
+        let message = Message::Signal {
+            hid: sample_hid(tag >> 3),
+            fence,
+            result,
+        };
+        return Request { req_id, message };
+    }
+    let mut request = sample_request(tag, req_id);
+    if tag & 32 != 0 {
+        match &mut request.message {
+            Message::Export(export) => {
+                export.fence = Some(fence);
+                if let PageRefs::Inline(refs) = export.pages {
+                    if refs.as_slice().len() > inline_capacity(export.priv_data.len(), true) {
+                        export.pages = PageRefs::Directory(refs.as_slice()[0]);
+                    }
+                }
+            }
+            Message::Update { fence: f, .. } => *f = Some(fence),
+            _ => {}
+        }
+    }
+    request
 }
 
 /// A mapping epoch derived from `tag` (1..=16).
@@ -280,9 +323,9 @@ pub fn run(data: &[u8]) {
                 size,
                 patches,
             } => {
-                let mut request = sample_request(tag, tag.rotate_left(7));
+                let mut request = sample_fenced_request(tag, tag.rotate_left(7));
                 if let Message::Export(export) = &mut request.message {
-                    if size != 0 {
+                    if size != 0 && export.fence.is_none() {
                         export.size = size;
                         export.pages = sample_pages(tag, size, export.priv_data.len());
                     }
@@ -297,7 +340,7 @@ pub fn run(data: &[u8]) {
                         Message::Export(e) => e.size <= max.min(PGDIR_MAX_BUFFER_BYTES),
                         _ => true,
                     };
-                    let decoded = Request::decode(&slot, max, VERSION_2);
+                    let decoded = Request::decode(&slot, max, VERSION_3);
                     if fits {
                         assert_eq!(decoded, Ok(request), "encoded request does not round-trip");
                     } else {
@@ -353,11 +396,11 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// Decodes `slot` as a request under `max`, in both versions, and checks
-/// the results: version 2 accepts all version 1 does, the same way.
+/// Decodes `slot` as a request under `max`, in every version, and checks
+/// the results: each version accepts all the one before does, the same
+/// way.
 pub fn check_request(slot: &Slot, max: u64) {
-    let old = Request::decode(slot, max, VERSION_1);
-    if let Ok(request) = old {
+    if let Ok(request) = Request::decode(slot, max, VERSION_1) {
         assert_eq!(
             Request::decode(slot, max, VERSION_2),
             Ok(request),
@@ -367,7 +410,21 @@ pub fn check_request(slot: &Slot, max: u64) {
             assert!(matches!(export.pages, PageRefs::Directory(_)), "v1 inline");
         }
     }
-    match Request::decode(slot, max, VERSION_2) {
+    if let Ok(request) = Request::decode(slot, max, VERSION_2) {
+        assert_eq!(
+            Request::decode(slot, max, VERSION_3),
+            Ok(request),
+            "v3 differs"
+        );
+        let fenced = match request.message {
+            Message::Export(export) => export.fence.is_some(),
+            Message::Update { fence, .. } => fence.is_some(),
+            Message::Signal { .. } => true,
+            _ => false,
+        };
+        assert!(!fenced, "v2 fence");
+    }
+    match Request::decode(slot, max, VERSION_3) {
         Ok(request) => {
             assert_eq!(&request.encode(), slot, "accepted a non-canonical request");
             assert_eq!(request.req_id, request_id(slot));
@@ -384,7 +441,8 @@ pub fn check_request(slot: &Slot, max: u64) {
                         pages_for_bytes(export.size),
                         "inline references not one per page"
                     );
-                    assert!(refs.as_slice().len() <= inline_capacity(export.priv_data.len()));
+                    let room = inline_capacity(export.priv_data.len(), export.fence.is_some());
+                    assert!(refs.as_slice().len() <= room);
                 }
                 assert!(export.priv_data.len() <= MAX_PRIV_LEN);
             }

@@ -49,6 +49,7 @@ fn sample_request() -> Slot {
             pages: PageRefs::Directory(GrantRef::new(4242).expect("not reserved")),
             flags: Default::default(),
             priv_data: hyper_dmabuf_common::wire::PrivData::new(&[0xa5; 192]).expect("192 bytes"),
+            fence: None,
         }),
     }
     .encode()

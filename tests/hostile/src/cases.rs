@@ -260,6 +260,7 @@ impl<'g> Ctx<'g> {
             ),
             flags: ExportFlags::default(),
             priv_data: PrivData::new(b"hostile").expect("short"),
+            fence: None,
         };
         self.request(Message::Export(export))
     }
@@ -460,6 +461,7 @@ fn stale_ids(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         Message::Update {
             hid,
             priv_data: PrivData::EMPTY,
+            fence: None,
         },
         Message::Mapped { hid, epoch },
         Message::Release { hid, epoch },
@@ -486,6 +488,7 @@ fn stale_ids(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     let slot = ctx.request(Message::Update {
         hid: forged,
         priv_data: PrivData::EMPTY,
+        fence: None,
     });
     expect_status(
         "UPDATE with another key",
@@ -519,6 +522,7 @@ fn replay_after_unexport(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     let slot = ctx.request(Message::Update {
         hid,
         priv_data: PrivData::EMPTY,
+        fence: None,
     });
     expect_status(
         "UPDATE after UNEXPORT",

@@ -25,8 +25,8 @@ use crate::ffi::{self, Granted};
 /// request, the status it must be answered).
 pub(crate) type Make = fn(HyperDmabufId, &mut dyn FnMut() -> u32) -> Vec<(String, Slot, Status)>;
 
-/// Operation codes version 1 does not define (answered `NotSupported`).
-pub(crate) const UNKNOWN_OPS: [u8; 5] = [0x00, 0x06, 0x7f, 0x80, 0xff];
+/// Operation codes no version defines (answered `NotSupported`).
+pub(crate) const UNKNOWN_OPS: [u8; 5] = [0x00, 0x07, 0x7f, 0x80, 0xff];
 
 /// Encodes `message` with the request id `next_id` gives.
 fn encode(message: Message, next_id: &mut dyn FnMut() -> u32) -> Slot {
@@ -46,6 +46,7 @@ pub(crate) fn export(hid: HyperDmabufId, size: u64, next_id: &mut dyn FnMut() ->
             pages: PageRefs::Directory(GrantRef::FIRST),
             flags: ExportFlags::default(),
             priv_data: PrivData::new(b"hostile").expect("short"),
+            fence: None,
         }),
         next_id,
     )
@@ -75,6 +76,7 @@ pub(crate) fn reserved_nonzero(
     let update = Message::Update {
         hid,
         priv_data: PrivData::EMPTY,
+        fence: None,
     };
     // (what, request, byte to set)
     let spoilt = [
@@ -100,7 +102,7 @@ pub(crate) fn reserved_nonzero(
             encode(Message::Mapped { hid, epoch }, next_id),
             40,
         ),
-        ("UPDATE size field", encode(update, next_id), 32),
+        ("UPDATE byte 40", encode(update, next_id), 40),
     ];
     spoilt
         .into_iter()

@@ -18,10 +18,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use hyper_dmabuf_common::channel::{Channel, ChannelConfig, ExportState, ImportState};
+use hyper_dmabuf_common::fence::{FenceEnd, InFence, OutFence};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
-    self, Claim, ExportRecord, ExportRefusal, FileRights, ImportRecord, ImportRefusal, ImportStep,
-    Ledger, MappedError, SendError, Sink, UpdateRefusal,
+    self, Claim, ExportRecord, ExportRefusal, FileRights, Frame, ImportRecord, ImportRefusal,
+    ImportStep, Ledger, MappedError, SendError, Sink, UpdateRefusal,
 };
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{
@@ -29,7 +30,9 @@ use hyper_dmabuf_common::pgdir::{
 };
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::{Event, EventType};
-use hyper_dmabuf_common::wire::{Export, ExportFlags, InlineRefs, PageRefs, PrivData};
+use hyper_dmabuf_common::wire::{
+    Export, ExportFlags, FenceId, FenceResult, InlineRefs, PageRefs, PrivData,
+};
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
 
@@ -82,7 +85,7 @@ impl From<UpdateRefusal> for DriverError {
             UpdateRefusal::NotFound | UpdateRefusal::NotOwner => DriverError::NoSuchBuffer,
             UpdateRefusal::OtherFlags => DriverError::OtherFlags,
             UpdateRefusal::NotConnected => DriverError::NotConnected,
-            UpdateRefusal::QueueFull => DriverError::Again,
+            UpdateRefusal::QueueFull | UpdateRefusal::TooManyFences => DriverError::Again,
         }
     }
 }
@@ -131,7 +134,16 @@ pub struct Mapping {
 
 /// The simulated driver's ledger: the same code as the kernel module's,
 /// over ordered maps.
-type SimLedger = Ledger<BTreeMap<u64, ExportRecord<Grants>>, BTreeMap<u64, ImportRecord<Mapping>>>;
+type SimLedger = Ledger<
+    BTreeMap<u64, ExportRecord<Grants>>,
+    BTreeMap<u64, ImportRecord<Mapping>>,
+    BTreeMap<u64, InFence<SimFence>>,
+    BTreeMap<u64, OutFence>,
+>;
+
+/// A local fence standing for one of the peer's: its number in
+/// [`Domain::local_fences`].
+pub type SimFence = u64;
 
 /// What a connection holds of the two ring areas.
 pub enum RingHold {
@@ -198,6 +210,11 @@ struct UserView {
     events: VecDeque<Event>,
     completions: BTreeMap<u64, Status>,
     protocol_errors: Vec<Error>,
+    /// Local fences made for the peer's, by number: how each ended.
+    fences: BTreeMap<SimFence, Option<FenceEnd>>,
+    next_fence: SimFence,
+    /// The ledger's clock, in milliseconds: advanced by the tests only.
+    clock: u64,
 }
 
 /// Where the ledger's decisions take effect in the simulation.
@@ -207,7 +224,23 @@ struct Ctx<'a> {
     me: DomId,
 }
 
-impl Sink<Grants> for Ctx<'_> {
+impl Sink<Grants, SimFence> for Ctx<'_> {
+    fn fence_new(&mut self, _hid: &HyperDmabufId) -> Option<SimFence> {
+        let fence = self.user.next_fence;
+        self.user.next_fence += 1;
+        self.user.fences.insert(fence, None);
+        Some(fence)
+    }
+
+    fn fence_end(&mut self, fence: SimFence, end: FenceEnd) {
+        let old = self.user.fences.insert(fence, Some(end));
+        assert_eq!(old, Some(None), "fence {fence} ended twice or never made");
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.user.clock
+    }
+
     fn retire(&mut self, grants: Grants) {
         for gref in &grants.data {
             self.hv
@@ -281,10 +314,6 @@ pub struct Domain {
     /// checked.
     pub hostile: bool,
 }
-
-/// The simulation's clock for the ledger's schedule: unexports are due at
-/// once, and each pump's tick retries what found the ring full.
-const NOW: u64 = 0;
 
 fn unmap_all(hv: &mut Hypervisor, me: DomId, handles: &[MapHandle]) {
     let results = hv.unmap(me, handles);
@@ -420,6 +449,7 @@ impl Domain {
         buf: BufId,
         rw: bool,
         priv_data: PrivData,
+        fenced: bool,
     ) -> Result<ExportRecord<Grants>, DriverError> {
         let conn = self.conn.as_ref().ok_or(DriverError::NotConnected)?;
         let (peer, config) = (conn.peer, conn.config);
@@ -441,7 +471,7 @@ impl Domain {
             );
         }
         let mut dir = Vec::new();
-        let pages = if ledger::refs_inline(&config, &layout, &priv_data) {
+        let pages = if ledger::refs_inline(&config, &layout, &priv_data, fenced) {
             PageRefs::Inline(InlineRefs::new(&data).expect("counted by refs_inline"))
         } else {
             PageRefs::Directory(grant_directory(hv, me, peer, &layout, &data, &mut dir))
@@ -453,6 +483,7 @@ impl Domain {
             pages,
             flags,
             priv_data,
+            fence: None,
         };
         let grants = Grants {
             hid,
@@ -479,7 +510,7 @@ impl Domain {
         rw: bool,
         priv_data: PrivData,
     ) -> Result<Export, DriverError> {
-        let record = self.prepare_export(hv, buf, rw, priv_data)?;
+        let record = self.prepare_export(hv, buf, rw, priv_data, false)?;
         let export = record.info;
         let me = self.id;
         let mut ctx = Self::ctx(&mut self.user, hv, me);
@@ -503,8 +534,32 @@ impl Domain {
         rw: bool,
         priv_data: PrivData,
     ) -> Result<(HyperDmabufId, u64), DriverError> {
+        let frame = Frame {
+            priv_data,
+            fenced: false,
+        };
+        self.export_frame(hv, buf, rw, frame)
+            .map(|(hid, token, _)| (hid, token))
+    }
+
+    /// As [`Domain::export`], for a buffer whose local fences have not
+    /// all signalled if `frame.fenced`: the EXPORT or UPDATE carries a
+    /// fence of ours, whose id is returned, until
+    /// [`Domain::signal_fence`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Domain::export`].
+    pub fn export_frame(
+        &mut self,
+        hv: &mut Hypervisor,
+        buf: BufId,
+        rw: bool,
+        frame: Frame,
+    ) -> Result<(HyperDmabufId, u64, Option<FenceId>), DriverError> {
         self.flush(hv);
         let me = self.id;
+        let now = self.user.clock;
         let token = self.token();
         if let Some(hid) = self.ledger.export_of_identity(buf.0 as usize) {
             let chan = self.conn.as_mut().map(|c| &mut c.chan);
@@ -514,22 +569,22 @@ impl Domain {
             } else {
                 ExportFlags::default()
             };
-            let notify =
-                self.ledger
-                    .update(chan, &mut ctx, &hid, USER, Some(flags), priv_data, NOW)?;
-            self.notify_if(hv, notify);
+            let sent = self
+                .ledger
+                .update(chan, &mut ctx, &hid, USER, Some(flags), frame, now)?;
+            self.notify_if(hv, sent.notify);
             self.user.completions.insert(token, Status::Ok);
-            return Ok((hid, token));
+            return Ok((hid, token, sent.fence));
         }
-        let record = self.prepare_export(hv, buf, rw, priv_data)?;
+        let record = self.prepare_export(hv, buf, rw, frame.priv_data, frame.fenced)?;
         let hid = record.info.hid;
         let conn = self.conn.as_mut().expect("connected: checked above");
         let mut ctx = Self::ctx(&mut self.user, hv, me);
-        let notify = self
+        let sent = self
             .ledger
-            .announce(&mut conn.chan, &mut ctx, record, token)?;
-        self.notify_if(hv, notify);
-        Ok((hid, token))
+            .announce(&mut conn.chan, &mut ctx, record, token, frame.fenced)?;
+        self.notify_if(hv, sent.notify);
+        Ok((hid, token, sent.fence))
     }
 
     fn notify_if(&self, hv: &mut Hypervisor, notify: bool) {
@@ -557,10 +612,11 @@ impl Domain {
         hv: &mut Hypervisor,
         hid: &HyperDmabufId,
     ) -> Result<(), DriverError> {
+        let now = self.user.clock;
         if self.conn.is_none() {
             return Err(DriverError::NotConnected);
         }
-        if !self.ledger.schedule_unexport(hid, NOW) {
+        if !self.ledger.schedule_unexport(hid, now) {
             return Err(DriverError::NoSuchBuffer);
         }
         self.flush(hv);
@@ -580,22 +636,85 @@ impl Domain {
         hid: &HyperDmabufId,
         priv_data: PrivData,
     ) -> Result<u64, DriverError> {
+        let frame = Frame {
+            priv_data,
+            fenced: false,
+        };
+        self.update_frame(hv, hid, frame).map(|(token, _)| token)
+    }
+
+    /// As [`Domain::update`], with a fence of ours if `frame.fenced`:
+    /// its id is returned, for [`Domain::signal_fence`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Domain::update`]; [`DriverError::Again`] past the fences
+    /// allowed.
+    pub fn update_frame(
+        &mut self,
+        hv: &mut Hypervisor,
+        hid: &HyperDmabufId,
+        frame: Frame,
+    ) -> Result<(u64, Option<FenceId>), DriverError> {
+        let now = self.user.clock;
         let conn = self.conn.as_mut().ok_or(DriverError::NotConnected)?;
         let me = self.id;
         let mut ctx = Self::ctx(&mut self.user, hv, me);
-        let notify = self.ledger.update(
-            Some(&mut conn.chan),
-            &mut ctx,
-            hid,
-            USER,
-            None,
-            priv_data,
-            NOW,
-        )?;
-        self.notify_if(hv, notify);
+        let sent =
+            self.ledger
+                .update(Some(&mut conn.chan), &mut ctx, hid, USER, None, frame, now)?;
+        self.notify_if(hv, sent.notify);
         let token = self.token();
         self.user.completions.insert(token, Status::Ok);
-        Ok(token)
+        Ok((token, sent.fence))
+    }
+
+    /// Our local fence behind fence `id` signalled (`result` says how):
+    /// the peer is sent SIGNAL if it holds the fence.
+    pub fn signal_fence(&mut self, hv: &mut Hypervisor, id: FenceId, result: FenceResult) {
+        let me = self.id;
+        let conn = self.conn.as_mut().map(|c| &mut c.chan);
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let notify = self.ledger.fence_signalled(conn, &mut ctx, id, result);
+        self.notify_if(hv, notify);
+    }
+
+    /// Fences of ours the ledger holds (not signalled, or SIGNAL unsent).
+    pub fn fences_out_held(&self) -> usize {
+        self.ledger.fences_out_held()
+    }
+
+    /// Fences of the peer's the ledger holds (not ended).
+    pub fn fences_in_held(&self) -> usize {
+        self.ledger.fences_in_held()
+    }
+
+    /// Every local fence made for one of the peer's, by number, and how
+    /// it ended (`None`: not yet).
+    pub fn local_fences(&self) -> &BTreeMap<SimFence, Option<FenceEnd>> {
+        &self.user.fences
+    }
+
+    /// The local fences a new dma-buf of import `hid` would carry.
+    pub fn peer_fences(&self, hid: &HyperDmabufId) -> Vec<SimFence> {
+        let mut out = Vec::new();
+        self.ledger.peer_fences(hid, |f| out.push(*f));
+        out
+    }
+
+    /// Moves the ledger's clock `ms` forward and runs the timed work.
+    pub fn advance_clock(&mut self, hv: &mut Hypervisor, ms: u64) {
+        self.user.clock += ms;
+        let me = self.id;
+        let now = self.user.clock;
+        let conn = self
+            .conn
+            .as_mut()
+            .filter(|c| !c.hijacked)
+            .map(|c| &mut c.chan);
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        let tick = self.ledger.tick(conn, &mut ctx, now);
+        self.notify_if(hv, tick.notify);
     }
 
     /// UPDATEs waiting for room on the ring.
@@ -789,6 +908,7 @@ impl Domain {
     /// The timed work: sends the UNEXPORTs that are due and the RELEASEs
     /// that found the ring full, as far as the ring has room.
     pub fn flush(&mut self, hv: &mut Hypervisor) {
+        let now = self.user.clock;
         let me = self.id;
         let Some(conn) = self.conn.as_mut() else {
             return;
@@ -797,7 +917,7 @@ impl Domain {
             return;
         }
         let mut ctx = Self::ctx(&mut self.user, hv, me);
-        let tick = self.ledger.tick(Some(&mut conn.chan), &mut ctx, NOW);
+        let tick = self.ledger.tick(Some(&mut conn.chan), &mut ctx, now);
         self.notify_if(hv, tick.notify);
     }
 
@@ -807,6 +927,7 @@ impl Domain {
     ///
     /// A fatal protocol error: the caller closes the connection.
     pub fn process(&mut self, hv: &mut Hypervisor) -> Result<(), Error> {
+        let now = self.user.clock;
         let me = self.id;
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
@@ -817,10 +938,10 @@ impl Domain {
         let revoked = self.ledger.unexports_blocked()
             && self
                 .ledger
-                .send_due_unexports(&mut conn.chan, &mut ctx, NOW)
+                .send_due_unexports(&mut conn.chan, &mut ctx, now)
                 .0;
         let released = self.ledger.flush_releases(&mut conn.chan, &mut ctx);
-        let updated = self.ledger.flush_updates(&mut conn.chan, &mut ctx, NOW);
+        let updated = self.ledger.flush_updates(&mut conn.chan, &mut ctx, now);
         if progress.notify || released || updated || revoked {
             hv.notify(me, conn.port);
         }

@@ -293,6 +293,7 @@ fn run(choices: Vec<u8>, hooks: Vec<u8>, maps: u32) {
             pages: PageRefs::Directory(GrantRef::new(8).unwrap()),
             flags: ExportFlags::default(),
             priv_data: PrivData::EMPTY,
+            fence: None,
         };
         a.host.exports.push((hid(), ExportState::new(export.size)));
         if a.chan.announce(export, None).unwrap() {

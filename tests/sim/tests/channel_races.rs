@@ -153,6 +153,7 @@ fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
         pages: PageRefs::Directory(GrantRef::new(8).unwrap()),
         flags: ExportFlags::default(),
         priv_data: PrivData::EMPTY,
+        fence: None,
     };
     e.1.exports
         .insert(hid.encode(), ExportState::new(export.size));

@@ -8,12 +8,14 @@ mod common;
 
 use common::pattern;
 use hyper_dmabuf_common::channel::ExportPhase;
+use hyper_dmabuf_common::fence::{FenceEnd, MAX_FENCES};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::pgdir::{encode_root, Layout};
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::EventType;
 use hyper_dmabuf_common::wire::{
-    Export, ExportFlags, InlineRefs, MapEpoch, Message, PageRefs, PrivData, Request, Slot,
+    Export, ExportFlags, FenceId, FenceResult, InlineRefs, MapEpoch, Message, PageRefs, PrivData,
+    Request, Slot,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_common::Error;
@@ -173,6 +175,7 @@ fn hostile_peer(attacker: Side) {
     let s = at.slot(Message::Update {
         hid: hid(99),
         priv_data: PrivData::EMPTY,
+        fence: None,
     });
     assert_eq!(at.ask(s), Status::NoSuchBuffer, "UPDATE of an unknown id");
     let s = at.slot(Message::Release {
@@ -205,6 +208,7 @@ fn hostile_peer(attacker: Side) {
     let s = at.slot(Message::Update {
         hid: good.hid,
         priv_data: PrivData::EMPTY,
+        fence: None,
     });
     assert_eq!(at.ask(s), Status::NoSuchBuffer, "UPDATE after UNEXPORT");
     let (dom, hv) = at.w.split(victim);
@@ -517,4 +521,84 @@ fn answer_next(at: &mut Attack, status: Status, map_epoch: Option<MapEpoch>) {
     let (a, port) = (at.raw.id, at.raw.port);
     at.w.hv.notify(a, port);
     at.w.pump();
+}
+
+/// A hostile exporter's fences: a SIGNAL of a fence it never attached,
+/// of one attached to another buffer, replayed, or of fence 0; a fence id
+/// reused while held; more fences than the importer keeps. Each is
+/// refused, and no local fence ends but by its own SIGNAL.
+#[test]
+fn hostile_fences_are_refused() {
+    let mut at = Attack::new(Side::Back);
+    let victim = at.victim;
+    let (_, good) = at.prepare(4096, 1);
+    let (_, other) = at.prepare(4096, 2);
+    for e in [good, other] {
+        let s = at.slot(Message::Export(e));
+        assert_eq!(at.ask(s), Status::Ok);
+    }
+    let id = |n| FenceId::new(n).unwrap();
+    let update = |hid, n| Message::Update {
+        hid,
+        priv_data: PrivData::EMPTY,
+        fence: Some(id(n)),
+    };
+    let signal = |hid, n| Message::Signal {
+        hid,
+        fence: id(n),
+        result: FenceResult::Signalled,
+    };
+    let ends = |at: &Attack| -> Vec<Option<FenceEnd>> {
+        at.w.dom(victim).local_fences().values().copied().collect()
+    };
+    let ask = |at: &mut Attack, m| {
+        let s = at.slot(m);
+        at.ask(s)
+    };
+    assert_eq!(
+        ask(&mut at, signal(good.hid, 1)),
+        Status::NoSuchBuffer,
+        "never attached"
+    );
+    assert_eq!(ask(&mut at, update(good.hid, 1)), Status::Ok);
+    assert_eq!(
+        ask(&mut at, update(good.hid, 1)),
+        Status::Exists,
+        "id reused"
+    );
+    assert_eq!(
+        ask(&mut at, update(other.hid, 1)),
+        Status::Exists,
+        "id reused elsewhere"
+    );
+    assert_eq!(
+        ask(&mut at, signal(other.hid, 1)),
+        Status::NoSuchBuffer,
+        "other buffer"
+    );
+    let mut zero = at.slot(signal(good.hid, 1));
+    zero[32..40].fill(0);
+    assert_eq!(at.ask(zero), Status::Invalid, "SIGNAL of fence 0");
+    let mut result = at.slot(signal(good.hid, 1));
+    result[40] = 2;
+    assert_eq!(at.ask(result), Status::Invalid, "undefined result");
+    assert_eq!(ends(&at), vec![None]);
+    assert_eq!(ask(&mut at, signal(good.hid, 1)), Status::Ok);
+    assert_eq!(
+        ask(&mut at, signal(good.hid, 1)),
+        Status::NoSuchBuffer,
+        "replayed"
+    );
+    assert_eq!(ends(&at), vec![Some(FenceEnd::Signalled)]);
+    // The importer keeps MAX_FENCES: the next is refused, nothing made.
+    for n in 0..MAX_FENCES as u64 {
+        assert_eq!(ask(&mut at, update(good.hid, 100 + n)), Status::Ok);
+    }
+    assert_eq!(ask(&mut at, update(good.hid, 99)), Status::NoSpace);
+    assert_eq!(at.w.dom(victim).fences_in_held(), MAX_FENCES);
+    assert_eq!(ends(&at).len(), MAX_FENCES + 1);
+    // The attacker never signals: the session's end ends them all.
+    at.w.kill(Side::Back);
+    assert!(ends(&at).iter().all(Option::is_some));
+    assert_eq!(at.w.dom(victim).fences_in_held(), 0);
 }

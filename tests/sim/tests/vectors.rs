@@ -19,8 +19,8 @@ use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::PGDIR_MAX_BUFFER_BYTES;
 use hyper_dmabuf_common::pgdir::{self, Layout, ROOT_ENTRIES};
 use hyper_dmabuf_common::wire::{
-    Export, ExportFlags, InlineRefs, MapEpoch, Message, PageRefs, PrivData, Request, Response,
-    SLOT_SIZE, VERSION_1, VERSION_2,
+    Export, ExportFlags, FenceId, FenceResult, InlineRefs, MapEpoch, Message, PageRefs, PrivData,
+    Request, Response, SLOT_SIZE, VERSION_1, VERSION_2, VERSION_3,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_xenbus_proto::parse;
@@ -37,6 +37,9 @@ const FLAGS: usize = 48;
 const PRIV_LEN: usize = 52;
 const PRIV_END: usize = 248;
 const EPOCH: usize = 32;
+const FENCE: usize = 32;
+const RESULT: usize = 40;
+const EXPORT_FENCE: usize = 248;
 const RSP_STATUS: usize = 8;
 const RSP_EPOCH: usize = 12;
 // Section 12.
@@ -66,6 +69,7 @@ fn export(size: u64, gref: u32, flags: ExportFlags, priv_data: &[u8]) -> [u8; SL
             pages: PageRefs::Directory(GrantRef::new(gref).unwrap()),
             flags,
             priv_data: PrivData::new(priv_data).unwrap(),
+            fence: None,
         }),
     }
     .encode()
@@ -113,6 +117,76 @@ fn cases() -> Vec<String> {
     let mut req2 = |name: &str, slot: [u8; SLOT_SIZE], verdict: &str| {
         inline.push(format!("request2 {name} {GIB} {} {verdict}", hex(&slot)));
     };
+    let mut fenced = Vec::new();
+    let mut req3 = |name: &str, slot: [u8; SLOT_SIZE], verdict: &str| {
+        fenced.push(format!("request3 {name} {GIB} {} {verdict}", hex(&slot)));
+    };
+    // Version 3: a fenced EXPORT carries its fence in octets 248..256, and
+    // its inline references end before them.
+    let fence = FenceId::new(0x1122_3344_5566_7788).unwrap();
+    let fenced_export = |pages: PageRefs, priv_data: &[u8]| {
+        Request {
+            req_id: 7,
+            message: Message::Export(Export {
+                hid: id(1),
+                size: 3 * 4096,
+                pages,
+                flags: ExportFlags::default(),
+                priv_data: PrivData::new(priv_data).unwrap(),
+                fence: Some(fence),
+            }),
+        }
+        .encode()
+    };
+    let with_dir = fenced_export(PageRefs::Directory(GrantRef::new(100).unwrap()), b"frame 1");
+    req3("export-fenced", with_dir, "OK");
+    let mut s = with_dir;
+    put64(&mut s, EXPORT_FENCE, 0);
+    req3("export-fenced-zero", s, "EINVAL");
+    let refs = grefs(100, 3);
+    let inline3 = fenced_export(
+        PageRefs::Inline(InlineRefs::new(&refs).unwrap()),
+        b"frame 1",
+    );
+    req3("export-fenced-inline", inline3, "OK");
+    // 188 octets of private data leave room for the fence and one
+    // reference (at 244); the second would overlap the fence.
+    let mut s = fenced_export(
+        PageRefs::Inline(InlineRefs::new(&refs[..1]).unwrap()),
+        &[b'p'; 188],
+    );
+    put64(&mut s, 32, 2 * 4096);
+    put32(&mut s, 40, 2);
+    req3("export-fenced-inline-no-room", s, "EINVAL");
+    let update = Request {
+        req_id: 8,
+        message: Message::Update {
+            hid: id(2),
+            priv_data: PrivData::new(b"frame 2").unwrap(),
+            fence: Some(fence),
+        },
+    }
+    .encode();
+    req3("update-fenced", update, "OK");
+    let signal = Request {
+        req_id: 8,
+        message: Message::Signal {
+            hid: id(2),
+            fence,
+            result: FenceResult::Failed,
+        },
+    }
+    .encode();
+    req3("signal", signal, "OK");
+    let mut s = signal;
+    put64(&mut s, FENCE, 0);
+    req3("signal-fence-zero", s, "EINVAL");
+    let mut s = signal;
+    put32(&mut s, RESULT, 2);
+    req3("signal-result-undefined", s, "EINVAL");
+    let mut s = signal;
+    s[RESULT + 4] = 1;
+    req3("signal-trailing", s, "EINVAL");
     // Version 2: three pages inline after seven octets of private data and
     // one of padding, at octets 64, 68, 72.
     let refs = grefs(100, 3);
@@ -124,6 +198,7 @@ fn cases() -> Vec<String> {
             pages: PageRefs::Inline(InlineRefs::new(&refs).unwrap()),
             flags: ExportFlags::WRITABLE,
             priv_data: PrivData::new(b"frame 1").unwrap(),
+            fence: None,
         }),
     }
     .encode();
@@ -215,11 +290,12 @@ fn cases() -> Vec<String> {
     let update = request(Message::Update {
         hid: id(2),
         priv_data: PrivData::new(b"frame 2").unwrap(),
+        fence: None,
     });
     req("update", GIB, update, "OK");
     let mut s = update;
-    put64(&mut s, SIZE, 4096);
-    req("update-size-set", GIB, s, "EINVAL");
+    put32(&mut s, NR_PAGES, 1);
+    req("update-reserved-set", GIB, s, "EINVAL");
     let unexport = request(Message::Unexport(id(3)));
     req("unexport", GIB, unexport, "OK");
     let mut s = unexport;
@@ -333,6 +409,7 @@ fn cases() -> Vec<String> {
         ("feature-rw", "yes", "bad"),
         ("versions", "1", "ok"),
         ("versions", "1,2", "ok"),
+        ("versions", "1,2,3", "ok"),
         ("versions", "0", "bad"),
         ("versions", "2,1", "bad"),
         ("ring-ref0", "8", "ok"),
@@ -349,23 +426,27 @@ fn cases() -> Vec<String> {
         out.push(format!("xenstore {node} {shown} {verdict}"));
     }
     out.extend(inline);
+    out.extend(fenced);
     out
 }
 
 const HEADER: &str = "\
-# Golden vectors of the hyper_dmabuf protocol, versions 1 and 2
+# Golden vectors of the hyper_dmabuf protocol, versions 1 to 3
 # (docs/protocol.md). Checked by tests/sim/tests/vectors.rs against the
 # reference code.
 #
 # One vector per line, fields separated by one space:
 #   request  NAME LIMIT HEX VERDICT    a request slot (section 11) as received
 #            by an end whose buffer limit is LIMIT octets; VERDICT is the
-#            status its decoding gives (sections 11.2 to 11.6, before any
+#            status its decoding gives (sections 11.2 to 11.7 and 15.3, before any
 #            check of the end's own state): OK, EINVAL, E2BIG or EOPNOTSUPP,
-#            the same in version 1 and in version 2
-#   request2 NAME LIMIT HEX VERDICT    the same in version 2 only (an EXPORT
-#            with inline references, section 11.3); in version 1 each is
-#            EINVAL
+#            the same in versions 1, 2 and 3
+#   request2 NAME LIMIT HEX VERDICT    the same in versions 2 and 3 (an
+#            EXPORT with inline references, section 11.3); in version 1
+#            each is EINVAL
+#   request3 NAME LIMIT HEX VERDICT    the same in version 3 only (fences,
+#            sections 11.3, 11.4 and 15); in versions 1 and 2 each is
+#            refused (EINVAL, or EOPNOTSUPP for SIGNAL)
 #   response NAME HEX VERDICT          a response slot (section 11.9) for a
 #            request with that operation outstanding: ok, or fatal
 #   root     NAME SIZE LIMIT HEX VERDICT  a root directory page (section 12)
@@ -449,6 +530,7 @@ fn judge(fields: &[&str]) -> String {
         ["request", _, limit, bytes] => {
             let v1 = judge_request(bytes, n(limit), VERSION_1);
             assert_eq!(v1, judge_request(bytes, n(limit), VERSION_2), "{fields:?}");
+            assert_eq!(v1, judge_request(bytes, n(limit), VERSION_3), "{fields:?}");
             v1
         }
         ["request2", _, limit, bytes] => {
@@ -457,7 +539,19 @@ fn judge(fields: &[&str]) -> String {
                 "EINVAL",
                 "{fields:?}"
             );
-            judge_request(bytes, n(limit), VERSION_2)
+            let v2 = judge_request(bytes, n(limit), VERSION_2);
+            assert_eq!(v2, judge_request(bytes, n(limit), VERSION_3), "{fields:?}");
+            v2
+        }
+        ["request3", _, limit, bytes] => {
+            for older in [VERSION_1, VERSION_2] {
+                let verdict = judge_request(bytes, n(limit), older);
+                assert!(
+                    verdict == "EINVAL" || verdict == "EOPNOTSUPP",
+                    "{fields:?} in version {older}: {verdict}"
+                );
+            }
+            judge_request(bytes, n(limit), VERSION_3)
         }
         ["response", _, bytes] => match Response::decode(&slot(bytes)) {
             Ok(r) => {

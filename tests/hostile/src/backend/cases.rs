@@ -25,7 +25,7 @@ use hyper_dmabuf_common::pgdir::{self, DirPage};
 use hyper_dmabuf_common::ring::HEADER_SIZE;
 use hyper_dmabuf_common::wire::{
     self, inline_capacity, Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request,
-    Response, Slot, VERSION_2,
+    Response, Slot, VERSION_2, VERSION_3,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_xenbus_proto::schema::{self, BackendConfig};
@@ -356,6 +356,7 @@ impl<'g> Ctx<'g> {
             pages: PageRefs::Directory(GrantRef::new(dir_gref).map_err(|e| format!("{e:?}"))?),
             flags: ExportFlags::default(),
             priv_data: PrivData::new(b"hostile backend").expect("short"),
+            fence: None,
         }))
     }
 
@@ -808,7 +809,7 @@ impl<'g> Ctx<'g> {
     /// Takes the UNEXPORT of `hid` (held).
     fn unexport_of(&mut self, hid: HyperDmabufId) -> Result<Slot, String> {
         self.take_request(&format!("the UNEXPORT of {hid}"), |s| {
-            Request::decode(s, u64::MAX, VERSION_2)
+            Request::decode(s, u64::MAX, VERSION_3)
                 .is_ok_and(|r| r.message == Message::Unexport(hid))
         })
     }
@@ -828,7 +829,7 @@ impl<'g> Ctx<'g> {
 
 /// An EXPORT request's announcement, if `slot` is one.
 fn decode_export(slot: &Slot) -> Option<Export> {
-    match Request::decode(slot, u64::MAX, VERSION_2).ok()?.message {
+    match Request::decode(slot, u64::MAX, VERSION_3).ok()?.message {
         Message::Export(e) => Some(e),
         _ => None,
     }
@@ -1265,6 +1266,7 @@ fn unknown_ids(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         Message::Update {
             hid,
             priv_data: PrivData::EMPTY,
+            fence: None,
         },
         Message::Mapped {
             hid,
@@ -1294,6 +1296,7 @@ fn unknown_ids(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         Message::Update {
             hid: forged,
             priv_data: PrivData::EMPTY,
+            fence: None,
         },
         Status::NoSuchBuffer,
     )?;
@@ -1311,6 +1314,7 @@ fn unknown_ids(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
         Message::Update {
             hid,
             priv_data: PrivData::EMPTY,
+            fence: None,
         },
         Status::NoSuchBuffer,
     )?;
@@ -1494,7 +1498,7 @@ fn maps_before_announce(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     // In version 2 the references of a buffer this small come in the
     // EXPORT itself: no directory root among the grants.
     let inline = ctx.session()?.rings.version() >= VERSION_2
-        && PAGES <= inline_capacity("hostile-importer early".len());
+        && PAGES <= inline_capacity("hostile-importer early".len(), false);
     let t0 = Instant::now();
     let (mut found, untried) = ctx.scan_nearest(&rings, PAGES + usize::from(!inline));
     let scan_ms = t0.elapsed().as_millis();

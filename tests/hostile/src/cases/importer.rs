@@ -21,7 +21,7 @@ use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_client::Mapping;
 use hyper_dmabuf_common::pgdir::ROOT_MAGIC;
 use hyper_dmabuf_common::wire::{
-    Export, MapEpoch, Message, PageRefs, Request, Response, Slot, VERSION_2,
+    Export, MapEpoch, Message, PageRefs, Request, Response, Slot, VERSION_3,
 };
 use hyper_dmabuf_common::xen::Status;
 use hyper_dmabuf_xenbus_proto::schema;
@@ -129,7 +129,7 @@ fn check_pattern(what: &str, seed: u64, pages: &[Vec<u8>]) -> Result<(), String>
 /// Takes the victim's next request, which must be an EXPORT.
 fn next_export(conn: &mut Conn<'_>) -> Result<(Slot, Export), String> {
     let slot = conn.next_request()?;
-    match Request::decode(&slot, u64::MAX, VERSION_2).map(|r| r.message) {
+    match Request::decode(&slot, u64::MAX, VERSION_3).map(|r| r.message) {
         Ok(Message::Export(export)) => Ok((slot, export)),
         other => Err(format!("expected an EXPORT from the victim, got {other:?}")),
     }
@@ -138,7 +138,7 @@ fn next_export(conn: &mut Conn<'_>) -> Result<(Slot, Export), String> {
 /// Takes the victim's next request, which must be the UNEXPORT of `export`.
 fn next_unexport(conn: &mut Conn<'_>, export: &Export) -> Result<Slot, String> {
     let slot = conn.next_request()?;
-    match Request::decode(&slot, u64::MAX, VERSION_2).map(|r| r.message) {
+    match Request::decode(&slot, u64::MAX, VERSION_3).map(|r| r.message) {
         Ok(Message::Unexport(hid)) if hid.matches(&export.hid) => Ok(slot),
         other => Err(format!(
             "expected the UNEXPORT of {}, got {other:?}",
@@ -149,7 +149,7 @@ fn next_unexport(conn: &mut Conn<'_>, export: &Export) -> Result<Slot, String> {
 
 /// Our answer to `request`.
 fn answer(request: &Slot, status: Status, map_epoch: Option<MapEpoch>) -> Slot {
-    let req = Request::decode(request, u64::MAX, VERSION_2);
+    let req = Request::decode(request, u64::MAX, VERSION_3);
     Response {
         req_id: u32::from_le_bytes([request[0], request[1], request[2], request[3]]),
         op: req.map_or(request[4], |r| r.message.op() as u8),

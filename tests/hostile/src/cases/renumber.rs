@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_common::id::HyperDmabufId;
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
-use hyper_dmabuf_common::wire::{MapEpoch, Message, Request, VERSION_2};
+use hyper_dmabuf_common::wire::{MapEpoch, Message, Request, VERSION_3};
 use hyper_dmabuf_common::xen::Status;
 use hyper_dmabuf_xenbus_proto::XenbusState;
 
@@ -79,7 +79,7 @@ impl Asked {
     /// Answers what the victim sent, noting it.
     fn take(&mut self, conn: &mut Conn<'_>) -> Result<(), String> {
         let mut bad = None;
-        conn.serve_noting(|slot| match Request::decode(slot, u64::MAX, VERSION_2) {
+        conn.serve_noting(|slot| match Request::decode(slot, u64::MAX, VERSION_3) {
             Ok(request) => self.0.push(request.message),
             Err(e) => bad = Some(format!("the victim sent a request we cannot decode: {e:?}")),
         })?;

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Fences that cross domains (protocol version 3), the kernel's half:
+ *
+ * - importer: a dma_fence that stands for one of the peer's, added to the
+ *   imported dma-buf's reservation object with write usage, signalled
+ *   (possibly with an error) when Rust says so;
+ * - exporter: the unsignalled write fences of a dma-buf we export, as one
+ *   fence, and a watch that tells Rust, in process context, once it
+ *   signals.
+ *
+ * Rust decides which fence is which and when each ends
+ * (common::fence, common::ledger); this file only carries it out.
+ */
+#include <linux/dma-buf.h>
+#include <linux/dma-fence.h>
+#include <linux/dma-resv.h>
+#include <linux/list.h>
+#include <linux/llist.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/workqueue.h>
+
+#include "internal.h"
+
+/* --- importer: the peer's fences as ours ------------------------------------ */
+
+struct hdm_peer_fence {
+	struct dma_fence base;
+	spinlock_t lock;
+};
+
+static const char *hdm_fence_driver_name(struct dma_fence *fence)
+{
+	return "hyper_dmabuf";
+}
+
+static const char *hdm_fence_timeline_name(struct dma_fence *fence)
+{
+	return "peer";
+}
+
+static void hdm_fence_release(struct dma_fence *fence)
+{
+	dma_fence_free(fence);
+	/* The ops above are this module's: it stays until the last fence goes. */
+	module_put(THIS_MODULE);
+}
+
+static const struct dma_fence_ops hdm_peer_fence_ops = {
+	.get_driver_name = hdm_fence_driver_name,
+	.get_timeline_name = hdm_fence_timeline_name,
+	.release = hdm_fence_release,
+};
+
+struct dma_fence *hdm_fence_new(void)
+{
+	struct hdm_peer_fence *f = kzalloc(sizeof(*f), GFP_KERNEL);
+
+	if (!f)
+		return NULL;
+	__module_get(THIS_MODULE);
+	spin_lock_init(&f->lock);
+	/*
+	 * A context of its own: the peer signals its fences in any order, and
+	 * fences of one context must signal in order.
+	 */
+	dma_fence_init(&f->base, &hdm_peer_fence_ops, &f->lock,
+		       dma_fence_context_alloc(1), 1);
+	return &f->base;
+}
+
+struct dma_fence *hdm_fence_get(struct dma_fence *fence)
+{
+	return dma_fence_get(fence);
+}
+
+void hdm_fence_put(struct dma_fence *fence)
+{
+	dma_fence_put(fence);
+}
+
+void hdm_fence_end(struct dma_fence *fence, int error)
+{
+	if (error)
+		dma_fence_set_error(fence, error);
+	dma_fence_signal(fence);
+	dma_fence_put(fence);
+}
+
+int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence)
+{
+	int err;
+
+	dma_resv_lock(buf->resv, NULL);
+	err = dma_resv_reserve_fences(buf->resv, 1);
+	if (!err)
+		dma_resv_add_fence(buf->resv, fence, DMA_RESV_USAGE_WRITE);
+	dma_resv_unlock(buf->resv);
+	return err;
+}
+
+/* --- exporter: our fences, watched --------------------------------------------- */
+
+struct hdm_fence_watch {
+	struct dma_fence_cb cb;
+	struct dma_fence *fence;
+	unsigned long long conn;
+	unsigned long long id;
+	struct list_head node;		/* hdm_watches, once armed */
+	struct llist_node done;		/* hdm_watches_done, once signalled */
+};
+
+/* Armed watches whose callback has not been removed. */
+static LIST_HEAD(hdm_watches);
+static DEFINE_SPINLOCK(hdm_watches_lock);
+/* Signalled, for the work item to report in process context. */
+static LLIST_HEAD(hdm_watches_done);
+
+static void hdm_watch_work_fn(struct work_struct *work);
+static DECLARE_WORK(hdm_watch_work, hdm_watch_work_fn);
+
+static void hdm_watch_free(struct hdm_fence_watch *w)
+{
+	dma_fence_put(w->fence);
+	kfree(w);
+}
+
+static void hdm_watch_work_fn(struct work_struct *work)
+{
+	struct llist_node *done = llist_reverse_order(llist_del_all(&hdm_watches_done));
+	struct hdm_fence_watch *w, *next;
+
+	llist_for_each_entry_safe(w, next, done, done) {
+		spin_lock(&hdm_watches_lock);
+		list_del(&w->node);
+		spin_unlock(&hdm_watches_lock);
+		hdm_rs_fence_signalled(w->conn, w->id, w->fence->error);
+		hdm_watch_free(w);
+	}
+}
+
+/* Runs under the fence's lock, maybe in IRQ context: hand over, no more. */
+static void hdm_watch_signalled(struct dma_fence *fence, struct dma_fence_cb *cb)
+{
+	struct hdm_fence_watch *w = container_of(cb, struct hdm_fence_watch, cb);
+
+	llist_add(&w->done, &hdm_watches_done);
+	queue_work(system_wq, &hdm_watch_work);
+}
+
+struct hdm_fence_watch *hdm_fence_watch_new(struct dma_buf *buf)
+{
+	struct hdm_fence_watch *w;
+	struct dma_fence *fence = NULL;
+	int err;
+
+	/* What a reader must wait for: the write fences, as one. */
+	err = dma_resv_get_singleton(buf->resv, DMA_RESV_USAGE_WRITE, &fence);
+	if (err)
+		return ERR_PTR(err);
+	if (!fence)
+		return NULL;
+	if (dma_fence_is_signaled(fence)) {
+		dma_fence_put(fence);
+		return NULL;
+	}
+	w = kzalloc(sizeof(*w), GFP_KERNEL);
+	if (!w) {
+		dma_fence_put(fence);
+		return ERR_PTR(-ENOMEM);
+	}
+	w->fence = fence;
+	INIT_LIST_HEAD(&w->node);
+	return w;
+}
+
+void hdm_fence_watch_free(struct hdm_fence_watch *w)
+{
+	hdm_watch_free(w);
+}
+
+void hdm_fence_watch_arm(struct hdm_fence_watch *w, unsigned long long conn,
+			 unsigned long long id)
+{
+	w->conn = conn;
+	w->id = id;
+	spin_lock(&hdm_watches_lock);
+	list_add_tail(&w->node, &hdm_watches);
+	spin_unlock(&hdm_watches_lock);
+	/* Signalled meanwhile: report it all the same, from the work item. */
+	if (dma_fence_add_callback(w->fence, &w->cb, hdm_watch_signalled))
+		hdm_watch_signalled(w->fence, &w->cb);
+}
+
+/* Stops the watches of `conn` (all with `all`) whose callback has not run. */
+static void hdm_fence_watch_stop(unsigned long long conn, bool all)
+{
+	struct hdm_fence_watch *w, *next;
+	LIST_HEAD(stopped);
+
+	spin_lock(&hdm_watches_lock);
+	list_for_each_entry_safe(w, next, &hdm_watches, node) {
+		if ((all || w->conn == conn) &&
+		    dma_fence_remove_callback(w->fence, &w->cb))
+			list_move(&w->node, &stopped);
+	}
+	spin_unlock(&hdm_watches_lock);
+	list_for_each_entry_safe(w, next, &stopped, node)
+		hdm_watch_free(w);
+}
+
+void hdm_fence_watch_cancel(unsigned long long conn)
+{
+	hdm_fence_watch_stop(conn, false);
+}
+
+void hdm_fence_watch_drain(void)
+{
+	hdm_fence_watch_stop(0, true);
+	/*
+	 * The rest signalled: their callbacks queue the work (under the fence
+	 * lock, which dma_fence_remove_callback() took after them), and the
+	 * work reports and frees them.
+	 */
+	flush_work(&hdm_watch_work);
+}
