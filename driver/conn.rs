@@ -486,7 +486,7 @@ impl Conn {
             Some(link)
         });
         // Our fences are the session's: the peer hears of none any more.
-        cancel_watches(self.id);
+        stats::FENCES_OUT.add(-i64::from(cancel_watches(self.id)));
         if link.is_some() {
             stats::CONNECTIONS.dec();
             ctx.peer_log(
@@ -547,6 +547,11 @@ impl Conn {
             let released = ledger.flush_releases(&mut link.channel, sink);
             if ledger.flush_updates(&mut link.channel, sink, now) || released || revoked {
                 link.irq.notify();
+            }
+            // The peer's fences end by the timed work if no SIGNAL comes.
+            if let Some(due) = ledger.fence_deadline() {
+                let ms = due.saturating_sub(now).clamp(1, u64::from(u32::MAX));
+                ffi::tick_schedule(u32::try_from(ms).unwrap_or(u32::MAX));
             }
             pass
         });
@@ -706,7 +711,6 @@ impl Conn {
     /// Our fence `id` signalled (`error`: its negative errno, or 0): the
     /// peer is sent SIGNAL if it holds the fence.
     pub(crate) fn fence_signalled(&self, ctx: &Context, id: u64, error: i32) {
-        stats::FENCES_OUT.dec();
         let Ok(id) = FenceId::new(id) else {
             return;
         };

@@ -348,6 +348,7 @@ extern "C" fn hdm_rs_vma_event(event: c_uint, domid: u16, status: c_int) {
 
 #[no_mangle]
 extern "C" fn hdm_rs_fence_signalled(conn: u64, id: u64, error: c_int) {
+    crate::stats::FENCES_OUT.dec();
     // A connection gone meanwhile took its fences with it.
     if let Some(driver) = driver() {
         if let Some(conn) = driver.conn(conn) {

@@ -301,8 +301,11 @@ void hdm_fence_watch_free(struct hdm_fence_watch *w);
 void hdm_fence_watch_arm(struct hdm_fence_watch *w, unsigned long long conn,
 			 unsigned long long id);
 void hdm_rs_fence_signalled(unsigned long long conn, unsigned long long id, int error);
-/* Stops the armed watches of connection `conn` that have not signalled. */
-void hdm_fence_watch_cancel(unsigned long long conn);
+/*
+ * Stops the armed watches of connection `conn` that have not signalled
+ * (they never report); how many.
+ */
+unsigned int hdm_fence_watch_cancel(unsigned long long conn);
 
 /* --- misc ------------------------------------------------------------------ */
 void hdm_get_random_bytes(void *buf, unsigned int len);

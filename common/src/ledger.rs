@@ -1233,6 +1233,12 @@ where
         self.fences_in_held
     }
 
+    /// No fence of the peer's times out before this (host clock), if it
+    /// holds any: when [`Ledger::tick`] must run.
+    pub fn fence_deadline(&self) -> Option<u64> {
+        self.fence_deadline
+    }
+
     /// Calls `f` on each local fence standing for one of the peer's on
     /// `hid`: what a new dma-buf of that import starts with.
     pub fn peer_fences(&self, hid: &HyperDmabufId, mut f: impl FnMut(&F)) {

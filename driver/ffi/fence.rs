@@ -127,8 +127,9 @@ impl Drop for FenceWatch {
 }
 
 /// Stops the watches armed for connection `conn` that have not signalled
-/// (its session ended: the peer hears of none of them).
-pub(crate) fn cancel_watches(conn: u64) {
+/// (its session ended: the peer hears of none of them); how many. Those
+/// that signalled already still report.
+pub(crate) fn cancel_watches(conn: u64) -> u32 {
     // SAFETY: no pointers.
-    unsafe { bindings::hdm_fence_watch_cancel(conn) };
+    unsafe { bindings::hdm_fence_watch_cancel(conn) }
 }

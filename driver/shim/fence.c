@@ -194,10 +194,14 @@ void hdm_fence_watch_arm(struct hdm_fence_watch *w, unsigned long long conn,
 		hdm_watch_signalled(w->fence, &w->cb);
 }
 
-/* Stops the watches of `conn` (all with `all`) whose callback has not run. */
-static void hdm_fence_watch_stop(unsigned long long conn, bool all)
+/*
+ * Stops the watches of `conn` (all with `all`) whose callback has not run;
+ * how many.
+ */
+static unsigned int hdm_fence_watch_stop(unsigned long long conn, bool all)
 {
 	struct hdm_fence_watch *w, *next;
+	unsigned int count = 0;
 	LIST_HEAD(stopped);
 
 	spin_lock(&hdm_watches_lock);
@@ -207,13 +211,16 @@ static void hdm_fence_watch_stop(unsigned long long conn, bool all)
 			list_move(&w->node, &stopped);
 	}
 	spin_unlock(&hdm_watches_lock);
-	list_for_each_entry_safe(w, next, &stopped, node)
+	list_for_each_entry_safe(w, next, &stopped, node) {
 		hdm_watch_free(w);
+		count++;
+	}
+	return count;
 }
 
-void hdm_fence_watch_cancel(unsigned long long conn)
+unsigned int hdm_fence_watch_cancel(unsigned long long conn)
 {
-	hdm_fence_watch_stop(conn, false);
+	return hdm_fence_watch_stop(conn, false);
 }
 
 void hdm_fence_watch_drain(void)

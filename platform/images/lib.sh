@@ -183,7 +183,8 @@ hdm_no_nodes() {
 # zero (the connection itself may stay up).
 hdm_check_released() {
     local c
-    for c in exports_live imports_live grants_live grants_draining pages_mapped dmabufs_live pages_leaked; do
+    for c in exports_live imports_live grants_live grants_draining pages_mapped dmabufs_live pages_leaked \
+        fences_in_live fences_out_live; do
         hdm_wait_stat "$c" 0 "${1:-30}"
     done
     hdm_log "all released: $(hdm_stats)"

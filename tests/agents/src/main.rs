@@ -10,6 +10,7 @@
 //! library).
 
 mod bench;
+mod fences;
 mod frames;
 mod kcheck;
 mod media;
@@ -39,6 +40,13 @@ enum Command {
     Frames {
         #[command(subcommand)]
         command: frames::FramesCommand,
+    },
+    /// Fences that cross domains: vgem's write fences on an exported
+    /// buffer make the importer's readers wait, until signalled or timed
+    /// out.
+    Fences {
+        #[command(subcommand)]
+        command: fences::FencesCommand,
     },
     /// Randomized export/import/unexport cycles with a peer running the
     /// other side (soak tests).
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
     };
     let done = match &cli.command {
         Command::Frames { command } => frames::run(command, &cli.options.device, &out),
+        Command::Fences { command } => fences::run(command, &cli.options.device, &out),
         Command::Stress { command } => stress::run(command, &cli.options.device, &out),
         Command::Soak(args) => soak::run(args, &cli.options.device, &out),
         Command::Bench { command } => bench::run(command, &cli.options.device),

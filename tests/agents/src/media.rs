@@ -17,7 +17,7 @@
 mod card;
 mod stream;
 mod v4l2;
-mod vgem;
+pub(crate) mod vgem;
 mod vivid;
 mod vkms;
 

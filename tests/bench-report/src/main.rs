@@ -24,11 +24,20 @@ use std::process::{Command, ExitCode};
 
 /// The anchors, in table order; `first_import` is ours' own first import
 /// and `noop_ioctl` an ioctl the device does not know, timed in the
-/// importer (the anchors of a cached re-import).
-const ANCHORS: [&str; 5] = ["gntdev", "floor", "copy", "first_import", "noop_ioctl"];
+/// importer (the anchors of a cached re-import); `update_rtt` an UPDATE
+/// and the importer's answer, through the driver (the anchor of a fence's
+/// signal).
+const ANCHORS: [&str; 6] = [
+    "gntdev",
+    "floor",
+    "copy",
+    "first_import",
+    "noop_ioctl",
+    "update_rtt",
+];
 
 /// The metrics, in table order, with what they measure.
-const METRICS: [(&str, &str); 11] = [
+const METRICS: [(&str, &str); 12] = [
     (
         "end_to_end",
         "export to first byte readable in the importer",
@@ -49,6 +58,10 @@ const METRICS: [(&str, &str); 11] = [
         "CPU time of the importer, end to end",
     ),
     ("round_trip", "the link's round trip"),
+    (
+        "fence_signal",
+        "a fence signalled in the exporter to the importer's reader awake, and its answer",
+    ),
 ];
 
 /// One series of samples from the logs.
@@ -418,6 +431,14 @@ fn targets(records: &[Value]) -> String {
         format!(
             "swapchain time per frame no slower than gntdev + transport at every size: {}",
             show(&frames)
+        ),
+    );
+    let fences = ratios("fence_signal", "update_rtt");
+    verdict(
+        all_below(&fences, 1.5),
+        format!(
+            "a fence's signal and the answer to it within 1.5x of an UPDATE and its answer: {}",
+            show(&fences)
         ),
     );
     let c = list("copy", &|s| s >= 8 << 20);

@@ -22,8 +22,8 @@ use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::limits::{MAX_IMPORTS_PER_PEER, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::pgdir::{self, DirPage, Layout, LEAF_ENTRIES, ROOT_ENTRIES};
 use hyper_dmabuf_common::wire::{
-    self as wire, Export, ExportFlags, MapEpoch, Message, PageRefs, PrivData, Request, Response,
-    Slot,
+    self as wire, Export, ExportFlags, FenceId, FenceResult, MapEpoch, Message, PageRefs, PrivData,
+    Request, Response, Slot,
 };
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_xenbus_proto::schema;
@@ -139,6 +139,7 @@ pub(crate) const CASES: &[(&str, CaseFn)] = &[
     ("bad-values", |c| refused_all(c, malformed::bad_values)),
     ("stale-ids", stale_ids),
     ("replay-after-unexport", replay_after_unexport),
+    ("fences", fences),
     ("dir-count-size-disagree", dir_count_size_disagree),
     ("dir-nr-entries-wrong", dir_nr_entries_wrong),
     ("dir-bad-magic", dir_bad_magic),
@@ -164,7 +165,7 @@ pub(crate) const CASES: &[(&str, CaseFn)] = &[
         xs_bad_node(c, schema::NODE_VERSION, "01")
     }),
     ("xs-version-unsupported", |c| {
-        xs_bad_node(c, schema::NODE_VERSION, "3")
+        xs_bad_node(c, schema::NODE_VERSION, "4")
     }),
     ("xs-ring-order-too-big", |c| {
         xs_bad_node(c, schema::NODE_RING_PAGE_ORDER, "5")
@@ -501,6 +502,57 @@ fn stale_ids(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
     expect_status("EXPORT again", conn.ask(&slot)?, Status::Exists)?;
     // The victim's user space cannot import it with the forged key.
     ctx.referee(&format!("import {forged} ENOENT"), Some(&mut conn))?;
+    Ok(Expect::QUIET)
+}
+
+/// Fences (protocol version 3) from a hostile exporter: a SIGNAL of a
+/// fence never attached, of one attached to another buffer, replayed; a
+/// fence id reused; a fence never signalled (the victim ends it itself,
+/// when it times out or when this session ends). Each refusal is a
+/// status, not a protocol error: the requests are well formed.
+fn fences(ctx: &mut Ctx<'_>) -> Result<Expect, String> {
+    let rings = ctx.rings()?;
+    let mut conn = ctx.connect(&rings)?;
+    let (good, other) = (ctx.hid(), ctx.hid());
+    for hid in [good, other] {
+        let slot = ctx.export(hid, 4096, 8);
+        expect_status("EXPORT", conn.ask(&slot)?, Status::Ok)?;
+    }
+    let id = |n| FenceId::new(n).expect("not zero");
+    let update = |hid, n| Message::Update {
+        hid,
+        priv_data: PrivData::EMPTY,
+        fence: Some(id(n)),
+    };
+    let signal = |hid, n| Message::Signal {
+        hid,
+        fence: id(n),
+        result: FenceResult::Signalled,
+    };
+    for (what, message, status) in [
+        (
+            "SIGNAL of a fence never attached",
+            signal(good, 1),
+            Status::NoSuchBuffer,
+        ),
+        ("fenced UPDATE", update(good, 1), Status::Ok),
+        (
+            "fenced UPDATE reusing its fence",
+            update(other, 1),
+            Status::Exists,
+        ),
+        (
+            "SIGNAL naming another buffer",
+            signal(other, 1),
+            Status::NoSuchBuffer,
+        ),
+        ("SIGNAL", signal(good, 1), Status::Ok),
+        ("SIGNAL replayed", signal(good, 1), Status::NoSuchBuffer),
+        ("fenced UPDATE never signalled", update(good, 2), Status::Ok),
+    ] {
+        let slot = ctx.request(message);
+        expect_status(what, conn.ask(&slot)?, status)?;
+    }
     Ok(Expect::QUIET)
 }
 

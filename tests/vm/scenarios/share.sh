@@ -17,7 +17,13 @@
 # end: nothing still holds one of its buffers. Last, frames announced
 # faster than the importer takes them (HDMABUF_IOCTL_UPDATE): the PV guest
 # to dom0 and dom0 to the PVH guest, each importer hearing them in order
-# and each buffer's newest. Every counter ends at zero in every domain.
+# and each buffer's newest. Then fences across domains (protocol version
+# 3): dom0 exports a vgem buffer to each guest and, each frame, attaches a
+# vgem write fence before announcing it; the guest's sync_file, poll and
+# CPU access wait for it until dom0 signals, and then see the frame. The
+# guests' modules time out a fence in 2 s (fence_timeout_ms): a last
+# fence dom0 never signals ends ETIMEDOUT in the PVH guest, long before
+# vgem's own 10 s. Every counter ends at zero in every domain.
 #
 # hdm: description = dom0 shares both ways with a PV and a PVH guest at the same time
 # hdm: domains = pv pvh
@@ -75,12 +81,23 @@ dom0/guests)
     wait $from_pv || hdm_fail "frames from pv: $(cat /tmp/frames-pv.out)"
     hdm_log "frames from pv: $(cat /tmp/frames-pv.out)"
     hdm_log "frames: the ring to a peer was full $(($(hdm_stat ring_full) - full)) times"
+    # Fences: vgem's write fences on dom0's frames to each guest.
+    for g in pv pvh; do
+        last=
+        [ $g = pvh ] && last=--timeout-round
+        hdmabuf-agent fences send --domain "$(xl domid $g)" $last >"/tmp/fences-$g.out" 2>&1 &
+        echo $! >"/tmp/fences-$g.pid"
+    done
+    for g in pv pvh; do
+        wait "$(cat "/tmp/fences-$g.pid")" || hdm_fail "fences to $g: $(cat "/tmp/fences-$g.out")"
+        hdm_log "fences to $g: $(cat "/tmp/fences-$g.out")"
+    done
     hdm_wait_stat connections_live 0 120
     hdm_check_released
     rmmod vgem || hdm_fail "vgem does not unload: something holds one of its buffers"
     ;;
 pv/main | pvh/main)
-    hdm_load
+    hdm_load fence_timeout_ms=2000
     hdm_load_check
     modprobe vgem || hdm_fail "modprobe vgem failed"
     hdm_watch /tmp/events
@@ -107,6 +124,12 @@ pv/main | pvh/main)
     else
         hdmabuf-agent frames receive --domain 0 || hdm_fail "frames from dom0 failed"
     fi
+    last=
+    [ "$HDM_DOMAIN" = pvh ] && last=--timeout-round
+    hdmabuf-agent fences receive --domain 0 $last || hdm_fail "fences from dom0 failed"
+    timed_out=$(hdm_stat fences_timed_out)
+    [ "$timed_out" = "$([ -n "$last" ] && echo 1 || echo 0)" ] ||
+        hdm_fail "$timed_out fences timed out: $(hdm_stats)"
     hdm_check_released
     rmmod vgem || hdm_fail "vgem does not unload: something holds one of its buffers"
     ;;

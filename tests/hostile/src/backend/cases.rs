@@ -143,7 +143,7 @@ pub(crate) const CASES: &[(&str, CaseFn)] = &[
         xs_bad(c, schema::NODE_VERSIONS, None)
     }),
     ("xs-versions-no-common", |c| {
-        xs_bad(c, schema::NODE_VERSIONS, Some("3,4"))
+        xs_bad(c, schema::NODE_VERSIONS, Some("4,5"))
     }),
     ("xs-versions-not-increasing", |c| {
         xs_bad(c, schema::NODE_VERSIONS, Some("1,1"))
