@@ -10,15 +10,16 @@
 //! effects that need other locks (events for readers, ending grants) are
 //! collected while locked and carried out after unlocking.
 
-use kernel::alloc::flags::GFP_KERNEL;
+use kernel::alloc::flags::{GFP_KERNEL, GFP_NOWAIT};
+use kernel::alloc::Flags;
 use kernel::prelude::*;
-use kernel::rbtree::RBTree;
+use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::str::{CStr, CString};
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
 use kernel::time::msecs_to_jiffies;
 
 use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
-use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence};
+use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence, MAX_FENCES};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
     self, Claim, FileRights, Frame, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
@@ -32,7 +33,7 @@ use super::common::Error as ProtoError;
 use crate::context::Context;
 use crate::ffi::device::SeqFile;
 use crate::ffi::dmabuf::DmabufRef;
-use crate::ffi::fence::{cancel_watches, FenceRef, FenceWatch, PeerFence};
+use crate::ffi::fence::{cancel_watches, FenceRef, FenceWatch, PeerFence, SignallingSection};
 use crate::ffi::xenbus::{Irq, SharedRing, XenbusDev};
 use crate::ffi::{self, errno};
 use crate::files::Addressed;
@@ -97,6 +98,15 @@ pub(crate) type ImportEntry = ImportRecord<usize>;
 type ConnLedger =
     Ledger<Tree<ExportEntry>, Tree<ImportEntry>, Tree<InFence<PeerFence>>, Tree<OutFence>>;
 
+/// How memory is allocated while `Conn::inner` is held: never by waiting
+/// for reclaim. The paths that signal the peer's fences take that lock
+/// (the SIGNAL's pass, the timeout's tick), and reclaim may wait for one
+/// of those fences (a GPU driver's shrinker): a sleeping allocation under
+/// the lock could wait for itself. Lockdep checks it
+/// (`SignallingSection`). Failing instead refuses the request (ENOMEM),
+/// loses an event (counted), or retries outside the lock.
+pub(crate) const UNDER_LOCK: Flags = GFP_NOWAIT;
+
 /// Everything behind the connection's lock.
 pub(crate) struct ConnInner {
     link: Option<Link>,
@@ -120,10 +130,25 @@ pub(crate) struct Effects {
 
 impl Effects {
     fn addressed(&mut self, addressed: Addressed) {
-        if self.events.push(addressed, GFP_KERNEL).is_err() {
+        if self.events.push(addressed, UNDER_LOCK).is_err() {
             stats::EVENTS_LOST.inc();
         }
     }
+}
+
+/// Events that wait for fences to reach a live dma-buf first, in the
+/// order their passes made them.
+struct Delivery {
+    fences: KVec<(HyperDmabufId, FenceRef)>,
+    events: KVec<Addressed>,
+}
+
+/// The deliveries of a connection not yet made.
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    queue: KVec<Delivery>,
+    /// Someone is delivering the head of the queue, outside the lock.
+    busy: bool,
 }
 
 /// A connection to one peer.
@@ -139,6 +164,9 @@ pub(crate) struct Conn {
     inner: Mutex<ConnInner>,
     #[pin]
     answered: CondVar,
+    /// Events that wait behind fences to add (`Conn::deliver`).
+    #[pin]
+    deliveries: Mutex<Deliveries>,
 }
 
 /// Where the ledger's decisions take effect: the driver's counters, log
@@ -152,17 +180,21 @@ struct ConnSink<'a> {
 }
 
 impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
-    fn fence_new(&mut self, hid: &HyperDmabufId) -> Option<PeerFence> {
-        let fence = PeerFence::new()?;
-        // Without memory for the note, the frame is refused: a reader of a
-        // live dma-buf must not miss its fence.
-        self.fx.fences_new.reserve(1, GFP_KERNEL).ok()?;
+    fn fence_new(&mut self, _hid: &HyperDmabufId) -> Option<PeerFence> {
+        // Room for the note `fence_attached` makes: without it the frame
+        // is refused, as a reader of a live dma-buf must not miss it.
+        self.fx.fences_new.reserve(1, UNDER_LOCK).ok()?;
+        let fence = PeerFence::new(self.peer.get())?;
+        stats::FENCES_IN.inc();
+        Some(fence)
+    }
+
+    fn fence_attached(&mut self, hid: &HyperDmabufId, fence: &PeerFence) {
+        // Room reserved by `fence_new`.
         let _ = self
             .fx
             .fences_new
-            .push((*hid, fence.reference()), GFP_KERNEL);
-        stats::FENCES_IN.inc();
-        Some(fence)
+            .push((*hid, fence.reference()), UNDER_LOCK);
     }
 
     fn fence_end(&mut self, fence: PeerFence, end: FenceEnd) {
@@ -172,8 +204,8 @@ impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
         }
         // Signalled once the lock is dropped (their waiters' callbacks
         // run then); without memory for the list, at once.
-        if self.fx.fences_ended.reserve(1, GFP_KERNEL).is_ok() {
-            let _ = self.fx.fences_ended.push((fence, end), GFP_KERNEL);
+        if self.fx.fences_ended.reserve(1, UNDER_LOCK).is_ok() {
+            let _ = self.fx.fences_ended.push((fence, end), UNDER_LOCK);
         } else {
             fence.end(end.error());
         }
@@ -186,8 +218,8 @@ impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
     fn retire(&mut self, grants: KBox<ExportGrants>) {
         // Once the lock is dropped; without memory for the list, at once
         // (the registry's locks rank below a connection's).
-        if self.fx.retired.reserve(1, GFP_KERNEL).is_ok() {
-            let _ = self.fx.retired.push(grants, GFP_KERNEL);
+        if self.fx.retired.reserve(1, UNDER_LOCK).is_ok() {
+            let _ = self.fx.retired.push(grants, UNDER_LOCK);
         } else {
             self.ctx.retire(grants);
         }
@@ -318,6 +350,7 @@ impl Conn {
                     results: RBTree::new(),
                 }, "Conn::inner"),
                 answered <- new_condvar!("Conn::answered"),
+                deliveries <- new_mutex!(Deliveries::default(), "Conn::deliveries"),
             }),
             GFP_KERNEL,
         )
@@ -330,6 +363,32 @@ impl Conn {
         ctx: &Context,
         f: impl FnOnce(&mut ConnInnerParts<'_>, &mut ConnSink<'_>) -> R,
     ) -> R {
+        let (result, fx) = self.locked_raw(ctx, f);
+        self.finish(ctx, fx);
+        result
+    }
+
+    /// [`Conn::locked`] for the paths that end the peer's fences (a pass
+    /// over the rings, the timed work): lockdep's fence-signalling section
+    /// runs from before the lock to the last signal.
+    fn locked_signalling<R>(
+        &self,
+        ctx: &Context,
+        f: impl FnOnce(&mut ConnInnerParts<'_>, &mut ConnSink<'_>) -> R,
+    ) -> R {
+        let section = SignallingSection::begin();
+        let (result, mut fx) = self.locked_raw(ctx, f);
+        end_fences(&mut fx);
+        drop(section);
+        self.finish(ctx, fx);
+        result
+    }
+
+    fn locked_raw<R>(
+        &self,
+        ctx: &Context,
+        f: impl FnOnce(&mut ConnInnerParts<'_>, &mut ConnSink<'_>) -> R,
+    ) -> (R, Effects) {
         let mut fx = Effects::default();
         let result = {
             let mut guard = self.inner.lock();
@@ -348,30 +407,138 @@ impl Conn {
             };
             f(&mut parts, &mut sink)
         };
-        self.finish(ctx, fx);
-        result
+        (result, fx)
     }
 
-    fn finish(&self, ctx: &Context, fx: Effects) {
-        // Fences first: a reader woken by a frame's event finds its fence
-        // on the dma-buf.
-        for (hid, fence) in fx.fences_new {
-            if let Some(buf) = self.live_dmabuf(&hid) {
-                if buf.add_fence(&fence).is_err() {
-                    stats::FENCES_UNATTACHED.inc();
-                }
-            }
-        }
-        for (fence, end) in fx.fences_ended {
-            fence.end(end.error());
-        }
-        ctx.post(&fx.events);
-        for grants in fx.retired {
+    fn finish(&self, ctx: &Context, mut fx: Effects) {
+        // The peer's fences that ended first: nothing below may wait for
+        // them.
+        end_fences(&mut fx);
+        for grants in core::mem::take(&mut fx.retired) {
             ctx.retire(grants);
         }
         if fx.wake {
             self.answered.notify_all();
         }
+        self.deliver(ctx, fx.fences_new, fx.events);
+    }
+
+    /// Posts `events`, once `fences` are on the live dma-buf of their
+    /// import (a reader woken by a frame's event finds its fence there),
+    /// and after every delivery queued before. The reservation object's
+    /// lock is only tried: its holder may be waiting for a fence of ours
+    /// that this connection's next pass signals. What cannot be added now
+    /// waits, with the events behind it, for the timed work to try again.
+    fn deliver(
+        &self,
+        ctx: &Context,
+        fences: KVec<(HyperDmabufId, FenceRef)>,
+        events: KVec<Addressed>,
+    ) {
+        {
+            let mut d = self.deliveries.lock();
+            if fences.is_empty() && d.queue.is_empty() && !d.busy {
+                drop(d);
+                ctx.post(&events);
+                return;
+            }
+            let delivery = Delivery { fences, events };
+            if d.queue.push(delivery, GFP_KERNEL).is_err() {
+                stats::EVENTS_LOST.inc();
+            }
+            if d.busy {
+                // The one delivering takes this one in its turn.
+                return;
+            }
+            d.busy = true;
+        }
+        self.drain_deliveries(ctx);
+    }
+
+    /// Delivers the queue in order while each delivery's fences can be
+    /// added; whoever set `busy` calls it.
+    fn drain_deliveries(&self, ctx: &Context) {
+        loop {
+            let batch = {
+                let mut d = self.deliveries.lock();
+                if d.queue.is_empty() {
+                    d.busy = false;
+                    return;
+                }
+                core::mem::take(&mut d.queue)
+            };
+            let mut left = KVec::new();
+            let mut stuck = false;
+            for mut delivery in batch {
+                if !stuck {
+                    let waiting = self.add_fences(delivery.fences);
+                    if waiting.is_empty() {
+                        ctx.post(&delivery.events);
+                        continue;
+                    }
+                    delivery.fences = waiting;
+                    stuck = true;
+                }
+                if left.push(delivery, GFP_KERNEL).is_err() {
+                    stats::EVENTS_LOST.inc();
+                }
+            }
+            if stuck {
+                // What came meanwhile goes behind what is left.
+                let mut d = self.deliveries.lock();
+                for later in core::mem::take(&mut d.queue) {
+                    if left.push(later, GFP_KERNEL).is_err() {
+                        stats::EVENTS_LOST.inc();
+                    }
+                }
+                d.queue = left;
+                d.busy = false;
+                drop(d);
+                ffi::tick_schedule(1);
+                return;
+            }
+        }
+    }
+
+    /// Adds each fence to the live dma-buf of its import, if it has one;
+    /// returns those whose reservation object was busy.
+    fn add_fences(
+        &self,
+        fences: KVec<(HyperDmabufId, FenceRef)>,
+    ) -> KVec<(HyperDmabufId, FenceRef)> {
+        let mut waiting = KVec::new();
+        for (hid, fence) in fences {
+            // Not live: a new dma-buf of it starts with the fence
+            // (`Conn::import_live`).
+            let Some(buf) = self.live_dmabuf(&hid) else {
+                continue;
+            };
+            match buf.try_add_fence(&fence) {
+                Ok(()) => {}
+                Err(e) if e == EBUSY => {
+                    if waiting.push((hid, fence), GFP_KERNEL).is_err() {
+                        stats::FENCES_UNATTACHED.inc();
+                    }
+                }
+                Err(_) => stats::FENCES_UNATTACHED.inc(),
+            }
+        }
+        waiting
+    }
+
+    /// The timed work's turn at deliveries that waited for a busy
+    /// reservation object. Returns when to try again, if some still wait.
+    fn retry_deliveries(&self, ctx: &Context, now: u64) -> Option<u64> {
+        {
+            let mut d = self.deliveries.lock();
+            if d.busy || d.queue.is_empty() {
+                return None;
+            }
+            d.busy = true;
+        }
+        self.drain_deliveries(ctx);
+        let d = self.deliveries.lock();
+        (!d.queue.is_empty()).then_some(now + 1)
     }
 
     /// The live dma-buf of import `hid`, referenced, if it has one.
@@ -395,34 +562,52 @@ impl Conn {
     /// on them (the debugfs `rings` file): enough to tell a lost
     /// notification from a peer that stopped answering.
     pub(crate) fn show_rings(&self, m: &SeqFile) {
-        let inner = self.inner.lock();
-        let line = match &inner.link {
+        // Read under the lock, written out after it (formatting allocates:
+        // `UNDER_LOCK`).
+        let state = {
+            let inner = self.inner.lock();
+            inner.link.as_ref().map(|link| {
+                let (ours, theirs, outstanding) = link.channel.views();
+                let mut exports = 0usize;
+                inner.ledger.for_each(|_, _| exports += 1, |_| {});
+                let waiters = inner.results.iter().count();
+                let unsent = inner.ledger.releases_unsent();
+                let imports = inner.ledger.imports_held();
+                (
+                    link.broken,
+                    ours,
+                    theirs,
+                    outstanding,
+                    waiters,
+                    unsent,
+                    exports,
+                    imports,
+                )
+            })
+        };
+        let line = match state {
             None => CString::try_from_fmt(kernel::fmt!(
                 "{}: dom{} not connected\n",
                 self.name(),
                 self.peer.get()
             )),
-            Some(link) => {
-                let (ours, theirs, outstanding) = link.channel.views();
-                let mut exports = 0usize;
-                inner.ledger.for_each(|_, _| exports += 1, |_| {});
+            Some((broken, ours, theirs, outstanding, waiters, unsent, exports, imports)) => {
                 CString::try_from_fmt(kernel::fmt!(
                     "{}: dom{}{} outstanding={} waiters={} unsent={} exports={} imports={}\n  \
                      we request: {}\n  we answer:  {}\n",
                     self.name(),
                     self.peer.get(),
-                    if link.broken { " broken" } else { "" },
+                    if broken { " broken" } else { "" },
                     outstanding,
-                    inner.results.iter().count(),
-                    inner.ledger.releases_unsent(),
+                    waiters,
+                    unsent,
                     exports,
-                    inner.ledger.imports_held(),
+                    imports,
                     ours,
                     theirs
                 ))
             }
         };
-        drop(inner);
         if let Ok(line) = line {
             m.puts(&line);
         }
@@ -503,7 +688,7 @@ impl Conn {
     /// runs it again while there is more, letting other work in between).
     pub(crate) fn process(&self, ctx: &Context) -> Pass {
         let mut close = None;
-        let pass = self.locked(ctx, |parts, sink| {
+        let pass = self.locked_signalling(ctx, |parts, sink| {
             let Some(link) = parts.link.as_mut().filter(|l| !l.broken) else {
                 return Pass::Idle;
             };
@@ -577,15 +762,16 @@ impl Conn {
         token: u64,
         fence: Option<FenceWatch>,
     ) -> Result {
+        // The answer's slot, allocated before the lock (`UNDER_LOCK`).
+        let waiter = RBTreeNodeReservation::new(GFP_KERNEL);
         self.locked(ctx, |parts, sink| {
             let link = parts.link.as_mut().filter(|l| !l.broken);
             let connected = link.is_some();
-            let waiter = sink.results.try_create_and_insert(token, None, GFP_KERNEL);
-            let (Some(link), Ok(_)) = (link, waiter) else {
-                sink.results.remove(&token);
+            let (Some(link), Ok(waiter)) = (link, waiter) else {
                 sink.retire(entry.grants);
                 return Err(if connected { ENOMEM } else { errno::enotconn() });
             };
+            sink.results.insert(waiter.into_node(token, None));
             let fenced = fence.is_some();
             match parts
                 .ledger
@@ -661,20 +847,18 @@ impl Conn {
         flags: Option<ExportFlags>,
         priv_data: PrivData,
     ) -> Result {
+        // The frame waits for the buffer's writers, if the peer can be told
+        // (version 3) and the buffer is this file's to update. Looked up
+        // outside the lock: gathering them may wait for memory.
+        let fence = match self.exported_dmabuf(hid, file) {
+            Some(buf) => FenceWatch::pending(&buf)?,
+            None => None,
+        };
         let queued = self.locked(ctx, |parts, sink| {
             let link = parts.link.as_mut().filter(|l| !l.broken);
             let (channel, irq) = match link {
                 Some(l) => (Some(&mut l.channel), Some(&l.irq)),
                 None => (None, None),
-            };
-            // The frame waits for the buffer's writers, if the peer can be
-            // told (version 3) and the buffer is ours.
-            let fences = channel
-                .as_ref()
-                .is_some_and(|c| c.config().version >= VERSION_3);
-            let fence = match parts.ledger.export(hid) {
-                Some(e) if fences && uapi_may_manage(e.owner, file) => e.grants.pending_fence()?,
-                _ => None,
             };
             let frame = Frame {
                 priv_data,
@@ -696,6 +880,23 @@ impl Conn {
             ffi::tick_schedule(RETRY_MS as u32);
         }
         Ok(())
+    }
+
+    /// A reference to the dma-buf of our export `hid`, if the session can
+    /// carry fences (version 3) and `file` may manage the export (the
+    /// ledger checks it again, and says why not).
+    fn exported_dmabuf(&self, hid: &HyperDmabufId, file: FileRights) -> Option<DmabufRef> {
+        let inner = self.inner.lock();
+        if inner.link.as_ref()?.channel.config().version < VERSION_3 {
+            return None;
+        }
+        let export = inner.ledger.export(hid)?;
+        if !super::common::uapi::may_manage_export(export.owner, file.file, file.admin) {
+            return None;
+        }
+        // SAFETY: the export's grants hold its dma-buf pinned while the
+        // record exists, and the record cannot go while we hold this lock.
+        unsafe { DmabufRef::try_get(export.identity) }
     }
 
     /// Arms `watch` for our fence `id` if the ledger gave the frame one;
@@ -780,7 +981,7 @@ impl Conn {
     /// Timed work ([`Ledger::tick`]). Returns when it wants to run next,
     /// if ever.
     pub(crate) fn tick(&self, ctx: &Context, now: u64) -> Option<u64> {
-        self.locked(ctx, |parts, sink| {
+        let next = self.locked_signalling(ctx, |parts, sink| {
             let link = parts.link.as_mut().filter(|l| !l.broken);
             let (channel, irq) = match link {
                 Some(l) => (Some(&mut l.channel), Some(&l.irq)),
@@ -791,7 +992,11 @@ impl Conn {
                 irq.notify();
             }
             next
-        })
+        });
+        match (next, self.retry_deliveries(ctx, now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// First step of an import: reuse a live mapping or claim the buffer
@@ -845,25 +1050,44 @@ impl Conn {
         })
     }
 
-    /// Records the dma-buf of a mapped import and ends the claim. Returns
-    /// the peer's fences on the buffer that have not ended: the new
-    /// dma-buf's readers wait for them (later ones reach it through
-    /// [`Conn::finish`]).
+    /// The peer's fences on import `hid` that have not ended: a new
+    /// dma-buf of it must wait for them.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn peer_fences(&self, hid: &HyperDmabufId) -> Result<KVec<FenceRef>> {
+        // Room for every one the ledger may hold, before the lock.
+        let mut fences = KVec::with_capacity(MAX_FENCES, GFP_KERNEL)?;
+        self.inner.lock().ledger.peer_fences(hid, |f| {
+            let _ = fences.push(f.reference(), UNDER_LOCK);
+        });
+        Ok(fences)
+    }
+
+    /// Records the dma-buf of a mapped import and ends the claim. The
+    /// caller added the peer's fences to it first ([`Conn::peer_fences`]);
+    /// those that came meanwhile are returned, to add too (later ones
+    /// reach it through [`Conn::finish`]).
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` for the list: the import is live all the same, and its
+    /// dma-buf must go without being handed out.
     pub(crate) fn import_live(
         &self,
         hid: &HyperDmabufId,
         identity: usize,
         writable: bool,
-    ) -> KVec<FenceRef> {
+    ) -> Result<KVec<FenceRef>> {
+        let fences = KVec::with_capacity(MAX_FENCES, GFP_KERNEL);
         let mut inner = self.inner.lock();
         inner.ledger.import_live(hid, identity, writable);
-        let mut fences = KVec::new();
+        let mut fences = fences?;
         inner.ledger.peer_fences(hid, |f| {
-            if fences.push(f.reference(), GFP_KERNEL).is_err() {
-                stats::FENCES_UNATTACHED.inc();
-            }
+            let _ = fences.push(f.reference(), UNDER_LOCK);
         });
-        fences
+        Ok(fences)
     }
 
     /// An import that was claimed with [`Conn::import_begin`] failed.
@@ -926,12 +1150,14 @@ impl Conn {
         let everyone = |event| Addressed { event, owner: None };
         let _ = out.push(
             everyone(Event::about_peer(EventType::PeerConnected, self.peer)),
-            GFP_KERNEL,
+            UNDER_LOCK,
         );
         inner.ledger.announced(|export| {
             let event =
                 Event::about_import(EventType::NewExport, self.peer, export, export.priv_data);
-            let _ = out.push(everyone(event), GFP_KERNEL);
+            if out.push(everyone(event), UNDER_LOCK).is_err() {
+                stats::EVENTS_LOST.inc();
+            }
         });
     }
 
@@ -960,12 +1186,13 @@ fn import_errno(refusal: ImportRefusal) -> Error {
     Error::from_errno(-refusal.errno())
 }
 
-/// Whether the open file `file` may manage an export of `owner`'s (the
-/// ledger checks it again, and says why not).
-fn uapi_may_manage(owner: u64, file: FileRights) -> bool {
-    super::common::uapi::may_manage_export(owner, file.file, file.admin)
-}
-
 fn xenbus_closing() -> u32 {
     super::xenbus_proto::XenbusState::Closing.as_u32()
+}
+
+/// Signals the peer's fences that `fx` ended.
+fn end_fences(fx: &mut Effects) {
+    for (fence, end) in core::mem::take(&mut fx.fences_ended) {
+        fence.end(end.error());
+    }
 }

@@ -20,6 +20,7 @@ use super::common::uapi::{
 use super::common::wire::ExportFlags;
 use super::common::xen::DomId;
 use super::common::Error as ProtoError;
+use crate::conn::UNDER_LOCK;
 use crate::files::{Addressed, FileCtx};
 use crate::registry::Driver;
 use crate::{export, import};
@@ -227,14 +228,21 @@ fn query(driver: &Driver, file: &FileCtx, args: &QueryArgs) -> Result<u64> {
     })
 }
 
-/// Writes up to `capacity` entries; returns how many buffers `file` may
-/// see exist (its exports, or all for an administrator's, and imports).
-fn list(driver: &Driver, file: &FileCtx, args: &ListArgs) -> Result<u32> {
-    let entries: RefCell<KVVec<ListEntry>> = RefCell::new(KVVec::new());
-    let alloc_failed = Cell::new(false);
+/// Lists into `entries` within its capacity: `None` if it was too small.
+fn list_into(
+    driver: &Driver,
+    file: &FileCtx,
+    entries: KVVec<ListEntry>,
+) -> Result<Option<KVVec<ListEntry>>> {
+    let entries = RefCell::new(entries);
+    let full = Cell::new(false);
     let push = |e: ListEntry| {
-        if entries.borrow_mut().push(e, GFP_KERNEL).is_err() {
-            alloc_failed.set(true);
+        let mut v = entries.borrow_mut();
+        if v.len() < v.capacity() {
+            // Within the capacity: no allocation.
+            let _ = v.push(e, UNDER_LOCK);
+        } else {
+            full.set(true);
         }
     };
     for conn in driver.all_conns()?.iter() {
@@ -286,10 +294,26 @@ fn list(driver: &Driver, file: &FileCtx, args: &ListArgs) -> Result<u32> {
             },
         );
     }
-    if alloc_failed.get() {
-        return Err(ENOMEM);
+    if full.get() {
+        return Ok(None);
     }
-    let entries = entries.into_inner();
+    Ok(Some(entries.into_inner()))
+}
+
+/// Writes up to `capacity` entries; returns how many buffers `file` may
+/// see exist (its exports, or all for an administrator's, and imports).
+fn list(driver: &Driver, file: &FileCtx, args: &ListArgs) -> Result<u32> {
+    // Room is made before each connection's lock is taken, never under it
+    // (`conn::UNDER_LOCK`): a listing that outgrows it starts again with
+    // twice the room.
+    let mut room = 256usize;
+    let entries = loop {
+        let listed = list_into(driver, file, KVVec::with_capacity(room, GFP_KERNEL)?)?;
+        match listed {
+            Some(entries) => break entries,
+            None => room = room.checked_mul(2).ok_or(ENOMEM)?,
+        }
+    };
     let ptr = usize::try_from(args.entries_ptr).map_err(|_| EFAULT)?;
     let shown = entries.len().min(args.capacity as usize);
     if shown > 0 {

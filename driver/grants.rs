@@ -28,7 +28,6 @@ use super::common::uapi::{Event, EventType};
 use super::common::wire::{InlineRefs, PageRefs};
 use super::common::xen::{DomId, GrantRef};
 use crate::ffi::dmabuf::PinnedDmabuf;
-use crate::ffi::fence::FenceWatch;
 use crate::ffi::grant::{DmabufGrants, GrantedPage, OwnedPage};
 use crate::ffi::{self, ModulePin};
 use crate::files::Addressed;
@@ -180,16 +179,6 @@ impl ExportGrants {
     /// Grants not yet ended.
     pub(crate) fn live(&self) -> usize {
         self.data.live() + self.dir.len()
-    }
-
-    /// The write fences of the exported dma-buf not yet signalled, to
-    /// watch, if any (`HDMABUF_IOCTL_UPDATE`'s frame waits for them).
-    ///
-    /// # Errors
-    ///
-    /// `ENOMEM`.
-    pub(crate) fn pending_fence(&self) -> Result<Option<FenceWatch>> {
-        FenceWatch::pending(self.data.pin())
     }
 
     /// Ends every grant the peer does not map; true once none is left.

@@ -51,8 +51,14 @@
 //!    connection).
 //! 2. `BackDevice::online_watch` — alone.
 //! 3. `Conn::inner` — a connection's rings, exports and imports
-//!    (`Conn::answered` waits on it).
-//! 4. `Files::table`, then 5. `FileCtx::queue` — posting events.
+//!    (`Conn::answered` waits on it). Nothing allocated under it waits for
+//!    memory (`conn::UNDER_LOCK`): the peer's fences are signalled by
+//!    paths that take it.
+//! 3a. `Conn::deliveries` — events that wait for fences to reach a live
+//!    dma-buf; taken with none of these held, and then only
+//!    `Conn::inner` (to find the dma-buf), the files' locks (to post)
+//!    and an imported dma-buf's reservation object, which is only tried
+//!    (`dma_resv_trylock`): its holder may wait for one of our fences.
 //! 6. `Driver::conns`, `Drain::table`, `Unmaps::table` — leaves: nothing
 //!    is taken under them (a connection is looked up under `conns`, then
 //!    used after it is dropped).
@@ -71,6 +77,14 @@
 //! Rules that keep it so: allocate before locking (reservations of tree
 //! nodes, the records a release or a retirement will need), collect side
 //! effects under `Conn::inner` and carry them out after (`conn::Effects`).
+//!
+//! Fences: a pass over a connection's rings and its timed work run in
+//! lockdep's fence-signalling section (`ffi::fence::SignallingSection`)
+//! from before `Conn::inner` to the last peer fence they signal; so
+//! lockdep checks that nothing on those paths waits for memory or for a
+//! lock held while memory is allocated. Adding a fence to a dma-buf (its
+//! reservation object's lock, which is held around allocations) is done
+//! after the section, and only tried from a connection's own paths.
 
 use kernel::prelude::*;
 

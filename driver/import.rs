@@ -12,6 +12,7 @@ use super::common::id::HyperDmabufId;
 use super::common::wire::Export;
 use crate::conn::{Conn, Import};
 use crate::ffi::dmabuf::{DmabufRef, ReservedFd};
+use crate::ffi::fence::FenceRef;
 use crate::ffi::{self, GNTMAP_HOST_MAP, GNTMAP_READONLY};
 use crate::mapping::{read_directory, GrantMapping, ImportedBuffer, UnmapSlot};
 use crate::registry::Driver;
@@ -81,12 +82,20 @@ pub(crate) fn import(
         Import::Reuse(buf, size) => (buf, size),
         Import::Map(export, max) => match map_and_export(driver, &conn, &export, max, writable) {
             Ok(buf) => {
-                // The peer's fences on the buffer so far; later ones reach
-                // the live dma-buf as they come.
-                for fence in conn.import_live(hid, buf.identity(), writable) {
-                    if buf.add_fence(&fence).is_err() {
-                        stats::FENCES_UNATTACHED.inc();
-                    }
+                // Readers wait for the peer's fences on the buffer: those
+                // so far before anyone else can reuse the dma-buf, those
+                // that came meanwhile right after, later ones as they come.
+                let early = conn
+                    .peer_fences(hid)
+                    .and_then(|fences| add_fences(&buf, fences));
+                let late = conn
+                    .import_live(hid, buf.identity(), writable)
+                    .and_then(|fences| add_fences(&buf, fences));
+                if let Err(e) = early.and(late) {
+                    // Live: our only reference goes, and the mapping with
+                    // it, as on any last close.
+                    drop(buf);
+                    return Err(e);
                 }
                 stats::BUFFERS_MAPPED.inc();
                 ffi::log_buffer(format_args!(
@@ -107,6 +116,18 @@ pub(crate) fn import(
     };
     deliver(fd.number(), size)?;
     buf.install(fd);
+    Ok(())
+}
+
+/// Adds the peer's `fences` to a dma-buf of its buffer.
+///
+/// # Errors
+///
+/// `ENOMEM`: a reader would not wait for one.
+fn add_fences(buf: &DmabufRef, fences: KVec<FenceRef>) -> Result {
+    for fence in fences {
+        buf.add_fence(&fence)?;
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 //! driver's own. The C shim prints nothing of these: it reports, and the
 //! budgets here decide.
 
-use kernel::alloc::flags::GFP_KERNEL;
+use kernel::alloc::flags::GFP_NOWAIT;
 use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::sync::{new_mutex, Mutex};
@@ -65,8 +65,10 @@ impl PeerLogs {
     /// Prints the line `args` about `peer` if its budget allows.
     pub(crate) fn line(&self, peer: DomId, level: Level, args: core::fmt::Arguments<'_>) {
         let now = ffi::now_ms();
-        // Allocated before locking; without memory the line is dropped.
-        let node = RBTreeNodeReservation::new(GFP_KERNEL).ok();
+        // Allocated before locking, without waiting for memory (a
+        // connection's lock may be held: `conn::UNDER_LOCK`); without it
+        // the line is dropped.
+        let node = RBTreeNodeReservation::new(GFP_NOWAIT).ok();
         let verdict = {
             let mut budgets = self.budgets.lock();
             forget_idle(&mut budgets, now);

@@ -277,16 +277,22 @@ void hdm_fd_unreserve(int fd);
 struct dma_fence;
 struct hdm_fence_watch;
 /*
- * Importer: an unsignalled fence standing for one of the peer's (its own
- * context; it pins this module until released), or NULL without memory.
+ * Importer: an unsignalled fence standing for one of domain `peer`'s (its
+ * own context; it pins this module until released), or NULL without
+ * memory (GFP_NOWAIT: made under the connection's lock).
  */
-struct dma_fence *hdm_fence_new(void);
+struct dma_fence *hdm_fence_new(unsigned short peer);
 struct dma_fence *hdm_fence_get(struct dma_fence *fence);
 void hdm_fence_put(struct dma_fence *fence);
 /* Signals `fence`, with `error` (a -errno) unless 0, and drops a reference. */
 void hdm_fence_end(struct dma_fence *fence, int error);
 /* Adds `fence` to `buf`'s reservation object with write usage: 0 or -errno. */
 int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence);
+/* The same if the reservation object's lock is free now, else -EBUSY. */
+int hdm_dmabuf_try_add_fence(struct dma_buf *buf, struct dma_fence *fence);
+/* dma_fence_begin_signalling() and _end_signalling(): lockdep's section. */
+bool hdm_fence_begin_signalling(void);
+void hdm_fence_end_signalling(bool cookie);
 /*
  * Exporter: the unsignalled write fences of `buf`, as one, to watch: NULL
  * if every one has signalled, ERR_PTR(-ENOMEM).

@@ -2,9 +2,10 @@
 
 //! The ledger's tables (`common::ledger::Table`) as the kernel's
 //! red-black trees: a node is allocated before anything changes, so a
-//! failed allocation gives the record back untouched.
+//! failed allocation gives the record back untouched. The tables live
+//! under a connection's lock: nodes are allocated as `conn::UNDER_LOCK`
+//! says, never by waiting for reclaim.
 
-use kernel::alloc::flags::GFP_KERNEL;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 
 use super::common::ledger::Table;
@@ -39,7 +40,7 @@ impl<V> Table for Tree<V> {
         if self.0.get(&key).is_some() {
             return Err(value);
         }
-        match RBTreeNodeReservation::new(GFP_KERNEL) {
+        match RBTreeNodeReservation::new(crate::conn::UNDER_LOCK) {
             Ok(node) => {
                 self.0.insert(node.into_node(key, value));
                 Ok(())

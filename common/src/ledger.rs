@@ -159,12 +159,17 @@ pub trait Sink<G, F = ()> {
     /// A due unexport of `hid` started (a log line).
     fn unexporting(&mut self, _hid: &HyperDmabufId) {}
 
-    /// A local fence for one the peer attached to a frame of `hid`, not
-    /// signalled; the host adds it to the buffer's live dma-buf, if there
-    /// is one. `None` without memory (the frame is refused).
+    /// A local fence, not signalled, for one the peer attaches to a frame
+    /// of `hid`, with whatever the host needs to add it to the buffer's
+    /// dma-buf. `None` without memory (the frame is refused).
     fn fence_new(&mut self, _hid: &HyperDmabufId) -> Option<F> {
         None
     }
+
+    /// The fence made by [`Sink::fence_new`] is the peer's now: the host
+    /// adds it to the buffer's live dma-buf, if there is one, before its
+    /// users hear of the frame.
+    fn fence_attached(&mut self, _hid: &HyperDmabufId, _fence: &F) {}
 
     /// Signals a local fence made by [`Sink::fence_new`], with the error
     /// `end` carries.
@@ -1061,7 +1066,7 @@ where
                     let queued = self.updates.push_front(key).is_ok();
                     if let Some(record) = self.exports.get_mut(key) {
                         record.update_queued = queued;
-                        record.queued_fence = fence;
+                        record.queued_fence = fence.filter(|_| queued);
                     }
                     if let (false, Some(fence)) = (queued, fence) {
                         drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, fence);
@@ -1830,6 +1835,9 @@ where
         }
         ledger.fences_in_held += 1;
         ledger.fence_deadline = Some(ledger.fence_deadline.map_or(deadline, |d| d.min(deadline)));
+        if let Some(record) = ledger.fences_in.get(fence.get()) {
+            self.sink.fence_attached(hid, &record.handle);
+        }
         Ok(())
     }
 

@@ -15,6 +15,31 @@ use super::fence::FenceRef;
 use super::grant::GrantPages;
 use crate::bindings;
 
+/// A value that holds a dma-buf alive: a pinned one we export, or a
+/// reference.
+///
+/// # Safety
+///
+/// `raw_dmabuf` returns a dma-buf that stays live as long as the value.
+pub(crate) unsafe trait DmabufHandle {
+    /// The dma-buf.
+    fn raw_dmabuf(&self) -> *mut bindings::dma_buf;
+}
+
+// SAFETY: a pin holds its dma-buf until dropped (its invariant).
+unsafe impl DmabufHandle for PinnedDmabuf {
+    fn raw_dmabuf(&self) -> *mut bindings::dma_buf {
+        self.pin.buf
+    }
+}
+
+// SAFETY: a reference holds its dma-buf until dropped (its invariant).
+unsafe impl DmabufHandle for DmabufRef {
+    fn raw_dmabuf(&self) -> *mut bindings::dma_buf {
+        self.0.as_ptr()
+    }
+}
+
 // --- export side: pinned dma-bufs, grants, directory pages ------------------------
 
 /// A dma-buf we hold, attached to our device and mapped, so its pages
@@ -72,11 +97,6 @@ impl PinnedDmabuf {
     /// Size in bytes.
     pub(crate) fn size(&self) -> u64 {
         self.pin.size
-    }
-
-    /// The dma-buf, live while `self` is.
-    pub(super) fn raw(&self) -> *mut bindings::dma_buf {
-        self.pin.buf
     }
 
     /// Identity of the underlying dma-buf (its address), to recognise the
@@ -273,6 +293,17 @@ impl DmabufRef {
         // SAFETY: both are live (invariants); the reservation object takes
         // its own reference.
         to_result(unsafe { bindings::hdm_dmabuf_add_fence(self.0.as_ptr(), fence.as_ptr()) })
+    }
+
+    /// As [`DmabufRef::add_fence`] if the reservation object's lock is
+    /// free now, without waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if it is held; `ENOMEM`.
+    pub(crate) fn try_add_fence(&self, fence: &FenceRef) -> Result {
+        // SAFETY: as in `add_fence`.
+        to_result(unsafe { bindings::hdm_dmabuf_try_add_fence(self.0.as_ptr(), fence.as_ptr()) })
     }
 
     /// The address of the dma-buf, for [`DmabufRef::try_get`].

@@ -9,7 +9,7 @@ use core::ptr::NonNull;
 
 use kernel::prelude::*;
 
-use super::dmabuf::PinnedDmabuf;
+use super::dmabuf::DmabufHandle;
 use crate::bindings;
 
 /// `ECANCELED`: a local fence dropped without an end (never expected:
@@ -29,10 +29,12 @@ pub(crate) struct PeerFence(NonNull<bindings::dma_fence>);
 unsafe impl Send for PeerFence {}
 
 impl PeerFence {
-    /// A new unsignalled fence, or `None` without memory.
-    pub(crate) fn new() -> Option<Self> {
-        // SAFETY: no precondition (process context).
-        NonNull::new(unsafe { bindings::hdm_fence_new() }).map(PeerFence)
+    /// A new unsignalled fence for one of domain `peer`'s, or `None`
+    /// without memory (it never sleeps for it: made under the
+    /// connection's lock).
+    pub(crate) fn new(peer: u16) -> Option<Self> {
+        // SAFETY: no precondition.
+        NonNull::new(unsafe { bindings::hdm_fence_new(peer) }).map(PeerFence)
     }
 
     /// Another reference, to add to a dma-buf.
@@ -96,14 +98,15 @@ pub(crate) struct FenceWatch(NonNull<bindings::hdm_fence_watch>);
 unsafe impl Send for FenceWatch {}
 
 impl FenceWatch {
-    /// What readers of `pin`'s dma-buf must wait for now, if anything.
+    /// What readers of `buf` must wait for now, if anything. It may wait
+    /// for memory: never under a connection's lock.
     ///
     /// # Errors
     ///
     /// `ENOMEM`.
-    pub(crate) fn pending(pin: &PinnedDmabuf) -> Result<Option<Self>> {
-        // SAFETY: the pinned dma-buf is live while `pin` is.
-        let watch = unsafe { bindings::hdm_fence_watch_new(pin.raw()) };
+    pub(crate) fn pending(buf: &impl DmabufHandle) -> Result<Option<Self>> {
+        // SAFETY: the dma-buf is live while `buf` is (`DmabufHandle`).
+        let watch = unsafe { bindings::hdm_fence_watch_new(buf.raw_dmabuf()) };
         let watch = kernel::error::from_err_ptr(watch)?;
         Ok(NonNull::new(watch).map(FenceWatch))
     }
@@ -123,6 +126,28 @@ impl Drop for FenceWatch {
     fn drop(&mut self) {
         // SAFETY: never armed (invariant): still ours to free.
         unsafe { bindings::hdm_fence_watch_free(self.0.as_ptr()) };
+    }
+}
+
+/// Lockdep's fence-signalling section (`dma_fence_begin_signalling`),
+/// held by the paths that end the peer's fences, from the lock that finds
+/// them to the signal: inside it nothing may wait for memory or take a
+/// lock that is held while waiting for it (a shrinker may wait for one of
+/// these fences), and lockdep checks that.
+pub(crate) struct SignallingSection(bool);
+
+impl SignallingSection {
+    /// Enters the section.
+    pub(crate) fn begin() -> Self {
+        // SAFETY: no precondition; paired with `drop`.
+        SignallingSection(unsafe { bindings::hdm_fence_begin_signalling() })
+    }
+}
+
+impl Drop for SignallingSection {
+    fn drop(&mut self) {
+        // SAFETY: ends the section `begin` entered, with its cookie.
+        unsafe { bindings::hdm_fence_end_signalling(self.0) };
     }
 }
 

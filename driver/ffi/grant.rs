@@ -88,11 +88,6 @@ impl DmabufGrants {
         Ok(())
     }
 
-    /// The pinned dma-buf.
-    pub(crate) fn pin(&self) -> &PinnedDmabuf {
-        &self.pin
-    }
-
     /// The grant references, in page order (0: not granted, or ended).
     pub(crate) fn refs(&self) -> &[u32] {
         &self.refs

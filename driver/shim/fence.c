@@ -29,6 +29,7 @@
 struct hdm_peer_fence {
 	struct dma_fence base;
 	spinlock_t lock;
+	char timeline[16];	/* "dom<peer>" */
 };
 
 static const char *hdm_fence_driver_name(struct dma_fence *fence)
@@ -38,13 +39,20 @@ static const char *hdm_fence_driver_name(struct dma_fence *fence)
 
 static const char *hdm_fence_timeline_name(struct dma_fence *fence)
 {
-	return "peer";
+	return container_of(fence, struct hdm_peer_fence, base)->timeline;
 }
 
+/*
+ * A fence outlives the dma-buf it was added to (a sync_file exported from
+ * it, a waiter's reference), and the core calls its ops until it is freed
+ * (sync_file info, tracepoints): each fence pins the module, so rmmod
+ * fails while a process still holds one. The put is the release op's last
+ * call, the pattern of every module that frees its own objects' memory
+ * from their ops.
+ */
 static void hdm_fence_release(struct dma_fence *fence)
 {
 	dma_fence_free(fence);
-	/* The ops above are this module's: it stays until the last fence goes. */
 	module_put(THIS_MODULE);
 }
 
@@ -54,14 +62,19 @@ static const struct dma_fence_ops hdm_peer_fence_ops = {
 	.release = hdm_fence_release,
 };
 
-struct dma_fence *hdm_fence_new(void)
+struct dma_fence *hdm_fence_new(unsigned short peer)
 {
-	struct hdm_peer_fence *f = kzalloc(sizeof(*f), GFP_KERNEL);
+	/*
+	 * GFP_NOWAIT: made under the connection's lock, which the path that
+	 * signals the peer's fences takes; reclaim may wait for a fence.
+	 */
+	struct hdm_peer_fence *f = kzalloc(sizeof(*f), GFP_NOWAIT);
 
 	if (!f)
 		return NULL;
 	__module_get(THIS_MODULE);
 	spin_lock_init(&f->lock);
+	snprintf(f->timeline, sizeof(f->timeline), "dom%u", peer);
 	/*
 	 * A context of its own: the peer signals its fences in any order, and
 	 * fences of one context must signal in order.
@@ -89,16 +102,41 @@ void hdm_fence_end(struct dma_fence *fence, int error)
 	dma_fence_put(fence);
 }
 
-int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence)
+static int hdm_add_fence_locked(struct dma_buf *buf, struct dma_fence *fence)
 {
-	int err;
+	int err = dma_resv_reserve_fences(buf->resv, 1);
 
-	dma_resv_lock(buf->resv, NULL);
-	err = dma_resv_reserve_fences(buf->resv, 1);
 	if (!err)
 		dma_resv_add_fence(buf->resv, fence, DMA_RESV_USAGE_WRITE);
 	dma_resv_unlock(buf->resv);
 	return err;
+}
+
+int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence)
+{
+	dma_resv_lock(buf->resv, NULL);
+	return hdm_add_fence_locked(buf, fence);
+}
+
+int hdm_dmabuf_try_add_fence(struct dma_buf *buf, struct dma_fence *fence)
+{
+	/*
+	 * Never wait for the lock: its holder may be waiting for a fence of
+	 * ours that only the caller's connection can signal.
+	 */
+	if (!dma_resv_trylock(buf->resv))
+		return -EBUSY;
+	return hdm_add_fence_locked(buf, fence);
+}
+
+bool hdm_fence_begin_signalling(void)
+{
+	return dma_fence_begin_signalling();
+}
+
+void hdm_fence_end_signalling(bool cookie)
+{
+	dma_fence_end_signalling(cookie);
 }
 
 /* --- exporter: our fences, watched --------------------------------------------- */
@@ -173,6 +211,7 @@ struct hdm_fence_watch *hdm_fence_watch_new(struct dma_buf *buf)
 	}
 	w->fence = fence;
 	INIT_LIST_HEAD(&w->node);
+	INIT_LIST_HEAD(&w->cb.node);
 	return w;
 }
 
