@@ -19,7 +19,7 @@ use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, M
 use kernel::time::msecs_to_jiffies;
 
 use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
-use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence, MAX_FENCES};
+use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
     self, Claim, FileRights, Frame, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
@@ -37,7 +37,7 @@ use crate::ffi::fence::{cancel_watches, FenceRef, FenceWatch, PeerFence, Signall
 use crate::ffi::xenbus::{Irq, SharedRing, XenbusDev};
 use crate::ffi::{self, errno};
 use crate::files::Addressed;
-use crate::grants::{ExportEntry, ExportGrants};
+use crate::grants::{ExportEntry, ExportGrants, RetiredList};
 use crate::peerlog::Level;
 use crate::stats;
 use crate::tree::Tree;
@@ -120,7 +120,7 @@ pub(crate) struct ConnInner {
 #[derive(Default)]
 pub(crate) struct Effects {
     events: KVec<Addressed>,
-    retired: KVec<KBox<ExportGrants>>,
+    retired: RetiredList,
     /// New fences of the peer's, for the live dma-buf of their import.
     fences_new: KVec<(HyperDmabufId, FenceRef)>,
     /// Fences of the peer's that ended, to signal.
@@ -216,13 +216,9 @@ impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
     }
 
     fn retire(&mut self, grants: KBox<ExportGrants>) {
-        // Once the lock is dropped; without memory for the list, at once
-        // (the registry's locks rank below a connection's).
-        if self.fx.retired.reserve(1, UNDER_LOCK).is_ok() {
-            let _ = self.fx.retired.push(grants, UNDER_LOCK);
-        } else {
-            self.ctx.retire(grants);
-        }
+        // Once the lock is dropped: ending grants unpins dma-bufs (their
+        // reservation locks) and takes the drain's and the files' locks.
+        self.fx.retired.push(grants);
     }
 
     fn event(&mut self, event: Event, owner: Option<u64>) {
@@ -414,7 +410,7 @@ impl Conn {
         // The peer's fences that ended first: nothing below may wait for
         // them.
         end_fences(&mut fx);
-        for grants in core::mem::take(&mut fx.retired) {
+        while let Some(grants) = fx.retired.pop() {
             ctx.retire(grants);
         }
         if fx.wake {
@@ -508,6 +504,11 @@ impl Conn {
     ) -> KVec<(HyperDmabufId, FenceRef)> {
         let mut waiting = KVec::new();
         for (hid, fence) in fences {
+            // Signalled already (the pass that made it may have ended it,
+            // the session's end ends them all): nobody need wait for it.
+            if fence.signalled() {
+                continue;
+            }
             // Not live: a new dma-buf of it starts with the fence
             // (`Conn::import_live`).
             let Some(buf) = self.live_dmabuf(&hid) else {
@@ -664,7 +665,7 @@ impl Conn {
     /// Stops using the rings ([`Ledger::detach`]). Returns the transport
     /// for the caller to drop outside any lock.
     pub(crate) fn detach(&self, ctx: &Context) -> Option<Link> {
-        let link = self.locked(ctx, |parts, sink| {
+        let link = self.locked_signalling(ctx, |parts, sink| {
             let mut link = parts.link.take()?;
             parts.ledger.detach(&mut link.channel, sink);
             sink.fx.wake = true;
@@ -1050,44 +1051,22 @@ impl Conn {
         })
     }
 
-    /// The peer's fences on import `hid` that have not ended: a new
-    /// dma-buf of it must wait for them.
-    ///
-    /// # Errors
-    ///
-    /// `ENOMEM`.
-    pub(crate) fn peer_fences(&self, hid: &HyperDmabufId) -> Result<KVec<FenceRef>> {
-        // Room for every one the ledger may hold, before the lock.
-        let mut fences = KVec::with_capacity(MAX_FENCES, GFP_KERNEL)?;
-        self.inner.lock().ledger.peer_fences(hid, |f| {
-            let _ = fences.push(f.reference(), UNDER_LOCK);
-        });
-        Ok(fences)
-    }
-
-    /// Records the dma-buf of a mapped import and ends the claim. The
-    /// caller added the peer's fences to it first ([`Conn::peer_fences`]);
-    /// those that came meanwhile are returned, to add too (later ones
-    /// reach it through [`Conn::finish`]).
-    ///
-    /// # Errors
-    ///
-    /// `ENOMEM` for the list: the import is live all the same, and its
-    /// dma-buf must go without being handed out.
+    /// Records the dma-buf of a mapped import and ends the claim, calling
+    /// `add` on each of the peer's fences on the buffer that have not
+    /// ended, under the lock: the caller holds the dma-buf's reservation
+    /// object with room for them (`ResvGuard`), so that nobody reuses the
+    /// dma-buf before they are on it. Later ones reach it through
+    /// [`Conn::finish`].
     pub(crate) fn import_live(
         &self,
         hid: &HyperDmabufId,
         identity: usize,
         writable: bool,
-    ) -> Result<KVec<FenceRef>> {
-        let fences = KVec::with_capacity(MAX_FENCES, GFP_KERNEL);
+        mut add: impl FnMut(&PeerFence),
+    ) {
         let mut inner = self.inner.lock();
         inner.ledger.import_live(hid, identity, writable);
-        let mut fences = fences?;
-        inner.ledger.peer_fences(hid, |f| {
-            let _ = fences.push(f.reference(), UNDER_LOCK);
-        });
-        Ok(fences)
+        inner.ledger.peer_fences(hid, |f| add(f));
     }
 
     /// An import that was claimed with [`Conn::import_begin`] failed.

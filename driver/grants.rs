@@ -45,6 +45,34 @@ pub(crate) type DrainSlot = RBTreeNodeReservation<u64, KBox<ExportGrants>>;
 /// the dma-buf's, its grants keep the pages granted.
 pub(crate) type ExportEntry = ExportRecord<KBox<ExportGrants>>;
 
+/// Exports retired while a connection's lock is held, chained through
+/// their own records: collecting them never allocates (`conn::UNDER_LOCK`).
+/// They are retired once the lock is dropped.
+#[derive(Default)]
+pub(crate) struct RetiredList(Option<KBox<ExportGrants>>);
+
+impl RetiredList {
+    /// Adds `grants`.
+    pub(crate) fn push(&mut self, mut grants: KBox<ExportGrants>) {
+        grants.next_retired = self.0.take();
+        self.0 = Some(grants);
+    }
+
+    /// Takes one out.
+    pub(crate) fn pop(&mut self) -> Option<KBox<ExportGrants>> {
+        let mut grants = self.0.take()?;
+        self.0 = grants.next_retired.take();
+        Some(grants)
+    }
+}
+
+impl Drop for RetiredList {
+    fn drop(&mut self) {
+        // One at a time: a long chain must not recurse.
+        while self.pop().is_some() {}
+    }
+}
+
 /// The grants of one exported buffer: its pages' and its directory's.
 ///
 /// It leaves through [`Drain::retire`], which keeps it (and so the pinned
@@ -66,6 +94,8 @@ pub(crate) struct ExportGrants {
     dir: KVec<GrantedPage>,
     /// Room in the driver's list of draining exports, reserved up front.
     drain_slot: Option<DrainSlot>,
+    /// The next export retired in the same pass ([`RetiredList`]).
+    next_retired: Option<KBox<ExportGrants>>,
     /// No unload while a grant may still be mapped.
     module: Option<ModulePin>,
 }
@@ -105,6 +135,7 @@ impl ExportGrants {
                 data,
                 dir,
                 drain_slot: Some(DrainSlot::new(GFP_KERNEL)?),
+                next_retired: None,
                 module: Some(ModulePin::new()),
             },
             GFP_KERNEL,

@@ -50,19 +50,22 @@
 //!    machine, held while its actions run (they attach and detach the
 //!    connection).
 //! 2. `BackDevice::online_watch` — alone.
-//! 3. `Conn::inner` — a connection's rings, exports and imports
+//! 3. An imported dma-buf's reservation object (`dma_resv`), held by an
+//!    import while the import turns live and the peer's pending fences
+//!    are added to it (`Conn::import_live`). Elsewhere it is only tried
+//!    (`dma_resv_trylock`, `Conn::deliver`), with nothing else held: its
+//!    holder may be waiting for one of our fences.
+//! 4. `Conn::inner` — a connection's rings, exports and imports
 //!    (`Conn::answered` waits on it). Nothing allocated under it waits for
 //!    memory (`conn::UNDER_LOCK`): the peer's fences are signalled by
 //!    paths that take it.
-//! 3a. `Conn::deliveries` — events that wait for fences to reach a live
-//!    dma-buf; taken with none of these held, and then only
-//!    `Conn::inner` (to find the dma-buf), the files' locks (to post)
-//!    and an imported dma-buf's reservation object, which is only tried
-//!    (`dma_resv_trylock`): its holder may wait for one of our fences.
-//! 6. `Driver::conns`, `Drain::table`, `Unmaps::table` — leaves: nothing
+//! 5. `Conn::deliveries` — events that wait for fences to reach a live
+//!    dma-buf; only its queue is changed under it.
+//! 6. `Files::table`, then 7. `FileCtx::queue` — posting events.
+//! 8. `Driver::conns`, `Drain::table`, `Unmaps::table` — leaves: nothing
 //!    is taken under them (a connection is looked up under `conns`, then
 //!    used after it is dropped).
-//! 7. `PeerLogs::budgets`, `PeerLogs::local` — leaves, taken to print a
+//! 9. `PeerLogs::budgets`, `PeerLogs::local` — leaves, taken to print a
 //!    line a peer caused, or one no peer did (a user mapping's callbacks
 //!    report them without holding `hdm_vma.lock`).
 //!
@@ -84,7 +87,12 @@
 //! lockdep checks that nothing on those paths waits for memory or for a
 //! lock held while memory is allocated. Adding a fence to a dma-buf (its
 //! reservation object's lock, which is held around allocations) is done
-//! after the section, and only tried from a connection's own paths.
+//! after the section, and only tried from a connection's own paths. Not
+//! yet so: after the section, those works (on `system_wq`) still
+//! allocate as usual (posting events, queueing deliveries, the tick's
+//! snapshot of connections), so a reclaim that waits for a peer's fence
+//! under memory pressure could stall them; a `WQ_MEM_RECLAIM` queue and
+//! allocation-free deliveries would close it (docs/driver.md).
 
 use kernel::prelude::*;
 

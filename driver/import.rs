@@ -8,11 +8,11 @@ use kernel::alloc::flags::GFP_KERNEL;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+use super::common::fence::MAX_FENCES;
 use super::common::id::HyperDmabufId;
 use super::common::wire::Export;
 use crate::conn::{Conn, Import};
 use crate::ffi::dmabuf::{DmabufRef, ReservedFd};
-use crate::ffi::fence::FenceRef;
 use crate::ffi::{self, GNTMAP_HOST_MAP, GNTMAP_READONLY};
 use crate::mapping::{read_directory, GrantMapping, ImportedBuffer, UnmapSlot};
 use crate::registry::Driver;
@@ -82,18 +82,20 @@ pub(crate) fn import(
         Import::Reuse(buf, size) => (buf, size),
         Import::Map(export, max) => match map_and_export(driver, &conn, &export, max, writable) {
             Ok(buf) => {
-                // Readers wait for the peer's fences on the buffer: those
-                // so far before anyone else can reuse the dma-buf, those
-                // that came meanwhile right after, later ones as they come.
-                let early = conn
-                    .peer_fences(hid)
-                    .and_then(|fences| add_fences(&buf, fences));
-                let late = conn
-                    .import_live(hid, buf.identity(), writable)
-                    .and_then(|fences| add_fences(&buf, fences));
-                if let Err(e) = early.and(late) {
-                    // Live: our only reference goes, and the mapping with
-                    // it, as on any last close.
+                // Readers wait for the peer's fences on the buffer: the
+                // dma-buf's reservation object is held, with room for as
+                // many as the ledger keeps, while the import turns live and
+                // they are added; later ones reach it as they come.
+                let locked = match buf.lock_for_fences(MAX_FENCES) {
+                    Ok(mut resv) => {
+                        conn.import_live(hid, buf.identity(), writable, |f| resv.add(f));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = locked {
+                    // Not live: our only reference goes, and the mapping
+                    // with it (the exporter hears RELEASE).
                     drop(buf);
                     return Err(e);
                 }
@@ -116,18 +118,6 @@ pub(crate) fn import(
     };
     deliver(fd.number(), size)?;
     buf.install(fd);
-    Ok(())
-}
-
-/// Adds the peer's `fences` to a dma-buf of its buffer.
-///
-/// # Errors
-///
-/// `ENOMEM`: a reader would not wait for one.
-fn add_fences(buf: &DmabufRef, fences: KVec<FenceRef>) -> Result {
-    for fence in fences {
-        buf.add_fence(&fence)?;
-    }
     Ok(())
 }
 

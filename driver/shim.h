@@ -286,10 +286,20 @@ struct dma_fence *hdm_fence_get(struct dma_fence *fence);
 void hdm_fence_put(struct dma_fence *fence);
 /* Signals `fence`, with `error` (a -errno) unless 0, and drops a reference. */
 void hdm_fence_end(struct dma_fence *fence, int error);
-/* Adds `fence` to `buf`'s reservation object with write usage: 0 or -errno. */
-int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence);
-/* The same if the reservation object's lock is free now, else -EBUSY. */
+/*
+ * Adds `fence` to `buf`'s reservation object with write usage if its lock
+ * is free now: 0, -EBUSY, or -ENOMEM.
+ */
 int hdm_dmabuf_try_add_fence(struct dma_buf *buf, struct dma_fence *fence);
+/*
+ * Locks `buf`'s reservation object with room for `count` more fences: 0,
+ * or -errno and not locked. Then add each with write usage (no
+ * allocation), then unlock.
+ */
+int hdm_dmabuf_lock_for_fences(struct dma_buf *buf, unsigned int count);
+void hdm_dmabuf_add_reserved_fence(struct dma_buf *buf, struct dma_fence *fence);
+void hdm_dmabuf_unlock(struct dma_buf *buf);
+bool hdm_fence_is_signalled(struct dma_fence *fence);
 /* dma_fence_begin_signalling() and _end_signalling(): lockdep's section. */
 bool hdm_fence_begin_signalling(void);
 void hdm_fence_end_signalling(bool cookie);

@@ -11,7 +11,7 @@ use kernel::prelude::*;
 
 use super::super::common::grantable::{PinStep, Walk};
 use super::super::common::mmap::{MappedBuffer, MmapPlan, MmapRequest};
-use super::fence::FenceRef;
+use super::fence::{FenceRef, PeerFence};
 use super::grant::GrantPages;
 use crate::bindings;
 
@@ -284,26 +284,32 @@ impl DmabufRef {
     }
 
     /// Adds `fence` to the dma-buf's reservation object, for its readers
-    /// to wait for.
-    ///
-    /// # Errors
-    ///
-    /// `ENOMEM`.
-    pub(crate) fn add_fence(&self, fence: &FenceRef) -> Result {
-        // SAFETY: both are live (invariants); the reservation object takes
-        // its own reference.
-        to_result(unsafe { bindings::hdm_dmabuf_add_fence(self.0.as_ptr(), fence.as_ptr()) })
-    }
-
-    /// As [`DmabufRef::add_fence`] if the reservation object's lock is
-    /// free now, without waiting for it.
+    /// to wait for, if the object's lock is free now (never waiting for
+    /// it).
     ///
     /// # Errors
     ///
     /// `EBUSY` if it is held; `ENOMEM`.
     pub(crate) fn try_add_fence(&self, fence: &FenceRef) -> Result {
-        // SAFETY: as in `add_fence`.
+        // SAFETY: both are live (invariants); the reservation object takes
+        // its own reference.
         to_result(unsafe { bindings::hdm_dmabuf_try_add_fence(self.0.as_ptr(), fence.as_ptr()) })
+    }
+
+    /// Locks the dma-buf's reservation object with room for `count` more
+    /// fences, which [`ResvGuard::add`] then adds without allocating.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn lock_for_fences(&self, count: usize) -> Result<ResvGuard<'_>> {
+        let count = u32::try_from(count).map_err(|_| EINVAL)?;
+        // SAFETY: the dma-buf is live (invariant); unlocked by the guard.
+        to_result(unsafe { bindings::hdm_dmabuf_lock_for_fences(self.0.as_ptr(), count) })?;
+        Ok(ResvGuard {
+            buf: self,
+            left: count,
+        })
     }
 
     /// The address of the dma-buf, for [`DmabufRef::try_get`].
@@ -327,6 +333,39 @@ impl Drop for DmabufRef {
     fn drop(&mut self) {
         // SAFETY: drops the reference we own (invariant).
         unsafe { bindings::hdm_dmabuf_put(self.0.as_ptr()) }
+    }
+}
+
+/// A dma-buf's reservation object, locked with room for `left` more
+/// fences.
+///
+/// # Invariants
+///
+/// The object is locked, with room reserved for `left` more fences.
+pub(crate) struct ResvGuard<'a> {
+    buf: &'a DmabufRef,
+    left: u32,
+}
+
+impl ResvGuard<'_> {
+    /// Adds `fence` with write usage, if room is left (else it is counted
+    /// in `fences_unattached`: more than reserved is a bug).
+    pub(crate) fn add(&mut self, fence: &PeerFence) {
+        if self.left == 0 {
+            crate::stats::FENCES_UNATTACHED.inc();
+            return;
+        }
+        self.left -= 1;
+        // SAFETY: the object is locked with room for one more (invariant);
+        // both are live; it takes its own reference.
+        unsafe { bindings::hdm_dmabuf_add_reserved_fence(self.buf.0.as_ptr(), fence.as_ptr()) };
+    }
+}
+
+impl Drop for ResvGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: locked by `lock_for_fences`, unlocked once here.
+        unsafe { bindings::hdm_dmabuf_unlock(self.buf.0.as_ptr()) };
     }
 }
 

@@ -37,6 +37,11 @@ impl PeerFence {
         NonNull::new(unsafe { bindings::hdm_fence_new(peer) }).map(PeerFence)
     }
 
+    /// The fence, for a call that takes its own reference if it keeps it.
+    pub(super) fn as_ptr(&self) -> *mut bindings::dma_fence {
+        self.0.as_ptr()
+    }
+
     /// Another reference, to add to a dma-buf.
     pub(crate) fn reference(&self) -> FenceRef {
         // SAFETY: the fence is live (invariant); this takes a reference.
@@ -75,6 +80,12 @@ impl FenceRef {
     /// The fence, for a call that takes its own reference if it keeps it.
     pub(super) fn as_ptr(&self) -> *mut bindings::dma_fence {
         self.0.as_ptr()
+    }
+
+    /// Whether it has signalled.
+    pub(crate) fn signalled(&self) -> bool {
+        // SAFETY: the fence is live (invariant).
+        unsafe { bindings::hdm_fence_is_signalled(self.0.as_ptr()) }
     }
 }
 

@@ -112,10 +112,30 @@ static int hdm_add_fence_locked(struct dma_buf *buf, struct dma_fence *fence)
 	return err;
 }
 
-int hdm_dmabuf_add_fence(struct dma_buf *buf, struct dma_fence *fence)
+int hdm_dmabuf_lock_for_fences(struct dma_buf *buf, unsigned int count)
 {
+	int err;
+
 	dma_resv_lock(buf->resv, NULL);
-	return hdm_add_fence_locked(buf, fence);
+	err = dma_resv_reserve_fences(buf->resv, count);
+	if (err)
+		dma_resv_unlock(buf->resv);
+	return err;
+}
+
+void hdm_dmabuf_add_reserved_fence(struct dma_buf *buf, struct dma_fence *fence)
+{
+	dma_resv_add_fence(buf->resv, fence, DMA_RESV_USAGE_WRITE);
+}
+
+void hdm_dmabuf_unlock(struct dma_buf *buf)
+{
+	dma_resv_unlock(buf->resv);
+}
+
+bool hdm_fence_is_signalled(struct dma_fence *fence)
+{
+	return dma_fence_is_signaled(fence);
 }
 
 int hdm_dmabuf_try_add_fence(struct dma_buf *buf, struct dma_fence *fence)

@@ -311,16 +311,11 @@ fn receive(dev: &Device, args: &FencesArgs, out: &Output) -> Result<(), Failure>
     let answers = dev.export(&answers_buf, sender, &options)?;
     let answer = |text: String| dev.update(&answers, data(&text)?).map_err(Failure::from);
     let hid = wait_for(dev, sender, EventType::NewExport, None, FRAMES_TAG)?;
+    let heard = |text: String| wait_for(dev, sender, EventType::Update, Some(&hid), &text);
     let mut imported = dev.import(&hid, false)?;
     let mut waited = Vec::new();
     for round in 1..=args.rounds {
-        wait_for(
-            dev,
-            sender,
-            EventType::Update,
-            Some(&hid),
-            &format!("round {round}"),
-        )?;
+        heard(format!("round {round}"))?;
         if round == 2 {
             // A new dma-buf of the buffer starts with the pending fence.
             drop(imported);
@@ -351,24 +346,12 @@ fn receive(dev: &Device, args: &FencesArgs, out: &Output) -> Result<(), Failure>
             )));
         }
         answer(format!("seen {round}"))?;
-        wait_for(
-            dev,
-            sender,
-            EventType::Update,
-            Some(&hid),
-            &format!("ping {round}"),
-        )?;
+        heard(format!("ping {round}"))?;
         answer(format!("pong {round}"))?;
     }
     if args.timeout_round {
         let round = args.rounds + 1;
-        wait_for(
-            dev,
-            sender,
-            EventType::Update,
-            Some(&hid),
-            &format!("round {round}"),
-        )?;
+        heard(format!("round {round}"))?;
         let fence = check_waits(&imported, round)?;
         let t = Instant::now();
         if !readable(fence.as_fd(), Duration::from_secs(9))? {
