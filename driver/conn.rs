@@ -107,6 +107,12 @@ type ConnLedger =
 /// loses an event (counted), or retries outside the lock.
 pub(crate) const UNDER_LOCK: Flags = GFP_NOWAIT;
 
+/// How the event work and the timed work allocate after the lock, where
+/// a fence of the peer's may still wait on them (a delivery's queue):
+/// never by waiting for reclaim either. Without memory a delivery's
+/// events are posted at once, without waiting for its fences.
+const IN_WORKER: Flags = GFP_NOWAIT;
+
 /// Everything behind the connection's lock.
 pub(crate) struct ConnInner {
     link: Option<Link>,
@@ -438,10 +444,13 @@ impl Conn {
                 ctx.post(&events);
                 return;
             }
-            let delivery = Delivery { fences, events };
-            if d.queue.push(delivery, GFP_KERNEL).is_err() {
-                stats::EVENTS_LOST.inc();
+            if d.queue.reserve(1, IN_WORKER).is_err() {
+                drop(d);
+                stats::FENCES_UNATTACHED.add(fences.len() as i64);
+                ctx.post(&events);
+                return;
             }
+            let _ = d.queue.push(Delivery { fences, events }, IN_WORKER);
             if d.busy {
                 // The one delivering takes this one in its turn.
                 return;
@@ -475,17 +484,13 @@ impl Conn {
                     delivery.fences = waiting;
                     stuck = true;
                 }
-                if left.push(delivery, GFP_KERNEL).is_err() {
-                    stats::EVENTS_LOST.inc();
-                }
+                keep(&mut left, delivery, ctx);
             }
             if stuck {
                 // What came meanwhile goes behind what is left.
                 let mut d = self.deliveries.lock();
                 for later in core::mem::take(&mut d.queue) {
-                    if left.push(later, GFP_KERNEL).is_err() {
-                        stats::EVENTS_LOST.inc();
-                    }
+                    keep(&mut left, later, ctx);
                 }
                 d.queue = left;
                 d.busy = false;
@@ -517,7 +522,7 @@ impl Conn {
             match buf.try_add_fence(&fence) {
                 Ok(()) => {}
                 Err(e) if e == EBUSY => {
-                    if waiting.push((hid, fence), GFP_KERNEL).is_err() {
+                    if waiting.push((hid, fence), IN_WORKER).is_err() {
                         stats::FENCES_UNATTACHED.inc();
                     }
                 }
@@ -1167,6 +1172,17 @@ fn import_errno(refusal: ImportRefusal) -> Error {
 
 fn xenbus_closing() -> u32 {
     super::xenbus_proto::XenbusState::Closing.as_u32()
+}
+
+/// Keeps `delivery` in `queue`; without memory for it, posts its events
+/// now, without waiting for its fences.
+fn keep(queue: &mut KVec<Delivery>, delivery: Delivery, ctx: &Context) {
+    if queue.reserve(1, IN_WORKER).is_ok() {
+        let _ = queue.push(delivery, IN_WORKER);
+    } else {
+        stats::FENCES_UNATTACHED.add(delivery.fences.len() as i64);
+        ctx.post(&delivery.events);
+    }
 }
 
 /// Signals the peer's fences that `fx` ended.

@@ -87,12 +87,12 @@
 //! lockdep checks that nothing on those paths waits for memory or for a
 //! lock held while memory is allocated. Adding a fence to a dma-buf (its
 //! reservation object's lock, which is held around allocations) is done
-//! after the section, and only tried from a connection's own paths. Not
-//! yet so: after the section, those works (on `system_wq`) still
-//! allocate as usual (posting events, queueing deliveries, the tick's
-//! snapshot of connections), so a reclaim that waits for a peer's fence
-//! under memory pressure could stall them; a `WQ_MEM_RECLAIM` queue and
-//! allocation-free deliveries would close it (docs/driver.md).
+//! after the section, and only tried from a connection's own paths.
+//! Those works run on the driver's own `WQ_MEM_RECLAIM` workqueue, and
+//! after the section they allocate nothing that waits for reclaim either
+//! (a delivery's queue, the tick's snapshot of connections): under memory
+//! pressure they make progress, so a peer's fence always ends, by its
+//! SIGNAL or its timeout.
 
 use kernel::prelude::*;
 

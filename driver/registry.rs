@@ -10,11 +10,13 @@
 
 use core::ops::Deref;
 
-use kernel::alloc::flags::GFP_KERNEL;
+use kernel::alloc::flags::{GFP_KERNEL, GFP_NOWAIT};
+use kernel::alloc::Flags;
 use kernel::prelude::*;
 use kernel::rbtree::RBTree;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
+use super::common::ledger::RETRY_MS;
 use super::common::xen::DomId;
 use crate::conn::Conn;
 use crate::context::Context;
@@ -105,10 +107,14 @@ impl Driver {
     ///
     /// `ENOMEM` if the snapshot cannot be allocated.
     pub(crate) fn all_conns(&self) -> Result<KVec<Arc<Conn>>> {
+        self.snapshot(GFP_KERNEL)
+    }
+
+    fn snapshot(&self, flags: Flags) -> Result<KVec<Arc<Conn>>> {
         let conns = self.conns.lock();
         let mut out = KVec::new();
         for c in conns.values() {
-            out.push(c.clone(), GFP_KERNEL)?;
+            out.push(c.clone(), flags)?;
         }
         Ok(out)
     }
@@ -124,10 +130,16 @@ impl Driver {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         };
-        if let Ok(conns) = self.all_conns() {
-            for conn in conns.iter() {
-                due(conn.tick(self, now));
+        // It times the peers' fences out: its snapshot never waits for
+        // memory (a reclaim may wait for one of those fences), and without
+        // memory it tries again soon.
+        match self.snapshot(GFP_NOWAIT) {
+            Ok(conns) => {
+                for conn in conns.iter() {
+                    due(conn.tick(self, now));
+                }
             }
+            Err(_) => due(Some(now + RETRY_MS)),
         }
         due(self.unmaps.tick(self, now));
         due(self.tick_drain(now));

@@ -205,7 +205,7 @@ static void hdm_watch_signalled(struct dma_fence *fence, struct dma_fence_cb *cb
 	struct hdm_fence_watch *w = container_of(cb, struct hdm_fence_watch, cb);
 
 	llist_add(&w->done, &hdm_watches_done);
-	queue_work(system_wq, &hdm_watch_work);
+	queue_work(hdm_wq, &hdm_watch_work);
 }
 
 struct hdm_fence_watch *hdm_fence_watch_new(struct dma_buf *buf)

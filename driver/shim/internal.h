@@ -33,6 +33,12 @@ void hdm_debugfs_unregister(void);
 /* xenbus.c: the frontend and backend drivers. */
 int hdm_xenbus_register(void);
 void hdm_xenbus_unregister(void);
+/*
+ * module.c: the driver's workqueue (WQ_MEM_RECLAIM): the event work, the
+ * timed work and the fence watches run on it, as they signal or time out
+ * fences that reclaim may wait for.
+ */
+extern struct workqueue_struct *hdm_wq;
 /* fence.c: no watch left, and none reporting (after the XenBus drivers). */
 void hdm_fence_watch_drain(void);
 /* gbuf.c: the grant-PTE vmap's page with no frame (HDM_PT_GRANT_PTES). */

@@ -23,7 +23,7 @@ static void hdm_irq_work(struct work_struct *work)
 	int pass = hdm_rs_irq(hi->ctx);
 
 	if (pass == HDM_IRQ_MORE)
-		queue_work(system_wq, &hi->work);
+		queue_work(hdm_wq, &hi->work);
 	else
 		xen_irq_lateeoi(hi->irq, pass == HDM_IRQ_IDLE ? XEN_EOI_FLAG_SPURIOUS : 0);
 }
@@ -32,7 +32,7 @@ static irqreturn_t hdm_irq_handler(int irq, void *data)
 {
 	struct hdm_irq *hi = data;
 
-	queue_work(system_wq, &hi->work);
+	queue_work(hdm_wq, &hi->work);
 	return IRQ_HANDLED;
 }
 
@@ -54,7 +54,7 @@ struct hdm_irq *hdm_irq_request(unsigned int irq, void *ctx, const char *name)
 
 void hdm_irq_kick(struct hdm_irq *hi)
 {
-	queue_work(system_wq, &hi->work);
+	queue_work(hdm_wq, &hi->work);
 }
 
 void hdm_irq_free(struct hdm_irq *hi)

@@ -23,12 +23,15 @@ void hdm_tick_schedule(unsigned int ms)
 {
 	unsigned long delay = msecs_to_jiffies(ms);
 
+	/* Before registration or after unregistration there is nothing to do. */
+	if (!hdm_wq)
+		return;
 	/* Queue it, or bring a later run forward. */
-	if (!queue_delayed_work(system_wq, &hdm_tick_work, delay)) {
+	if (!queue_delayed_work(hdm_wq, &hdm_tick_work, delay)) {
 		unsigned long due = hdm_tick_work.timer.expires;
 
 		if (time_after(due, jiffies + delay))
-			mod_delayed_work(system_wq, &hdm_tick_work, delay);
+			mod_delayed_work(hdm_wq, &hdm_tick_work, delay);
 	}
 }
 
