@@ -3,7 +3,7 @@
 //!
 //! When a frame is announced (EXPORT or UPDATE) while the exporter's
 //! dma-buf still has unsignalled write fences, the message carries a
-//! [`FenceId`], and the exporter sends SIGNAL with that id once its own
+//! [`super::wire::FenceId`], and the exporter sends SIGNAL with that id once its own
 //! fence signals. The importer makes a local fence for each id, adds it to
 //! the imported dma-buf's reservation object, and signals it on SIGNAL —
 //! or with an error when the peer goes away or the fence outlives the
