@@ -416,7 +416,7 @@ impl Conn {
         // The peer's fences that ended first: nothing below may wait for
         // them.
         end_fences(&mut fx);
-        while let Some(grants) = fx.retired.pop() {
+        for grants in core::mem::take(&mut fx.retired).drain() {
             ctx.retire(grants);
         }
         if fx.wake {
@@ -445,9 +445,18 @@ impl Conn {
                 return;
             }
             if d.queue.reserve(1, IN_WORKER).is_err() {
+                // Without memory to wait: the fences are tried now, and
+                // the events go at once unless earlier ones still wait
+                // (then they are lost, counted, rather than overtake).
+                let post_now = d.queue.is_empty() && !d.busy;
                 drop(d);
-                stats::FENCES_UNATTACHED.add(fences.len() as i64);
-                ctx.post(&events);
+                let missed = self.add_fences(fences);
+                stats::FENCES_UNATTACHED.add(missed.len() as i64);
+                if post_now {
+                    ctx.post(&events);
+                } else {
+                    stats::EVENTS_LOST.add(events.len() as i64);
+                }
                 return;
             }
             let _ = d.queue.push(Delivery { fences, events }, IN_WORKER);
@@ -484,13 +493,13 @@ impl Conn {
                     delivery.fences = waiting;
                     stuck = true;
                 }
-                keep(&mut left, delivery, ctx);
+                keep(&mut left, delivery);
             }
             if stuck {
                 // What came meanwhile goes behind what is left.
                 let mut d = self.deliveries.lock();
                 for later in core::mem::take(&mut d.queue) {
-                    keep(&mut left, later, ctx);
+                    keep(&mut left, later);
                 }
                 d.queue = left;
                 d.busy = false;
@@ -1174,14 +1183,15 @@ fn xenbus_closing() -> u32 {
     super::xenbus_proto::XenbusState::Closing.as_u32()
 }
 
-/// Keeps `delivery` in `queue`; without memory for it, posts its events
-/// now, without waiting for its fences.
-fn keep(queue: &mut KVec<Delivery>, delivery: Delivery, ctx: &Context) {
+/// Keeps `delivery` in `queue`; without memory for it, its fences are
+/// not added and its events are lost (counted): posting them now would
+/// overtake those queued before.
+fn keep(queue: &mut KVec<Delivery>, delivery: Delivery) {
     if queue.reserve(1, IN_WORKER).is_ok() {
         let _ = queue.push(delivery, IN_WORKER);
     } else {
         stats::FENCES_UNATTACHED.add(delivery.fences.len() as i64);
-        ctx.post(&delivery.events);
+        stats::EVENTS_LOST.add(delivery.events.len() as i64);
     }
 }
 

@@ -58,11 +58,21 @@ impl RetiredList {
         self.0 = Some(grants);
     }
 
-    /// Takes one out.
-    pub(crate) fn pop(&mut self) -> Option<KBox<ExportGrants>> {
+    /// Takes the most recent one out.
+    fn pop(&mut self) -> Option<KBox<ExportGrants>> {
         let mut grants = self.0.take()?;
         self.0 = grants.next_retired.take();
         Some(grants)
+    }
+
+    /// Takes every one out, in the order they were retired (their
+    /// `GrantsEnded` events follow it).
+    pub(crate) fn drain(mut self) -> impl Iterator<Item = KBox<ExportGrants>> {
+        let mut oldest_first = RetiredList::default();
+        while let Some(grants) = self.pop() {
+            oldest_first.push(grants);
+        }
+        core::iter::from_fn(move || oldest_first.pop())
     }
 }
 

@@ -54,7 +54,9 @@
 //!    import while the import turns live and the peer's pending fences
 //!    are added to it (`Conn::import_live`). Elsewhere it is only tried
 //!    (`dma_resv_trylock`, `Conn::deliver`), with nothing else held: its
-//!    holder may be waiting for one of our fences.
+//!    holder may be waiting for one of our fences. (An exported dma-buf's
+//!    is taken by the exporter's own callbacks when its grants end and it
+//!    is unpinned, after a connection's lock is dropped.)
 //! 4. `Conn::inner` — a connection's rings, exports and imports
 //!    (`Conn::answered` waits on it). Nothing allocated under it waits for
 //!    memory (`conn::UNDER_LOCK`): the peer's fences are signalled by
@@ -88,11 +90,15 @@
 //! lock held while memory is allocated. Adding a fence to a dma-buf (its
 //! reservation object's lock, which is held around allocations) is done
 //! after the section, and only tried from a connection's own paths.
-//! Those works run on the driver's own `WQ_MEM_RECLAIM` workqueue, and
-//! after the section they allocate nothing that waits for reclaim either
-//! (a delivery's queue, the tick's snapshot of connections): under memory
-//! pressure they make progress, so a peer's fence always ends, by its
-//! SIGNAL or its timeout.
+//! Those works run on the driver's own `WQ_MEM_RECLAIM` workqueue; a
+//! delivery's queue and the tick's snapshot of connections never wait for
+//! reclaim. Not yet so (docs/driver.md): after the section they still take
+//! locks other paths hold while allocating (`Driver::conns`,
+//! `Files::table`, `Drain::table`), the tick's drain and unmap
+//! housekeeping allocate, and retiring an export unpins its dma-buf (a
+//! blocking reservation lock); under memory pressure, with reclaim waiting
+//! for a peer's fence, these could stall the works that would signal or
+//! time it out.
 
 use kernel::prelude::*;
 

@@ -39,6 +39,8 @@ void hdm_xenbus_unregister(void);
  * fences that reclaim may wait for.
  */
 extern struct workqueue_struct *hdm_wq;
+/* tick.c: stops the timed work for good, before the queue goes. */
+void hdm_tick_disable(void);
 /* fence.c: no watch left, and none reporting (after the XenBus drivers). */
 void hdm_fence_watch_drain(void);
 /* gbuf.c: the grant-PTE vmap's page with no frame (HDM_PT_GRANT_PTES). */

@@ -38,7 +38,7 @@ int hdm_register_all(unsigned int tables)
 	return 0;
 
 out_wq:
-	hdm_tick_cancel();
+	hdm_tick_disable();
 	destroy_workqueue(hdm_wq);
 	hdm_wq = NULL;
 	return err;
@@ -52,7 +52,7 @@ void hdm_unregister_all(void)
 	hdm_hole_page_free();
 	hdm_misc_unregister();
 	/* Nothing queues work any more: no device, no open file. */
-	hdm_tick_cancel();
+	hdm_tick_disable();
 	destroy_workqueue(hdm_wq);
 	hdm_wq = NULL;
 }

@@ -39,3 +39,9 @@ void hdm_tick_cancel(void)
 {
 	cancel_delayed_work_sync(&hdm_tick_work);
 }
+
+void hdm_tick_disable(void)
+{
+	/* Not even a schedule racing with this can arm it again. */
+	disable_delayed_work_sync(&hdm_tick_work);
+}
