@@ -416,13 +416,20 @@ impl Conn {
         // The peer's fences that ended first: nothing below may wait for
         // them.
         end_fences(&mut fx);
+        // An export's GrantsEnded follows the pass's events about it (its
+        // Released), in the same delivery.
+        let mut events = core::mem::take(&mut fx.events);
         for grants in core::mem::take(&mut fx.retired).drain() {
-            ctx.retire(grants);
+            if let Some(ended) = ctx.retire_quietly(grants) {
+                if events.push(ended, IN_WORKER).is_err() {
+                    stats::EVENTS_LOST.inc();
+                }
+            }
         }
         if fx.wake {
             self.answered.notify_all();
         }
-        self.deliver(ctx, fx.fences_new, fx.events);
+        self.deliver(ctx, fx.fences_new, events);
     }
 
     /// Posts `events`, once `fences` are on the live dma-buf of their

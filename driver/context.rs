@@ -85,9 +85,15 @@ impl Context {
     /// Ends the grants of a buffer that is no longer exported (or whose
     /// export failed), or keeps them draining ([`Drain::retire`]).
     pub(crate) fn retire(&self, grants: KBox<ExportGrants>) {
-        if let Some(ended) = self.drain.retire(grants) {
+        if let Some(ended) = self.retire_quietly(grants) {
             self.post(&[ended]);
         }
+    }
+
+    /// As [`Context::retire`], returning the `GrantsEnded` event to post
+    /// (if every grant ended) for the caller to post in its turn.
+    pub(crate) fn retire_quietly(&self, grants: KBox<ExportGrants>) -> Option<Addressed> {
+        self.drain.retire(grants)
     }
 
     /// Hands whatever still drains to the grant layer (module exit).
