@@ -66,21 +66,9 @@ impl Vgem {
     /// dma-buf open for reading and writing. The GEM handle goes when
     /// this returns: the dma-buf holds the object.
     pub(crate) fn buffer(&self, size: u64) -> Result<DmaBuf, Failure> {
-        let lines = u32::try_from(size.div_ceil(LINE_BYTES))
-            .map_err(|_| Failure::Error(format!("{size} bytes: too large for vgem")))?;
-        let dumb = self
-            .0
-            .create_dumb_buffer((LINE_PIXELS, lines), DrmFourcc::Xrgb8888, 32)
-            .map_err(|e| Failure::Error(format!("vgem: creating a buffer of {size} bytes: {e}")))?;
-        let exported = self
-            .0
-            .buffer_to_prime_fd(dumb.handle(), drm::CLOEXEC | drm::RDWR);
-        // The handle is ours either way; the dma-buf, if made, keeps the
-        // object alive.
-        let destroyed = self.0.destroy_dumb_buffer(dumb);
-        let fd = exported.map_err(|e| Failure::Error(format!("vgem: PRIME export: {e}")))?;
-        destroyed.map_err(|e| Failure::Error(format!("vgem: closing the GEM handle: {e}")))?;
-        Ok(DmaBuf::from_fd(fd)?)
+        let mut buffer = self.fenceable(size)?;
+        self.close(&mut buffer)?;
+        Ok(buffer.dmabuf)
     }
 
     /// As [`Vgem::buffer`], keeping the GEM handle to fence the buffer.
@@ -91,14 +79,22 @@ impl Vgem {
             .0
             .create_dumb_buffer((LINE_PIXELS, lines), DrmFourcc::Xrgb8888, 32)
             .map_err(|e| Failure::Error(format!("vgem: creating a buffer of {size} bytes: {e}")))?;
-        let fd = self
+        let exported = self
             .0
             .buffer_to_prime_fd(dumb.handle(), drm::CLOEXEC | drm::RDWR)
-            .map_err(|e| Failure::Error(format!("vgem: PRIME export: {e}")))?;
-        Ok(Fenceable {
-            dumb: Some(dumb),
-            dmabuf: DmaBuf::from_fd(fd)?,
-        })
+            .map_err(|e| Failure::Error(format!("vgem: PRIME export: {e}")))
+            .and_then(|fd| Ok(DmaBuf::from_fd(fd)?));
+        match exported {
+            Ok(dmabuf) => Ok(Fenceable {
+                dumb: Some(dumb),
+                dmabuf,
+            }),
+            Err(e) => {
+                // The handle is ours to close either way.
+                let _ = self.0.destroy_dumb_buffer(dumb);
+                Err(e)
+            }
+        }
     }
 
     /// Attaches a write fence to `buffer`, unsignalled: its readers (the
