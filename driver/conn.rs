@@ -23,7 +23,7 @@ use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
     self, Claim, FileRights, Frame, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
-    MappedError, Released, SendError, Sink, Tick, RETRY_MS,
+    MappedError, Released, SendError, Sink, Tick, Unexporting, RETRY_MS,
 };
 use super::common::limits::max_imports_from_param;
 use super::common::uapi::{Event, EventType};
@@ -95,8 +95,13 @@ pub(crate) type ImportEntry = ImportRecord<usize>;
 
 /// The ledger of a connection, over the kernel's trees; the peer's fences
 /// are local dma-fences.
-type ConnLedger =
-    Ledger<Tree<ExportEntry>, Tree<ImportEntry>, Tree<InFence<PeerFence>>, Tree<OutFence>>;
+type ConnLedger = Ledger<
+    Tree<ExportEntry>,
+    Tree<ImportEntry>,
+    Tree<u64>,
+    Tree<InFence<PeerFence>>,
+    Tree<OutFence>,
+>;
 
 /// How memory is allocated while `Conn::inner` is held: never by waiting
 /// for reclaim. The paths that signal the peer's fences take that lock
@@ -344,7 +349,7 @@ impl Conn {
                 inner <- new_mutex!(ConnInner {
                     link: None,
                     config: ChannelConfig { version: 0, max_buffer_bytes: 0, allow_rw: false },
-                    ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new())
+                    ledger: Ledger::new(Tree::new(), Tree::new(), Tree::new(), Tree::new())
                         .with_max_imports(max_imports_from_param(ffi::params::max_imports()))
                         .with_fence_timeout(fence_timeout_from_param(
                             ffi::params::fence_timeout_ms(),
@@ -966,17 +971,38 @@ impl Conn {
     ///
     /// `ENOENT` if we export no such buffer to this peer.
     pub(crate) fn unexport(&self, ctx: &Context, hid: &HyperDmabufId, delay_ms: u32) -> Result {
-        let due = ffi::now_ms() + u64::from(delay_ms);
-        let found = self.locked(ctx, |parts, _sink| parts.ledger.schedule_unexport(hid, due));
-        if !found {
-            return Err(ENOENT);
-        }
-        if delay_ms == 0 {
-            self.tick_now(ctx);
-        } else {
+        let now = ffi::now_ms();
+        if delay_ms > 0 {
+            let due = now + u64::from(delay_ms);
+            let found = self.locked(ctx, |parts, _sink| parts.ledger.schedule_unexport(hid, due));
+            if !found {
+                return Err(ENOENT);
+            }
             ffi::tick_schedule(delay_ms);
+            return Ok(());
         }
-        Ok(())
+        // Now: by the buffer's number, without the timed work's walk,
+        // unless the ring is full.
+        let done = self.locked(ctx, |parts, sink| {
+            let link = parts.link.as_mut().filter(|l| !l.broken);
+            let (channel, irq) = match link {
+                Some(l) => (Some(&mut l.channel), Some(&l.irq)),
+                None => (None, None),
+            };
+            let done = parts.ledger.unexport_now(channel, sink, hid, now);
+            if let (Some(Unexporting::Sent { notify: true }), Some(irq)) = (done, irq) {
+                irq.notify();
+            }
+            done
+        });
+        match done {
+            None => Err(ENOENT),
+            Some(Unexporting::Sent { .. }) => Ok(()),
+            Some(Unexporting::Due) => {
+                self.tick_now(ctx);
+                Ok(())
+            }
+        }
     }
 
     /// Unexports, now, every buffer the file `owner` exported.

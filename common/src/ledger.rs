@@ -403,6 +403,18 @@ pub struct Tick {
     pub next: Option<u64>,
 }
 
+/// What [`Ledger::unexport_now`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unexporting {
+    /// The UNEXPORT was sent (`notify`: notify the peer), or had been.
+    Sent {
+        /// Notify the peer.
+        notify: bool,
+    },
+    /// The ring has no room for it yet: it is due, and a tick sends it.
+    Due,
+}
+
 /// How long a message that found the ring full waits before the next
 /// try, in milliseconds: the peer answers within a few.
 pub const RETRY_MS: u64 = 10;
@@ -577,17 +589,90 @@ pub enum SendError {
     NotConnected,
 }
 
+/// The delayed unexports of a ledger: how many exports have one
+/// scheduled, and a time none of them is due before. A tick walks the
+/// exports only once one may be due.
+///
+/// # Invariants
+///
+/// `count` is the number of export records whose `unexport_at` is set:
+/// every change goes through [`Schedule::set`] or [`Schedule::dropped`].
+/// With any, none is due before `earliest`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Schedule {
+    count: usize,
+    earliest: Option<u64>,
+}
+
+impl Schedule {
+    /// Sets an export's due time `slot` to `due`.
+    fn set(&mut self, slot: &mut Option<u64>, due: Option<u64>) {
+        match (slot.is_some(), due.is_some()) {
+            (false, true) => self.count += 1,
+            (true, false) => self.count -= 1,
+            _ => {}
+        }
+        *slot = due;
+        // INVARIANT: a later due time leaves `earliest` a lower bound.
+        if let Some(at) = due {
+            self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+        }
+        if self.count == 0 {
+            self.earliest = None;
+        }
+    }
+
+    /// An export record with due time `slot` left the table.
+    fn dropped(&mut self, slot: Option<u64>) {
+        if slot.is_some() {
+            self.count -= 1;
+            if self.count == 0 {
+                self.earliest = None;
+            }
+        }
+    }
+
+    /// Whether one may be due at `now`: only then is a walk worth it.
+    fn maybe_due(&self, now: u64) -> bool {
+        self.count > 0 && self.earliest.map_or(true, |at| at <= now)
+    }
+}
+
+/// How many keys one walk of a table gathers for messages to send: a
+/// congested ring takes no more than this between two answers, and a
+/// walk per batch keeps a backlog's cost linear.
+const BATCH: usize = 32;
+
+/// The key of an orphan in its table: the first 64 bits of its id's
+/// random key. A peer's numbers start again after it restarts, its keys
+/// do not; should two orphans' keys meet (a peer choosing its keys to),
+/// the second buffer is refused as announced twice.
+pub fn orphan_key(hid: &HyperDmabufId) -> u64 {
+    let mut bits = [0u8; 8];
+    bits.copy_from_slice(&hid.key()[..8]);
+    u64::from_le_bytes(bits)
+}
+
 /// Everything one end keeps about the buffers of one connection: its
 /// exports, the imports of the current session and the orphans of ended
 /// ones.
 ///
 /// `XT` holds [`ExportRecord`]s and `IT` [`ImportRecord`]s, keyed by
-/// buffer number (orphans by a local key). `G` keeps an export's pages
-/// granted; `L` is a live import's local buffer.
-pub struct Ledger<XT, IT, FI = NoFences<InFence<()>>, FO = NoFences<OutFence>> {
+/// buffer number (orphans by [`orphan_key`]); `NT` maps a local buffer's
+/// identity to the number of its newest export. `G` keeps an export's
+/// pages granted; `L` is a live import's local buffer.
+///
+/// Every lookup an ioctl or a message makes is by key, and every walk
+/// over a whole table runs once per event that concerns the whole table
+/// (a session's end, a closed file) or sends as many messages as the
+/// ring takes: what one buffer costs does not grow with how many others
+/// the connection has (docs/performance.md, scale).
+pub struct Ledger<XT, IT, NT, FI = NoFences<InFence<()>>, FO = NoFences<OutFence>> {
     exports: XT,
     imports: IT,
     orphans: IT,
+    /// The newest export of each local buffer, by identity.
+    identities: NT,
     /// The peer's fences on our imports, by id.
     fences_in: FI,
     /// Our fences on our exports, by id.
@@ -602,7 +687,9 @@ pub struct Ledger<XT, IT, FI = NoFences<InFence<()>>, FO = NoFences<OutFence>> {
     /// No fence of the peer's times out before this (host clock).
     fence_deadline: Option<u64>,
     fence_timeout_ms: u64,
-    next_orphan_key: u64,
+    /// The delayed unexports: how many exports have one scheduled, and
+    /// none is due before `earliest`.
+    unexports: Schedule,
     /// Records in `imports` and `orphans`: the admission count.
     imports_held: usize,
     /// Records with `release_unsent`.
@@ -618,8 +705,8 @@ pub struct Ledger<XT, IT, FI = NoFences<InFence<()>>, FO = NoFences<OutFence>> {
 }
 
 /// The [`Host`] a [`Channel`] works on: a ledger and its sink.
-pub struct View<'a, XT, IT, FI, FO, S, G, F> {
-    ledger: &'a mut Ledger<XT, IT, FI, FO>,
+pub struct View<'a, XT, IT, NT, FI, FO, S, G, F> {
+    ledger: &'a mut Ledger<XT, IT, NT, FI, FO>,
     sink: &'a mut S,
     grants: PhantomData<(G, F)>,
 }
@@ -668,16 +755,17 @@ impl<V> Table for NoFences<V> {
     fn retain(&mut self, _keep: impl FnMut(&mut V) -> bool, _removed: impl FnMut(V)) {}
 }
 
-impl<G, L, F, XT, IT, FI, FO> Ledger<XT, IT, FI, FO>
+impl<G, L, F, XT, IT, NT, FI, FO> Ledger<XT, IT, NT, FI, FO>
 where
     XT: Table<Value = ExportRecord<G>>,
     IT: Table<Value = ImportRecord<L>>,
+    NT: Table<Value = u64>,
     FI: Table<Value = InFence<F>>,
     FO: Table<Value = OutFence>,
 {
     /// An empty ledger over empty tables, admitting up to
     /// [`MAX_IMPORTS_PER_PEER`] imports.
-    pub fn new(exports: XT, imports: IT, orphans: IT) -> Self
+    pub fn new(exports: XT, imports: IT, orphans: IT, identities: NT) -> Self
     where
         FI: Default,
         FO: Default,
@@ -686,6 +774,7 @@ where
             exports,
             imports,
             orphans,
+            identities,
             fences_in: FI::default(),
             fences_out: FO::default(),
             fences_in_held: 0,
@@ -694,7 +783,7 @@ where
             next_fence: 1,
             fence_deadline: None,
             fence_timeout_ms: DEFAULT_FENCE_TIMEOUT_MS,
-            next_orphan_key: 0,
+            unexports: Schedule::default(),
             imports_held: 0,
             releases_unsent: 0,
             updates: Fifo::default(),
@@ -721,7 +810,7 @@ where
     pub fn view<'a, S: Sink<G, F>>(
         &'a mut self,
         sink: &'a mut S,
-    ) -> View<'a, XT, IT, FI, FO, S, G, F> {
+    ) -> View<'a, XT, IT, NT, FI, FO, S, G, F> {
         View {
             ledger: self,
             sink,
@@ -746,7 +835,7 @@ where
     pub fn import(&self, hid: &HyperDmabufId) -> Option<&ImportRecord<L>> {
         match self.imports.get(hid.number()).filter(|e| e.is(hid)) {
             Some(e) => Some(e),
-            None => self.orphans.get(self.orphans.find(|e| e.is(hid))?),
+            None => self.orphans.get(orphan_key(hid)).filter(|e| e.is(hid)),
         }
     }
 
@@ -755,8 +844,7 @@ where
         if self.imports.get(number).is_some_and(|e| e.is(hid)) {
             return self.imports.get_mut(number);
         }
-        let key = self.orphans.find(|e| e.is(hid))?;
-        self.orphans.get_mut(key)
+        self.orphans.get_mut(orphan_key(hid)).filter(|e| e.is(hid))
     }
 
     /// Calls `exports` on every export and `imports` on every import,
@@ -864,7 +952,34 @@ where
         if let Some(old) = self.exports.remove(number) {
             self.export_dropped(sink, old);
         }
+        // The identity's node first: once the export's is had too,
+        // nothing can fail.
+        let identity = record.identity as u64;
+        let indexed = match self.identities.get_mut(identity) {
+            Some(newest) => {
+                let older = *newest;
+                *newest = number;
+                Some(older)
+            }
+            None => {
+                if self.identities.try_insert(identity, number).is_err() {
+                    sink.retire(record.grants);
+                    return Err(SendError::NoMemory);
+                }
+                None
+            }
+        };
         if let Err(record) = self.exports.try_insert(number, record) {
+            match indexed {
+                Some(older) => {
+                    if let Some(newest) = self.identities.get_mut(identity) {
+                        *newest = older;
+                    }
+                }
+                None => {
+                    self.identities.remove(identity);
+                }
+            }
             sink.retire(record.grants);
             return Err(SendError::NoMemory);
         }
@@ -885,6 +1000,11 @@ where
     /// grants.
     fn export_dropped(&mut self, sink: &mut impl Sink<G, F>, record: ExportRecord<G>) {
         sink.gauge(Gauge::Exports, false);
+        let identity = record.identity as u64;
+        if self.identities.get(identity) == Some(&record.info.hid.number()) {
+            self.identities.remove(identity);
+        }
+        self.unexports.dropped(record.unexport_at);
         if record.update_queued {
             self.updates.remove(record.info.hid.number());
         }
@@ -895,10 +1015,14 @@ where
     }
 
     /// Our live export of the local buffer `identity` (one not being
-    /// unexported), if there is one: its id.
+    /// unexported), if there is one: its id. Of two exports of one buffer
+    /// (two files exported it at the same time), the newer.
     pub fn export_of_identity(&self, identity: usize) -> Option<HyperDmabufId> {
-        let key = self.exports.find(|e| e.reexportable(identity))?;
-        self.exports.get(key).map(|e| e.info.hid)
+        let number = *self.identities.get(identity as u64)?;
+        self.exports
+            .get(number)
+            .filter(|e| e.reexportable(identity))
+            .map(|e| e.info.hid)
     }
 
     /// A new frame in our export `hid`: it takes the frame's private data,
@@ -978,7 +1102,7 @@ where
         }
         if let Some(record) = self.exports.get_mut(key) {
             record.info.priv_data = frame.priv_data;
-            record.unexport_at = None;
+            self.unexports.set(&mut record.unexport_at, None);
         }
         let Some(channel) = channel else {
             return Err(UpdateRefusal::NotConnected);
@@ -1290,23 +1414,54 @@ where
     /// Schedules the unexport of `hid` at `due` (host clock); one already
     /// under way is left alone. `false` if we export no such buffer.
     pub fn schedule_unexport(&mut self, hid: &HyperDmabufId, due: u64) -> bool {
-        let Some(record) = self.export_mut(hid) else {
+        let Some(record) = self
+            .exports
+            .get_mut(hid.number())
+            .filter(|e| e.info.hid.matches(hid))
+        else {
             return false;
         };
         if !record.state.unexported() {
-            record.unexport_at = Some(due);
+            self.unexports.set(&mut record.unexport_at, Some(due));
         }
         true
+    }
+
+    /// Unexports `hid` now: its UNEXPORT goes at once if the ring has
+    /// room and no earlier one waits for it, found by its number (what
+    /// it costs does not grow with the exports); otherwise it is due at
+    /// `now` and the next [`Ledger::tick`] sends it. `None` if we export
+    /// no such buffer.
+    pub fn unexport_now<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: Option<&mut Channel<M, P>>,
+        sink: &mut impl Sink<G, F>,
+        hid: &HyperDmabufId,
+        now: u64,
+    ) -> Option<Unexporting> {
+        let record = self.export(hid)?;
+        if record.state.unexported() {
+            return Some(Unexporting::Sent { notify: false });
+        }
+        if let Some(channel) = channel.filter(|_| !self.unexports_blocked) {
+            if let Ok(notify) = self.revoke_export(channel, sink, hid.number()) {
+                return Some(Unexporting::Sent { notify });
+            }
+            self.unexports_blocked = true;
+        }
+        self.schedule_unexport(hid, now);
+        Some(Unexporting::Due)
     }
 
     /// Schedules, at `now`, the unexport of every buffer the file `owner`
     /// exported (it was closed).
     pub fn unexport_owned_by(&mut self, owner: u64, now: u64) {
         let updates = &mut self.updates;
+        let unexports = &mut self.unexports;
         let (fences, held) = (&mut self.fences_out, &mut self.fences_out_held);
         self.exports.for_each_mut(|key, e| {
             if e.owner == owner && !e.state.unexported() {
-                e.unexport_at = Some(now);
+                unexports.set(&mut e.unexport_at, Some(now));
                 e.owner_closed = true;
                 // Its frames are moot now.
                 if core::mem::take(&mut e.update_queued) {
@@ -1334,15 +1489,25 @@ where
             ..Tick::default()
         };
         let mut any_due = false;
-        self.exports.for_each(|_, e| match e.unexport_at {
-            Some(at) if at > now => tick.next = Some(tick.next.map_or(at, |n| n.min(at))),
-            Some(_) => any_due = true,
-            None => {}
-        });
+        if self.unexports.maybe_due(now) {
+            // The walk finds the due ones and how long the rest wait.
+            let mut later: Option<u64> = None;
+            self.exports.for_each(|_, e| match e.unexport_at {
+                Some(at) if at > now => later = Some(later.map_or(at, |l| l.min(at))),
+                Some(_) => any_due = true,
+                None => {}
+            });
+            // Until the due ones are sent, one is due now.
+            self.unexports.earliest = if any_due { Some(now) } else { later };
+            if let Some(at) = later {
+                tick.next = Some(tick.next.map_or(at, |n| n.min(at)));
+            }
+        } else if let Some(at) = self.unexports.earliest {
+            tick.next = Some(tick.next.map_or(at, |n| n.min(at)));
+        }
         let Some(channel) = channel else {
             return tick;
         };
-        // The walk for due ones only when this one found any.
         let (notify, blocked) = if any_due {
             self.send_due_unexports(channel, sink, now)
         } else {
@@ -1374,54 +1539,65 @@ where
         now: u64,
     ) -> (bool, bool) {
         let mut notify = false;
-        // One at a time: a revoke changes the record, so no borrow of the
-        // table is held across it.
+        // A batch of keys per walk: a revoke changes the record, so no
+        // borrow of the table is held across it.
         let mut after = None;
-        while let Some(key) = self.next_due(now, after) {
-            after = Some(key);
-            let Some(hid) = self.exports.get(key).map(|e| e.info.hid) else {
-                break;
-            };
-            match channel.revoke(&mut self.view(sink), &hid, None) {
-                Ok(n) => {
-                    sink.sent(true);
-                    sink.unexporting(&hid);
-                    notify |= n;
-                    if let Some(e) = self.exports.get_mut(key) {
-                        e.unexport_at = None;
-                        if core::mem::take(&mut e.update_queued) {
-                            self.updates.remove(key);
-                        }
-                        if let Some(fence) = e.queued_fence.take() {
-                            drop_queued_fence(
-                                &mut self.fences_out,
-                                &mut self.fences_out_held,
-                                fence,
-                            );
-                        }
+        loop {
+            let mut keys = [0u64; BATCH];
+            let mut found = 0;
+            self.exports.for_each(|key, e| {
+                let later = after.map_or(true, |a| key > a);
+                if found < BATCH && later && e.unexport_due(now) {
+                    keys[found] = key;
+                    found += 1;
+                }
+            });
+            for &key in &keys[..found] {
+                after = Some(key);
+                match self.revoke_export(channel, sink, key) {
+                    Ok(n) => notify |= n,
+                    Err(()) => {
+                        self.unexports_blocked = true;
+                        return (notify, true);
                     }
                 }
-                Err(_) => {
-                    sink.sent(false);
-                    self.unexports_blocked = true;
-                    return (notify, true);
-                }
+            }
+            if found < BATCH {
+                break;
             }
         }
         self.unexports_blocked = false;
         (notify, false)
     }
 
-    /// The smallest key above `after` whose unexport is due at `now`.
-    fn next_due(&self, now: u64, after: Option<u64>) -> Option<u64> {
-        let mut found = None;
-        self.exports.for_each(|key, e| {
-            let later = after.map_or(true, |a| key > a);
-            if found.is_none() && later && e.unexport_at.is_some_and(|at| at <= now) {
-                found = Some(key);
+    /// Sends the UNEXPORT of our export `key`; its schedule, queued frame
+    /// and that frame's fence end. Whether to notify the peer, or `Err`
+    /// when the ring is full.
+    fn revoke_export<M: SharedMem, P: PendingTable>(
+        &mut self,
+        channel: &mut Channel<M, P>,
+        sink: &mut impl Sink<G, F>,
+        key: u64,
+    ) -> Result<bool, ()> {
+        let Some(hid) = self.exports.get(key).map(|e| e.info.hid) else {
+            return Ok(false);
+        };
+        let Ok(notify) = channel.revoke(&mut self.view(sink), &hid, None) else {
+            sink.sent(false);
+            return Err(());
+        };
+        sink.sent(true);
+        sink.unexporting(&hid);
+        if let Some(e) = self.exports.get_mut(key) {
+            self.unexports.set(&mut e.unexport_at, None);
+            if core::mem::take(&mut e.update_queued) {
+                self.updates.remove(key);
             }
-        });
-        found
+            if let Some(fence) = e.queued_fence.take() {
+                drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, fence);
+            }
+        }
+        Ok(notify)
     }
 
     // ---- imports ----
@@ -1580,21 +1756,35 @@ where
         sink: &mut impl Sink<G, F>,
     ) -> bool {
         let mut notify = false;
+        // A batch of keys per walk, as for due UNEXPORTs.
         while self.releases_unsent > 0 && channel.can_send() {
-            let Some(key) = self.imports.find(|e| e.release_unsent) else {
+            let mut keys = [0u64; BATCH];
+            let mut found = 0;
+            self.imports.for_each(|key, e| {
+                if found < BATCH && e.release_unsent {
+                    keys[found] = key;
+                    found += 1;
+                }
+            });
+            if found == 0 {
                 break;
-            };
-            let Some(record) = self.imports.get_mut(key) else {
-                break;
-            };
-            record.release_unsent = false;
-            self.releases_unsent -= 1;
-            let hid = record.state.export.hid;
-            // An import revoked and forgotten meanwhile has nothing to
-            // send: `BadId`.
-            if let Ok(n) = channel.import_unmapped(&mut self.view(sink), &hid) {
-                sink.sent(true);
-                notify |= n;
+            }
+            for &key in &keys[..found] {
+                if !channel.can_send() {
+                    return notify;
+                }
+                let Some(record) = self.imports.get_mut(key) else {
+                    continue;
+                };
+                record.release_unsent = false;
+                self.releases_unsent -= 1;
+                let hid = record.state.export.hid;
+                // An import revoked and forgotten meanwhile has nothing to
+                // send: `BadId`.
+                if let Ok(n) = channel.import_unmapped(&mut self.view(sink), &hid) {
+                    sink.sent(true);
+                    notify |= n;
+                }
             }
         }
         notify
@@ -1615,9 +1805,12 @@ where
         let gone = if self.imports.get(number).is_some_and(|e| e.is(hid)) {
             self.imports.remove(number)
         } else {
-            self.orphans
-                .find(|e| e.is(hid))
-                .and_then(|key| self.orphans.remove(key))
+            let key = orphan_key(hid);
+            if self.orphans.get(key).is_some_and(|e| e.is(hid)) {
+                self.orphans.remove(key)
+            } else {
+                None
+            }
         };
         if let Some(record) = gone {
             self.dropped(sink, &record);
@@ -1701,25 +1894,30 @@ where
         // A full id stays unique across sessions, or an ended session's
         // release would find the new buffer: a peer that announces one of
         // its old ids again is refused.
-        if self.orphans.find(|e| e.is(&hid)).is_some() {
+        if self
+            .orphans
+            .get(orphan_key(&hid))
+            .is_some_and(|e| e.is(&hid))
+        {
             return Err(Status::Exists);
         }
         let adopt = match self.imports.get(number) {
-            None => false,
+            None => None,
             Some(old) if old.is(&hid) || !old.orphaned => return Err(Status::Exists),
             // Of a session that ended: it makes way for the new instance's.
-            Some(_) => true,
+            Some(old) => Some(orphan_key(&old.state.export.hid)),
         };
         let record = ImportRecord::new(import);
-        if adopt {
+        if let Some(key) = adopt {
             // The new record takes the old one's place by a swap, so that
             // once the orphan's node is had nothing can fail and no record
-            // is lost.
-            let key = self.next_orphan_key;
+            // is lost. An orphan under the same key already: refused.
+            if self.orphans.get(key).is_some() {
+                return Err(Status::Exists);
+            }
             self.orphans
                 .try_insert(key, record)
                 .map_err(|_| Status::NoMemory)?;
-            self.next_orphan_key = key.wrapping_add(1);
             if let (Some(current), Some(orphan)) =
                 (self.imports.get_mut(number), self.orphans.get_mut(key))
             {
@@ -1747,10 +1945,11 @@ pub enum MappedError {
     Again,
 }
 
-impl<'v, G: 'v, L: 'v, F: 'v, XT, IT, FI, FO, S> Host for View<'v, XT, IT, FI, FO, S, G, F>
+impl<'v, G: 'v, L: 'v, F: 'v, XT, IT, NT, FI, FO, S> Host for View<'v, XT, IT, NT, FI, FO, S, G, F>
 where
     XT: Table<Value = ExportRecord<G>>,
     IT: Table<Value = ImportRecord<L>>,
+    NT: Table<Value = u64>,
     FI: Table<Value = InFence<F>>,
     FO: Table<Value = OutFence>,
     S: Sink<G, F>,

@@ -45,7 +45,7 @@ use hyper_dmabuf_common::fence::{FenceEnd, InFence, OutFence, MAX_FENCES};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
     Claim, ExportRecord, FileRights, Frame, Gauge, ImportRecord, ImportRefusal, ImportStep, Ledger,
-    Released, Sink, UpdateRefusal,
+    Released, Sink, Unexporting, UpdateRefusal,
 };
 use hyper_dmabuf_common::limits::{GNTTAB_NR_RESERVED_ENTRIES, XEN_PAGE_SIZE};
 use hyper_dmabuf_common::ring::{init_shared, Requester, Responder};
@@ -76,6 +76,8 @@ fn peer_hid(sel: u8, generation: u8) -> HyperDmabufId {
     let mut key = [0u8; KEY_LEN];
     key[0] = generation % GENERATIONS;
     key[1] = 0xa5;
+    // Distinct keys, as random ones are: orphans are kept by key.
+    key[2] = sel % NUMBERS;
     HyperDmabufId::new(number, key).expect("number is not zero")
 }
 
@@ -333,6 +335,7 @@ struct Grants(u64);
 type TestLedger = Ledger<
     BTreeMap<u64, ExportRecord<Grants>>,
     BTreeMap<u64, ImportRecord<u64>>,
+    BTreeMap<u64, u64>,
     BTreeMap<u64, InFence<u64>>,
     BTreeMap<u64, OutFence>,
 >;
@@ -553,9 +556,14 @@ pub fn run(data: &[u8]) {
     let ops = decode_all(&mut r, LedgerOp::decode);
     let mut ops = ops.into_iter().peekable();
 
-    let mut ledger: TestLedger = Ledger::new(BTreeMap::new(), BTreeMap::new(), BTreeMap::new())
-        .with_max_imports(max)
-        .with_fence_timeout(FENCE_TIMEOUT_MS);
+    let mut ledger: TestLedger = Ledger::new(
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+    )
+    .with_max_imports(max)
+    .with_fence_timeout(FENCE_TIMEOUT_MS);
     // The peer's fences the ledger holds, by id; ours not yet signalled.
     let mut peer_fences: HashMap<u64, PeerFence> = HashMap::new();
     let mut our_fences: Vec<FenceId> = Vec::new();
@@ -833,7 +841,17 @@ pub fn run(data: &[u8]) {
                 LedgerOp::Unexport { local, delay } => {
                     if let Some(hid) = local_hids.get(&(local % LOCAL)) {
                         let known = ledger.export(hid).is_some();
-                        assert_eq!(ledger.schedule_unexport(hid, now + u64::from(delay)), known);
+                        if delay == 0 {
+                            // As the driver: at once if the ring has room.
+                            let done = ledger.unexport_now(Some(&mut channel), &mut fx, hid, now);
+                            assert_eq!(done.is_some(), known);
+                            if done == Some(Unexporting::Due) {
+                                assert!(ledger.unexports_blocked(), "due with room on the ring");
+                            }
+                        } else {
+                            let due = now + u64::from(delay);
+                            assert_eq!(ledger.schedule_unexport(hid, due), known);
+                        }
                     }
                 }
                 LedgerOp::Close { owner } => {

@@ -22,7 +22,7 @@ use hyper_dmabuf_common::fence::{FenceEnd, InFence, OutFence};
 use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ledger::{
     self, Claim, ExportRecord, ExportRefusal, FileRights, Frame, ImportRecord, ImportRefusal,
-    ImportStep, Ledger, MappedError, SendError, Sink, UpdateRefusal,
+    ImportStep, Ledger, MappedError, SendError, Sink, Unexporting, UpdateRefusal,
 };
 use hyper_dmabuf_common::limits::XEN_PAGE_SIZE;
 use hyper_dmabuf_common::pgdir::{
@@ -39,6 +39,7 @@ use hyper_dmabuf_common::Error;
 use crate::hv::{GrantError, Hypervisor, MapHandle, MapStatus, PageId, FIRST_GREF};
 use crate::mem::Window;
 use crate::rng::Rng;
+use crate::table::{Counted, Walks};
 
 /// Why an operation of the simulated driver failed (the errno of the
 /// ioctl).
@@ -135,8 +136,9 @@ pub struct Mapping {
 /// The simulated driver's ledger: the same code as the kernel module's,
 /// over ordered maps.
 type SimLedger = Ledger<
-    BTreeMap<u64, ExportRecord<Grants>>,
-    BTreeMap<u64, ImportRecord<Mapping>>,
+    Counted<ExportRecord<Grants>>,
+    Counted<ImportRecord<Mapping>>,
+    Counted<u64>,
     BTreeMap<u64, InFence<SimFence>>,
     BTreeMap<u64, OutFence>,
 >;
@@ -313,6 +315,8 @@ pub struct Domain {
     /// A test drives this domain as a hostile peer: its tables are not
     /// checked.
     pub hostile: bool,
+    /// What the ledger's whole-table walks visited.
+    walks: Walks,
 }
 
 fn unmap_all(hv: &mut Hypervisor, me: DomId, handles: &[MapHandle]) {
@@ -329,13 +333,20 @@ fn unmap_all(hv: &mut Hypervisor, me: DomId, handles: &[MapHandle]) {
 impl Domain {
     /// A driver for domain `id`; `seed` makes its ids reproducible.
     pub fn new(id: DomId, seed: u64) -> Self {
+        let walks = Walks::default();
         Domain {
             id,
             rng: Rng::new(seed ^ u64::from(id.get()).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             buffers: BTreeMap::new(),
             next_buf: 1,
             next_token: 1,
-            ledger: Ledger::new(BTreeMap::new(), BTreeMap::new(), BTreeMap::new()),
+            ledger: Ledger::new(
+                Counted::new(&walks),
+                Counted::new(&walks),
+                Counted::new(&walks),
+                Counted::new(&walks),
+            ),
+            walks,
             user: UserView::default(),
             conn: None,
             detached: None,
@@ -599,8 +610,25 @@ impl Domain {
         t
     }
 
-    /// Starts the unexport handshake: the ledger schedules it now and the
-    /// next tick sends it (at once, or once the ring has room). The
+    /// [`Ledger::for_each`] for a look of the test's own (a check, a
+    /// list): its walks are not counted in [`Domain::records_walked`].
+    fn inspect<'a>(
+        &'a self,
+        exports: impl FnMut(u64, &'a ExportRecord<Grants>),
+        imports: impl FnMut(&'a ImportRecord<Mapping>),
+    ) {
+        self.walks.unseen(|| self.ledger.for_each(exports, imports));
+    }
+
+    /// Records the ledger's whole-table walks have visited so far (the
+    /// fence tables, at most `MAX_FENCES` records each, not counted).
+    pub fn records_walked(&self) -> u64 {
+        self.walks.visited()
+    }
+
+    /// Starts the unexport handshake, as the driver does: the UNEXPORT
+    /// goes at once if the ring has room, else it is due and a tick
+    /// sends it once the ring has room. The
     /// peer's answer shows in [`Domain::export_state`] (awaiting release)
     /// or in the export's end ([`EventType::GrantsEnded`]).
     ///
@@ -613,14 +641,23 @@ impl Domain {
         hid: &HyperDmabufId,
     ) -> Result<(), DriverError> {
         let now = self.user.clock;
-        if self.conn.is_none() {
+        let me = self.id;
+        let Some(conn) = self.conn.as_mut() else {
             return Err(DriverError::NotConnected);
+        };
+        let chan = (!conn.hijacked).then_some(&mut conn.chan);
+        let mut ctx = Self::ctx(&mut self.user, hv, me);
+        match self.ledger.unexport_now(chan, &mut ctx, hid, now) {
+            None => Err(DriverError::NoSuchBuffer),
+            Some(Unexporting::Sent { notify }) => {
+                self.notify_if(hv, notify);
+                Ok(())
+            }
+            Some(Unexporting::Due) => {
+                self.flush(hv);
+                Ok(())
+            }
         }
-        if !self.ledger.schedule_unexport(hid, now) {
-            return Err(DriverError::NoSuchBuffer);
-        }
-        self.flush(hv);
-        Ok(())
     }
 
     /// A new frame in an export (`HDMABUF_IOCTL_UPDATE`): its UPDATE is
@@ -735,7 +772,7 @@ impl Domain {
     /// The ids of every live export.
     pub fn exports(&self) -> Vec<HyperDmabufId> {
         let mut out = Vec::new();
-        self.ledger.for_each(|_, e| out.push(e.info.hid), |_| {});
+        self.inspect(|_, e| out.push(e.info.hid), |_| {});
         out
     }
 
@@ -751,7 +788,7 @@ impl Domain {
 
     fn current_imports(&self) -> Vec<&ImportRecord<Mapping>> {
         let mut out = Vec::new();
-        self.ledger.for_each(
+        self.inspect(
             |_, _| {},
             |i| {
                 if !i.orphaned() {
@@ -1007,7 +1044,7 @@ impl Domain {
             queued: self.ledger.releases_unsent(),
             ..DriverStats::default()
         };
-        self.ledger.for_each(
+        self.inspect(
             |_, e| {
                 st.exports += 1;
                 st.queued += usize::from(e.unexport_at().is_some());
@@ -1036,7 +1073,7 @@ impl Domain {
         let c = hv.counters(me);
         let mut live_grants = 0;
         let mut maps = 0;
-        self.ledger.for_each(
+        self.inspect(
             |_, e| {
                 let g = &e.grants;
                 for gref in g.data.iter().chain(g.dir.iter().map(|(_, g)| g)) {

@@ -26,6 +26,7 @@ pub mod driver;
 pub mod hv;
 pub mod mem;
 pub mod rng;
+pub mod table;
 pub mod world;
 
 pub use driver::{BufId, Domain, DriverError};

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: MIT
+//! Cost flat in buffers: with thousands of buffers live each way and
+//! orphans of an ended session kept by a user, one more buffer's whole
+//! life (export, import, a frame, a re-export, release, unexport, the
+//! ticks between) and a lookup of an orphan find their records by key.
+//! The ledger's whole-table walks visit no record on that path; a walk
+//! put back on it visits thousands, and this fails.
+
+mod common;
+
+use common::{export, Shared};
+use hyper_dmabuf_common::wire::PrivData;
+use hyper_dmabuf_sim::{Side, World, WorldConfig};
+
+/// Buffers live each way before the one measured.
+const LIVE: u64 = 2000;
+
+/// What both domains' walks visited.
+fn walked(w: &World) -> u64 {
+    w.dom(Side::Front).records_walked() + w.dom(Side::Back).records_walked()
+}
+
+fn fill(w: &mut World, side: Side, seed: u64) -> Vec<Shared> {
+    let mut out = Vec::new();
+    for i in 0..LIVE {
+        out.push(export(w, side, 4096, false, seed + i));
+        // A few at a time: the ring has fewer slots than that.
+        if i % 8 == 7 {
+            w.pump();
+        }
+    }
+    w.pump();
+    out
+}
+
+/// One buffer's life from `side` with everything else live.
+fn one_life(w: &mut World, side: Side, seed: u64) {
+    let s = export(w, side, 8192, true, seed);
+    w.pump();
+    let (dom, hv) = w.split(side.other());
+    dom.import(hv, &s.hid, true).expect("import");
+    // A new frame, and the same dma-buf exported again: an update.
+    let (dom, hv) = w.split(side);
+    dom.update(hv, &s.hid, PrivData::new(b"frame 2").unwrap())
+        .expect("update");
+    let (again, _) = dom
+        .export(hv, s.buf, true, PrivData::new(b"frame 3").unwrap())
+        .expect("re-export");
+    assert_eq!(again, s.hid, "a re-export is the same buffer");
+    w.pump();
+    let (dom, hv) = w.split(side.other());
+    assert_eq!(
+        dom.read_import(&s.hid, 0, 4096).as_deref(),
+        Some(&s.bytes[..4096]),
+        "the importer reads the exporter's bytes"
+    );
+    dom.release(hv, &s.hid).expect("release");
+    w.pump();
+    let (dom, hv) = w.split(side);
+    dom.unexport(hv, &s.hid).expect("unexport");
+    w.pump();
+    for side in [Side::Front, Side::Back] {
+        let (dom, hv) = w.split(side);
+        dom.advance_clock(hv, 50);
+    }
+    w.pump();
+    let ended = w.dom(side).export_state(&s.hid).is_none();
+    assert!(ended, "the unexport ran to its end");
+}
+
+#[test]
+fn one_more_buffer_walks_no_table() {
+    let mut w = World::new(WorldConfig::default());
+    let front = fill(&mut w, Side::Front, 1);
+    let back = fill(&mut w, Side::Back, 1_000_000);
+    assert_eq!(w.dom(Side::Back).imports().len() as u64, LIVE);
+    assert_eq!(w.dom(Side::Front).imports().len() as u64, LIVE);
+
+    let before = walked(&w);
+    one_life(&mut w, Side::Front, 7);
+    one_life(&mut w, Side::Back, 8);
+    assert_eq!(
+        walked(&w) - before,
+        0,
+        "one buffer's life walked a table of {LIVE} records"
+    );
+    drop((front, back));
+}
+
+#[test]
+fn orphans_are_found_by_key() {
+    let mut w = World::new(WorldConfig::default());
+    let front = fill(&mut w, Side::Front, 1);
+    // The backend's users hold every buffer when the frontend dies.
+    for (i, s) in front.iter().enumerate() {
+        let (dom, hv) = w.split(Side::Back);
+        dom.import(hv, &s.hid, false).expect("import");
+        // Each import tells the exporter: a few at a time.
+        if i % 8 == 7 {
+            w.pump();
+        }
+    }
+    w.pump();
+    w.kill(Side::Front);
+    w.pump();
+    w.restart(Side::Front);
+    w.pump();
+    fill(&mut w, Side::Front, 500_000);
+
+    let before = walked(&w);
+    one_life(&mut w, Side::Front, 9);
+    for s in &front[..10] {
+        let (dom, hv) = w.split(Side::Back);
+        assert_eq!(
+            dom.read_import(&s.hid, 0, 64).as_deref(),
+            Some(&s.bytes[..64]),
+            "an orphan still reads its bytes"
+        );
+        dom.release(hv, &s.hid).expect("release of an orphan");
+    }
+    w.pump();
+    assert_eq!(walked(&w) - before, 0, "orphans were looked up by a walk");
+}
