@@ -147,8 +147,14 @@ pub trait Sink<G, F = ()> {
     /// A request from the peer was refused (for counters and a log line).
     fn protocol_error(&mut self, error: Error);
 
-    /// The peer announced a buffer and we took it (a log line).
+    /// The peer announced a buffer and we took it (a log line, an index
+    /// entry).
     fn announced(&mut self, _export: &Export) {}
+
+    /// A buffer [`Sink::announced`] reported is forgotten: its record is
+    /// gone (the peer revoked it, or its session ended, and no local user
+    /// holds it any more). Once for each announced buffer.
+    fn forgotten(&mut self, _hid: &HyperDmabufId) {}
 
     /// One of the connection's gauges went up or down.
     fn gauge(&mut self, _gauge: Gauge, _up: bool) {}
@@ -212,6 +218,9 @@ pub struct ExportRecord<G> {
     update_queued: bool,
     /// The fence of the frame in the UPDATE queue, if it has one.
     queued_fence: Option<FenceId>,
+    /// The identity index names it (or named it): not a second export of
+    /// a buffer exported already.
+    indexed: bool,
     /// What keeps its pages granted.
     pub grants: G,
 }
@@ -228,6 +237,7 @@ impl<G> ExportRecord<G> {
             owner_closed: false,
             update_queued: false,
             queued_fence: None,
+            indexed: true,
             grants,
         }
     }
@@ -659,7 +669,7 @@ pub fn orphan_key(hid: &HyperDmabufId) -> u64 {
 ///
 /// `XT` holds [`ExportRecord`]s and `IT` [`ImportRecord`]s, keyed by
 /// buffer number (orphans by [`orphan_key`]); `NT` maps a local buffer's
-/// identity to the number of its newest export. `G` keeps an export's
+/// identity to the number of an export of it (the older of two live). `G` keeps an export's
 /// pages granted; `L` is a live import's local buffer.
 ///
 /// Every lookup an ioctl or a message makes is by key, and every walk
@@ -671,8 +681,12 @@ pub struct Ledger<XT, IT, NT, FI = NoFences<InFence<()>>, FO = NoFences<OutFence
     exports: XT,
     imports: IT,
     orphans: IT,
-    /// The newest export of each local buffer, by identity.
+    /// An export of each local buffer, by identity: the older of two
+    /// live ones.
     identities: NT,
+    /// Export records the identity index does not name (second exports
+    /// of a buffer): while there are any, a miss walks.
+    shadowed: usize,
     /// The peer's fences on our imports, by id.
     fences_in: FI,
     /// Our fences on our exports, by id.
@@ -775,6 +789,7 @@ where
             imports,
             orphans,
             identities,
+            shadowed: 0,
             fences_in: FI::default(),
             fences_out: FO::default(),
             fences_in_held: 0,
@@ -952,36 +967,46 @@ where
         if let Some(old) = self.exports.remove(number) {
             self.export_dropped(sink, old);
         }
-        // The identity's node first: once the export's is had too,
-        // nothing can fail.
+        // The identity's entry first: once the export's node is had too,
+        // nothing can fail. An entry naming a live export of the same
+        // buffer (two files exported it at the same time) keeps naming
+        // it, and the new record is found by a walk (`shadowed`).
         let identity = record.identity as u64;
-        let indexed = match self.identities.get_mut(identity) {
-            Some(newest) => {
-                let older = *newest;
-                *newest = number;
-                Some(older)
+        let before = self.identities.get(identity).copied();
+        let older_live = before.is_some_and(|n| {
+            self.exports
+                .get(n)
+                .is_some_and(|e| e.reexportable(record.identity))
+        });
+        let mut record = record;
+        record.indexed = !older_live;
+        if record.indexed {
+            if let Some(slot) = self.identities.get_mut(identity) {
+                *slot = number;
+            } else if self.identities.try_insert(identity, number).is_err() {
+                sink.retire(record.grants);
+                return Err(SendError::NoMemory);
             }
-            None => {
-                if self.identities.try_insert(identity, number).is_err() {
-                    sink.retire(record.grants);
-                    return Err(SendError::NoMemory);
-                }
-                None
-            }
-        };
+        }
+        let indexed = record.indexed;
         if let Err(record) = self.exports.try_insert(number, record) {
-            match indexed {
-                Some(older) => {
-                    if let Some(newest) = self.identities.get_mut(identity) {
-                        *newest = older;
+            if indexed {
+                match before {
+                    Some(older) => {
+                        if let Some(slot) = self.identities.get_mut(identity) {
+                            *slot = older;
+                        }
                     }
-                }
-                None => {
-                    self.identities.remove(identity);
+                    None => {
+                        self.identities.remove(identity);
+                    }
                 }
             }
             sink.retire(record.grants);
             return Err(SendError::NoMemory);
+        }
+        if !indexed {
+            self.shadowed += 1;
         }
         sink.gauge(Gauge::Exports, true);
         Ok(())
@@ -1001,7 +1026,9 @@ where
     fn export_dropped(&mut self, sink: &mut impl Sink<G, F>, record: ExportRecord<G>) {
         sink.gauge(Gauge::Exports, false);
         let identity = record.identity as u64;
-        if self.identities.get(identity) == Some(&record.info.hid.number()) {
+        if !record.indexed {
+            self.shadowed -= 1;
+        } else if self.identities.get(identity) == Some(&record.info.hid.number()) {
             self.identities.remove(identity);
         }
         self.unexports.dropped(record.unexport_at);
@@ -1016,13 +1043,22 @@ where
 
     /// Our live export of the local buffer `identity` (one not being
     /// unexported), if there is one: its id. Of two exports of one buffer
-    /// (two files exported it at the same time), the newer.
+    /// (two files exported it at the same time), the older.
     pub fn export_of_identity(&self, identity: usize) -> Option<HyperDmabufId> {
-        let number = *self.identities.get(identity as u64)?;
-        self.exports
-            .get(number)
-            .filter(|e| e.reexportable(identity))
-            .map(|e| e.info.hid)
+        let indexed = self
+            .identities
+            .get(identity as u64)
+            .and_then(|&number| self.exports.get(number))
+            .filter(|e| e.reexportable(identity));
+        if let Some(e) = indexed {
+            return Some(e.info.hid);
+        }
+        if self.shadowed == 0 {
+            return None;
+        }
+        // Two exports of one buffer at once, the older gone: a walk.
+        let key = self.exports.find(|e| e.reexportable(identity))?;
+        self.exports.get(key).map(|e| e.info.hid)
     }
 
     /// A new frame in our export `hid`: it takes the frame's private data,
@@ -1819,6 +1855,7 @@ where
 
     /// Accounts for a record taken out of `imports` or `orphans`.
     fn dropped(&mut self, sink: &mut impl Sink<G, F>, record: &ImportRecord<L>) {
+        sink.forgotten(&record.state.export.hid);
         sink.gauge(Gauge::Imports, false);
         self.imports_held -= 1;
         if record.release_unsent {
@@ -1871,7 +1908,11 @@ where
                     unsent += 1;
                 }
                 e.orphaned = true;
-                e.claimed()
+                let held = e.claimed();
+                if !held {
+                    sink.forgotten(&e.state.export.hid);
+                }
+                held
             },
             |_| forgotten += 1,
         );

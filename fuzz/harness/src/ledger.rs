@@ -352,6 +352,8 @@ struct Effects {
     fences: HashMap<u64, Option<FenceEnd>>,
     next_fence: u64,
     now: u64,
+    /// Buffers announced and not yet forgotten.
+    known: HashSet<HyperDmabufId>,
 }
 
 impl Sink<Grants, u64> for Effects {
@@ -394,6 +396,21 @@ impl Sink<Grants, u64> for Effects {
     }
 
     fn protocol_error(&mut self, _error: Error) {}
+
+    fn announced(&mut self, export: &Export) {
+        assert!(
+            self.known.insert(export.hid),
+            "{} announced twice",
+            export.hid
+        );
+    }
+
+    fn forgotten(&mut self, hid: &HyperDmabufId) {
+        assert!(
+            self.known.remove(hid),
+            "{hid} forgotten, never announced or twice"
+        );
+    }
 
     fn gauge(&mut self, gauge: Gauge, up: bool) {
         self.gauges[gauge as usize] += if up { 1 } else { -1 };
@@ -1088,6 +1105,11 @@ fn check(ledger: &TestLedger, fx: &Effects, max: usize, held: &HashMap<HyperDmab
         |_| imports += 1,
     );
     assert_eq!(ledger.imports_held(), imports, "held count vs records");
+    assert_eq!(
+        fx.known.len(),
+        imports,
+        "announced and not forgotten vs records"
+    );
     assert!(imports <= max, "{imports} imports past the limit {max}");
     assert_eq!(fx.gauges[Gauge::Exports as usize], exports, "exports gauge");
     assert_eq!(

@@ -8,8 +8,15 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::{export, Shared};
-use hyper_dmabuf_common::wire::PrivData;
+use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
+use hyper_dmabuf_common::ledger::{ExportRecord, ImportRecord, Ledger, Sink};
+use hyper_dmabuf_common::uapi::Event;
+use hyper_dmabuf_common::wire::{Export, ExportFlags, PageRefs, PrivData};
+use hyper_dmabuf_common::xen::{GrantRef, Status};
+use hyper_dmabuf_common::Error;
 use hyper_dmabuf_sim::{Side, World, WorldConfig};
 
 /// Buffers live each way before the one measured.
@@ -120,4 +127,60 @@ fn orphans_are_found_by_key() {
     }
     w.pump();
     assert_eq!(walked(&w) - before, 0, "orphans were looked up by a walk");
+}
+
+/// A sink that keeps nothing: the index test looks at the ledger only.
+struct Quiet;
+
+impl Sink<()> for Quiet {
+    fn retire(&mut self, _grants: ()) {}
+    fn event(&mut self, _event: Event, _owner: Option<u64>) {}
+    fn complete(&mut self, _token: u64, _status: Status) {}
+    fn protocol_error(&mut self, _error: Error) {}
+}
+
+fn record(number: u64, owner: u64, identity: usize) -> ExportRecord<()> {
+    let info = Export {
+        hid: HyperDmabufId::new(number, [number as u8; KEY_LEN]).unwrap(),
+        size: 4096,
+        pages: PageRefs::Directory(GrantRef::FIRST),
+        flags: ExportFlags::WRITABLE,
+        priv_data: PrivData::EMPTY,
+        fence: None,
+    };
+    ExportRecord::new(info, owner, identity, ())
+}
+
+/// Two files export one dma-buf at the same moment (neither saw the
+/// other's export): two live exports of it. The identity index names
+/// one; whichever goes first, the other is still found.
+#[test]
+fn two_exports_of_one_buffer_are_both_found() {
+    type Exports = BTreeMap<u64, ExportRecord<()>>;
+    type Imports = BTreeMap<u64, ImportRecord<()>>;
+    for closed in [10, 20] {
+        let mut ledger: Ledger<Exports, Imports, BTreeMap<u64, u64>> = Ledger::new(
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        ledger
+            .record_export(&mut Quiet, record(1, 10, 0x1000))
+            .unwrap();
+        ledger
+            .record_export(&mut Quiet, record(2, 20, 0x1000))
+            .unwrap();
+        assert_eq!(
+            ledger.export_of_identity(0x1000).map(|h| h.number()),
+            Some(1)
+        );
+        ledger.unexport_owned_by(closed, 0);
+        let open = if closed == 10 { 2 } else { 1 };
+        assert_eq!(
+            ledger.export_of_identity(0x1000).map(|h| h.number()),
+            Some(open),
+            "file {closed} closed: the export of the other is still live"
+        );
+    }
 }
