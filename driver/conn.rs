@@ -184,6 +184,8 @@ pub(crate) struct Conn {
 /// lines and readers, the waiters of this connection.
 struct ConnSink<'a> {
     ctx: &'a Context,
+    /// The connection's registry id.
+    conn: u64,
     peer: DomId,
     name: &'a CStr,
     results: &'a mut RBTree<u64, Option<Status>>,
@@ -258,6 +260,7 @@ impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
     }
 
     fn announced(&mut self, export: &Export) {
+        self.ctx.announced.add(&export.hid, self.conn);
         // The peer decides how often this happens: within its budget.
         if ffi::params::log_buffers() {
             self.ctx.peer_log(
@@ -272,6 +275,10 @@ impl Sink<KBox<ExportGrants>, PeerFence> for ConnSink<'_> {
                 ),
             );
         }
+    }
+
+    fn forgotten(&mut self, hid: &HyperDmabufId) {
+        self.ctx.announced.remove(hid);
     }
 
     fn gauge(&mut self, gauge: Gauge, up: bool) {
@@ -402,6 +409,7 @@ impl Conn {
             let inner = &mut *guard;
             let mut sink = ConnSink {
                 ctx,
+                conn: self.id,
                 peer: self.peer,
                 name: &self.name,
                 results: &mut inner.results,

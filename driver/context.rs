@@ -2,8 +2,9 @@
 
 //! What every connection works in, below the registry of connections:
 //! fresh numbers, this domain's id, the open files and the events they
-//! read, the grants that drain after their export ended, and each peer's
-//! budget of log lines. A connection reaches only this, never the
+//! read, the grants that drain after their export ended, which
+//! connection announced each buffer, and each peer's budget of log
+//! lines. A connection reaches only this, never the
 //! registry that holds it.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,6 +12,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::prelude::*;
 
 use super::common::xen::DomId;
+use crate::announced::Announced;
 use crate::files::{Addressed, Files};
 use crate::grants::{Drain, ExportGrants};
 use crate::peerlog::{Level, PeerLogs};
@@ -28,6 +30,9 @@ pub(crate) struct Context {
     /// Grants of ended exports the peer still maps.
     #[pin]
     drain: Drain,
+    /// Which connection announced each buffer.
+    #[pin]
+    pub(crate) announced: Announced,
     /// Each peer's budget of log lines.
     #[pin]
     logs: PeerLogs,
@@ -42,6 +47,7 @@ impl Context {
             peers: AtomicUsize::new(0),
             files <- Files::new(),
             drain <- Drain::new(),
+            announced <- Announced::new(),
             logs <- PeerLogs::new(),
         })
     }

@@ -64,9 +64,10 @@
 //! 5. `Conn::deliveries` — events that wait for fences to reach a live
 //!    dma-buf; only its queue is changed under it.
 //! 6. `Files::table`, then 7. `FileCtx::queue` — posting events.
-//! 8. `Driver::conns`, `Drain::table`, `Unmaps::table` — leaves: nothing
-//!    is taken under them (a connection is looked up under `conns`, then
-//!    used after it is dropped).
+//! 8. `Driver::conns`, `Drain::table`, `Unmaps::table`,
+//!    `Announced::table` — leaves: nothing is taken under them (a
+//!    connection is looked up under `conns`, then used after it is
+//!    dropped).
 //! 9. `PeerLogs::budgets`, `PeerLogs::local` — leaves, taken to print a
 //!    line a peer caused, or one no peer did (a user mapping's callbacks
 //!    report them without holding `hdm_vma.lock`).
@@ -110,6 +111,7 @@ pub mod common;
 #[path = "../xenbus-proto/src/lib.rs"]
 pub mod xenbus_proto;
 
+mod announced;
 #[path = "../back/backend.rs"]
 mod backend;
 mod conn;

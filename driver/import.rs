@@ -121,12 +121,18 @@ pub(crate) fn import(
     Ok(())
 }
 
-/// The connection a buffer was announced on.
+/// The connection a buffer was announced on: the one the index names
+/// (`announced.rs`), checked; failing that, whichever knows it.
 ///
 /// # Errors
 ///
 /// `ENOENT` if no connection knows `hid`, `ENOMEM`.
 pub(crate) fn find(driver: &Driver, hid: &HyperDmabufId) -> Result<Arc<Conn>> {
+    if let Some(conn) = driver.announced.conn_of(hid).and_then(|id| driver.conn(id)) {
+        if conn.with_import(hid, |_| ()).is_some() {
+            return Ok(conn);
+        }
+    }
     let conns = driver.all_conns()?;
     conns
         .iter()
