@@ -114,7 +114,7 @@ pub(crate) fn run(command: &BenchCommand, device: &str) -> Result<(), Failure> {
 
 /// CPU time the calling thread has used, user and kernel, in
 /// nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_ns() -> u64 {
+pub(crate) fn thread_cpu_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);

@@ -15,6 +15,7 @@ mod frames;
 mod kcheck;
 mod media;
 mod refused;
+mod scale;
 mod soak;
 mod stress;
 
@@ -81,6 +82,12 @@ enum Command {
         #[command(subcommand)]
         consumer: media::Consumer,
     },
+    /// What one more buffer costs as the buffers and the peers grow:
+    /// dom0 drives, every guest serves (`make bench`'s scale records).
+    Scale {
+        #[command(subcommand)]
+        command: scale::ScaleCommand,
+    },
     /// Export a dma-buf the driver must refuse (from the test module:
     /// device memory, a partial page, an offset) and check it does, with
     /// EINVAL.
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Command::Kcheck(args) => kcheck::run(args, &cli.options.device, &out),
         Command::ExportFrom { producer } => media::export_from(producer, &cli.options.device, &out),
         Command::ImportTo { consumer } => media::import_to(consumer, &cli.options.device, &out),
+        Command::Scale { command } => scale::run(command, &cli.options.device, &out),
         Command::Refused(args) => refused::run(args, &cli.options.device, &out),
         Command::Camera(args) => media::camera(args, &cli.options.device, &out),
         Command::Display(args) => media::display(args, &cli.options.device, &out),

@@ -12,7 +12,8 @@
 //!   one `<anchor>_ns` and `ratio_vs_<anchor>` per anchor measured for
 //!   that metric, `reps` and the `spread` of every path;
 //! * `latency.png`: end-to-end latency against size for the four paths
-//!   (through gnuplot, from `latency.dat` and `latency.gp`).
+//!   (through gnuplot, from `latency.dat` and `latency.gp`);
+//! * the scale records, their table, targets and `scale.png` ([`scale`]).
 //!
 //! Usage: `hdmabuf-bench LOG... --out DIR`
 
@@ -21,6 +22,9 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod scale;
+use scale::Scale;
 
 /// The anchors, in table order; `first_import` is ours' own first import
 /// and `noop_ioctl` an ioctl the device does not know, timed in the
@@ -81,6 +85,8 @@ struct Run {
     failures: Vec<(String, u64, String)>,
     /// (path, note) about how a path was measured.
     notes: Vec<(String, String)>,
+    /// The scale experiment's records.
+    scale: Scale,
 }
 
 /// Reads the `bench|` lines of a log.
@@ -90,6 +96,9 @@ fn parse(log: &str, run: &mut Run) -> Result<(), String> {
             continue;
         };
         let v: Value = serde_json::from_str(record).map_err(|e| format!("{e}: {record}"))?;
+        if run.scale.take(&v)? {
+            continue;
+        }
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let path = text("path").ok_or_else(|| format!("no path: {record}"))?;
         let size = v.get("size").and_then(Value::as_u64).unwrap_or(0);
@@ -128,7 +137,7 @@ struct Stats {
 
 /// The value at quantile `q` by linear interpolation between the two
 /// nearest ranks.
-fn quantile(sorted: &[u64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[u64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     let frac = pos - lo as f64;
@@ -223,7 +232,7 @@ fn round_sig(x: f64) -> f64 {
 }
 
 /// A duration for the table.
-fn human(ns: f64) -> String {
+pub(crate) fn human(ns: f64) -> String {
     if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
     } else if ns >= 1e6 {
@@ -321,7 +330,7 @@ fn table(run: &Run, records: &[Value]) -> String {
 }
 
 /// The targets, each with where we stand.
-fn targets(records: &[Value]) -> String {
+fn targets(records: &[Value], scale: &Scale) -> String {
     let find = |metric: &str, size: u64| {
         records
             .iter()
@@ -446,6 +455,7 @@ fn targets(records: &[Value]) -> String {
         all_below(&c, 1.0),
         format!("end to end faster than the copy from 8 MiB: {}", show(&c)),
     );
+    scale.targets(&mut verdict);
     t
 }
 
@@ -454,7 +464,7 @@ fn fmt_ratio(r: Option<f64>) -> String {
 }
 
 /// A ratio with two significant digits when it is small.
-fn ratio_text(x: f64) -> String {
+pub(crate) fn ratio_text(x: f64) -> String {
     if x < 0.1 {
         format!("{x:.1e}x")
     } else {
@@ -514,19 +524,24 @@ fn plot(run: &Run, out: &Path) -> Result<(), String> {
     gp.push_str(&parts.join(", \\\n     "));
     gp.push('\n');
     write(&out.join("latency.dat"), &dat)?;
-    write(&out.join("latency.gp"), &gp)?;
+    gnuplot(out, "latency.gp", &gp)
+}
+
+/// Writes the gnuplot script `name` into `out` and runs it there.
+pub(crate) fn gnuplot(out: &Path, name: &str, script: &str) -> Result<(), String> {
+    write(&out.join(name), script)?;
     let status = Command::new("gnuplot")
-        .arg("latency.gp")
+        .arg(name)
         .current_dir(out)
         .status()
         .map_err(|e| format!("running gnuplot (apt-get install gnuplot-nox): {e}"))?;
     if !status.success() {
-        return Err(format!("gnuplot failed: {status}"));
+        return Err(format!("gnuplot failed on {name}: {status}"));
     }
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -567,22 +582,32 @@ fn report(logs: &[PathBuf], out: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
         parse(&text, &mut run)?;
     }
-    if run.sizes().is_empty() {
+    if run.sizes().is_empty() && run.scale.is_empty() {
         return Err("no bench| records of ours in the logs".into());
     }
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let records = records(&run);
-    let text = format!("{}{}", table(&run, &records), targets(&records));
+    let mut records = records(&run);
+    let text = format!(
+        "{}{}{}",
+        table(&run, &records),
+        run.scale.table(),
+        targets(&records, &run.scale)
+    );
+    records.extend(run.scale.records());
     print!("{text}");
     write(&out.join("table.txt"), &text)?;
     let json = serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?;
     write(&out.join("results.json"), &format!("{json}\n"))?;
-    plot(&run, out)?;
+    if !run.sizes().is_empty() {
+        plot(&run, out)?;
+    }
+    run.scale.plot(out)?;
     println!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
         out.join("table.txt").display(),
         out.join("results.json").display(),
-        out.join("latency.png").display()
+        out.join("latency.png").display(),
+        out.join("scale.png").display()
     );
     Ok(())
 }
@@ -650,7 +675,7 @@ bench| {\"path\":\"gntdev\",\"note\":\"stand-in\"}
 
     #[test]
     fn targets_report_met_and_missed() {
-        let t = targets(&records(&run()));
+        let t = targets(&records(&run()), &Scale::default());
         assert!(t.contains("[met   ] import of 8 MiB within 1.2x"), "{t}");
         assert!(
             t.contains("[met   ] end to end no slower than gntdev"),
