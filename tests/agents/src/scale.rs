@@ -43,7 +43,7 @@ use serde_json::json;
 
 use hdmabuf_agent::rng::Rng;
 
-use crate::bench::thread_cpu_ns;
+use crate::bench::{percentile, thread_cpu_ns};
 
 /// How long any wait for the other side may take.
 const PEER_TIMEOUT: Duration = Duration::from_secs(900);
@@ -79,8 +79,8 @@ pub(crate) enum ScaleCommand {
         /// Buffers per peer of the peer sweep.
         #[arg(long, default_value_t = 100)]
         peers_live: u64,
-        /// Timed calls of each kind per point.
-        #[arg(long, default_value_t = 100)]
+        /// Timed calls of each kind per point, each time it runs.
+        #[arg(long, default_value_t = 200)]
         samples: usize,
     },
     /// Answer dom0's `scale drive`.
@@ -127,8 +127,12 @@ fn text(data: &PrivData) -> &str {
 
 /// The points in the order they run, as (peers, buffers per peer):
 /// the buffer sweep's up to `peers_live`, the peer sweep, the rest of
-/// the buffer sweep, so that the fills never undo much. Peers beyond
-/// `guests` are left out.
+/// the buffer sweep, so that the fills never undo much; then all of it
+/// again backwards. Every point but the last of the way out runs twice,
+/// as far before that one as after it: a drift of the machine over the
+/// run (this emulated platform's cost of a call moves by up to 1.5x
+/// within minutes) weighs on both ends of a sweep alike, and the report
+/// pools each point's runs. Peers beyond `guests` are left out.
 fn points(live: &[u64], peers: &[usize], peers_live: u64, guests: usize) -> Vec<(usize, u64)> {
     let mut plan: Vec<(usize, u64)> = Vec::new();
     let mut add = |p: usize, n: u64| {
@@ -145,6 +149,8 @@ fn points(live: &[u64], peers: &[usize], peers_live: u64, guests: usize) -> Vec<
     for &n in live.iter().filter(|&&n| n > peers_live) {
         add(1, n);
     }
+    let back: Vec<(usize, u64)> = plan.iter().rev().skip(1).copied().collect();
+    plan.extend(back);
     plan
 }
 
@@ -553,21 +559,12 @@ fn import_timed(
     }
 }
 
-/// The `q` quantile of `v` (nearest rank), 0 for none.
-fn percentile(v: &[u64], q: f64) -> u64 {
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    s.get(((s.len().saturating_sub(1)) as f64 * q).round() as usize)
-        .copied()
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_plan_sweeps_buffers_then_peers_then_the_rest() {
+    fn the_plan_sweeps_buffers_peers_the_rest_and_back() {
         let plan = points(&[10, 100, 1000, 10000], &[1, 2, 4, 8], 100, 8);
         assert_eq!(
             plan,
@@ -578,21 +575,21 @@ mod tests {
                 (4, 100),
                 (8, 100),
                 (1, 1000),
-                (1, 10000)
+                (1, 10000),
+                (1, 1000),
+                (8, 100),
+                (4, 100),
+                (2, 100),
+                (1, 100),
+                (1, 10)
             ]
         );
         // Fewer guests than asked: the points past them are left out.
         assert_eq!(
             points(&[10, 1000], &[1, 2, 4], 10, 2),
-            [(1, 10), (2, 10), (1, 1000)]
+            [(1, 10), (2, 10), (1, 1000), (2, 10), (1, 10)]
         );
-    }
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 0.5), 51);
-        assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&[], 0.5), 0);
+        // One point: nothing to drift from.
+        assert_eq!(points(&[10], &[1], 10, 1), [(1, 10)]);
     }
 }

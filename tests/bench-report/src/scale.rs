@@ -7,6 +7,11 @@
 //! They become `scale` and `scale_peer` records of results.json, a table,
 //! two targets (cost flat from 10 to 10,000 buffers, and from 1 to 8
 //! peers: the p50 of each operation within 1.5x) and `scale.png`.
+//!
+//! The agent runs the points out and back (all but the last twice, as
+//! far before it as after): a point's figures pool the samples of its
+//! runs, so that the machine's drift over the run weighs on both ends
+//! of a sweep alike.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,22 +31,35 @@ const OPERATIONS: [(&str, &str); 3] = [
 /// Largest growth of an operation's p50 that counts as flat.
 const FLAT: f64 = 1.5;
 
-/// One point of the experiment.
+/// One point of the experiment, its runs pooled.
 #[derive(Debug, Clone, PartialEq)]
 struct Point {
     peers: u64,
     live: u64,
+    /// How many times it ran.
+    runs: u64,
     /// Samples per operation, in [`OPERATIONS`] order.
     samples: [Vec<u64>; 3],
-    slab_per_import: Option<u64>,
-    slab_per_export: Option<u64>,
+    /// Slab bytes per buffer the guests' (or our) fills added, each run
+    /// that grew them.
+    slab_per_import: Vec<u64>,
+    slab_per_export: Vec<u64>,
     /// CPU time of dom0's thread in each import call.
     import_cpu: Vec<u64>,
-    /// Share of the calls' time Xen gave dom0's vCPU to another domain.
-    steal: Option<f64>,
+    /// Share of the calls' time Xen gave dom0's vCPU to another domain,
+    /// each run.
+    steal: Vec<f64>,
+}
+
+fn mean(v: &[u64]) -> Option<u64> {
+    (!v.is_empty()).then(|| v.iter().sum::<u64>() / v.len() as u64)
 }
 
 impl Point {
+    fn steal(&self) -> Option<f64> {
+        (!self.steal.is_empty()).then(|| self.steal.iter().sum::<f64>() / self.steal.len() as f64)
+    }
+
     fn import_cpu_p50(&self) -> Option<f64> {
         let mut s = self.import_cpu.clone();
         s.sort_unstable();
@@ -81,19 +99,41 @@ impl Scale {
                         .map(|s| s.as_u64().ok_or_else(|| format!("bad sample: {v}")))
                         .collect()
                 };
-                self.points.push(Point {
-                    peers: num("peers").ok_or_else(|| format!("no peers: {v}"))?,
-                    live: num("live_buffers").ok_or_else(|| format!("no live_buffers: {v}"))?,
-                    samples: [
-                        series(OPERATIONS[0].1)?,
-                        series(OPERATIONS[1].1)?,
-                        series(OPERATIONS[2].1)?,
-                    ],
-                    slab_per_import: num("slab_per_import"),
-                    slab_per_export: num("slab_per_export"),
-                    import_cpu: series("import_cpu_ns").unwrap_or_default(),
-                    steal: v.get("steal_share").and_then(Value::as_f64),
-                });
+                let peers = num("peers").ok_or_else(|| format!("no peers: {v}"))?;
+                let live = num("live_buffers").ok_or_else(|| format!("no live_buffers: {v}"))?;
+                let at = match self
+                    .points
+                    .iter()
+                    .position(|p| (p.peers, p.live) == (peers, live))
+                {
+                    Some(at) => at,
+                    None => {
+                        self.points.push(Point {
+                            peers,
+                            live,
+                            runs: 0,
+                            samples: Default::default(),
+                            slab_per_import: Vec::new(),
+                            slab_per_export: Vec::new(),
+                            import_cpu: Vec::new(),
+                            steal: Vec::new(),
+                        });
+                        self.points.len() - 1
+                    }
+                };
+                let point = &mut self.points[at];
+                point.runs += 1;
+                for (samples, (_, key)) in point.samples.iter_mut().zip(OPERATIONS) {
+                    samples.extend(series(key)?);
+                }
+                point.slab_per_import.extend(num("slab_per_import"));
+                point.slab_per_export.extend(num("slab_per_export"));
+                point
+                    .import_cpu
+                    .extend(series("import_cpu_ns").unwrap_or_default());
+                point
+                    .steal
+                    .extend(v.get("steal_share").and_then(Value::as_f64));
                 Ok(true)
             }
             _ => Ok(false),
@@ -114,11 +154,12 @@ impl Scale {
                     "metric": "scale",
                     "peers": p.peers,
                     "live_buffers": p.live,
+                    "runs": p.runs,
                     "samples": p.samples[0].len(),
-                    "slab_per_import_bytes": p.slab_per_import,
-                    "slab_per_export_bytes": p.slab_per_export,
+                    "slab_per_import_bytes": mean(&p.slab_per_import),
+                    "slab_per_export_bytes": mean(&p.slab_per_export),
                     "import_cpu_p50_ns": p.import_cpu_p50().map(|x| x.round() as u64),
-                    "steal_share": p.steal,
+                    "steal_share": p.steal(),
                 });
                 for (i, (op, _)) in OPERATIONS.iter().enumerate() {
                     r[format!("{op}_p50_ns")] = json!(p.at(i, 0.5).map(|x| x.round() as u64));
@@ -142,14 +183,16 @@ impl Scale {
         let _ = writeln!(
             t,
             "scale: dom0 with P guests, each with N one-page buffers exported to dom0 and N \
-             from it (p50 / p99; slab bytes per buffer added; the import's CPU time, p50; the \
-             share of the time Xen ran another domain on dom0's vCPU)"
+             from it (p50 / p99 of the runs' samples pooled; slab bytes per buffer added; the \
+             import's CPU time, p50; the share of the time Xen ran another domain on dom0's \
+             vCPU)"
         );
         let _ = writeln!(
             t,
-            "  {:>5} {:>6} {:>20} {:>20} {:>20} {:>8} {:>8} {:>8} {:>6}",
+            "  {:>5} {:>6} {:>4} {:>20} {:>20} {:>20} {:>8} {:>8} {:>8} {:>6}",
             "peers",
             "N",
+            "runs",
             "import",
             "export",
             "unexport",
@@ -159,7 +202,7 @@ impl Scale {
             "steal"
         );
         for p in &self.points {
-            let mut line = format!("  {:>5} {:>6}", p.peers, p.live);
+            let mut line = format!("  {:>5} {:>6} {:>4}", p.peers, p.live, p.runs);
             for op in 0..OPERATIONS.len() {
                 let cell = match (p.at(op, 0.5), p.at(op, 0.99)) {
                     (Some(a), Some(b)) => format!("{} / {}", human(a), human(b)),
@@ -167,14 +210,15 @@ impl Scale {
                 };
                 let _ = write!(line, " {cell:>20}");
             }
-            let slab = |s: Option<u64>| s.map_or("-".into(), |b| b.to_string());
+            let slab = |s: &[u64]| mean(s).map_or("-".into(), |b| b.to_string());
             let _ = writeln!(
                 line,
                 " {:>8} {:>8} {:>8} {:>6}",
-                slab(p.slab_per_import),
-                slab(p.slab_per_export),
+                slab(&p.slab_per_import),
+                slab(&p.slab_per_export),
                 p.import_cpu_p50().map_or("-".into(), human),
-                p.steal.map_or("-".into(), |x| format!("{:.0}%", x * 100.0))
+                p.steal()
+                    .map_or("-".into(), |x| format!("{:.0}%", x * 100.0))
             );
             t.push_str(&line);
         }
@@ -360,6 +404,16 @@ mod tests {
         assert!(!other
             .take(&json!({"metric": "import", "path": "ours"}))
             .unwrap());
+        // A point that ran twice pools its samples: 100, 100, 300, 300.
+        let twice = scale(&[point(1, 10, 100), point(1, 10000, 150), point(1, 10, 300)]);
+        assert_eq!(twice.points.len(), 2);
+        assert_eq!(twice.points[0].runs, 2);
+        assert_eq!(twice.points[0].at(0, 0.5), Some(200.0));
+        assert!(
+            twice.table().contains("     1     10    2 "),
+            "{}",
+            twice.table()
+        );
         let records = s.records();
         assert_eq!(records.len(), 5);
         assert_eq!(records[0]["import_p50_ns"], 100);
