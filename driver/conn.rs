@@ -326,8 +326,9 @@ pub(crate) enum Pass {
 /// boxing the announcement would allocate for nothing).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Import {
-    /// The buffer is mapped and its dma-buf alive: a new reference.
-    Reuse(DmabufRef, u64),
+    /// The buffer is mapped and its dma-buf alive: a new reference, its
+    /// size, and whether it is read-write.
+    Reuse(DmabufRef, u64, bool),
     /// Map it: the announcement and the directory size limit.
     Map(Export, u64),
 }
@@ -1068,14 +1069,19 @@ impl Conn {
         let max = inner.config.max_buffer_bytes;
         match inner.ledger.import_begin(hid, writable) {
             Ok(ImportStep::Map(export)) => Ok(Import::Map(*export, max)),
-            Ok(ImportStep::Reuse { handle, size }) => {
+            Ok(ImportStep::Reuse {
+                handle,
+                size,
+                writable,
+            }) => {
                 // SAFETY: a live import's identity is cleared under this
                 // lock by its dma-buf's release (`import_unmapping`,
                 // `import_released`) before the dma-buf's memory goes, so
                 // it names a live dma-buf.
                 let buf = unsafe { DmabufRef::try_get(*handle) };
                 // `None`: being released right now; the caller may retry.
-                buf.map(|buf| Import::Reuse(buf, size)).ok_or(EAGAIN)
+                buf.map(|buf| Import::Reuse(buf, size, writable))
+                    .ok_or(EAGAIN)
             }
             Err(refusal) => Err(import_errno(refusal)),
         }

@@ -98,10 +98,7 @@ pub(crate) fn ioctl(driver: &Driver, file: &FileCtx, cmd: u32, arg: usize) -> Re
                 driver,
                 &args.hid,
                 args.flags & IMPORT_RW != 0,
-                |fd, size| {
-                    let out = ImportArgs { fd, size, ..args };
-                    write_record(arg, &out.encode())
-                },
+                |fd, size, writable| write_record(arg, &args.returned(fd, size, writable).encode()),
             )?;
         }
         uapi::IOCTL_UNEXPORT => {

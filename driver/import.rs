@@ -67,19 +67,20 @@ fn map_and_export(
     }
 }
 
-/// `HDMABUF_IOCTL_IMPORT`: a new O_CLOEXEC dma-buf fd for `hid`, and its
-/// size. The fd is installed only after `deliver` (which writes it to
-/// user space) succeeded.
+/// `HDMABUF_IOCTL_IMPORT`: a new O_CLOEXEC dma-buf fd for `hid`, its
+/// size, and whether it is read-write (a buffer mapped already comes back
+/// as it is mapped). The fd is installed only after `deliver` (which
+/// writes them to user space) succeeded.
 pub(crate) fn import(
     driver: &Driver,
     hid: &HyperDmabufId,
     writable: bool,
-    deliver: impl FnOnce(i32, u64) -> Result,
+    deliver: impl FnOnce(i32, u64, bool) -> Result,
 ) -> Result {
-    let conn = find(driver, hid)?;
     let fd = ReservedFd::reserve()?;
-    let (buf, size) = match conn.import_begin(hid, writable)? {
-        Import::Reuse(buf, size) => (buf, size),
+    let (conn, step) = begin(driver, hid, writable)?;
+    let (buf, size, writable) = match step {
+        Import::Reuse(buf, size, mapped_writable) => (buf, size, mapped_writable),
         Import::Map(export, max) => match map_and_export(driver, &conn, &export, max, writable) {
             Ok(buf) => {
                 // Readers wait for the peer's fences on the buffer: the
@@ -108,7 +109,7 @@ pub(crate) fn import(
                     if writable { ", read-write" } else { "" },
                     conn.peer.get()
                 ));
-                (buf, export.size)
+                (buf, export.size, writable)
             }
             Err(e) => {
                 conn.import_abort(driver, hid);
@@ -116,27 +117,31 @@ pub(crate) fn import(
             }
         },
     };
-    deliver(fd.number(), size)?;
+    deliver(fd.number(), size, writable)?;
     buf.install(fd);
     Ok(())
 }
 
-/// The connection a buffer was announced on: the one the index names
-/// (`announced.rs`), checked; failing that, whichever knows it.
+/// The import's first step ([`Conn::import_begin`]) on the connection
+/// `hid` was announced on: the one the index names (`announced.rs`), or,
+/// if that one does not know it, whichever does.
 ///
 /// # Errors
 ///
-/// `ENOENT` if no connection knows `hid`, `ENOMEM`.
-pub(crate) fn find(driver: &Driver, hid: &HyperDmabufId) -> Result<Arc<Conn>> {
+/// `ENOENT` if no connection knows `hid`, `ENOMEM`, and those of
+/// [`Conn::import_begin`].
+fn begin(driver: &Driver, hid: &HyperDmabufId, writable: bool) -> Result<(Arc<Conn>, Import)> {
     if let Some(conn) = driver.announced.conn_of(hid).and_then(|id| driver.conn(id)) {
-        if conn.with_import(hid, |_| ()).is_some() {
-            return Ok(conn);
+        match conn.import_begin(hid, writable) {
+            // A stale hint, or a key shared with another connection's.
+            Err(e) if e == ENOENT => {}
+            step => return step.map(|step| (conn, step)),
         }
     }
     let conns = driver.all_conns()?;
-    conns
+    let conn = conns
         .iter()
         .find(|c| c.with_import(hid, |_| ()).is_some())
-        .cloned()
-        .ok_or(ENOENT)
+        .ok_or(ENOENT)?;
+    Ok((conn.clone(), conn.import_begin(hid, writable)?))
 }

@@ -384,6 +384,8 @@ pub enum ImportStep<'a, L> {
         handle: &'a mut L,
         /// Its size in bytes.
         size: u64,
+        /// Whether it is mapped read-write: what the new reference is.
+        writable: bool,
     },
     /// The buffer is claimed for this ioctl: map it, then
     /// [`Ledger::import_mapped`] and [`Ledger::import_live`], or
@@ -1674,7 +1676,11 @@ where
             Claim::Live {
                 writable: false, ..
             } if writable => Err(ImportRefusal::Busy),
-            Claim::Live { handle, .. } => Ok(ImportStep::Reuse { handle, size }),
+            Claim::Live { handle, writable } => Ok(ImportStep::Reuse {
+                handle,
+                size,
+                writable: *writable,
+            }),
             // Another ioctl maps it.
             Claim::Idle | Claim::Mapping | Claim::Unmapping => Err(ImportRefusal::Busy),
         }

@@ -118,9 +118,15 @@ fn put_priv(record: &mut [u8], len: Field, area: Field, data: &PrivData) {
 
 /// Flags of [`ExportArgs`].
 pub const EXPORT_RW: u32 = 1 << 0;
-/// Flags of [`ImportArgs`]: map the buffer writable (needs an export made
-/// with [`EXPORT_RW`]).
+/// Flags of [`ImportArgs`]: in, map the buffer writable (needs an export
+/// made with [`EXPORT_RW`]); out, with [`IMPORT_MODE_OUT`], the new
+/// descriptor is `O_RDWR`.
 pub const IMPORT_RW: u32 = 1 << 0;
+/// Flags of [`ImportArgs`], out only: the driver says in [`IMPORT_RW`]
+/// what the new descriptor's mode is (a buffer this domain maps already
+/// comes back as it is mapped, whatever was asked). A driver that leaves
+/// it clear returned the flags as given: ask `fcntl(F_GETFL)`.
+pub const IMPORT_MODE_OUT: u32 = 1 << 1;
 
 /// `struct hdmabuf_export`, the argument of [`IOCTL_EXPORT`].
 ///
@@ -209,6 +215,7 @@ impl ExportArgs {
 /// offset size  field   dir
 ///      0   24  hid     in   the buffer
 ///     24    4  flags   in   IMPORT_RW: map writable
+///                      out  IMPORT_MODE_OUT, and IMPORT_RW if the fd is O_RDWR
 ///     28    4  fd      out  new dma-buf fd (O_CLOEXEC)
 ///     32    8  size    out  buffer size in bytes
 /// ```
@@ -216,7 +223,7 @@ impl ExportArgs {
 pub struct ImportArgs {
     /// The buffer.
     pub hid: HyperDmabufId,
-    /// [`IMPORT_RW`] or 0.
+    /// In, [`IMPORT_RW`] or 0; out, [`IMPORT_MODE_OUT`] and the mode.
     pub flags: u32,
     /// Output: the new fd (ignored on input).
     pub fd: i32,
@@ -246,17 +253,43 @@ impl ImportArgs {
         })
     }
 
-    /// Decodes the whole record, outputs included (for user space).
+    /// Decodes the whole record as the driver filled it (for user
+    /// space).
     ///
     /// # Errors
     ///
-    /// As [`ImportArgs::decode_in`].
+    /// [`Error::BadId`], or [`Error::UnknownFlags`] for flags no driver
+    /// returns.
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
+        let flags = get_u32(record, import::FLAGS.offset);
+        let known = IMPORT_RW | IMPORT_MODE_OUT;
+        if flags & !known != 0 {
+            return Err(Error::UnknownFlags(flags & !known));
+        }
         Ok(ImportArgs {
+            hid: get_hid(record, import::HID)?,
+            flags,
             fd: get_i32(record, import::FD.offset),
             size: get_u64(record, import::SIZE.offset),
-            ..Self::decode_in(record)?
         })
+    }
+
+    /// The record the driver returns for `fd`, of `size` bytes, opened
+    /// read-write or not.
+    #[must_use]
+    pub fn returned(self, fd: i32, size: u64, writable: bool) -> Self {
+        let mode = if writable { IMPORT_RW } else { 0 };
+        ImportArgs {
+            flags: IMPORT_MODE_OUT | mode,
+            fd,
+            size,
+            ..self
+        }
+    }
+
+    /// Whether the returned descriptor is `O_RDWR`, if the driver said.
+    pub fn writable_out(&self) -> Option<bool> {
+        (self.flags & IMPORT_MODE_OUT != 0).then_some(self.flags & IMPORT_RW != 0)
     }
 
     /// Encodes the whole record.
@@ -913,6 +946,41 @@ mod tests {
         }
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn an_import_returns_its_descriptors_mode() {
+        let hid = HyperDmabufId::new(3, [7; KEY_LEN]).unwrap();
+        let asked = ImportArgs::decode_in(
+            &ImportArgs {
+                hid,
+                flags: 0,
+                fd: -1,
+                size: 0,
+            }
+            .encode(),
+        )
+        .unwrap();
+        // Asked read-only, given the read-write mapping there already is.
+        let out = ImportArgs::decode(&asked.returned(5, 4096, true).encode()).unwrap();
+        assert_eq!(
+            (out.fd, out.size, out.writable_out()),
+            (5, 4096, Some(true))
+        );
+        let out = ImportArgs::decode(&asked.returned(5, 4096, false).encode()).unwrap();
+        assert_eq!(out.writable_out(), Some(false));
+        // A driver that echoes the flags says nothing of the mode.
+        assert_eq!(
+            ImportArgs::decode(&asked.encode()).unwrap().writable_out(),
+            None
+        );
+        // The mode flag is not an input.
+        let mut record = asked.encode();
+        record[layout::import::FLAGS.bytes()].copy_from_slice(&IMPORT_MODE_OUT.to_le_bytes());
+        assert!(matches!(
+            ImportArgs::decode_in(&record),
+            Err(Error::UnknownFlags(IMPORT_MODE_OUT))
+        ));
+    }
 
     #[test]
     fn a_record_says_which_peer_it_is_about() {

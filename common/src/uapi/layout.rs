@@ -21,10 +21,10 @@
 use super::super::id::{HyperDmabufId, KEY_LEN, TEXT_LEN};
 use super::super::limits::MAX_PRIV_LEN;
 use super::{
-    EventType, QueryItem, DEVICE_PATH, EXPORT_RW, IMPORT_RW, IOCTL_EXPORT, IOCTL_IMPORT,
-    IOCTL_LIST, IOCTL_MAGIC, IOCTL_QUERY, IOCTL_UNEXPORT, IOCTL_UPDATE, KIND_EXPORTED,
-    KIND_IMPORTED, MAX_UNEXPORT_DELAY_MS, STATE_BUSY, STATE_DELAYED_UNEXPORT, STATE_RW,
-    STATE_UNEXPORTED,
+    EventType, QueryItem, DEVICE_PATH, EXPORT_RW, IMPORT_MODE_OUT, IMPORT_RW, IOCTL_EXPORT,
+    IOCTL_IMPORT, IOCTL_LIST, IOCTL_MAGIC, IOCTL_QUERY, IOCTL_UNEXPORT, IOCTL_UPDATE,
+    KIND_EXPORTED, KIND_IMPORTED, MAX_UNEXPORT_DELAY_MS, STATE_BUSY, STATE_DELAYED_UNEXPORT,
+    STATE_RW, STATE_UNEXPORTED,
 };
 use core::ops::Range;
 
@@ -178,7 +178,8 @@ pub mod import {
 
     /// In: the buffer.
     pub const HID: Field = Field::new("hid", 0, CType::Id);
-    /// In: `IMPORT_RW` or 0.
+    /// In: `IMPORT_RW` or 0. Out: `IMPORT_MODE_OUT`, and `IMPORT_RW` if
+    /// the new fd is `O_RDWR`.
     pub const FLAGS: Field = Field::new("flags", 24, CType::U32);
     /// Out: the new dma-buf fd.
     pub const FD: Field = Field::new("fd", 28, CType::S32);
@@ -376,6 +377,7 @@ pub const CONSTANTS: &[Constant] = &[
     number("HDMABUF_IOCTL_UPDATE", IOCTL_UPDATE as u64),
     number("HDMABUF_EXPORT_RW", EXPORT_RW as u64),
     number("HDMABUF_IMPORT_RW", IMPORT_RW as u64),
+    number("HDMABUF_IMPORT_MODE_OUT", IMPORT_MODE_OUT as u64),
     number("HDMABUF_QUERY_TYPE", QueryItem::Type as u64),
     number("HDMABUF_QUERY_EXPORTER", QueryItem::Exporter as u64),
     number("HDMABUF_QUERY_IMPORTER", QueryItem::Importer as u64),

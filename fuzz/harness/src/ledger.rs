@@ -706,10 +706,16 @@ pub fn run(data: &[u8]) {
                             let before = held.insert(hid, Held::Mapping { writable });
                             assert!(matches!(before, None | Some(Held::Stale)));
                         }
-                        (Ok(ImportStep::Reuse { handle, .. }), Ok(false)) => {
+                        (
+                            Ok(ImportStep::Reuse {
+                                handle, writable, ..
+                            }),
+                            Ok(false),
+                        ) => {
                             assert!(
-                                matches!(held.get(&hid), Some(Held::Live { handle: h, .. }) if h == handle),
-                                "reused a handle the user does not hold"
+                                matches!(held.get(&hid), Some(Held::Live { handle: h, writable: w })
+                                    if h == handle && *w == writable),
+                                "reused a handle the user does not hold, or not as it is mapped"
                             );
                         }
                         (Err(e), Err(expected)) => assert_eq!(e, expected, "import of {hid}"),

@@ -64,13 +64,19 @@ struct hdmabuf_export {
 	struct hdmabuf_id hid;		/* out: the buffer's id */
 };
 
-/* flags of struct hdmabuf_import: map writable (needs HDMABUF_EXPORT_RW). */
+/*
+ * flags of struct hdmabuf_import. In: HDMABUF_IMPORT_RW maps writable
+ * (needs HDMABUF_EXPORT_RW). Out: HDMABUF_IMPORT_MODE_OUT is set, and
+ * HDMABUF_IMPORT_RW if the new fd is O_RDWR (a buffer this domain maps
+ * already comes back as it is mapped, whatever was asked).
+ */
 #define HDMABUF_IMPORT_RW (1U << 0)
+#define HDMABUF_IMPORT_MODE_OUT (1U << 1)
 
 /* HDMABUF_IOCTL_IMPORT: a new dma-buf fd for a buffer exported to us. */
 struct hdmabuf_import {
 	struct hdmabuf_id hid;		/* in: the buffer */
-	__u32 flags;			/* in: HDMABUF_IMPORT_RW or 0 */
+	__u32 flags;			/* in: HDMABUF_IMPORT_RW or 0; out: the fd's mode */
 	__s32 fd;			/* out: the dma-buf, O_CLOEXEC */
 	__u64 size;			/* out: its size in bytes */
 };

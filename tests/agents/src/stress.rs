@@ -126,9 +126,9 @@ pub(crate) fn run(command: &StressCommand, device: &str, out: &Output) -> Result
     } else {
         format!(
             "stress import from domain {peer}: {cycles} cycles (a shared {a}, b revoked {b}, \
-             c updated {c}), {} verified, {} revoked before import ({} while mapping), \
-             {} updates seen, {} bytes, {ms} ms",
-            s.verified, s.revoked_first, s.revoked_mid_map, s.updates, s.bytes
+             c updated {c}), {} verified ({} imported again while mapped), {} revoked \
+             before import ({} while mapping), {} updates seen, {} bytes, {ms} ms",
+            s.verified, s.reimported, s.revoked_first, s.revoked_mid_map, s.updates, s.bytes
         )
     };
     out.line(
@@ -141,6 +141,7 @@ pub(crate) fn run(command: &StressCommand, device: &str, out: &Output) -> Result
             "revoked": b,
             "updated": c,
             "verified": s.verified,
+            "reimported": s.reimported,
             "revoked_before_import": s.revoked_first,
             "revoked_while_mapping": s.revoked_mid_map,
             "updates": s.updates,
@@ -302,6 +303,8 @@ pub(crate) struct Summary {
     pub(crate) acts: [u32; 3],
     /// Buffers imported and verified.
     pub(crate) verified: u32,
+    /// Of those, imported again while mapped, their mode checked.
+    pub(crate) reimported: u32,
     /// Imports refused because the buffer was already revoked.
     pub(crate) revoked_first: u32,
     /// Of those, revoked while we mapped it (`EIO`).
@@ -604,6 +607,10 @@ pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Sum
             Ok(v) => {
                 summary.verified += 1;
                 summary.bytes += v.size;
+                if act != Act::Revoke {
+                    check_reimport_mode(dev, &hid, rw).map_err(fail)?;
+                    summary.reimported += 1;
+                }
             }
             // Revoked before we got to it (ENOENT), or while we mapped it
             // (the exporter ended its grants under the map: EIO): what
@@ -629,6 +636,30 @@ pub(crate) fn import(dev: &Device, peer: DomId, timeout: Duration) -> Result<Sum
         }
         summary.acts[act.slot()] += 1;
     }
+}
+
+/// A buffer imported again while it is mapped is the same dma-buf, as it
+/// is mapped whatever is asked now (read-only here): the driver says so,
+/// and the descriptor agrees.
+fn check_reimport_mode(dev: &Device, hid: &HyperDmabufId, mapped_rw: bool) -> Result<(), String> {
+    let again = dev
+        .import(hid, false)
+        .map_err(|e| format!("imported again while mapped: {e}"))?;
+    let mode = rustix::fs::fcntl_getfl(&again.fd).map_err(|e| format!("F_GETFL: {e}"))?;
+    let rdwr = mode & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR;
+    if again.writable != mapped_rw || rdwr != mapped_rw {
+        return Err(format!(
+            "imported again read-only while mapped {}: the driver says {}, the descriptor is {}",
+            if mapped_rw { "read-write" } else { "read-only" },
+            if again.writable {
+                "read-write"
+            } else {
+                "read-only"
+            },
+            if rdwr { "O_RDWR" } else { "not O_RDWR" },
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -281,8 +281,15 @@ impl Device {
             .map_err(|e| Error::hinted(action(), e, import_hint))?;
         // What the descriptor is, not what was asked: a buffer this domain
         // maps read-write already comes back as that same file, O_RDWR.
-        let mode = rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::new(action(), e.into()))?;
-        let writable = mode & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR;
+        // The driver says so; one that did not yet is asked.
+        let writable = match out.writable_out() {
+            Some(writable) => writable,
+            None => {
+                let mode =
+                    rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::new(action(), e.into()))?;
+                mode & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR
+            }
+        };
         Ok(Imported {
             fd,
             size: out.size,
