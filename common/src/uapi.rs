@@ -254,18 +254,14 @@ impl ImportArgs {
     }
 
     /// Decodes the whole record as the driver filled it (for user
-    /// space).
+    /// space). Returned flags this crate does not know are kept: a newer
+    /// driver may say more.
     ///
     /// # Errors
     ///
-    /// [`Error::BadId`], or [`Error::UnknownFlags`] for flags no driver
-    /// returns.
+    /// [`Error::BadId`].
     pub fn decode(record: &[u8; Self::SIZE]) -> Result<Self, Error> {
         let flags = get_u32(record, import::FLAGS.offset);
-        let known = IMPORT_RW | IMPORT_MODE_OUT;
-        if flags & !known != 0 {
-            return Err(Error::UnknownFlags(flags & !known));
-        }
         Ok(ImportArgs {
             hid: get_hid(record, import::HID)?,
             flags,
@@ -972,6 +968,13 @@ mod tests {
         assert_eq!(
             ImportArgs::decode(&asked.encode()).unwrap().writable_out(),
             None
+        );
+        // One that says more than we know still says the mode.
+        let mut newer = asked.returned(5, 4096, true);
+        newer.flags |= 1 << 7;
+        assert_eq!(
+            ImportArgs::decode(&newer.encode()).unwrap().writable_out(),
+            Some(true)
         );
         // The mode flag is not an input.
         let mut record = asked.encode();

@@ -68,7 +68,8 @@ struct hdmabuf_export {
  * flags of struct hdmabuf_import. In: HDMABUF_IMPORT_RW maps writable
  * (needs HDMABUF_EXPORT_RW). Out: HDMABUF_IMPORT_MODE_OUT is set, and
  * HDMABUF_IMPORT_RW if the new fd is O_RDWR (a buffer this domain maps
- * already comes back as it is mapped, whatever was asked).
+ * already comes back as it is mapped, whatever was asked). Set flags
+ * again before reusing the struct: HDMABUF_IMPORT_MODE_OUT is EINVAL in.
  */
 #define HDMABUF_IMPORT_RW (1U << 0)
 #define HDMABUF_IMPORT_MODE_OUT (1U << 1)
