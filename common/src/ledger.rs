@@ -1032,6 +1032,9 @@ where
             self.shadowed -= 1;
         } else if self.identities.get(identity) == Some(&record.info.hid.number()) {
             self.identities.remove(identity);
+            if self.shadowed > 0 {
+                self.index_shadow_of(record.identity);
+            }
         }
         self.unexports.dropped(record.unexport_at);
         if record.update_queued {
@@ -1041,6 +1044,22 @@ where
             drop_queued_fence(&mut self.fences_out, &mut self.fences_out_held, fence);
         }
         sink.retire(record.grants);
+    }
+
+    /// The indexed export of `identity` is gone: the oldest export of the
+    /// same buffer it shadowed, if any, takes its place, found by one
+    /// walk now rather than one per look-up for as long as it lives.
+    /// Without memory for the entry it stays shadowed.
+    fn index_shadow_of(&mut self, identity: usize) {
+        let Some(number) = self.exports.find(|e| !e.indexed && e.identity == identity) else {
+            return;
+        };
+        if self.identities.try_insert(identity as u64, number).is_ok() {
+            if let Some(e) = self.exports.get_mut(number) {
+                e.indexed = true;
+                self.shadowed -= 1;
+            }
+        }
     }
 
     /// Our live export of the local buffer `identity` (one not being

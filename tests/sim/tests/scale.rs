@@ -17,6 +17,7 @@ use hyper_dmabuf_common::uapi::Event;
 use hyper_dmabuf_common::wire::{Export, ExportFlags, PageRefs, PrivData};
 use hyper_dmabuf_common::xen::{GrantRef, Status};
 use hyper_dmabuf_common::Error;
+use hyper_dmabuf_sim::table::{Counted, Walks};
 use hyper_dmabuf_sim::{Side, World, WorldConfig};
 
 /// Buffers live each way before the one measured.
@@ -149,6 +150,42 @@ fn record(number: u64, owner: u64, identity: usize) -> ExportRecord<()> {
         fence: None,
     };
     ExportRecord::new(info, owner, identity, ())
+}
+
+/// Of two exports of one dma-buf, the one the identity index names goes
+/// (here its number comes again, which retires it): the other takes its
+/// place in the index, and a look-up finds it without a walk.
+#[test]
+fn a_shadowed_export_is_indexed_once_the_other_goes() {
+    type Imports = BTreeMap<u64, ImportRecord<()>>;
+    let walks = Walks::default();
+    let mut ledger: Ledger<Counted<ExportRecord<()>>, Imports, BTreeMap<u64, u64>> = Ledger::new(
+        Counted::new(&walks),
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+    );
+    ledger
+        .record_export(&mut Quiet, record(1, 10, 0x1000))
+        .unwrap();
+    ledger
+        .record_export(&mut Quiet, record(2, 20, 0x1000))
+        .unwrap();
+    ledger
+        .record_export(&mut Quiet, record(1, 30, 0x2000))
+        .unwrap();
+    let before = walks.visited();
+    for _ in 0..10 {
+        assert_eq!(
+            ledger.export_of_identity(0x1000).map(|h| h.number()),
+            Some(2)
+        );
+    }
+    assert_eq!(
+        ledger.export_of_identity(0x2000).map(|h| h.number()),
+        Some(1)
+    );
+    assert_eq!(walks.visited(), before, "a look-up walked the exports");
 }
 
 /// Two files export one dma-buf at the same moment (neither saw the
