@@ -152,25 +152,31 @@ fn record(number: u64, owner: u64, identity: usize) -> ExportRecord<()> {
     ExportRecord::new(info, owner, identity, ())
 }
 
+type Imports = BTreeMap<u64, ImportRecord<()>>;
+
+/// A ledger over `exports` in which files 10 and 20 exported the same
+/// dma-buf (identity 0x1000) at the same moment, neither seeing the
+/// other's export: numbers 1 and 2.
+fn exported_twice<XT>(exports: XT) -> Ledger<XT, Imports, BTreeMap<u64, u64>>
+where
+    XT: hyper_dmabuf_common::ledger::Table<Value = ExportRecord<()>>,
+{
+    let mut ledger = Ledger::new(exports, BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for (number, file) in [(1, 10), (2, 20)] {
+        ledger
+            .record_export(&mut Quiet, record(number, file, 0x1000))
+            .unwrap();
+    }
+    ledger
+}
+
 /// Of two exports of one dma-buf, the one the identity index names goes
 /// (here its number comes again, which retires it): the other takes its
 /// place in the index, and a look-up finds it without a walk.
 #[test]
 fn a_shadowed_export_is_indexed_once_the_other_goes() {
-    type Imports = BTreeMap<u64, ImportRecord<()>>;
     let walks = Walks::default();
-    let mut ledger: Ledger<Counted<ExportRecord<()>>, Imports, BTreeMap<u64, u64>> = Ledger::new(
-        Counted::new(&walks),
-        BTreeMap::new(),
-        BTreeMap::new(),
-        BTreeMap::new(),
-    );
-    ledger
-        .record_export(&mut Quiet, record(1, 10, 0x1000))
-        .unwrap();
-    ledger
-        .record_export(&mut Quiet, record(2, 20, 0x1000))
-        .unwrap();
+    let mut ledger = exported_twice(Counted::new(&walks));
     ledger
         .record_export(&mut Quiet, record(1, 30, 0x2000))
         .unwrap();
@@ -188,26 +194,13 @@ fn a_shadowed_export_is_indexed_once_the_other_goes() {
     assert_eq!(walks.visited(), before, "a look-up walked the exports");
 }
 
-/// Two files export one dma-buf at the same moment (neither saw the
-/// other's export): two live exports of it. The identity index names
-/// one; whichever goes first, the other is still found.
+/// Two files export one dma-buf at the same moment: two live exports of
+/// it. The identity index names one; whichever goes first, the other is
+/// still found.
 #[test]
 fn two_exports_of_one_buffer_are_both_found() {
-    type Exports = BTreeMap<u64, ExportRecord<()>>;
-    type Imports = BTreeMap<u64, ImportRecord<()>>;
     for closed in [10, 20] {
-        let mut ledger: Ledger<Exports, Imports, BTreeMap<u64, u64>> = Ledger::new(
-            BTreeMap::new(),
-            BTreeMap::new(),
-            BTreeMap::new(),
-            BTreeMap::new(),
-        );
-        ledger
-            .record_export(&mut Quiet, record(1, 10, 0x1000))
-            .unwrap();
-        ledger
-            .record_export(&mut Quiet, record(2, 20, 0x1000))
-            .unwrap();
+        let mut ledger = exported_twice(BTreeMap::new());
         assert_eq!(
             ledger.export_of_identity(0x1000).map(|h| h.number()),
             Some(1)
