@@ -131,17 +131,19 @@ pub(crate) fn import(
 /// `ENOENT` if no connection knows `hid`, `ENOMEM`, and those of
 /// [`Conn::import_begin`].
 fn begin(driver: &Driver, hid: &HyperDmabufId, writable: bool) -> Result<(Arc<Conn>, Import)> {
-    if let Some(conn) = driver.announced.conn_of(hid).and_then(|id| driver.conn(id)) {
-        match conn.import_begin(hid, writable) {
-            // A stale hint, or a key shared with another connection's.
-            Err(e) if e == ENOENT => {}
-            step => return step.map(|step| (conn, step)),
-        }
+    // `None` if `conn` does not know `hid` (a stale hint, a key shared
+    // with another connection's, or another connection's buffer).
+    let on = |conn: &Arc<Conn>| match conn.import_begin(hid, writable) {
+        Err(e) if e == ENOENT => None,
+        step => Some(step.map(|step| (conn.clone(), step))),
+    };
+    let hinted = driver.announced.conn_of(hid).and_then(|id| driver.conn(id));
+    if let Some(step) = hinted.as_ref().and_then(on) {
+        return step;
     }
-    let conns = driver.all_conns()?;
-    let conn = conns
+    driver
+        .all_conns()?
         .iter()
-        .find(|c| c.with_import(hid, |_| ()).is_some())
-        .ok_or(ENOENT)?;
-    Ok((conn.clone(), conn.import_begin(hid, writable)?))
+        .find_map(on)
+        .unwrap_or(Err(ENOENT))
 }
