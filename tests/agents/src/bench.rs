@@ -114,13 +114,13 @@ pub(crate) fn run(command: &BenchCommand, device: &str) -> Result<(), Failure> {
     }
 }
 
-/// The `q` quantile of `v` (nearest rank), 0 for none.
-pub(crate) fn percentile(v: &[u64], q: f64) -> u64 {
+/// The `q` quantile of `v` (nearest rank); the default (zero) for none.
+pub(crate) fn percentile<T: Copy + Ord + Default>(v: &[T], q: f64) -> T {
     let mut s = v.to_vec();
     s.sort_unstable();
     s.get(((s.len().saturating_sub(1)) as f64 * q).round() as usize)
         .copied()
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 /// CPU time the calling thread has used, user and kernel, in
@@ -1208,7 +1208,9 @@ mod tests {
         let v: Vec<u64> = (1..=100).collect();
         assert_eq!(percentile(&v, 0.5), 51);
         assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&[], 0.5), 0);
+        assert_eq!(percentile::<u64>(&[], 0.5), 0);
+        let d = [Duration::from_millis(3), Duration::from_millis(1)];
+        assert_eq!(percentile(&d, 0.0), Duration::from_millis(1));
     }
 
     #[test]

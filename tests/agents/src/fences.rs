@@ -38,6 +38,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::ioctl::{ioctl, opcode, Opcode, Updater};
 use serde_json::json;
 
+use crate::bench::percentile;
 use crate::media::vgem::Vgem;
 
 /// How long any wait for the peer may take.
@@ -155,14 +156,6 @@ fn pattern_seed(round: u32) -> u64 {
     0xfe0c_e000 + u64::from(round)
 }
 
-fn percentile(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort_unstable();
-    samples
-        .get(((samples.len().max(1) - 1) as f64 * q) as usize)
-        .copied()
-        .unwrap_or_default()
-}
-
 fn send(
     dev: &Device,
     args: &FencesArgs,
@@ -213,8 +206,8 @@ fn send(
             println!("bench| {line}");
         }
     }
-    let (signal_p50, ping_p50) = (percentile(&mut signal, 0.5), percentile(&mut ping, 0.5));
-    let (signal_p99, ping_p99) = (percentile(&mut signal, 0.99), percentile(&mut ping, 0.99));
+    let (signal_p50, ping_p50) = (percentile(&signal, 0.5), percentile(&ping, 0.5));
+    let (signal_p99, ping_p99) = (percentile(&signal, 0.99), percentile(&ping, 0.99));
     out.line(
         format!(
             "{} fenced frames: signal to the importer's answer p50 {signal_p50:?} (p99 \
@@ -375,7 +368,7 @@ fn receive(dev: &Device, args: &FencesArgs, out: &Output) -> Result<(), Failure>
         );
         answer(format!("timedout {round}"))?;
     }
-    let waited_p50 = percentile(&mut waited, 0.5);
+    let waited_p50 = percentile(&waited, 0.5);
     out.line(
         format!(
             "{} fenced frames: each waited for the sender's fence, signalled within \
