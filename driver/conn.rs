@@ -18,7 +18,7 @@ use kernel::str::{CStr, CString};
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
 use kernel::time::msecs_to_jiffies;
 
-use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING};
+use super::common::channel::{Channel, ChannelConfig, Pending, MAX_OUTSTANDING, NOTICE_DELAY_MS};
 use super::common::fence::{fence_timeout_from_param, FenceEnd, InFence, OutFence};
 use super::common::id::HyperDmabufId;
 use super::common::ledger::{
@@ -732,6 +732,8 @@ impl Conn {
                 Ok(progress) => {
                     if progress.notify {
                         link.irq.notify();
+                    } else if link.channel.notify_owed() {
+                        ffi::tick_schedule(NOTICE_DELAY_MS as u32);
                     }
                     if progress.more {
                         Pass::More
@@ -1088,7 +1090,8 @@ impl Conn {
     }
 
     /// The buffer claimed with [`Conn::import_begin`] is mapped: tell
-    /// the exporter. It stays claimed until [`Conn::import_live`].
+    /// the exporter, whose notification waits for the next event or the
+    /// timed work. It stays claimed until [`Conn::import_live`].
     ///
     /// # Errors
     ///
@@ -1100,9 +1103,11 @@ impl Conn {
                 return Err(ENOENT);
             };
             match parts.ledger.import_mapped(&mut link.channel, sink, hid) {
-                Ok(notify) => {
-                    if notify {
-                        link.irq.notify();
+                Ok(()) => {
+                    // Not now: the event would wake the exporter in the
+                    // middle of this import. The timed work sends it.
+                    if link.channel.notify_owed() {
+                        ffi::tick_schedule(NOTICE_DELAY_MS as u32);
                     }
                     Ok(())
                 }

@@ -301,6 +301,10 @@ extern "C" fn hdm_rs_irq(ctx: *mut c_void) -> c_int {
     // for the handler, reclaimed only after the IRQ is freed.
     let conn = unsafe { ArcBorrow::from_raw(ctx.cast::<Conn>()) };
     let pass = driver().map_or(Pass::Idle, |d| conn.process(d));
+    crate::stats::EVENT_PASSES.inc();
+    if pass == Pass::Idle {
+        crate::stats::EVENT_PASSES_IDLE.inc();
+    }
     (match pass {
         Pass::Idle => bindings::hdm_irq_pass_HDM_IRQ_IDLE,
         Pass::Done => bindings::hdm_irq_pass_HDM_IRQ_DONE,

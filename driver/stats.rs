@@ -93,8 +93,14 @@ pub(crate) static FENCES_OUT: Counter = Counter::new("fences_out_live");
 pub(crate) static FENCES_TIMED_OUT: Counter = Counter::new("fences_timed_out");
 /// Peers' fences that could not be added to a live dma-buf (no memory).
 pub(crate) static FENCES_UNATTACHED: Counter = Counter::new("fences_unattached");
+/// Passes of the event handler over a connection's rings.
+pub(crate) static EVENT_PASSES: Counter = Counter::new("event_passes");
+/// Of those, passes that found nothing to do: what Xen's event-storm
+/// throttle counts as spurious (a peer notifying for nothing, or two
+/// notifications that one pass served).
+pub(crate) static EVENT_PASSES_IDLE: Counter = Counter::new("event_passes_idle");
 
-static ALL: [&Counter; 21] = [
+static ALL: [&Counter; 23] = [
     &CONNECTIONS,
     &EXPORTS,
     &IMPORTS,
@@ -116,6 +122,8 @@ static ALL: [&Counter; 21] = [
     &FENCES_OUT,
     &FENCES_TIMED_OUT,
     &FENCES_UNATTACHED,
+    &EVENT_PASSES,
+    &EVENT_PASSES_IDLE,
 ];
 
 /// Hands `out` one `name value` line per counter (the debugfs `stats`

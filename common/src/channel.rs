@@ -62,6 +62,23 @@ pub const MAX_OUTSTANDING: usize = 128;
 /// flooding peer cannot keep the handler busy forever.
 pub const PROCESS_BUDGET: u32 = 64;
 
+/// How long a notification may be owed to the peer
+/// ([`Channel::notify_owed`]), in milliseconds: long enough that the
+/// importer's next steps (mmap, first access) run before the exporter is
+/// woken, short enough that the exporter's Mapped event stays prompt.
+pub const NOTICE_DELAY_MS: u64 = 1;
+
+/// Whether the requester waits on the answer to a request whose operation
+/// octet is `op`: an EXPORT's (its exporter's call) and an UNEXPORT's (the
+/// revocation), and, to be safe, one this version does not know. The
+/// answers to UPDATE, RELEASE, MAPPED and SIGNAL only free a slot.
+fn answer_awaited(op: u8) -> bool {
+    !matches!(
+        Op::from_wire(op),
+        Ok(Op::Update | Op::Release | Op::Mapped | Op::Signal)
+    )
+}
+
 /// Where an export stands, as seen by its exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportPhase {
@@ -292,7 +309,9 @@ pub struct Channel<M, T = [Option<Pending>; MAX_OUTSTANDING]> {
     answers: Responder<M>,
     pending: T,
     next_req_id: u32,
-    notify_pending: bool,
+    /// A notification the peer is owed but was not sent yet (a MAPPED's,
+    /// or answers nobody waits for): the next one sent carries it.
+    notify_owed: bool,
 }
 
 impl<M: SharedMem> Channel<M> {
@@ -341,7 +360,7 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             answers: Responder::new(theirs)?,
             pending: table,
             next_req_id: 1,
-            notify_pending: false,
+            notify_owed: false,
         })
     }
 
@@ -412,7 +431,10 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             });
         }
         self.next_req_id = req_id.wrapping_add(1);
-        Ok(self.requests.publish())
+        // A notification owed from an earlier send goes with this one: the
+        // peer's event index may already be behind us, so `publish` alone
+        // would not ask for it again.
+        Ok(self.requests.publish() | core::mem::take(&mut self.notify_owed))
     }
 
     /// Announces a new export (the caller created `state` with
@@ -456,7 +478,8 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
     }
 
     /// Tells the exporter that this domain now maps an imported buffer.
-    /// On error nothing changed and nothing was sent.
+    /// The notification is owed, not due ([`Channel::notify_owed`]). On
+    /// error nothing changed and nothing was sent.
     ///
     /// # Errors
     ///
@@ -466,18 +489,22 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
         &mut self,
         host: &mut impl Host,
         hid: &HyperDmabufId,
-    ) -> Result<bool, Error> {
+    ) -> Result<(), Error> {
         let state = host.import_mut(hid).ok_or(Error::BadId)?;
         if state.revoked || state.mapped {
             return Err(Error::BadId);
         }
         let epoch = state.epoch.map_or(MapEpoch::FIRST, MapEpoch::next);
-        let notify = self.send(Message::Mapped { hid: *hid, epoch }, None)?;
+        // Nothing waits for a MAPPED (the exporter only records it), and
+        // an event now wakes the exporter's vCPU in the middle of the
+        // import: the notification is owed instead, for the next send,
+        // pass or tick (docs/protocol.md, section 11.6).
+        self.notify_owed |= self.send(Message::Mapped { hid: *hid, epoch }, None)?;
         if let Some(state) = host.import_mut(hid) {
             state.mapped = true;
             state.epoch = Some(epoch);
         }
-        Ok(notify)
+        Ok(())
     }
 
     /// Tells the exporter that this domain unmapped an imported buffer
@@ -533,7 +560,9 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             responses = responses.saturating_add(1);
         }
         let mut answered = 0;
+        let mut awaited = false;
         while answered < PROCESS_BUDGET && self.answers.pop(&mut slot)? {
+            awaited |= answer_awaited(request_op(&slot));
             let response = self.on_request(host, &slot);
             self.answers.push(&response.encode())?;
             answered += 1;
@@ -542,10 +571,21 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             handled: responses.saturating_add(answered),
             ..Progress::default()
         };
-        if answered > 0 {
-            progress.notify = self.answers.publish();
+        if answered > 0 && self.answers.publish() {
+            // Answers nobody waits for only free the peer's slots: their
+            // notification is owed (the peer sees the slots free whenever
+            // it looks), so a stream of UPDATEs does not wake the
+            // exporter's domain once per frame.
+            if awaited {
+                progress.notify = true;
+            } else {
+                self.notify_owed = true;
+            }
         }
-        progress.notify |= core::mem::take(&mut self.notify_pending);
+        if progress.notify {
+            // This one carries what was owed.
+            self.notify_owed = false;
+        }
         progress.more = if answered == PROCESS_BUDGET && self.answers.pending()? > 0 {
             true
         } else {
@@ -751,9 +791,17 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
         }
     }
 
-    /// Marks that a notification is owed to the peer at the next
-    /// [`Channel::process`] (used when a send was batched).
-    pub fn want_notify(&mut self) {
-        self.notify_pending = true;
+    /// Whether a notification is owed to the peer (after a MAPPED, or a
+    /// pass that answered only requests nobody waits on): the caller sends
+    /// it within [`NOTICE_DELAY_MS`] unless a send or pass carries it
+    /// first.
+    pub fn notify_owed(&self) -> bool {
+        self.notify_owed
+    }
+
+    /// Takes the notification owed to the peer, if any: true when the
+    /// caller must notify now.
+    pub fn take_notify_owed(&mut self) -> bool {
+        core::mem::take(&mut self.notify_owed)
     }
 }

@@ -1572,6 +1572,8 @@ where
             (false, false)
         };
         tick.notify |= notify;
+        // A MAPPED's notification, if nothing carried it meanwhile.
+        tick.notify |= channel.take_notify_owed();
         tick.notify |= self.flush_releases(channel, sink);
         tick.notify |= self.flush_signals(channel, sink);
         tick.notify |= self.flush_updates(channel, sink, now);
@@ -1707,6 +1709,9 @@ where
 
     /// The import claimed by [`Ledger::import_begin`] is mapped: tell the
     /// exporter (MAPPED). It stays claimed until [`Ledger::import_live`].
+    /// The notification is owed: the caller has [`Ledger::tick`] run
+    /// within [`NOTICE_DELAY_MS`](super::channel::NOTICE_DELAY_MS) if
+    /// [`Channel::notify_owed`] says so.
     ///
     /// # Errors
     ///
@@ -1716,7 +1721,7 @@ where
         channel: &mut Channel<M, P>,
         sink: &mut impl Sink<G, F>,
         hid: &HyperDmabufId,
-    ) -> Result<bool, MappedError> {
+    ) -> Result<(), MappedError> {
         let current = self.imports.get(hid.number()).filter(|e| e.is(hid));
         match current {
             Some(e) if !e.ended() => {}

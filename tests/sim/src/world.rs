@@ -659,6 +659,12 @@ impl World {
                     continue;
                 };
                 let dom = &mut node.dom;
+                // The timed work pays an owed notification (the driver's,
+                // NOTICE_DELAY_MS later): the round is not the last.
+                ran |= dom
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| !c.hijacked && c.chan.notify_owed());
                 dom.flush(&mut self.hv);
                 let Some(conn) = dom.conn.as_ref() else {
                     continue;

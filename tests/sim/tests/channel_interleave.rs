@@ -195,6 +195,9 @@ fn act(sched: &Sched, actor: &RefCell<Actor>, c: u8) -> bool {
             }
         }
     }
+    if a.chan.notify_owed() {
+        enabled.push(4);
+    }
     let Some(&action) = enabled.get(usize::from(c) % enabled.len().max(1)) else {
         return false;
     };
@@ -213,13 +216,17 @@ fn act(sched: &Sched, actor: &RefCell<Actor>, c: u8) -> bool {
             // The driver maps first, then tells the exporter.
             a.maps_left -= 1;
             sched.i_maps.set(true);
-            a.chan.import_mapped(&mut a.host, &hid()).unwrap()
+            // Its notification is owed (action 4 pays it).
+            a.chan.import_mapped(&mut a.host, &hid()).unwrap();
+            false
         }
-        _ => {
+        3 => {
             // The driver unmaps first, then tells the exporter.
             sched.i_maps.set(false);
             a.chan.import_unmapped(&mut a.host, &hid()).unwrap()
         }
+        // The timed work: what a MAPPED or answers left owed.
+        _ => a.chan.take_notify_owed(),
     };
     if notify {
         sched.pending[1 - side].set(true);
@@ -323,6 +330,8 @@ fn run(choices: Vec<u8>, hooks: Vec<u8>, maps: u32) {
                 let p = a.chan.process(&mut a.host).unwrap();
                 a.more = p.more;
                 p.notify
+            } else if a.chan.notify_owed() {
+                a.chan.take_notify_owed()
             } else {
                 continue;
             };

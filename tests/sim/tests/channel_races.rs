@@ -123,10 +123,10 @@ fn ring() -> Rc<[AtomicU32]> {
     mem
 }
 
-/// Exporter E and importer I with one export of E mapped by I and an
-/// UNEXPORT of it sent by E, not yet seen by I. `hook` is run by E's
-/// first read of I's request producer.
-fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
+/// Exporter E and importer I with one export of E announced to I, both
+/// rings drained. `hook` is run by E's first read of I's request
+/// producer.
+fn announced_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
     let (e_id, i_id) = (DomId::new(1).unwrap(), DomId::new(2).unwrap());
     let (mem_e, mem_i) = (ring(), ring());
     let none: Hook = Rc::default();
@@ -164,6 +164,14 @@ fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
     };
     run_i(&i);
     e.0.process(&mut e.1).unwrap();
+    (e, i, hid)
+}
+
+/// Exporter E and importer I with one export of E mapped by I and an
+/// UNEXPORT of it sent by E, not yet seen by I. `hook` is run by E's
+/// first read of I's request producer.
+fn revoking_pair(hook: &Hook) -> (End, Rc<RefCell<End>>, HyperDmabufId) {
+    let (mut e, i, hid) = announced_pair(hook);
     {
         let (c, h) = &mut *i.borrow_mut();
         c.import_mapped(h, &hid).unwrap();
@@ -189,6 +197,27 @@ fn settle(e: &mut End, i: &Rc<RefCell<End>>) {
         let (c, h) = &mut *i.borrow_mut();
         c.process(h).unwrap();
     }
+}
+
+/// A MAPPED leaves its notification owed, and the next request carries
+/// it although the exporter's event index, passed by the MAPPED, asks for
+/// no other: without the debt the RELEASE would sit unseen.
+#[test]
+fn mapped_owes_its_notification_to_the_next_send() {
+    let (_e, i, hid) = announced_pair(&Rc::default());
+    let (c, h) = &mut *i.borrow_mut();
+    c.import_mapped(h, &hid).unwrap();
+    assert!(c.notify_owed(), "the exporter waits for an event");
+    assert!(
+        c.import_unmapped(h, &hid).unwrap(),
+        "the RELEASE carries it"
+    );
+    assert!(!c.notify_owed());
+    // Control: the exporter has not looked since, so a send of its own
+    // is not asked to notify.
+    c.import_mapped(h, &hid).unwrap();
+    assert!(!c.notify_owed());
+    assert!(!c.import_unmapped(h, &hid).unwrap());
 }
 
 /// Control: the importer acts between two passes of the exporter; the
