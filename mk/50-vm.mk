@@ -6,6 +6,9 @@
 #   make xen         Xen 4.17 + tools from Debian, unpacked into the cache
 #   make modules     hyper_dmabuf.ko (driver/), and the test-only
 #                    hyper_dmabuf_check.ko, out of tree against the cached kernel
+#   make modules KDIR=/lib/modules/$(uname -r)/build  [RUSTC= BINDGEN= LLVM=]
+#                    hyper_dmabuf.ko against another kernel tree, after
+#                    driver/preflight.sh (docs/install.md)
 #   make images      dom0 + domU initramfs (cached, keyed by their inputs)
 #   make vm-smoke    dom0 + a PV and a PVH domU load the modules
 #   make vm-selftest the runner must fail on a module WARNING and a dead guest,
@@ -75,8 +78,24 @@ kernel: deps
 xen: deps
 	@platform/fetch-xen.sh >/dev/null
 
+ifdef KDIR
+# Against a kernel tree of the user's (docs/install.md), such as
+# /lib/modules/$(uname -r)/build: the preflight names what is missing
+# before the compiler meets it. The shipped module alone; RUSTC, BINDGEN
+# and LLVM go to the kernel's make as given. driver/ holds one Kbuild
+# output: a build for another tree than the last one cleans it first.
+KDIR_TOOLS = $(foreach v,RUSTC BINDGEN LLVM,$(if $($(v)),$(v)="$($(v))"))
+modules:
+	@$(KDIR_TOOLS) driver/preflight.sh "$(KDIR)"
+	@kdir=$$(cd "$(KDIR)" && pwd -P); \
+	  if [[ ! -f driver/.hdm-kdir || $$(cat driver/.hdm-kdir) != "$$kdir" ]]; then \
+	    $(MAKE) -C "$$kdir" -s $(KDIR_TOOLS) M="$(CURDIR)/driver" clean; \
+	    rm -f driver/bindings_generated.rs.inc; echo "$$kdir" >driver/.hdm-kdir; fi; \
+	  $(MAKE) -C "$$kdir" $(KDIR_TOOLS) M="$(CURDIR)/driver" HDM_TEST_MODULES=n modules
+else
 modules: kernel
 	@platform/build-modules.sh >/dev/null
+endif
 
 modules-clean:
 	@make -C "$$(platform/build-kernel.sh --dir)" -s M="$(CURDIR)/driver" clean

@@ -14,6 +14,10 @@ STAGE_NAME=modules
 KDIR=$("$PLATFORM_DIR/build-kernel.sh" --dir)
 [[ -f $KDIR/.hdm-complete ]] || die "kernel not built for the current inputs: run 'make kernel' first"
 
+# What a user's build checks first (driver/preflight.sh): here it must pass.
+RUSTC=$KRUSTC BINDGEN=$KBINDGEN LLVM=$KLLVM "$REPO_DIR/driver/preflight.sh" "$KDIR" >/dev/null ||
+    die "driver/preflight.sh refuses the platform kernel: run it for the reason"
+
 # driver/ holds one Kbuild output; remember which tree it was built for.
 STAMP=$REPO_DIR/driver/.hdm-kdir
 if [[ ! -f $STAMP || $(cat "$STAMP") != "$KDIR" ]]; then
