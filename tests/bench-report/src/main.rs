@@ -457,8 +457,8 @@ fn targets(records: &[Value], scale: &Scale) -> String {
             show(&frames)
         ),
         "each frame reaches the importer's reader through the driver's work item \
-         (interrupt, work item, poll, read) and each UPDATE's answer interrupts \
-         dom0's vCPU; the transport's reader wakes from the interrupt itself",
+         (interrupt, work item, poll, read), where the transport's reader wakes \
+         from the interrupt itself",
     );
     let fences = ratios("fence_signal", "update_rtt");
     verdict(
