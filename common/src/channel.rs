@@ -63,9 +63,10 @@ pub const MAX_OUTSTANDING: usize = 128;
 pub const PROCESS_BUDGET: u32 = 64;
 
 /// How long a notification may be owed to the peer
-/// ([`Channel::notify_owed`]), in milliseconds: long enough that the
-/// importer's next steps (mmap, first access) run before the exporter is
-/// woken, short enough that the exporter's Mapped event stays prompt.
+/// ([`Channel::notify_owed`]), in milliseconds (a driver's timer rounds it
+/// up to its tick): long enough that the importer's next steps (mmap,
+/// first access) run before the exporter is woken, short enough that the
+/// exporter's Mapped event stays prompt and its ring's slots come back.
 pub const NOTICE_DELAY_MS: u64 = 1;
 
 /// Whether the requester waits on the answer to a request whose operation
@@ -571,19 +572,17 @@ impl<M: SharedMem, T: PendingTable> Channel<M, T> {
             handled: responses.saturating_add(answered),
             ..Progress::default()
         };
+        // Answers nobody waits for only free the peer's slots: their
+        // notification is owed, so that a stream of UPDATEs does not wake
+        // the exporter's domain once per frame. An awaited answer pays the
+        // debt at once, including one left by an earlier pass: the peer's
+        // event index then lies in that pass's answers, so `publish` does
+        // not ask again.
         if answered > 0 && self.answers.publish() {
-            // Answers nobody waits for only free the peer's slots: their
-            // notification is owed (the peer sees the slots free whenever
-            // it looks), so a stream of UPDATEs does not wake the
-            // exporter's domain once per frame.
-            if awaited {
-                progress.notify = true;
-            } else {
-                self.notify_owed = true;
-            }
+            self.notify_owed = true;
         }
-        if progress.notify {
-            // This one carries what was owed.
+        if awaited && self.notify_owed {
+            progress.notify = true;
             self.notify_owed = false;
         }
         progress.more = if answered == PROCESS_BUDGET && self.answers.pending()? > 0 {

@@ -17,7 +17,7 @@ use hyper_dmabuf_common::id::{HyperDmabufId, KEY_LEN};
 use hyper_dmabuf_common::ring::init_shared;
 use hyper_dmabuf_common::shmem::SharedMem;
 use hyper_dmabuf_common::uapi::Event;
-use hyper_dmabuf_common::wire::{Export, ExportFlags, PageRefs, PrivData};
+use hyper_dmabuf_common::wire::{Export, ExportFlags, Message, PageRefs, PrivData};
 use hyper_dmabuf_common::xen::{DomId, GrantRef, Status};
 use hyper_dmabuf_common::Error;
 use hyper_dmabuf_sim::{Side, World, WorldConfig};
@@ -218,6 +218,28 @@ fn mapped_owes_its_notification_to_the_next_send() {
     c.import_mapped(h, &hid).unwrap();
     assert!(!c.notify_owed());
     assert!(!c.import_unmapped(h, &hid).unwrap());
+}
+
+/// A pass that answered only an UPDATE owes its notification; the
+/// exporter sleeps with its event index in that answer, so the next
+/// pass's awaited answer (an UNEXPORT's) must pay the debt at once,
+/// although `publish` alone would not ask for it.
+#[test]
+fn awaited_answer_pays_an_earlier_pass_debt() {
+    let (mut e, i, hid) = announced_pair(&Rc::default());
+    let update = Message::Update {
+        hid,
+        priv_data: PrivData::EMPTY,
+        fence: None,
+    };
+    e.0.send(update, None).unwrap();
+    let (c, h) = &mut *i.borrow_mut();
+    let p = c.process(h).unwrap();
+    assert!(!p.notify && c.notify_owed(), "an UPDATE's answer is owed");
+    e.0.revoke(&mut e.1, &hid, None).unwrap();
+    let p = c.process(h).unwrap();
+    assert!(p.notify, "the UNEXPORT's answer went unnotified");
+    assert!(!c.notify_owed());
 }
 
 /// Control: the importer acts between two passes of the exporter; the
