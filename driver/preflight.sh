@@ -12,9 +12,10 @@
 #   driver/preflight.sh [KDIR]   (default /lib/modules/$(uname -r)/build)
 #
 # The tools are those `make` would use: RUSTC (rustc), BINDGEN (bindgen),
-# LLVM (as passed to the kernel's make: 1 or -19, for a clang-built kernel)
-# from the environment. Exit status: 0 ready, 1 something is missing.
-# `make modules KDIR=...` and the DKMS package run it before building.
+# LLVM (as passed to the kernel's make: 1, -19 or a prefix ending in /, for
+# a clang-built kernel) from the environment. Exit status: 0 ready, 1
+# something is missing. `make modules KDIR=...` and the platform's own
+# build (platform/build-modules.sh) run it before building.
 set -uo pipefail
 
 KDIR=${1:-/lib/modules/$(uname -r)/build}
@@ -26,6 +27,7 @@ MIN_BINDGEN=0.65.1
 
 failed=0
 ok() { printf 'preflight: ok: %s\n' "$*"; }
+note() { printf 'preflight: note: %s\n' "$*"; }
 missing() {
     printf 'preflight: MISSING: %s\n' "$1"
     shift
@@ -59,7 +61,18 @@ if [[ ! -f $KDIR/Makefile || ! -f $KDIR/include/config/auto.conf ]]; then
     verdict
 fi
 release=$(cat "$KDIR/include/config/kernel.release" 2>/dev/null || echo unknown)
-ok "kernel tree $KDIR ($release)"
+# The module's Rust code follows one release's `kernel` crate, which
+# changes with every release.
+if [[ $release == 6.12.* ]]; then
+    ok "kernel tree $KDIR ($release)"
+else
+    missing "a Linux 6.12 kernel (this tree is $release)" \
+        "hyper_dmabuf's Rust code is written against 6.12's kernel crate (tested: 6.12.118)," \
+        "which changes with every release"
+fi
+if [[ $(config CONFIG_X86_64) != y ]]; then
+    missing "an x86-64 kernel" "hyper_dmabuf is built and tested for x86-64 only"
+fi
 
 if [[ $(config CONFIG_RUST) != y ]]; then
     missing "Rust support in this kernel (CONFIG_RUST is not set)" \
@@ -69,18 +82,23 @@ if [[ $(config CONFIG_RUST) != y ]]; then
 fi
 ok "CONFIG_RUST=y"
 
-for option in CONFIG_XEN CONFIG_DMA_SHARED_BUFFER; do
-    if [[ $(config $option) == y ]]; then
-        ok "$option=y"
+# Both XenBus roles are registered, whichever the domain uses.
+for option in CONFIG_XEN CONFIG_DMA_SHARED_BUFFER CONFIG_XEN_BACKEND CONFIG_XEN_XENBUS_FRONTEND; do
+    value=$(config $option)
+    if [[ $value == y || ($value == m && $option == CONFIG_XEN_XENBUS_FRONTEND) ]]; then
+        ok "$option=$value"
     else
-        missing "$option in this kernel" "hyper_dmabuf shares dma-bufs between Xen domains: enable it and rebuild the kernel"
+        missing "$option in this kernel" "hyper_dmabuf shares dma-bufs between Xen domains, in both" \
+            "XenBus roles: enable it and rebuild the kernel"
     fi
 done
 
 # --- the Rust files of the kernel's build -----------------------------------
-rust_files=(rust/libcore.rmeta rust/libcompiler_builtins.rmeta rust/libkernel.rmeta
-    rust/libmacros.so include/generated/rustc_cfg)
-[[ $(config CONFIG_X86_64) == y ]] && rust_files+=(scripts/target.json)
+# The metadata of every crate the module's `kernel` dependency loads, and
+# the proc-macro library (6.12).
+rust_files=(rust/libcore.rmeta rust/libcompiler_builtins.rmeta rust/libffi.rmeta
+    rust/libbindings.rmeta rust/libuapi.rmeta rust/libbuild_error.rmeta
+    rust/libkernel.rmeta rust/libmacros.so include/generated/rustc_cfg scripts/target.json)
 absent=()
 for f in "${rust_files[@]}"; do
     [[ -e $KDIR/$f ]] || absent+=("$f")
@@ -89,13 +107,8 @@ if ((${#absent[@]})); then
     missing "the kernel's Rust build files (${absent[*]})" \
         "Ubuntu: apt install linux-lib-rust-$release" \
         "Qubes R4.3: its kernel-devel leaves out rust/; build against the kernel's full build tree" \
-        "a kernel you build: the build tree after 'make' has them; Debian packages made with our" \
-        "'make bindeb-pkg' recipe carry them (docs/install.md)"
-    sysroot=$("$RUSTC" --print sysroot 2>/dev/null)
-    if [[ -z $sysroot || ! -f $sysroot/lib/rustlib/src/rust/library/core/src/lib.rs ]]; then
-        missing "rust-src for $RUSTC (rebuilding the kernel's Rust files needs it)" \
-            "Debian: apt install rust-web-src (for rustc-web) or rust-src; rustup: rustup component add rust-src"
-    fi
+        "a kernel you build: its build tree after 'make' has them (the headers package of" \
+        "6.12's 'make bindeb-pkg' leaves them out: docs/install.md)"
 else
     ok "the kernel's Rust build files (rust/*.rmeta, libmacros.so)"
 fi
@@ -112,6 +125,8 @@ elif [[ -n $want_rustc && $have_rustc != "$want_rustc" ]]; then
         "Rust metadata only loads in the compiler that wrote it (E0514), even one of the same" \
         "version built elsewhere: point RUSTC at the kernel's (Ubuntu: the rustc-1.xx package its" \
         "kernel names; Debian: rustc-web's /usr/bin/rustc)."
+elif [[ -z $want_rustc ]]; then
+    note "this kernel does not record its rustc: $have_rustc must be the one that built it"
 else
     ok "rustc: $have_rustc"
 fi
@@ -140,6 +155,7 @@ if [[ $(config CONFIG_CC_IS_CLANG) == y ]]; then
     major=$(($(config CONFIG_CLANG_VERSION) / 10000))
     case $LLVM in
     -*) cc=clang$LLVM ;;
+    */) cc=${LLVM}clang ;;
     1) cc=clang ;;
     *) cc= ;;
     esac

@@ -78,7 +78,9 @@ kernel: deps
 xen: deps
 	@platform/fetch-xen.sh >/dev/null
 
-ifdef KDIR
+# Only a KDIR given on the command line: kernel developers often export
+# one, and the platform's targets must keep building for the platform.
+ifeq ($(origin KDIR),command line)
 # Against a kernel tree of the user's (docs/install.md), such as
 # /lib/modules/$(uname -r)/build: the preflight names what is missing
 # before the compiler meets it. The shipped module alone; RUSTC, BINDGEN
@@ -98,7 +100,8 @@ modules: kernel
 endif
 
 modules-clean:
-	@make -C "$$(platform/build-kernel.sh --dir)" -s M="$(CURDIR)/driver" clean
+	@kdir=$$(cat driver/.hdm-kdir 2>/dev/null || platform/build-kernel.sh --dir); \
+	  make -C "$$kdir" -s M="$(CURDIR)/driver" clean
 	@rm -f driver/bindings_generated.rs.inc driver/.hdm-kdir
 
 vm-tools:

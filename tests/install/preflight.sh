@@ -6,10 +6,14 @@
 #      ready (exit 0);
 #   2. the same tree with another rustc (rustup's, on PATH): refused, naming
 #      both compilers;
-#   3. Debian's stock kernel headers (linux-headers-amd64, Rust off),
-#      installed from apt when missing: refused for CONFIG_RUST;
+#   3. Debian's stock kernel headers (the package linux-headers-amd64
+#      names, Rust off), installed from apt when missing and root or
+#      password-less sudo allows: refused for CONFIG_RUST;
 #   4. a directory that is no kernel tree: refused, naming the headers
-#      package.
+#      package;
+#   5. copies of the platform tree's configuration without its Rust files,
+#      with no LLVM=, and as if built with gcc: each refused with its
+#      reason.
 #
 # Usage: tests/install/preflight.sh PLATFORM_KDIR RUSTC BINDGEN LLVM
 # Prints one line per case and writes "<passed> <failed>" to $COUNTS_FILE
@@ -51,27 +55,43 @@ else
     printf '[install] preflight: another rustc: no second rustc on PATH, case not run\n'
 fi
 
-# Debian's stock kernel headers: the real tree a Debian user has.
-stock=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
-if [[ -z $stock ]]; then
+# Debian's stock kernel headers: the real tree a Debian user has, the one
+# the distribution's metapackage names (not any other -amd64 tree here).
+stock_package() {
+    dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null | sed 's/ .*//'
+}
+if [[ -z $(stock_package) ]] || ! dpkg-query -W "$(stock_package)" >/dev/null 2>&1; then
     echo "[install] installing Debian's stock kernel headers (linux-headers-amd64, Rust off)"
-    sudo=$([[ $(id -u) -eq 0 ]] || echo sudo)
+    sudo=$([[ $(id -u) -eq 0 ]] || echo "sudo -n")
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get install -y -q --no-install-recommends linux-headers-amd64 >/dev/null 2>&1 ||
-        { $sudo apt-get update -q >/dev/null && \
+        { $sudo apt-get update -q >/dev/null &&
             $sudo apt-get install -y -q --no-install-recommends linux-headers-amd64 >/dev/null; }
-    stock=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
 fi
-if [[ -n $stock ]]; then
-    case_ "Debian's stock headers ($(basename "$stock"))" 1 "CONFIG_RUST is not set" "$stock" "${tools[@]}"
+stock=/usr/src/$(stock_package)
+if [[ -n $(stock_package) && -d $stock ]]; then
+    case_ "Debian's stock headers ($(stock_package))" 1 "CONFIG_RUST is not set" "$stock" "${tools[@]}"
 else
     printf '[install] preflight: Debian stock headers: FAILED (linux-headers-amd64 did not install)\n'
     failed=$((failed + 1))
 fi
 
-empty=$(mktemp -d)
-case_ "no kernel tree" 1 "linux-headers-" "$empty" "${tools[@]}"
-rmdir "$empty"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+case_ "no kernel tree" 1 "linux-headers-" "$scratch" "${tools[@]}"
+
+# The platform tree's configuration alone: what a headers package without
+# rust/ looks like to the preflight; then the same as if gcc had built it.
+fake=$scratch/headers
+mkdir -p "$fake/include/config"
+cp "$PLATFORM_KDIR/Makefile" "$fake/"
+cp "$PLATFORM_KDIR/include/config/auto.conf" "$PLATFORM_KDIR/include/config/kernel.release" \
+    "$fake/include/config/"
+case_ "headers without the Rust files" 1 "MISSING: the kernel's Rust build files" "$fake" "${tools[@]}"
+case_ "no LLVM= for a clang-built kernel" 1 "MISSING: LLVM= for a kernel built with clang" \
+    "$PLATFORM_KDIR" RUSTC="$KRUSTC" BINDGEN="$KBINDGEN" LLVM=
+sed -i 's/^CONFIG_CC_IS_CLANG=y$/CONFIG_CC_IS_GCC=y/' "$fake/include/config/auto.conf"
+case_ "a gcc-built kernel" 1 "MISSING: a kernel built with clang" "$fake" "${tools[@]}"
 
 [[ -n ${COUNTS_FILE:-} ]] && echo "$passed $failed" >"$COUNTS_FILE"
 exit "$failed"
