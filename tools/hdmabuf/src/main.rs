@@ -5,13 +5,14 @@
 //! what to do), 2 bad usage, 3 verification found different bytes, 4 a
 //! wait timed out.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use hdmabuf::{check_pattern, follow_export, time_left, ExportArgs, Failure, Options, Output};
 use hyper_dmabuf_client::testing::pattern;
 use hyper_dmabuf_client::{
     uapi, CpuAccess, Device, DomId, ExportOptions, HyperDmabufId, PrivData, Udmabuf,
 };
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,26 @@ enum Command {
     /// Give a buffer this domain exports new private data (a new frame):
     /// the importer gets an Update event; does not wait for it.
     Update(UpdateArgs),
+    /// Write the man pages or a shell's completions, generated from this
+    /// command line's own definition (for packages).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+// `hdmabuf generate`.
+#[derive(Subcommand)]
+enum Generated {
+    /// One man page per command (hdmabuf.1, hdmabuf-export.1, ...,
+    /// hdmabuf-xl-daemon.1) into DIR.
+    Man { dir: PathBuf },
+    /// The completions of SHELL into DIR.
+    Completions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
+    },
 }
 
 // `hdmabuf import`.
@@ -138,7 +159,25 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Unexport(args) => unexport(args, device, &out),
         Command::Update(args) => update(args, device, &out),
+        Command::Generate { what } => generate(what),
     }
+}
+
+/// `hdmabuf generate`: what a package installs, from the definition the
+/// parser uses, so that neither can drift from the other.
+fn generate(what: &Generated) -> Result<(), Failure> {
+    let mut command = Cli::command();
+    match what {
+        Generated::Man { dir } => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(command, dir)?;
+        }
+        Generated::Completions { shell, dir } => {
+            std::fs::create_dir_all(dir)?;
+            clap_complete::generate_to(*shell, &mut command, "hdmabuf", dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates a buffer holding the pattern of --seed, exports it and follows
@@ -375,8 +414,53 @@ mod tests {
 
     #[test]
     fn cli_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// The man pages a package installs: one per visible command, each
+    /// naming its own command line, none for the hidden `generate`.
+    #[test]
+    fn man_pages_cover_every_command() {
+        let dir = std::env::temp_dir().join(format!("hdmabuf-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        generate(&Generated::Man { dir: dir.clone() }).unwrap();
+        let mut pages: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        pages.sort();
+        for want in [
+            "hdmabuf.1",
+            "hdmabuf-export.1",
+            "hdmabuf-update.1",
+            "hdmabuf-xl.1",
+            "hdmabuf-xl-create.1",
+            "hdmabuf-xl-daemon.1",
+        ] {
+            assert!(pages.iter().any(|p| p == want), "{want} not in {pages:?}");
+        }
+        assert!(!pages.iter().any(|p| p.contains("generate")), "{pages:?}");
+        let daemon = std::fs::read_to_string(dir.join("hdmabuf-xl-daemon.1")).unwrap();
+        assert!(daemon.starts_with(".ie"), "not roff: {}", &daemon[..40]);
+        assert!(daemon.contains("hdmabuf\\-xl\\-daemon"), "{daemon}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn completions_for_each_shell() {
+        let dir = std::env::temp_dir().join(format!("hdmabuf-comp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+            generate(&Generated::Completions {
+                shell,
+                dir: dir.clone(),
+            })
+            .unwrap();
+        }
+        let bash = std::fs::read_to_string(dir.join("hdmabuf.bash")).unwrap();
+        assert!(bash.contains("daemon") && bash.contains("unexport"));
+        assert!(dir.join("_hdmabuf").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
