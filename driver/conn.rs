@@ -649,6 +649,17 @@ impl Conn {
         }
     }
 
+    /// The connection's notice timer: sends the notification owed to the
+    /// peer, if a send or pass has not carried it meanwhile.
+    pub(crate) fn pay_notice(&self) {
+        let mut inner = self.inner.lock();
+        if let Some(link) = inner.link.as_mut().filter(|l| !l.broken) {
+            if link.channel.take_notify_owed() {
+                link.irq.notify();
+            }
+        }
+    }
+
     /// Runs the event's work item as if the peer had signalled.
     fn kick(&self) {
         if let Some(link) = &self.inner.lock().link {
@@ -733,7 +744,7 @@ impl Conn {
                     if progress.notify {
                         link.irq.notify();
                     } else if link.channel.notify_owed() {
-                        ffi::tick_schedule(NOTICE_DELAY_MS as u32);
+                        link.irq.notice_later(NOTICE_DELAY_MS as u32);
                     }
                     if progress.more {
                         Pass::More
@@ -1091,7 +1102,7 @@ impl Conn {
 
     /// The buffer claimed with [`Conn::import_begin`] is mapped: tell
     /// the exporter, whose notification waits for the next event or the
-    /// timed work. It stays claimed until [`Conn::import_live`].
+    /// notice timer. It stays claimed until [`Conn::import_live`].
     ///
     /// # Errors
     ///
@@ -1105,9 +1116,9 @@ impl Conn {
             match parts.ledger.import_mapped(&mut link.channel, sink, hid) {
                 Ok(()) => {
                     // Not now: the event would wake the exporter in the
-                    // middle of this import. The timed work sends it.
+                    // middle of this import. The notice timer sends it.
                     if link.channel.notify_owed() {
-                        ffi::tick_schedule(NOTICE_DELAY_MS as u32);
+                        link.irq.notice_later(NOTICE_DELAY_MS as u32);
                     }
                     Ok(())
                 }

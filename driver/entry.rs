@@ -312,6 +312,14 @@ extern "C" fn hdm_rs_irq(ctx: *mut c_void) -> c_int {
     }) as c_int
 }
 
+#[no_mangle]
+extern "C" fn hdm_rs_irq_notice(ctx: *mut c_void) {
+    // SAFETY: as for `hdm_rs_irq`: the strong reference `Irq::<Conn>::request`
+    // leaked, reclaimed only after the notice timer is disabled.
+    let conn = unsafe { ArcBorrow::from_raw(ctx.cast::<Conn>()) };
+    conn.pay_notice();
+}
+
 // --- dma-buf, user mappings, timed jobs, debugfs --------------------------------------
 
 #[no_mangle]

@@ -130,6 +130,13 @@ struct hdm_irq;
 struct hdm_irq *hdm_irq_request(unsigned int irq, void *ctx, const char *name);
 /* Queues a pass as if the peer had signalled. */
 void hdm_irq_kick(struct hdm_irq *hi);
+/*
+ * Runs hdm_rs_irq_notice(ctx) in `ms` milliseconds, unless it is queued
+ * already: the connection's own timer for a notification it owes the peer,
+ * so that a peer cannot make the driver-wide timed work run at its pace.
+ */
+void hdm_irq_notice_later(struct hdm_irq *hi, unsigned int ms);
+void hdm_rs_irq_notice(void *ctx);
 /* Stops the IRQ, waits for a running pass, unbinds the IRQ (and port). */
 void hdm_irq_free(struct hdm_irq *hi);
 /* What one pass of hdm_rs_irq() found. */

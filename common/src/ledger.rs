@@ -1709,9 +1709,10 @@ where
 
     /// The import claimed by [`Ledger::import_begin`] is mapped: tell the
     /// exporter (MAPPED). It stays claimed until [`Ledger::import_live`].
-    /// The notification is owed: the caller has [`Ledger::tick`] run
-    /// within [`NOTICE_DELAY_MS`](super::channel::NOTICE_DELAY_MS) if
-    /// [`Channel::notify_owed`] says so.
+    /// The notification is owed: if [`Channel::notify_owed`] says so the
+    /// caller pays it within
+    /// [`NOTICE_DELAY_MS`](super::channel::NOTICE_DELAY_MS)
+    /// ([`Channel::take_notify_owed`]; [`Ledger::tick`] pays it too).
     ///
     /// # Errors
     ///

@@ -355,8 +355,8 @@ pub(crate) struct Irq<T: IrqContext> {
 // SAFETY: IRQ numbers and a reference to a `Send + Sync` context may move
 // between threads; unbinding is valid from any process context.
 unsafe impl<T: IrqContext> Send for Irq<T> {}
-// SAFETY: `notify` and `kick` only pass the number or the handle to
-// IRQ-safe C functions; the context is `Sync`.
+// SAFETY: `notify`, `kick` and `notice_later` only pass the number or the
+// handle to IRQ-safe C functions; the context is `Sync`.
 unsafe impl<T: IrqContext> Sync for Irq<T> {}
 
 impl<T: IrqContext> Irq<T> {
@@ -401,6 +401,14 @@ impl<T: IrqContext> Irq<T> {
         // SAFETY: `hi` is live (invariant); queueing a work item is valid
         // in any context.
         unsafe { bindings::hdm_irq_kick(self.hi.as_ptr()) }
+    }
+
+    /// Has `hdm_rs_irq_notice` run on the context in `ms` milliseconds,
+    /// unless it is due already.
+    pub(crate) fn notice_later(&self, ms: u32) {
+        // SAFETY: `hi` is live (invariant); queueing delayed work is valid
+        // in any context.
+        unsafe { bindings::hdm_irq_notice_later(self.hi.as_ptr(), ms) }
     }
 }
 

@@ -872,8 +872,9 @@ impl Domain {
             users: 1,
         };
         self.ledger.import_live(hid, mapping, rw);
-        // The MAPPED's notification is owed: the timed work sends it
-        // (the driver's, NOTICE_DELAY_MS later), before the test goes on.
+        // The MAPPED's notification is owed: the driver's notice timer
+        // sends it NOTICE_DELAY_MS later, here the timed work (which pays
+        // it too) before the test goes on.
         self.flush(hv);
         Ok(())
     }

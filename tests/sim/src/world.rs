@@ -659,8 +659,9 @@ impl World {
                     continue;
                 };
                 let dom = &mut node.dom;
-                // The timed work pays an owed notification (the driver's,
-                // NOTICE_DELAY_MS later): the round is not the last.
+                // An owed notification is paid (the driver's notice timer,
+                // NOTICE_DELAY_MS later; here the timed work): the round is
+                // not the last.
                 ran |= dom
                     .conn
                     .as_ref()
