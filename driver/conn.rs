@@ -71,6 +71,14 @@ impl Link {
             broken: false,
         })
     }
+
+    /// Has the connection's notice timer pay the notification the channel
+    /// owes the peer, if it owes one (docs/protocol.md, section 8).
+    fn owe_notice(&self) {
+        if self.channel.notify_owed() {
+            self.irq.notice_later(NOTICE_DELAY_MS as u32);
+        }
+    }
 }
 
 /// The channel's table of outstanding requests, on the heap: inline it is
@@ -743,8 +751,8 @@ impl Conn {
                 Ok(progress) => {
                     if progress.notify {
                         link.irq.notify();
-                    } else if link.channel.notify_owed() {
-                        link.irq.notice_later(NOTICE_DELAY_MS as u32);
+                    } else {
+                        link.owe_notice();
                     }
                     if progress.more {
                         Pass::More
@@ -1116,10 +1124,8 @@ impl Conn {
             match parts.ledger.import_mapped(&mut link.channel, sink, hid) {
                 Ok(()) => {
                     // Not now: the event would wake the exporter in the
-                    // middle of this import. The notice timer sends it.
-                    if link.channel.notify_owed() {
-                        link.irq.notice_later(NOTICE_DELAY_MS as u32);
-                    }
+                    // middle of this import.
+                    link.owe_notice();
                     Ok(())
                 }
                 Err(MappedError::NotFound) => Err(ENOENT),

@@ -1572,7 +1572,8 @@ where
             (false, false)
         };
         tick.notify |= notify;
-        // A MAPPED's notification, if nothing carried it meanwhile.
+        // A notification owed (a MAPPED's, or answers nobody waits for),
+        // if nothing paid it meanwhile (a backstop for the driver's timer).
         tick.notify |= channel.take_notify_owed();
         tick.notify |= self.flush_releases(channel, sink);
         tick.notify |= self.flush_signals(channel, sink);

@@ -68,9 +68,9 @@ if [[ -z $(stock_package) ]] || ! dpkg-query -W "$(stock_package)" >/dev/null 2>
         { $sudo apt-get update -q >/dev/null &&
             $sudo apt-get install -y -q --no-install-recommends linux-headers-amd64 >/dev/null; }
 fi
-stock=/usr/src/$(stock_package)
-if [[ -n $(stock_package) && -d $stock ]]; then
-    case_ "Debian's stock headers ($(stock_package))" 1 "CONFIG_RUST is not set" "$stock" "${tools[@]}"
+package=$(stock_package)
+if [[ -n $package && -d /usr/src/$package ]]; then
+    case_ "Debian's stock headers ($package)" 1 "CONFIG_RUST is not set" "/usr/src/$package" "${tools[@]}"
 else
     printf '[install] preflight: Debian stock headers: FAILED (linux-headers-amd64 did not install)\n'
     failed=$((failed + 1))
