@@ -20,6 +20,9 @@ PKGS=(
     # (common/tests/c_header.rs) and libc6-dev's libc.a for the static C
     # example (examples/c/).
     build-essential pkg-config zstd xz-utils
+    # `make deb` (debian/): the package tools, and DKMS for the test that
+    # builds the module from the package's own files.
+    debhelper dh-dkms dkms lintian
 )
 
 say() { printf '[deps] %s\n' "$*"; }

@@ -55,22 +55,9 @@ else
     printf '[install] preflight: another rustc: no second rustc on PATH, case not run\n'
 fi
 
-# Debian's stock kernel headers: the real tree a Debian user has, the one
-# the distribution's metapackage names (not any other -amd64 tree here).
-stock_package() {
-    dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null | sed 's/ .*//'
-}
-if [[ -z $(stock_package) ]] || ! dpkg-query -W "$(stock_package)" >/dev/null 2>&1; then
-    echo "[install] installing Debian's stock kernel headers (linux-headers-amd64, Rust off)"
-    sudo=$([[ $(id -u) -eq 0 ]] || echo "sudo -n")
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -q --no-install-recommends linux-headers-amd64 >/dev/null 2>&1 ||
-        { $sudo apt-get update -q >/dev/null &&
-            $sudo apt-get install -y -q --no-install-recommends linux-headers-amd64 >/dev/null; }
-fi
-package=$(stock_package)
-if [[ -n $package && -d /usr/src/$package ]]; then
-    case_ "Debian's stock headers ($package)" 1 "CONFIG_RUST is not set" "/usr/src/$package" "${tools[@]}"
+# Debian's stock kernel headers: the real tree a Debian user has.
+if stock=$("$(dirname "$0")/stock-headers.sh"); then
+    case_ "Debian's stock headers (${stock##*/})" 1 "CONFIG_RUST is not set" "$stock" "${tools[@]}"
 else
     printf '[install] preflight: Debian stock headers: FAILED (linux-headers-amd64 did not install)\n'
     failed=$((failed + 1))
