@@ -16,12 +16,18 @@
 #      a new domid and `hdmabuf xl daemon` gives it its device again,
 #      which connects; no node of the old domid is left.
 #   5. xl destroy of rb, and the guests' own power-off: the daemon removes
-#      every node they leave (libxl leaves ours behind).
+#      every node they leave (libxl leaves ours behind). rb's config lives
+#      in /etc/xen, where the daemon adopts from: `hdmabuf xl create`'s
+#      marker keeps it from attaching rb's device a second time.
+#   6. ad, created by plain `xl create` from /etc/xen/auto (as xendomains
+#      does at boot): the daemon adopts it from that file and gives it its
+#      device, which connects; ad shares 1 MiB with dom0, which verifies
+#      it; xl destroy, and no node is left.
 #
 # hdm: description = hdmabuf xl: devices from config entries, a driver domain, detach, reboot, destroy
 # hdm: domains = dd:pv guest:pv
 # hdm: hyper_dmabuf.guest = "backend=0, devid=0, rw=1", "backend=dd, devid=1"
-# hdm: timeout = 300
+# hdm: timeout = 360
 # hdm: boot-timeout = 300
 . /hdm/lib.sh
 
@@ -69,12 +75,12 @@ dom0/final)
         echo "extra = \"console=hvc0 hdm.scenario=xl.sh hdm.domain=rb hdm.type=pv hdm.time_scale=$HDM_TIME_SCALE\""
         echo 'on_reboot = "restart"'
         echo 'hyper_dmabuf = [ "backend=0" ]'
-    } >/tmp/rb.cfg
+    } >/etc/xen/rb.cfg
     # rb is not one of the runner's domains: its console comes here.
     log=/var/log/xen/console/guest-rb.log
     : >"$log"
     tail -F -n +1 "$log" 2>/dev/null | while IFS= read -r line; do echo "[rb] $line"; done &
-    hdmabuf xl create /tmp/rb.cfg || hdm_fail "hdmabuf xl create of rb failed"
+    hdmabuf xl create /etc/xen/rb.cfg || hdm_fail "hdmabuf xl create of rb failed"
     rb1=$(xl domid rb)
     hdm_wait_device "$rb1" 0 Connected Connected 120
     if rmmod hyper_dmabuf 2>/tmp/rmmod; then
@@ -94,6 +100,38 @@ dom0/final)
     # 5
     xl destroy rb || hdm_fail "xl destroy rb failed"
     hdm_no_nodes "$rb2"
+    hdm_wait_stat connections_live 0
+    hdm_check_released
+    grep -q "adopted domain rb" /var/log/hdmabuf-xl-daemon.log &&
+        hdm_fail "5: the daemon adopted rb, which hdmabuf xl create was creating"
+
+    # 6
+    mkdir -p /etc/xen/auto
+    {
+        cat /etc/xen/pv.cfg
+        echo 'name = "ad"'
+        echo "extra = \"console=hvc0 hdm.scenario=xl.sh hdm.domain=ad hdm.type=pv hdm.time_scale=$HDM_TIME_SCALE\""
+        echo 'hyper_dmabuf = [ "backend=0, devid=3" ]'
+    } >/etc/xen/auto/ad.cfg
+    log=/var/log/xen/console/guest-ad.log
+    : >"$log"
+    tail -F -n +1 "$log" 2>/dev/null | while IFS= read -r line; do echo "[ad] $line"; done &
+    hdm_watch /tmp/events-ad
+    xl create /etc/xen/auto/ad.cfg || hdm_fail "6: xl create of ad failed"
+    ad=$(xl domid ad)
+    hdm_wait_device "$ad" 3 Connected Connected 120
+    grep "adopted domain ad " /var/log/hdmabuf-xl-daemon.log | grep -q "/etc/xen/auto/ad.cfg" ||
+        hdm_fail "6: the daemon did not say it adopted ad from /etc/xen/auto/ad.cfg"
+    # What xl kept of ad's configuration (docs/xl.md, "Plain xl create").
+    for f in /var/lib/xen/userdata-d."$ad".*; do
+        grep -q hyper_dmabuf "$f" && kept=" (it has hyper_dmabuf)" || kept=" (no hyper_dmabuf)"
+        hdm_log "6: xl's userdata: ${f##*/}$kept"
+    done
+    id=$(hdm_wait_event /tmp/events-ad NewExport '"priv":"adopted"' 120)
+    hdmabuf import "$id" --verify 73 || hdm_fail "6: import of ad's buffer failed"
+    hdm_log "6: ad, from plain xl create, shared 1 MiB with dom0"
+    xl destroy ad || hdm_fail "xl destroy ad failed"
+    hdm_no_nodes "$ad"
     hdm_wait_stat connections_live 0
     hdm_check_released
     sed 's/^/xl daemon: /' /var/log/hdmabuf-xl-daemon.log
@@ -127,6 +165,13 @@ guest/main)
 rb/main)
     # Up until dom0 reboots or destroys this domain.
     hdm_load
+    while :; do sleep 3600; done
+    ;;
+ad/main)
+    hdm_load
+    hdm_wait_connected 1 120
+    hdmabuf export --domain 0 --size 1M --seed 73 --priv adopted --once ||
+        hdm_fail "6: export to dom0 failed"
     while :; do sleep 3600; done
     ;;
 esac

@@ -10,6 +10,8 @@
 //!   entries;
 //! * `xlcreate`: `xl create` with the devices of the configuration;
 //! * `xldaemon`: the domains followed through their lives;
+//! * `xladopt`: the configuration files of domains started by plain
+//!   `xl create` or xendomains, which the daemon adopts;
 //! * [`xsclient`]: the client of xenstored they all speak through, which
 //!   the test tools use too.
 
@@ -23,6 +25,7 @@ use toolstack::Line;
 use xlcfg::Domain;
 
 mod toolstack;
+mod xladopt;
 mod xlcfg;
 mod xlcreate;
 mod xldaemon;
@@ -42,8 +45,10 @@ pub enum XlCommand {
     /// List devices and their states.
     List(XlList),
     /// Follow domains: remove the nodes of destroyed ones, give a domain
-    /// created with `hdmabuf xl create` its devices again when it reboots
-    /// (see docs/xl.md). Runs until killed.
+    /// created with `hdmabuf xl create` its devices again when it reboots,
+    /// and one started by plain `xl create` or xendomains the devices of
+    /// its file in /etc/xen/auto or /etc/xen (see docs/xl.md). Runs until
+    /// killed.
     Daemon(XlDaemon),
 }
 
@@ -159,6 +164,15 @@ pub struct XlDaemon {
     /// Reconcile once and exit (no watching).
     #[arg(long)]
     once: bool,
+    /// Give a domain started by plain `xl create` or by xendomains the
+    /// devices of the configuration file in DIR that names it (repeatable;
+    /// default: /etc/xen/auto and /etc/xen).
+    #[arg(long, value_name = "DIR")]
+    adopt_from: Vec<std::path::PathBuf>,
+    /// Adopt no domain: only those created with `hdmabuf xl create` get
+    /// their devices back.
+    #[arg(long, conflicts_with = "adopt_from")]
+    no_adopt: bool,
 }
 
 impl XlAttach {
@@ -223,7 +237,14 @@ pub fn run(command: &XlCommand, json: bool) -> Result<(), String> {
             toolstack::forget(&spec)?;
             toolstack::detach(&spec, Duration::from_secs(args.timeout))?
         }
-        XlCommand::Daemon(args) => return xldaemon::run(args.once, &|line| print(json, line)),
+        XlCommand::Daemon(args) => {
+            let adopt_from = match (args.no_adopt, args.adopt_from.is_empty()) {
+                (true, _) => Vec::new(),
+                (false, true) => xladopt::DEFAULT_DIRS.iter().map(Into::into).collect(),
+                (false, false) => args.adopt_from.clone(),
+            };
+            return xldaemon::run(args.once, adopt_from, &|line| print(json, line));
+        }
         XlCommand::List(args) => return list(args, json),
     };
     for line in lines {

@@ -24,6 +24,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One line of output: the text for people and the object `--json`
 /// prints instead.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Line {
     /// The text.
     pub(crate) text: String,
@@ -128,6 +129,18 @@ pub(crate) fn record(spec: &DeviceSpec, entry: &Entry, create: bool) -> Result<(
         .map_err(|e| xs_failure("reading", &name_path, &e))?
         .unwrap_or_else(|| spec.front.to_string());
     xldaemon::record_device(&mut xs, spec.front, &name, entry, create)
+}
+
+/// Marks domain `name` as being created by this process (or, with
+/// `creating` false, removes the mark), so that the daemon does not adopt
+/// it from a configuration file meanwhile ([`crate::xldaemon`]).
+pub(crate) fn mark_creating(name: &str, creating: bool) -> Result<(), String> {
+    let mut xs = XsClient::open().map_err(|e| e.to_string())?;
+    if creating {
+        xldaemon::mark_creating(&mut xs, name)
+    } else {
+        xldaemon::unmark_creating(&mut xs)
+    }
 }
 
 /// Drops the device of `spec` from its domain's record, if any.

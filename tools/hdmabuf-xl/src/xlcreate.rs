@@ -24,6 +24,9 @@ pub(crate) trait Host {
     fn remove(&mut self, spec: &DeviceSpec) -> Result<(), String>;
     /// Records the device for `hdmabuf xl daemon` (`toolstack::record`).
     fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String>;
+    /// Marks domain `name` as being created here, or removes the mark
+    /// (`toolstack::mark_creating`).
+    fn mark_creating(&mut self, name: &str, creating: bool) -> Result<(), String>;
 }
 
 /// The real machine: `xl` (or `$HDMABUF_XL`) and xenstored.
@@ -56,6 +59,9 @@ impl Host for RealHost {
     }
     fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String> {
         toolstack::record(spec, entry, true)
+    }
+    fn mark_creating(&mut self, name: &str, creating: bool) -> Result<(), String> {
+        toolstack::mark_creating(name, creating)
     }
 }
 
@@ -120,6 +126,30 @@ pub(crate) fn create<H: Host>(
     for d in &cfg.devices {
         backs.push(backend_of(Some(&mut *host), d)?);
     }
+    // The daemon would adopt the new domain from a file of /etc/xen that
+    // names it, racing us to its devices: marked until it is recorded.
+    host.mark_creating(name, true)?;
+    let mut created = create_marked(host, cfg_path, xl_args, cfg, name, backs);
+    // A mark left behind is harmless: the daemon drops it once this
+    // process is gone.
+    if let (Err(e), Ok(out)) = (host.mark_creating(name, false), &mut created) {
+        out.push(Line {
+            text: format!("warning: {e}"),
+            json: json!({ "warning": e }),
+        });
+    }
+    created
+}
+
+/// [`create`] once the domain's name is marked.
+fn create_marked<H: Host>(
+    host: &mut H,
+    cfg_path: &str,
+    xl_args: &[String],
+    cfg: &Config,
+    name: &str,
+    backs: Vec<u16>,
+) -> Result<Vec<Line>, String> {
     let mut args = vec!["create", "-p", cfg_path];
     args.extend(xl_args.iter().map(String::as_str));
     host.xl(&args)?;
@@ -230,6 +260,10 @@ mod tests {
                 .push(format!("record {} {}", spec.front, entry.render()));
             Ok(())
         }
+        fn mark_creating(&mut self, name: &str, creating: bool) -> Result<(), String> {
+            self.calls.push(format!("mark {name} {creating}"));
+            Ok(())
+        }
     }
 
     const CFG: &str = "name = 'g1'\nhyper_dmabuf = [ 'backend=dd', 'devid=5, rw=1' ]\n";
@@ -250,6 +284,9 @@ mod tests {
             h.calls,
             [
                 "xl domid dd",
+                // Marked from before the domain exists until it is
+                // recorded: the daemon does not adopt it meanwhile.
+                "mark g1 true",
                 "xl create -p g.cfg -q memory=256",
                 "xl domid g1",
                 "attach 9 3 0",
@@ -257,6 +294,7 @@ mod tests {
                 "attach 9 0 5",
                 "record 9 backend=0, devid=5, rw=1",
                 "xl unpause 9",
+                "mark g1 false",
             ]
         );
         assert_eq!(lines[0].text, "created domain g1 (domid 9), paused");
@@ -276,13 +314,14 @@ mod tests {
             "g.cfg:2: xenstore said no; destroyed domain g1 (domid 9)"
         );
         assert_eq!(
-            h.calls[3..],
+            h.calls[4..],
             [
                 "attach 9 3 0",
                 "record 9 backend=dd, devid=0",
                 "attach 9 0 5",
                 "remove 9 0",
-                "xl destroy 9"
+                "xl destroy 9",
+                "mark g1 false"
             ]
         );
     }
@@ -296,7 +335,10 @@ mod tests {
         };
         let e = create(&mut h, "g.cfg", &[], &cfg(CFG)).err().unwrap();
         assert_eq!(e, "xl unpause 9 failed; destroyed domain g1 (domid 9)");
-        assert_eq!(h.calls[8..], ["remove 9 0", "remove 9 5", "xl destroy 9"]);
+        assert_eq!(
+            h.calls[9..],
+            ["remove 9 0", "remove 9 5", "xl destroy 9", "mark g1 false"]
+        );
     }
 
     #[test]
@@ -325,7 +367,10 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e, "xl create -p g.cfg failed");
-        assert_eq!(h.calls, ["xl create -p g.cfg"]);
+        assert_eq!(
+            h.calls,
+            ["mark g1 true", "xl create -p g.cfg", "mark g1 false"]
+        );
     }
 
     #[test]

@@ -23,9 +23,17 @@
 //! at each event (and every [`TICK`], in case an event came while it was
 //! busy), compares what xenstore holds with what should be, and
 //! reconciles: [`plan`] decides from a [`Snapshot`], [`apply`] acts.
+//!
+//! A domain started without this tool, by plain `xl create` or by
+//! `xendomains` at boot, is adopted from its configuration file when one
+//! in `/etc/xen/auto` or `/etc/xen` names it (`crate::xladopt`). While
+//! `hdmabuf xl create` creates a domain, a *marker*
+//! `/tool/hyper_dmabuf/creating/<pid>` = its name keeps the daemon from
+//! adopting it at the same time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hyper_dmabuf_xenbus_proto::parse;
@@ -35,11 +43,15 @@ use hyper_dmabuf_xenbus_proto::{Store, Txn};
 use serde_json::{json, Value};
 
 use crate::toolstack::{self, Line};
+use crate::xladopt::{self, Candidate};
 use crate::xlcfg::{Domain, Entry};
 use crate::xsclient::{XsClient, XsError};
 
 /// Where the records live (dom0-only, like everything under `/tool`).
 pub(crate) const RECORDS: &str = "/tool/hyper_dmabuf";
+
+/// The markers of domains `hdmabuf xl create` is creating, by its pid.
+pub(crate) const CREATING: &str = "/tool/hyper_dmabuf/creating";
 
 /// How often the daemon reconciles without an event.
 const TICK: Duration = Duration::from_secs(5);
@@ -89,6 +101,12 @@ pub(crate) struct Snapshot {
     pub(crate) backends: Vec<(u16, u16)>,
     pub(crate) frontends: Vec<Frontend>,
     pub(crate) records: Vec<Record>,
+    /// Configuration files a domain may be adopted from.
+    pub(crate) candidates: Vec<Candidate>,
+    /// The names of the domains `hdmabuf xl create` is creating.
+    pub(crate) creating: BTreeSet<String>,
+    /// Markers whose `hdmabuf xl create` is gone (killed mid-way), by pid.
+    pub(crate) stale_markers: Vec<u32>,
 }
 
 /// One step of a reconciliation.
@@ -103,6 +121,18 @@ pub(crate) enum Action {
     Attach { name: String, spec: DeviceSpec },
     /// Drop the record of a domain gone for longer than [`RECORD_GRACE`].
     Forget { uuid: String, name: String },
+    /// Record a domain started without this tool with the devices of the
+    /// one configuration file that names it; `Attach` actions follow.
+    Adopt {
+        uuid: String,
+        name: String,
+        path: PathBuf,
+        devices: BTreeMap<u32, Entry>,
+    },
+    /// More than one file names an unrecorded domain: none is chosen.
+    Ambiguous { name: String, paths: Vec<PathBuf> },
+    /// Remove the marker of an `hdmabuf xl create` that died.
+    DropMarker { pid: u32 },
 }
 
 /// When each recorded domain was first seen gone (the daemon's memory
@@ -110,6 +140,8 @@ pub(crate) enum Action {
 #[derive(Debug, Default)]
 pub(crate) struct Retention {
     gone_since: HashMap<String, Instant>,
+    /// Domains reported as ambiguous, so that each is reported once.
+    ambiguous: BTreeSet<String>,
 }
 
 /// Decides what to do about `snap`.
@@ -136,7 +168,8 @@ pub(crate) fn plan(snap: &Snapshot, retention: &mut Retention, now: Instant) -> 
             }
         }
     }
-    for record in &snap.records {
+    let adopted = adoptions(snap, retention, &mut actions);
+    for record in snap.records.iter().chain(&adopted) {
         let Some(domain) = snap
             .running
             .iter()
@@ -182,7 +215,61 @@ pub(crate) fn plan(snap: &Snapshot, retention: &mut Retention, now: Instant) -> 
     retention
         .gone_since
         .retain(|uuid, _| snap.records.iter().any(|r| &r.uuid == uuid));
+    actions.extend(
+        snap.stale_markers
+            .iter()
+            .map(|&pid| Action::DropMarker { pid }),
+    );
     actions
+}
+
+/// The running domains to adopt (see `crate::xladopt`): each has a name
+/// and a UUID, no record, no `hdmabuf xl create` creating it, and exactly
+/// one candidate file naming it. Pushes their `Adopt` actions (and an
+/// `Ambiguous` one, once, for a name several files claim) and returns
+/// the records they make.
+fn adoptions(snap: &Snapshot, retention: &mut Retention, actions: &mut Vec<Action>) -> Vec<Record> {
+    let mut adopted = Vec::new();
+    let mut ambiguous = BTreeSet::new();
+    for domain in &snap.running {
+        let (Some(name), Some(uuid)) = (&domain.name, &domain.uuid) else {
+            continue;
+        };
+        if domain.domid == 0
+            || snap.creating.contains(name)
+            || snap.records.iter().any(|r| &r.uuid == uuid)
+        {
+            continue;
+        }
+        let claims: Vec<&Candidate> = snap.candidates.iter().filter(|c| &c.name == name).collect();
+        match claims[..] {
+            [] => {}
+            [only] => {
+                actions.push(Action::Adopt {
+                    uuid: uuid.clone(),
+                    name: name.clone(),
+                    path: only.path.clone(),
+                    devices: only.devices.clone(),
+                });
+                adopted.push(Record {
+                    uuid: uuid.clone(),
+                    name: name.clone(),
+                    devices: only.devices.clone(),
+                });
+            }
+            _ => {
+                if !retention.ambiguous.contains(name) {
+                    actions.push(Action::Ambiguous {
+                        name: name.clone(),
+                        paths: claims.iter().map(|c| c.path.clone()).collect(),
+                    });
+                }
+                ambiguous.insert(name.clone());
+            }
+        }
+    }
+    retention.ambiguous = ambiguous;
+    adopted
 }
 
 /// The children of `path` that parse as `T` (none if `path` is absent).
@@ -262,7 +349,32 @@ pub(crate) fn snapshot<S: Read + Write>(xs: &mut XsClient<S>) -> Result<Snapshot
             snap.records.push(record);
         }
     }
+    for pid in children::<_, u32>(xs, CREATING)? {
+        let Some(name) = value(xs, &format!("{CREATING}/{pid}"))? else {
+            continue;
+        };
+        // The daemon and `hdmabuf xl create` run in the same domain.
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            snap.creating.insert(name);
+        } else {
+            snap.stale_markers.push(pid);
+        }
+    }
     Ok(snap)
+}
+
+/// Marks domain `name` as being created by this process, until
+/// [`unmark_creating`].
+pub(crate) fn mark_creating<S: Read + Write>(
+    xs: &mut XsClient<S>,
+    name: &str,
+) -> Result<(), String> {
+    write(xs, &format!("{CREATING}/{}", std::process::id()), name)
+}
+
+/// Removes this process's marker.
+pub(crate) fn unmark_creating<S: Read + Write>(xs: &mut XsClient<S>) -> Result<(), String> {
+    remove(xs, &format!("{CREATING}/{}", std::process::id()))
 }
 
 /// The record of `uuid`; `None` if it is absent or not one of ours
@@ -382,6 +494,46 @@ pub(crate) fn apply<S: Read + Write>(
                         "backend_id": spec.back }),
             )
         }
+        Action::Adopt {
+            uuid,
+            name,
+            path,
+            devices,
+        } => {
+            let base = format!("{RECORDS}/{uuid}");
+            write(xs, &format!("{base}/name"), name)?;
+            for (devid, entry) in devices {
+                write(xs, &format!("{base}/device/{devid}"), &entry.render())?;
+            }
+            (
+                format!(
+                    "adopted domain {name} ({uuid}) with the {} device(s) of {}",
+                    devices.len(),
+                    path.display()
+                ),
+                json!({ "adopted": name, "uuid": uuid, "config": path.display().to_string(),
+                        "devices": devices.keys().collect::<Vec<_>>() }),
+            )
+        }
+        Action::Ambiguous { name, paths } => {
+            let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            (
+                format!(
+                    "warning: not adopting domain {name}: several files name it ({}); \
+                     use hdmabuf xl attach, or keep one",
+                    paths.join(", ")
+                ),
+                json!({ "warning": "ambiguous", "domain": name, "configs": paths }),
+            )
+        }
+        Action::DropMarker { pid } => {
+            let path = format!("{CREATING}/{pid}");
+            remove(xs, &path)?;
+            (
+                format!("removed {path}: its hdmabuf xl create is gone"),
+                json!({ "removed": path }),
+            )
+        }
         Action::Forget { uuid, name } => {
             remove(xs, &format!("{RECORDS}/{uuid}"))?;
             (
@@ -400,11 +552,12 @@ pub(crate) fn apply<S: Read + Write>(
 /// failed (the others still run; the next event or tick retries).
 pub(crate) fn reconcile<S: Read + Write>(
     xs: &mut XsClient<S>,
-    retention: &mut Retention,
+    daemon: &mut Daemon,
 ) -> Result<Vec<Line>, String> {
-    let snap = snapshot(xs)?;
-    let mut out = Vec::new();
-    for action in plan(&snap, retention, Instant::now()) {
+    let mut snap = snapshot(xs)?;
+    let (candidates, mut out) = xladopt::scan(&daemon.adopt_from, &mut daemon.reported);
+    snap.candidates = candidates;
+    for action in plan(&snap, &mut daemon.retention, Instant::now()) {
         out.push(apply(xs, &action).unwrap_or_else(|e| Line {
             json: json!({ "warning": e }),
             text: format!("warning: {e}"),
@@ -413,20 +566,30 @@ pub(crate) fn reconcile<S: Read + Write>(
     Ok(out)
 }
 
+/// What the daemon keeps from one reconciliation to the next.
+#[derive(Debug, Default)]
+pub(crate) struct Daemon {
+    /// The directories domains are adopted from (none: no adoption).
+    pub(crate) adopt_from: Vec<PathBuf>,
+    retention: Retention,
+    reported: xladopt::Reported,
+}
+
 /// `hdmabuf xl daemon`: reconciles now, then at every domain event and
 /// every [`TICK`], until killed (or once, with `once`). Each line goes to
 /// `emit`. Losing xenstored is not fatal: the daemon reconnects.
-pub(crate) fn run(once: bool, emit: &dyn Fn(Line)) -> Result<(), String> {
-    let mut retention = Retention::default();
+pub(crate) fn run(once: bool, adopt_from: Vec<PathBuf>, emit: &dyn Fn(Line)) -> Result<(), String> {
+    let mut daemon = Daemon {
+        adopt_from,
+        ..Daemon::default()
+    };
     if once {
         let mut xs = XsClient::open().map_err(|e| e.to_string())?;
-        reconcile(&mut xs, &mut retention)?
-            .into_iter()
-            .for_each(emit);
+        reconcile(&mut xs, &mut daemon)?.into_iter().for_each(emit);
         return Ok(());
     }
     loop {
-        let why = match serve(&mut retention, emit) {
+        let why = match serve(&mut daemon, emit) {
             Ok(never) => match never {},
             Err(e) => e,
         };
@@ -439,10 +602,7 @@ pub(crate) fn run(once: bool, emit: &dyn Fn(Line)) -> Result<(), String> {
 }
 
 /// Watches and reconciles until xenstored fails us.
-fn serve(
-    retention: &mut Retention,
-    emit: &dyn Fn(Line),
-) -> Result<std::convert::Infallible, String> {
+fn serve(daemon: &mut Daemon, emit: &dyn Fn(Line)) -> Result<std::convert::Infallible, String> {
     let mut watcher = XsClient::open().map_err(|e| e.to_string())?;
     for (path, token) in [
         ("@introduceDomain", "introduce"),
@@ -458,7 +618,7 @@ fn serve(
         json: json!({ "watching": ["@introduceDomain", "@releaseDomain"] }),
     });
     loop {
-        reconcile(&mut xs, retention)?.into_iter().for_each(emit);
+        reconcile(&mut xs, daemon)?.into_iter().for_each(emit);
         // Events that came in a burst make one reconciliation.
         let mut wait = TICK;
         while watcher
@@ -596,6 +756,7 @@ mod tests {
             backends: vec![(0, 9)],
             // devid 4's driver domain is not running: nothing to do yet.
             records: vec![record(&["backend=0, devid=0", "backend=dd, devid=4"])],
+            ..Snapshot::default()
         };
         assert_eq!(plan(&snap, &mut Retention::default(), Instant::now()), []);
     }
@@ -642,6 +803,118 @@ mod tests {
             ..Snapshot::default()
         };
         assert_eq!(plan(&snap, &mut Retention::default(), Instant::now()), []);
+    }
+
+    fn candidate(path: &str, name: &str, entries: &[&str]) -> Candidate {
+        Candidate {
+            path: path.into(),
+            name: name.into(),
+            devices: record(entries).devices,
+        }
+    }
+
+    #[test]
+    fn a_domain_started_by_plain_xl_is_adopted_from_the_file_naming_it() {
+        let snap = Snapshot {
+            running: vec![running(0, "Domain-0", None), running(6, "guest", Some(U1))],
+            candidates: vec![
+                candidate("/etc/xen/other.cfg", "other", &["backend=0"]),
+                candidate("/etc/xen/auto/guest.cfg", "guest", &["backend=0, devid=2"]),
+            ],
+            ..Snapshot::default()
+        };
+        let actions = plan(&snap, &mut Retention::default(), Instant::now());
+        assert_eq!(
+            actions,
+            [
+                Action::Adopt {
+                    uuid: U1.into(),
+                    name: "guest".into(),
+                    path: "/etc/xen/auto/guest.cfg".into(),
+                    devices: record(&["backend=0, devid=2"]).devices,
+                },
+                Action::Attach {
+                    name: "guest".into(),
+                    spec: DeviceSpec {
+                        front: 6,
+                        back: 0,
+                        devid: 2,
+                        max_ring_page_order: None,
+                        max_buffer_size: None,
+                        feature_rw: Some(false),
+                    }
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn recorded_marked_nameless_and_dom0_domains_are_not_adopted() {
+        let files = vec![
+            candidate("/etc/xen/guest.cfg", "guest", &["backend=0"]),
+            candidate("/etc/xen/new.cfg", "new", &["backend=0"]),
+            candidate("/etc/xen/d0.cfg", "Domain-0", &["backend=0"]),
+        ];
+        // A record with no device left (all detached) still counts.
+        let detached = Record {
+            devices: BTreeMap::new(),
+            ..record(&[])
+        };
+        let snap = Snapshot {
+            running: vec![
+                running(0, "Domain-0", Some("00000000-0000-0000-0000-000000000000")),
+                running(6, "guest", Some(U1)),
+                running(7, "new", Some("00000000-0000-0000-0000-0000000000b2")),
+                running(8, "nouuid", None),
+            ],
+            records: vec![detached],
+            creating: ["new".to_string()].into(),
+            candidates: files,
+            ..Snapshot::default()
+        };
+        assert_eq!(plan(&snap, &mut Retention::default(), Instant::now()), []);
+    }
+
+    #[test]
+    fn a_name_two_files_claim_is_reported_once_and_not_adopted() {
+        let snap = Snapshot {
+            running: vec![running(6, "guest", Some(U1))],
+            candidates: vec![
+                candidate("/etc/xen/auto/a.cfg", "guest", &["backend=0"]),
+                candidate("/etc/xen/b.cfg", "guest", &["backend=0"]),
+            ],
+            ..Snapshot::default()
+        };
+        let mut retention = Retention::default();
+        assert_eq!(
+            plan(&snap, &mut retention, Instant::now()),
+            [Action::Ambiguous {
+                name: "guest".into(),
+                paths: vec!["/etc/xen/auto/a.cfg".into(), "/etc/xen/b.cfg".into()],
+            }]
+        );
+        assert_eq!(plan(&snap, &mut retention, Instant::now()), []);
+        // One file left: adopted.
+        let one = Snapshot {
+            candidates: snap.candidates[..1].to_vec(),
+            ..snap.clone()
+        };
+        assert!(matches!(
+            plan(&one, &mut retention, Instant::now())[0],
+            Action::Adopt { .. }
+        ));
+    }
+
+    #[test]
+    fn the_marker_of_a_dead_create_is_dropped() {
+        let snap = Snapshot {
+            stale_markers: vec![4242],
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            plan(&snap, &mut Retention::default(), Instant::now()),
+            [Action::DropMarker { pid: 4242 }]
+        );
     }
 
     #[test]
