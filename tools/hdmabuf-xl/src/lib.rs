@@ -50,6 +50,10 @@ pub enum XlCommand {
     /// its file in /etc/xen/auto or /etc/xen (see docs/xl.md). Runs until
     /// killed.
     Daemon(XlDaemon),
+    /// Drop every record and mark the daemon keeps in xenstore, for when
+    /// it stops for good (removing the Debian package runs it). Devices
+    /// stay as they are.
+    Forget(XlForget),
 }
 
 /// A domain id xenstore can hold: below `DOMID_FIRST_RESERVED`, so that a
@@ -158,6 +162,15 @@ pub struct XlList {
     domain: Option<Domain>,
 }
 
+/// `hdmabuf xl forget`.
+#[derive(clap::Args)]
+pub struct XlForget {
+    /// Every domain's (the only choice so far: a single domain's record
+    /// would come back, adopted again from its file).
+    #[arg(long, required = true)]
+    all: bool,
+}
+
 /// `hdmabuf xl daemon`.
 #[derive(clap::Args)]
 pub struct XlDaemon {
@@ -246,6 +259,7 @@ pub fn run(command: &XlCommand, json: bool) -> Result<(), String> {
             return xldaemon::run(args.once, adopt_from, &|line| print(json, line));
         }
         XlCommand::List(args) => return list(args, json),
+        XlCommand::Forget(_) => toolstack::forget_all()?,
     };
     for line in lines {
         print(json, line);

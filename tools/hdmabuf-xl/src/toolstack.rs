@@ -143,6 +143,17 @@ pub(crate) fn mark_creating(name: &str, creating: bool) -> Result<(), String> {
     }
 }
 
+/// Drops every record and mark of the daemon (`hdmabuf xl forget --all`).
+pub(crate) fn forget_all() -> Result<Vec<Line>, String> {
+    let mut xs = XsClient::open().map_err(|e| e.to_string())?;
+    xs.remove(Txn::NONE, xldaemon::RECORDS)
+        .map_err(|e| format!("removing {}: {e}", xldaemon::RECORDS))?;
+    Ok(vec![Line {
+        text: format!("removed {}", xldaemon::RECORDS),
+        json: json!({ "removed": xldaemon::RECORDS }),
+    }])
+}
+
 /// Drops the device of `spec` from its domain's record, if any.
 pub(crate) fn forget(spec: &DeviceSpec) -> Result<(), String> {
     let mut xs = XsClient::open().map_err(|e| e.to_string())?;
