@@ -131,6 +131,13 @@ pub(crate) fn record(spec: &DeviceSpec, entry: &Entry, create: bool) -> Result<(
     xldaemon::record_device(&mut xs, spec.front, &name, entry, create)
 }
 
+/// Records domain `domid` (named `name`) for the daemon before any device
+/// (`crate::xldaemon::record_domain`).
+pub(crate) fn record_domain(domid: u16, name: &str) -> Result<(), String> {
+    let mut xs = XsClient::open().map_err(|e| e.to_string())?;
+    xldaemon::record_domain(&mut xs, domid, name)
+}
+
 /// Marks domain `name` as being created by this process (or, with
 /// `creating` false, removes the mark), so that the daemon does not adopt
 /// it from a configuration file meanwhile ([`crate::xldaemon`]).

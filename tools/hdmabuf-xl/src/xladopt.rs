@@ -17,13 +17,14 @@
 //! decided with the rest of the plan (`xldaemon::plan`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde_json::json;
 
 use crate::toolstack::Line;
-use crate::xlcfg::{Config, Entry, KEY, MAX_FILE_SIZE};
+use crate::xlcfg::{self, Entry, KEY, MAX_FILE_SIZE};
 
 /// Where xendomains and `xl create NAME` take configurations from.
 pub(crate) const DEFAULT_DIRS: [&str; 2] = ["/etc/xen/auto", "/etc/xen"];
@@ -32,7 +33,7 @@ pub(crate) const DEFAULT_DIRS: [&str; 2] = ["/etc/xen/auto", "/etc/xen"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Candidate {
     /// The file, as found (the first of its names, for a file linked into
-    /// both directories).
+    /// both directories, or its first copy).
     pub(crate) path: PathBuf,
     pub(crate) name: String,
     pub(crate) devices: BTreeMap<u32, Entry>,
@@ -43,46 +44,85 @@ pub(crate) struct Candidate {
 #[derive(Debug, Default)]
 pub(crate) struct Reported(BTreeSet<(PathBuf, Option<SystemTime>)>);
 
+/// Whether run-parts would skip a file of this name: hidden files, editor
+/// and package manager leftovers (`guest.cfg~`, `guest.cfg.dpkg-old`).
+fn is_leftover(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.starts_with('.')
+        || name.ends_with('~')
+        || [
+            ".dpkg-old",
+            ".dpkg-new",
+            ".dpkg-dist",
+            ".dpkg-tmp",
+            ".ucf-old",
+            ".ucf-dist",
+            ".bak",
+            ".orig",
+            ".rej",
+            ".swp",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
 /// The candidates of `dirs` (each read whole, not recursively; a missing
 /// directory has none), and a warning for each file with `hyper_dmabuf`
 /// in it that cannot be used, once per version of the file.
 pub(crate) fn scan(dirs: &[PathBuf], reported: &mut Reported) -> (Vec<Candidate>, Vec<Line>) {
     let mut candidates = Vec::new();
     let mut warnings = Vec::new();
-    let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
+    // Files seen, by device and inode: a link into /etc/xen/auto (what
+    // xendomains' documentation has users make) or a hard link is read once.
+    let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
     let mut still_bad = BTreeSet::new();
+    let mut bad =
+        |path: &Path, modified: Option<SystemTime>, why: String, warnings: &mut Vec<Line>| {
+            let key = (path.to_path_buf(), modified);
+            if !reported.0.contains(&key) {
+                warnings.push(Line {
+                    text: format!("warning: not adopting from {}: {why}", path.display()),
+                    json: json!({ "warning": why, "config": path.display().to_string() }),
+                });
+            }
+            still_bad.insert(key);
+        };
     for dir in dirs {
         let Ok(listing) = std::fs::read_dir(dir) else {
             continue;
         };
         let mut files: Vec<PathBuf> = listing.filter_map(|e| Some(e.ok()?.path())).collect();
         files.sort();
-        for path in files {
-            // Follows links: xendomains' documentation has users link
-            // their configurations into /etc/xen/auto.
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+        for path in files.into_iter().filter(|p| !is_leftover(p)) {
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                // A link that cannot be followed (dangling, or into a
+                // directory the daemon may not read): said, not skipped
+                // in silence.
+                Err(e) if path.is_symlink() => {
+                    bad(
+                        &path,
+                        None,
+                        format!("cannot follow the link: {e}"),
+                        &mut warnings,
+                    );
+                    continue;
+                }
+                Err(_) => continue,
             };
-            if !meta.is_file() || meta.len() > MAX_FILE_SIZE as u64 {
+            if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
-            let same_file = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-            if !seen.insert(same_file) {
+            if meta.len() > MAX_FILE_SIZE as u64 {
                 continue;
             }
             match candidate(&path) {
                 Ok(Some(c)) => candidates.push(c),
                 Ok(None) => {}
-                Err(why) => {
-                    let key = (path.clone(), meta.modified().ok());
-                    if !reported.0.contains(&key) {
-                        warnings.push(Line {
-                            text: format!("warning: not adopting from {}: {why}", path.display()),
-                            json: json!({ "warning": why, "config": path.display().to_string() }),
-                        });
-                    }
-                    still_bad.insert(key);
-                }
+                Err(why) => bad(&path, meta.modified().ok(), why, &mut warnings),
             }
         }
     }
@@ -91,14 +131,14 @@ pub(crate) fn scan(dirs: &[PathBuf], reported: &mut Reported) -> (Vec<Candidate>
 }
 
 /// `path` as a candidate: `None` if it has no `hyper_dmabuf` entry (most
-/// files there are other domains' configurations, xl.conf, scripts).
+/// files there are other domains' configurations, xl.conf, scripts). The
+/// file is read once, bounded, and those bytes are parsed.
 fn candidate(path: &Path) -> Result<Option<Candidate>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let text = xlcfg::read_bounded(path)?;
     if !text.windows(KEY.len()).any(|w| w == KEY.as_bytes()) {
         return Ok(None);
     }
-    let source = path.display().to_string();
-    let cfg = Config::read(&source, &[]).map_err(|e| e.to_string())?;
+    let cfg = xlcfg::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
     if cfg.devices.is_empty() {
         return Ok(None);
     }
@@ -200,6 +240,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scan(&dirs, &mut reported).1.len(), 1);
+    }
+
+    #[test]
+    fn leftovers_are_skipped_and_hard_links_count_once() {
+        let gpu = "name = \"gpu\"\nhyper_dmabuf = [ \"backend=0\" ]\n";
+        let etc = dir_with(&[
+            ("gpu.cfg", gpu),
+            ("gpu.cfg~", gpu),
+            ("gpu.cfg.dpkg-old", gpu),
+            (".gpu.cfg.swp", gpu),
+        ]);
+        std::fs::hard_link(etc.path().join("gpu.cfg"), etc.path().join("gpu-link.cfg")).unwrap();
+        let (found, warnings) = scan(&[etc.path().into()], &mut Reported::default());
+        assert_eq!(warnings, []);
+        assert_eq!(found.len(), 1, "{found:?}");
+    }
+
+    #[test]
+    fn a_link_that_cannot_be_followed_is_said() {
+        let etc = dir_with(&[]);
+        std::os::unix::fs::symlink("/nonexistent/hdmabuf/vm.cfg", etc.path().join("vm.cfg"))
+            .unwrap();
+        let (found, warnings) = scan(&[etc.path().into()], &mut Reported::default());
+        assert_eq!(found, []);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].text.contains("cannot follow the link"),
+            "{}",
+            warnings[0].text
+        );
     }
 
     #[test]

@@ -733,7 +733,7 @@ pub(crate) fn is_setting_arg(arg: &str) -> bool {
 }
 
 /// The bytes of `path`, at most [`MAX_FILE_SIZE`].
-fn read_bounded(path: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_bounded(path: impl AsRef<std::path::Path>) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut text = Vec::new();
@@ -747,7 +747,6 @@ fn read_bounded(path: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Parses `text` as the whole configuration, named `source`.
-#[cfg(test)]
 pub(crate) fn parse(source: &str, text: &[u8]) -> Result<Config, CfgError> {
     Config::from_settings(&parse_settings(source, text)?)
 }

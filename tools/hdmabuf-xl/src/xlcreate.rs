@@ -24,6 +24,9 @@ pub(crate) trait Host {
     fn remove(&mut self, spec: &DeviceSpec) -> Result<(), String>;
     /// Records the device for `hdmabuf xl daemon` (`toolstack::record`).
     fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String>;
+    /// Records the new domain, before its devices
+    /// (`toolstack::record_domain`).
+    fn record_domain(&mut self, domid: u16, name: &str) -> Result<(), String>;
     /// Marks domain `name` as being created here, or removes the mark
     /// (`toolstack::mark_creating`).
     fn mark_creating(&mut self, name: &str, creating: bool) -> Result<(), String>;
@@ -59,6 +62,9 @@ impl Host for RealHost {
     }
     fn record(&mut self, spec: &DeviceSpec, entry: &Entry) -> Result<(), String> {
         toolstack::record(spec, entry, true)
+    }
+    fn record_domain(&mut self, domid: u16, name: &str) -> Result<(), String> {
+        toolstack::record_domain(domid, name)
     }
     fn mark_creating(&mut self, name: &str, creating: bool) -> Result<(), String> {
         toolstack::mark_creating(name, creating)
@@ -170,8 +176,16 @@ fn create_marked<H: Host>(
         json: json!({ "created": name, "domid": domid, "paused": true }),
     }];
     let mut attached: Vec<DeviceSpec> = Vec::new();
-    let mut result = Ok(());
-    for (d, back) in cfg.devices.iter().zip(backs) {
+    // Recorded with its name first: a configuration without a device still
+    // makes a domain of this tool's, which the daemon must not adopt from
+    // a file of the same name (before its mark goes).
+    let mut result = host.record_domain(domid, name);
+    let devices = if result.is_ok() {
+        &cfg.devices[..]
+    } else {
+        &[]
+    };
+    for (d, back) in devices.iter().zip(backs) {
         let spec = d.entry.spec(domid, back);
         let attach = host.attach(&spec).map(|lines| {
             out.extend(lines);
@@ -264,6 +278,10 @@ mod tests {
             self.calls.push(format!("mark {name} {creating}"));
             Ok(())
         }
+        fn record_domain(&mut self, domid: u16, name: &str) -> Result<(), String> {
+            self.calls.push(format!("record {domid} name={name}"));
+            Ok(())
+        }
     }
 
     const CFG: &str = "name = 'g1'\nhyper_dmabuf = [ 'backend=dd', 'devid=5, rw=1' ]\n";
@@ -289,6 +307,7 @@ mod tests {
                 "mark g1 true",
                 "xl create -p g.cfg -q memory=256",
                 "xl domid g1",
+                "record 9 name=g1",
                 "attach 9 3 0",
                 "record 9 backend=dd, devid=0",
                 "attach 9 0 5",
@@ -316,6 +335,7 @@ mod tests {
         assert_eq!(
             h.calls[4..],
             [
+                "record 9 name=g1",
                 "attach 9 3 0",
                 "record 9 backend=dd, devid=0",
                 "attach 9 0 5",
@@ -336,7 +356,7 @@ mod tests {
         let e = create(&mut h, "g.cfg", &[], &cfg(CFG)).err().unwrap();
         assert_eq!(e, "xl unpause 9 failed; destroyed domain g1 (domid 9)");
         assert_eq!(
-            h.calls[9..],
+            h.calls[10..],
             ["remove 9 0", "remove 9 5", "xl destroy 9", "mark g1 false"]
         );
     }

@@ -242,9 +242,11 @@ fn adoptions(snap: &Snapshot, retention: &mut Retention, actions: &mut Vec<Actio
             continue;
         }
         let claims: Vec<&Candidate> = snap.candidates.iter().filter(|c| &c.name == name).collect();
+        // Copies that say the same (a file and its copy in auto/) are one.
+        let agree = claims.windows(2).all(|w| w[0].devices == w[1].devices);
         match claims[..] {
             [] => {}
-            [only] => {
+            [only, ..] if agree => {
                 actions.push(Action::Adopt {
                     uuid: uuid.clone(),
                     name: name.clone(),
@@ -344,11 +346,9 @@ pub(crate) fn snapshot<S: Read + Write>(xs: &mut XsClient<S>) -> Result<Snapshot
             });
         }
     }
-    for uuid in listing(xs, RECORDS)? {
-        if let Some(record) = read_record(xs, &uuid)? {
-            snap.records.push(record);
-        }
-    }
+    // Marks before records: `hdmabuf xl create` records its domain before
+    // it removes its mark, so a domain is seen with one or the other (or
+    // both), never with neither while it is being created.
     for pid in children::<_, u32>(xs, CREATING)? {
         let Some(name) = value(xs, &format!("{CREATING}/{pid}"))? else {
             continue;
@@ -358,6 +358,11 @@ pub(crate) fn snapshot<S: Read + Write>(xs: &mut XsClient<S>) -> Result<Snapshot
             snap.creating.insert(name);
         } else {
             snap.stale_markers.push(pid);
+        }
+    }
+    for uuid in listing(xs, RECORDS)? {
+        if let Some(record) = read_record(xs, &uuid)? {
+            snap.records.push(record);
         }
     }
     Ok(snap)
@@ -432,6 +437,20 @@ pub(crate) fn record_device<S: Read + Write>(
     let path = format!("{base}/device/{}", entry.devid);
     write(xs, &name_path, name)?;
     write(xs, &path, &entry.render())
+}
+
+/// Records domain `domid` (named `name`) with no device yet: a domain
+/// created through this tool is followed, and never adopted, even with no
+/// device.
+pub(crate) fn record_domain<S: Read + Write>(
+    xs: &mut XsClient<S>,
+    domid: u16,
+    name: &str,
+) -> Result<(), String> {
+    let Some(uuid) = uuid_of(xs, domid)? else {
+        return Ok(());
+    };
+    write(xs, &format!("{RECORDS}/{uuid}/name"), name)
 }
 
 /// Drops device `devid` from domain `domid`'s record, if it has one, so
@@ -557,12 +576,22 @@ pub(crate) fn reconcile<S: Read + Write>(
     let mut snap = snapshot(xs)?;
     let (candidates, mut out) = xladopt::scan(&daemon.adopt_from, &mut daemon.reported);
     snap.candidates = candidates;
+    let mut failing = BTreeSet::new();
     for action in plan(&snap, &mut daemon.retention, Instant::now()) {
-        out.push(apply(xs, &action).unwrap_or_else(|e| Line {
-            json: json!({ "warning": e }),
-            text: format!("warning: {e}"),
-        }));
+        match apply(xs, &action) {
+            Ok(line) => out.push(line),
+            Err(e) => {
+                if !daemon.failing.contains(&e) {
+                    out.push(Line {
+                        json: json!({ "warning": e }),
+                        text: format!("warning: {e}"),
+                    });
+                }
+                failing.insert(e);
+            }
+        }
     }
+    daemon.failing = failing;
     Ok(out)
 }
 
@@ -573,6 +602,10 @@ pub(crate) struct Daemon {
     pub(crate) adopt_from: Vec<PathBuf>,
     retention: Retention,
     reported: xladopt::Reported,
+    /// The failures of the last reconciliation: one that recurs at every
+    /// event and tick (a guest that removed its own frontend directory
+    /// keeps its device from being created) is said once.
+    failing: BTreeSet<String>,
 }
 
 /// `hdmabuf xl daemon`: reconciles now, then at every domain event and
@@ -881,10 +914,19 @@ mod tests {
             running: vec![running(6, "guest", Some(U1))],
             candidates: vec![
                 candidate("/etc/xen/auto/a.cfg", "guest", &["backend=0"]),
-                candidate("/etc/xen/b.cfg", "guest", &["backend=0"]),
+                candidate("/etc/xen/b.cfg", "guest", &["backend=0, rw=1"]),
             ],
             ..Snapshot::default()
         };
+        // Copies that agree are one file.
+        let copies = Snapshot {
+            candidates: vec![snap.candidates[0].clone(), snap.candidates[0].clone()],
+            ..snap.clone()
+        };
+        assert!(matches!(
+            plan(&copies, &mut Retention::default(), Instant::now())[0],
+            Action::Adopt { .. }
+        ));
         let mut retention = Retention::default();
         assert_eq!(
             plan(&snap, &mut retention, Instant::now()),
