@@ -10,6 +10,8 @@
 # meets one clear message instead of a wall of compiler errors.
 #
 #   driver/preflight.sh [KDIR]   (default /lib/modules/$(uname -r)/build)
+#   driver/preflight.sh --rust-files   the Rust build files it checks, one
+#                                      per line, relative to the tree
 #
 # The tools are those `make` would use: RUSTC (rustc), BINDGEN (bindgen),
 # LLVM (as passed to the kernel's make: 1, -19 or a prefix ending in /, for
@@ -17,6 +19,16 @@
 # something is missing. `make modules KDIR=...` and the platform's own
 # build (platform/build-modules.sh) run it before building.
 set -uo pipefail
+
+# The metadata of every crate the module's `kernel` dependency loads, the
+# proc-macro library, and what Kbuild reads to compile Rust (6.12).
+rust_files=(rust/libcore.rmeta rust/libcompiler_builtins.rmeta rust/libffi.rmeta
+    rust/libbindings.rmeta rust/libuapi.rmeta rust/libbuild_error.rmeta
+    rust/libkernel.rmeta rust/libmacros.so include/generated/rustc_cfg scripts/target.json)
+if [[ ${1:-} == --rust-files ]]; then
+    printf '%s\n' "${rust_files[@]}"
+    exit 0
+fi
 
 KDIR=${1:-/lib/modules/$(uname -r)/build}
 RUSTC=${RUSTC:-rustc}
@@ -93,12 +105,7 @@ for option in CONFIG_XEN CONFIG_DMA_SHARED_BUFFER CONFIG_XEN_BACKEND CONFIG_XEN_
     fi
 done
 
-# --- the Rust files of the kernel's build -----------------------------------
-# The metadata of every crate the module's `kernel` dependency loads, and
-# the proc-macro library (6.12).
-rust_files=(rust/libcore.rmeta rust/libcompiler_builtins.rmeta rust/libffi.rmeta
-    rust/libbindings.rmeta rust/libuapi.rmeta rust/libbuild_error.rmeta
-    rust/libkernel.rmeta rust/libmacros.so include/generated/rustc_cfg scripts/target.json)
+# --- the Rust files of the kernel's build (rust_files, above) ---------------
 absent=()
 for f in "${rust_files[@]}"; do
     [[ -e $KDIR/$f ]] || absent+=("$f")
