@@ -23,6 +23,11 @@ PKGS=(
     # `make deb` (debian/): the package tools, and DKMS for the test that
     # builds the module from the package's own files.
     debhelper dh-dkms dkms lintian
+    # The Debian dom0 (platform/build-debian-dom0.sh): its root filesystem,
+    # and the copy-on-write overlay each run boots it from.
+    mmdebstrap qemu-utils e2fsprogs
+    # make bindeb-pkg (the platform kernel as Debian packages) builds with these.
+    rsync
 )
 
 say() { printf '[deps] %s\n' "$*"; }
