@@ -136,6 +136,7 @@ mkcpio "$T/domU" "$T/domU.cpio.gz"
 
 # dom0 initramfs.
 base_root "$T/dom0" "$PLATFORM_DIR/images/dom0-init"
+install -m 0755 "$PLATFORM_DIR/images/dom0-scenario" "$T/dom0/hdm/dom0-scenario"
 for b in "${XEN_BINS[@]}"; do
     copy_with_libs "$T/dom0" "$XEN/root/usr/lib/xen-4.17/bin/$b" "usr/lib/xen-4.17/bin/$b"
 done
