@@ -8,9 +8,10 @@
 //! `monitor` module for the steps and `scenario` for the scenario files.
 //!
 //! ```text
-//! hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--counts FILE]
-//!                    [--jobs N] [--time-scale PERCENT] [-v] SCENARIO...
-//! hdmabuf-vmtest shell --images DIR
+//! hdmabuf-vmtest run --images DIR [--debian DIR] [--scenarios DIR] [--out DIR]
+//!                    [--counts FILE] [--jobs N] [--time-scale PERCENT] [-v]
+//!                    SCENARIO...
+//! hdmabuf-vmtest shell --images DIR | --debian DIR
 //! hdmabuf-vmtest list [--scenarios DIR]
 //! ```
 
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hdmabuf_vmtest::monitor::{self, Monitor, Source};
 use hdmabuf_vmtest::qemu;
-use hdmabuf_vmtest::scenario::{self, Scenario};
+use hdmabuf_vmtest::scenario::{self, Dom0Kind, Scenario};
 
 /// Boots again after a platform crash before the scenario ran.
 const PLATFORM_RETRIES: u32 = 4;
@@ -35,6 +36,8 @@ const SHOW_LINES: usize = 250;
 
 struct Options {
     images: Option<PathBuf>,
+    /// The Debian dom0's images (scenarios with `dom0 = debian`).
+    debian: Option<PathBuf>,
     scenarios: PathBuf,
     out: PathBuf,
     qemu: String,
@@ -49,10 +52,10 @@ struct Options {
 }
 
 fn usage() -> String {
-    "usage: hdmabuf-vmtest run --images DIR [--scenarios DIR] [--out DIR] [--qemu BIN]\n\
-     \x20                          [--counts FILE] [--jobs N] [--time-scale PERCENT] [-v]\n\
-     \x20                          SCENARIO...\n\
-     \x20      hdmabuf-vmtest shell --images DIR\n\
+    "usage: hdmabuf-vmtest run --images DIR [--debian DIR] [--scenarios DIR] [--out DIR]\n\
+     \x20                          [--qemu BIN] [--counts FILE] [--jobs N]\n\
+     \x20                          [--time-scale PERCENT] [-v] SCENARIO...\n\
+     \x20      hdmabuf-vmtest shell --images DIR | --debian DIR\n\
      \x20      hdmabuf-vmtest list [--scenarios DIR]"
         .to_string()
 }
@@ -61,6 +64,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         images: None,
+        debian: None,
         scenarios: root.join("scenarios"),
         out: root
             .ancestors()
@@ -83,6 +87,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         };
         match a.as_str() {
             "--images" => o.images = Some(PathBuf::from(value()?)),
+            "--debian" => o.debian = Some(PathBuf::from(value()?)),
             "--scenarios" => o.scenarios = PathBuf::from(value()?),
             "--out" => o.out = PathBuf::from(value()?),
             "--qemu" => o.qemu = value()?,
@@ -140,12 +145,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn images(opts: &Options) -> Result<qemu::Images, String> {
-    let dir = opts
-        .images
-        .as_ref()
-        .ok_or_else(|| format!("--images is required\n{}", usage()))?;
-    qemu::Images::in_dir(dir)
+/// What the scenarios' dom0s boot from: the embedded platform's images
+/// (`--images`) and the Debian dom0's (`--debian`), each if given.
+struct Platforms {
+    busybox: Option<qemu::Images>,
+    debian: Option<qemu::DebianImages>,
+}
+
+fn platforms(opts: &Options) -> Result<Platforms, String> {
+    let p = Platforms {
+        busybox: opts
+            .images
+            .as_deref()
+            .map(qemu::Images::in_dir)
+            .transpose()?,
+        debian: opts
+            .debian
+            .as_deref()
+            .map(qemu::DebianImages::in_dir)
+            .transpose()?,
+    };
+    if p.busybox.is_none() && p.debian.is_none() {
+        return Err(format!("--images or --debian is required\n{}", usage()));
+    }
+    Ok(p)
 }
 
 fn list(opts: &Options) -> Result<bool, String> {
@@ -162,16 +185,39 @@ fn list(opts: &Options) -> Result<bool, String> {
 }
 
 fn shell(opts: &Options) -> Result<bool, String> {
-    let images = images(opts)?;
+    let p = platforms(opts)?;
     eprintln!("[vm] booting Xen + dom0 with a shell on the console; Ctrl-a x quits QEMU");
-    let status = qemu::command(&opts.qemu, &images, "hdm.shell=1", true)
+    // The Debian dom0 logs root in on its console when no scenario runs;
+    // what the shell changes stays in an overlay under the out dir.
+    let overlay = opts.out.join("shell.disk.qcow2");
+    let cmd = match (&p.busybox, &p.debian) {
+        (Some(images), _) => qemu::command(
+            &opts.qemu,
+            qemu::Dom0::Initramfs(images),
+            "hdm.shell=1",
+            true,
+        ),
+        (None, Some(images)) => {
+            fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+            let _ = fs::remove_file(&overlay);
+            qemu::create_overlay(&images.disk, &overlay)?;
+            let dom0 = qemu::Dom0::Disk {
+                images,
+                disk: &overlay,
+            };
+            qemu::command(&opts.qemu, dom0, "", true)
+        }
+        (None, None) => unreachable!("platforms() requires one"),
+    };
+    let mut cmd = cmd;
+    let status = cmd
         .status()
         .map_err(|e| format!("cannot start QEMU: {e}"))?;
     Ok(status.success())
 }
 
 fn run_all(opts: &Options) -> Result<bool, String> {
-    let images = images(opts)?;
+    let platforms = platforms(opts)?;
     if opts.names.is_empty() {
         return Err(format!("no scenario named\n{}", usage()));
     }
@@ -189,7 +235,7 @@ fn run_all(opts: &Options) -> Result<bool, String> {
                 let Some(s) = next.lock().map(|mut it| it.next()).unwrap_or(None) else {
                     return;
                 };
-                let verdict = run_one(opts, &images, s);
+                let verdict = run_one(opts, &platforms, s);
                 if let Ok(mut v) = verdicts.lock() {
                     v.push(verdict);
                 }
@@ -244,9 +290,16 @@ fn say(s: &Scenario, msg: &str) {
 /// TCG an early PVH boot triple-faults in up to a third of the boots, which
 /// is not what the scenario tests. `HDM_VM_RETRY=N` sets the number of
 /// retries (0: none).
-fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<Verdict, String> {
+fn run_one(opts: &Options, platforms: &Platforms, s: &Scenario) -> Result<Verdict, String> {
+    let images = match (s.dom0, &platforms.busybox, &platforms.debian) {
+        (Dom0Kind::Busybox, Some(images), _) => images,
+        (Dom0Kind::Debian, _, Some(images)) => return run_debian(opts, images, s),
+        (Dom0Kind::Busybox, None, _) => return Err(format!("{}: needs --images", s.name)),
+        (Dom0Kind::Debian, _, None) => return Err(format!("{}: needs --debian", s.name)),
+    };
+    let dom0 = qemu::Dom0::Initramfs(images);
     let out = opts.out.join(&s.name);
-    let (mut m, mut total) = boot_once(opts, images, s, &out)?;
+    let (mut m, mut total) = boot_once(opts, dom0, s, &out, 1)?;
     let retries: u32 = std::env::var("HDM_VM_RETRY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -271,17 +324,58 @@ fn run_one(opts: &Options, images: &qemu::Images, s: &Scenario) -> Result<Verdic
                 retries + 1
             ),
         );
-        (m, total) = boot_once(opts, images, s, &out)?;
+        (m, total) = boot_once(opts, dom0, s, &out, 1)?;
     }
     judge(s, &m, total, &out)
+}
+
+/// A scenario on the Debian dom0: every boot of dom0 (`dom0-boots`) from
+/// one copy-on-write overlay of its disk, so that the later boots find
+/// what the earlier ones left, as a user's machine would. Each boot is
+/// judged as a run of its own (logs in `boot<N>/` when there are several);
+/// the first that fails is the verdict. No boot is retried: what the
+/// first left on the disk would be lost.
+fn run_debian(
+    opts: &Options,
+    images: &qemu::DebianImages,
+    s: &Scenario,
+) -> Result<Verdict, String> {
+    let out = opts.out.join(&s.name);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let disk = opts.out.join(format!("{}.disk.qcow2", s.name));
+    let _ = fs::remove_file(&disk);
+    qemu::create_overlay(&images.disk, &disk)?;
+    let dom0 = qemu::Dom0::Disk {
+        images,
+        disk: &disk,
+    };
+    let mut verdict = Verdict::Pass;
+    for boot in 1..=s.dom0_boots {
+        let boot_out = if s.dom0_boots == 1 {
+            out.clone()
+        } else {
+            out.join(format!("boot{boot}"))
+        };
+        say(s, &format!("dom0 boot {boot} of {}", s.dom0_boots));
+        let (m, total) = boot_once(opts, dom0, s, &boot_out, boot)?;
+        verdict = judge(s, &m, total, &boot_out)?;
+        if matches!(verdict, Verdict::Fail(_)) {
+            break;
+        }
+    }
+    // Gigabytes once the image was written to: the logs stay, the disk goes.
+    let _ = fs::remove_file(&disk);
+    Ok(verdict)
 }
 
 /// One boot of the platform for scenario `s`, logs written to `out`.
 fn boot_once(
     opts: &Options,
-    images: &qemu::Images,
+    dom0: qemu::Dom0<'_>,
     s: &Scenario,
     out: &Path,
+    boot: u32,
 ) -> Result<(Monitor, f64), String> {
     let _ = fs::remove_dir_all(out);
     fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -305,9 +399,9 @@ fn boot_once(
     );
     let cmd = qemu::command(
         &opts.qemu,
-        images,
+        dom0,
         &format!(
-            "hdm.scenario={} hdm.time_scale={}",
+            "hdm.scenario={} hdm.time_scale={} hdm.boot={boot}",
             s.file_name, opts.time_scale
         ),
         false,

@@ -27,18 +27,92 @@ impl Images {
             bzimage: dir.join("bzImage"),
             dom0_initrd: dir.join("dom0.cpio.gz"),
         };
-        for p in [&images.xen, &images.bzimage, &images.dom0_initrd] {
-            if !p.is_file() {
-                return Err(format!("{} missing: run `make images`", p.display()));
-            }
-            if p.to_string_lossy().contains(',') {
-                return Err(format!(
-                    "{}: QEMU cannot take a comma in a module path",
-                    p.display()
-                ));
-            }
-        }
+        bootable(
+            &[&images.xen, &images.bzimage, &images.dom0_initrd],
+            "make images",
+        )?;
         Ok(images)
+    }
+}
+
+/// Checks that every file of `paths` exists (else says to run `make`)
+/// and can be named to QEMU, whose option syntax has no comma in a path.
+fn bootable(paths: &[&PathBuf], make: &str) -> Result<(), String> {
+    for p in paths {
+        if !p.is_file() {
+            return Err(format!("{} missing: run `{make}`", p.display()));
+        }
+        if p.to_string_lossy().contains(',') {
+            return Err(format!(
+                "{}: QEMU cannot take a comma in a path",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The Debian dom0 made by `platform/build-debian-dom0.sh`: Xen and the
+/// kernel as apt installed them (copied out of the disk's `/boot`), and
+/// the disk.
+#[derive(Clone, Debug)]
+pub struct DebianImages {
+    /// Xen hypervisor (multiboot ELF).
+    pub xen: PathBuf,
+    /// The kernel of the `linux-image` package.
+    pub vmlinuz: PathBuf,
+    /// dom0's root filesystem (ext4, raw).
+    pub disk: PathBuf,
+}
+
+impl DebianImages {
+    /// The images in `dir`.
+    pub fn in_dir(dir: &Path) -> Result<Self, String> {
+        let images = DebianImages {
+            xen: dir.join("xen"),
+            vmlinuz: dir.join("vmlinuz"),
+            disk: dir.join("disk.img"),
+        };
+        bootable(
+            &[&images.xen, &images.vmlinuz, &images.disk],
+            "make debian-dom0",
+        )?;
+        Ok(images)
+    }
+}
+
+/// What dom0 boots: the embedded platform's initramfs, or the Debian
+/// dom0's disk through a copy-on-write overlay of it (`disk`), which the
+/// boots of one run share.
+#[derive(Clone, Copy, Debug)]
+pub enum Dom0<'a> {
+    /// Xen, the kernel and dom0's initramfs.
+    Initramfs(&'a Images),
+    /// Xen and the kernel of the Debian dom0, its root on `disk`.
+    Disk {
+        /// The Debian dom0's images.
+        images: &'a DebianImages,
+        /// The qcow2 overlay over `images.disk` this run writes to.
+        disk: &'a Path,
+    },
+}
+
+/// Creates `overlay`, a qcow2 file backed by the raw `base`, with qemu-img.
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "qemu-img create {}: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -66,7 +140,7 @@ pub const XEN_CMDLINE: &str = "console=com1 com1=115200,8n1 serial_tx_buffer=1M 
 /// The QEMU command that boots Xen with dom0; `dom0_args` is appended to
 /// dom0's kernel command line. `interactive` keeps QEMU's monitor on the
 /// serial multiplexer (Ctrl-a x quits).
-pub fn command(qemu: &str, images: &Images, dom0_args: &str, interactive: bool) -> Command {
+pub fn command(qemu: &str, dom0: Dom0<'_>, dom0_args: &str, interactive: bool) -> Command {
     let mut c = Command::new(qemu);
     c.args([
         "-machine",
@@ -84,14 +158,32 @@ pub fn command(qemu: &str, images: &Images, dom0_args: &str, interactive: bool) 
     } else {
         c.args(["-serial", "stdio", "-monitor", "none"]);
     }
-    c.arg("-kernel").arg(&images.xen);
-    c.args(["-append", XEN_CMDLINE]);
-    let modules = format!(
-        "{} console=hvc0 earlyprintk=xen rdinit=/init udmabuf.size_limit_mb=2048 {dom0_args},{}",
-        images.bzimage.display(),
-        images.dom0_initrd.display()
-    );
-    c.arg("-initrd").arg(modules);
+    let common = "console=hvc0 earlyprintk=xen udmabuf.size_limit_mb=2048";
+    match dom0 {
+        Dom0::Initramfs(images) => {
+            c.arg("-kernel").arg(&images.xen);
+            c.args(["-append", XEN_CMDLINE]);
+            let modules = format!(
+                "{} {common} rdinit=/init {dom0_args},{}",
+                images.bzimage.display(),
+                images.dom0_initrd.display()
+            );
+            c.arg("-initrd").arg(modules);
+        }
+        Dom0::Disk { images, disk } => {
+            c.arg("-kernel").arg(&images.xen);
+            c.args(["-append", XEN_CMDLINE]);
+            let modules = format!(
+                "{} {common} root=/dev/vda rw {dom0_args}",
+                images.vmlinuz.display()
+            );
+            c.arg("-initrd").arg(modules);
+            c.arg("-drive").arg(format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe",
+                disk.display()
+            ));
+        }
+    }
     c
 }
 

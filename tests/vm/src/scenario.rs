@@ -17,6 +17,11 @@
 //!   only if it fails in STEP with TEXT in the failure reason.
 //! * `extra.NAME` — extra kernel command line for domU NAME (read by
 //!   dom0's init, not by the runner).
+//! * `dom0` — `busybox` (the default: the embedded platform's initramfs)
+//!   or `debian` (the Debian dom0 on a disk, platform/build-debian-dom0.sh).
+//! * `dom0-boots` — how many times dom0 boots from the same disk (Debian
+//!   dom0 only; default 1): each boot is a run of its own, with
+//!   `hdm.boot=N` on dom0's command line.
 //!
 //! Every limit is a hang detector, not a measurement: the runner's
 //! `--time-scale` stretches all of them (see [`Scenario::scaled`]), and the
@@ -43,6 +48,15 @@ impl fmt::Display for DomainType {
             DomainType::Pvh => "pvh",
         })
     }
+}
+
+/// What dom0 boots from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dom0Kind {
+    /// The embedded platform's initramfs (busybox).
+    Busybox,
+    /// The Debian dom0: systemd on an ext4 disk made from Debian's packages.
+    Debian,
 }
 
 /// One domU a scenario creates.
@@ -96,6 +110,10 @@ pub struct Scenario {
     pub expect_log: Vec<ExpectLog>,
     /// Set for a negative test.
     pub expect_fail: Option<ExpectFail>,
+    /// What dom0 boots from.
+    pub dom0: Dom0Kind,
+    /// How many times dom0 boots from the same disk.
+    pub dom0_boots: u32,
 }
 
 /// Finds scenario `name` (`smoke` or `smoke.sh`) in `dir` and parses it.
@@ -171,6 +189,8 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
         time_scale: 100,
         expect_log: Vec::new(),
         expect_fail: None,
+        dom0: Dom0Kind::Busybox,
+        dom0_boots: 1,
     };
     for (n, line) in text.lines().enumerate() {
         let Some(rest) = line.strip_prefix("# hdm:") else {
@@ -215,15 +235,32 @@ pub fn parse(file_name: &str, text: &str) -> Result<Scenario, String> {
                 let (step, text) = split_colon(key, value)?;
                 s.expect_fail = Some(ExpectFail { step, text });
             }
+            "dom0" => {
+                s.dom0 = match value {
+                    "busybox" => Dom0Kind::Busybox,
+                    "debian" => Dom0Kind::Debian,
+                    _ => return Err(format!("line {}: `dom0` is busybox or debian", n + 1)),
+                }
+            }
+            "dom0-boots" => {
+                s.dom0_boots = value
+                    .parse()
+                    .ok()
+                    .filter(|b| (1..=9).contains(b))
+                    .ok_or_else(|| format!("line {}: `dom0-boots` is 1 to 9", n + 1))?;
+            }
             // Read by dom0's init: extra kernel arguments, xl settings, a
             // config file line or the hyper_dmabuf entries of a domU, and
             // whether domUs get a hyper_dmabuf device on dom0.
-            k if ["extra.", "xl.", "cfg.", "hyper_dmabuf."]
+            k if ["extra.", "xl.", "cfg.", "hyper_dmabuf.", "auto."]
                 .iter()
                 .any(|p| k.starts_with(p)) => {}
             "attach" if value == "yes" || value == "no" => {}
             _ => return Err(format!("line {}: unknown key `{key}`", n + 1)),
         }
+    }
+    if s.dom0_boots > 1 && s.dom0 != Dom0Kind::Debian {
+        return Err("`dom0-boots` needs `dom0 = debian` (an initramfs keeps nothing)".into());
     }
     for e in &s.expect_log {
         if e.domain != "dom0" && e.domain != "xen" && !s.domains.iter().any(|d| d.name == e.domain)
@@ -287,6 +324,11 @@ mod tests {
         assert!(parse("a.sh", "# hdm: domains = pv pv\n").is_err());
         assert!(parse("a.sh", "# hdm: timeout = 0\n").is_err());
         assert!(parse("a.sh", "# hdm: expect-log = nobody: x\n").is_err());
+        assert!(parse("a.sh", "# hdm: dom0 = fedora\n").is_err());
+        assert!(parse("a.sh", "# hdm: dom0-boots = 2\n").is_err());
+        assert!(parse("a.sh", "# hdm: dom0 = debian\n# hdm: dom0-boots = 0\n").is_err());
+        let d = parse("d.sh", "# hdm: dom0 = debian\n# hdm: dom0-boots = 2\n").unwrap();
+        assert_eq!((d.dom0, d.dom0_boots), (Dom0Kind::Debian, 2));
     }
 
     #[test]
