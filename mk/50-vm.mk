@@ -62,12 +62,16 @@ SCENARIOS ?= smoke
 # death at every step, a hostile peer and ioctl abuse, module unload under
 # traffic, a one-minute soak with guests destroyed, agents killed and drivers
 # restarted.
+# The Debian dom0 (mk/55-debian-dom0.mk): apt, DKMS, udev, systemd, plain
+# xl create, a second boot from the same disk, the packages' removal.
 # Longest first (debug kernel, seconds two at a time in a clean-clone
 # make test of 2026-12-06: hostile-backend 514, hostile 502, death 301,
 # unload 260, mm 201, sizes-pvh 186, soak-short 178, xl 172, sizes-pv 165,
-# cycles 108, share 100, demo 86, lifecycle 63, reconnect 54), so that the
-# two jobs end together.
-VM_DRIVER_TESTS ?= hostile hostile-backend mm sizes-pvh unload soak-short death xl sizes-pv share media cycles demo lifecycle reconnect
+# cycles 108, share 100, demo 86, lifecycle 63, reconnect 54; debian-dom0
+# about 400 alone on 2026-12-07), so that the two jobs end together.
+VM_DRIVER_TESTS ?= hostile hostile-backend debian-dom0 mm sizes-pvh unload soak-short death xl sizes-pv share media cycles demo lifecycle reconnect
+# The Debian dom0's images, built and passed only when a scenario needs them.
+VM_DEBIAN = $(if $(filter debian-dom0,$(VM_DRIVER_TESTS)),debian-dom0)
 
 deps:
 	@platform/install-deps.sh
@@ -123,8 +127,9 @@ vm-selftest: images vm-runner
 	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --counts "$(COUNTS_DIR)/vm-selftest" --images "$(VM_IMAGES)" \
 	  selftest-warn selftest-noboot selftest-scale
 
-vm-drivers: images vm-runner
-	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --jobs $(VM_JOBS) --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" $(VM_DRIVER_TESTS)
+vm-drivers: images vm-runner $(VM_DEBIAN)
+	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --jobs $(VM_JOBS) --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" \
+	  $(if $(VM_DEBIAN),--debian "$$(platform/build-debian-dom0.sh --dir $(DEBIAN_DOM0_ARGS))") $(VM_DRIVER_TESTS)
 
 test-vm: vm-smoke vm-selftest vm-drivers
 
