@@ -168,7 +168,6 @@ gunzip -c "$root"/boot/xen-4.17-amd64.gz >"$OUT.tmp/xen"
 cp "$root/boot/vmlinuz-$KRELEASE" "$OUT.tmp/vmlinuz"
 size_mb=$(($(du -sm "$root" | cut -f1) * 5 / 4 + 1024))
 mkfs.ext4 -q -F -L hdm-dom0 -d "$root" "$OUT.tmp/disk.img" "${size_mb}M"
-cp "$OUT.tmp/apt.log" "$OUT.tmp/apt-install.log"
 rm -rf "$root"
 echo "$KRELEASE" >"$OUT.tmp/kernel.release"
 mv "$OUT.tmp" "$OUT"
