@@ -20,8 +20,8 @@
 #           the kernel's toolchain (rustc-web, clang-19, lld-19, llvm-19,
 #           libclang) and bindgen-cli from the host's cargo install, as a
 #           user would (bookworm's bindgen, 0.60, is older than the 0.65.1
-#           the kernel needs); keyed by the package list, the toolchain's
-#           versions and this script
+#           the kernel needs); keyed by its mmdebstrap command (the package
+#           list, the mirrors) and the toolchain's versions
 #   kernel  linux-image and linux-headers from the flavour's tree by
 #           `make bindeb-pkg`, and linux-lib-rust-<release>: the Rust build
 #           files an out-of-tree Rust module needs, which 6.12's headers
@@ -62,7 +62,15 @@ BASE_PKGS=(
 KDIR=$("$PLATFORM_DIR/build-kernel.sh" --dir)
 KRELEASE=$(cat "$KDIR/include/config/kernel.release")
 
-base_key=$({ printf '%s\n' "${BASE_PKGS[@]}" "${MIRRORS[@]}"; toolchain_id; cat "$0"; } | hash16)
+# The base system is what this mmdebstrap command makes: its key is the
+# command itself and the toolchain it must match, not the whole script
+# (a change elsewhere here must not cost a new base).
+MMDEBSTRAP_ARGS=(--mode=root --variant=minbase --format=tar
+    --include="$(IFS=,; echo "${BASE_PKGS[*]}")"
+    --customize-hook="copy-in $KBINDGEN /usr/local/bin"
+    --customize-hook='echo dom0 >"$1/etc/hostname"'
+    "$SUITE")
+base_key=$({ printf '%s\n' "${MMDEBSTRAP_ARGS[@]}" "${MIRRORS[@]}"; toolchain_id; } | hash16)
 BASE=$HDMABUF_CACHE/debian-dom0/base-$base_key.tar
 KDEBS=$HDMABUF_CACHE/debian-dom0/kernel-$(basename "$(dirname "$KDIR")")
 
@@ -91,11 +99,7 @@ mkdir -p "$HDMABUF_CACHE/debian-dom0"
 if [[ ! -f $BASE ]]; then
     say "base: mmdebstrap $SUITE with ${#BASE_PKGS[@]} packages and their dependencies (cold: several minutes)"
     t=$(date +%s)
-    mmdebstrap --mode=root --variant=minbase --format=tar \
-        --include="$(IFS=,; echo "${BASE_PKGS[*]}")" \
-        --customize-hook="copy-in $KBINDGEN /usr/local/bin" \
-        --customize-hook='echo dom0 >"$1/etc/hostname"' \
-        "$SUITE" "$BASE.tmp" "${MIRRORS[@]}" >&2
+    mmdebstrap "${MMDEBSTRAP_ARGS[@]}" "$BASE.tmp" "${MIRRORS[@]}" >&2
     mv "$BASE.tmp" "$BASE"
     say "base: $(du -h "$BASE" | cut -f1) in $(($(date +%s) - t)) s"
     # Keep the newest two bases.
