@@ -231,16 +231,7 @@ pub(crate) fn plan(snap: &Snapshot, retention: &mut Retention, now: Instant) -> 
 fn adoptions(snap: &Snapshot, retention: &mut Retention, actions: &mut Vec<Action>) -> Vec<Record> {
     let mut adopted = Vec::new();
     let mut ambiguous = BTreeSet::new();
-    for domain in &snap.running {
-        let (Some(name), Some(uuid)) = (&domain.name, &domain.uuid) else {
-            continue;
-        };
-        if domain.domid == 0
-            || snap.creating.contains(name)
-            || snap.records.iter().any(|r| &r.uuid == uuid)
-        {
-            continue;
-        }
+    for (name, uuid) in adoptable(snap) {
         let claims: Vec<&Candidate> = snap.candidates.iter().filter(|c| &c.name == name).collect();
         // Copies that say the same (a file and its copy in auto/) are one.
         let agree = claims.windows(2).all(|w| w[0].devices == w[1].devices);
@@ -272,6 +263,20 @@ fn adoptions(snap: &Snapshot, retention: &mut Retention, actions: &mut Vec<Actio
     }
     retention.ambiguous = ambiguous;
     adopted
+}
+
+/// The name and UUID of each running domain that could be adopted: a
+/// domU with both, no record, and no `hdmabuf xl create` creating it.
+fn adoptable(snap: &Snapshot) -> impl Iterator<Item = (&String, &String)> {
+    snap.running.iter().filter_map(|d| {
+        let (Some(name), Some(uuid)) = (&d.name, &d.uuid) else {
+            return None;
+        };
+        let unrecorded = d.domid != 0
+            && !snap.creating.contains(name)
+            && !snap.records.iter().any(|r| &r.uuid == uuid);
+        unrecorded.then_some((name, uuid))
+    })
 }
 
 /// The children of `path` that parse as `T` (none if `path` is absent).
@@ -574,8 +579,14 @@ pub(crate) fn reconcile<S: Read + Write>(
     daemon: &mut Daemon,
 ) -> Result<Vec<Line>, String> {
     let mut snap = snapshot(xs)?;
-    let (candidates, mut out) = xladopt::scan(&daemon.adopt_from, &mut daemon.reported);
-    snap.candidates = candidates;
+    // The configuration files are read only while a domain could be
+    // adopted, not at every event and tick of a settled host.
+    let mut out = Vec::new();
+    if adoptable(&snap).next().is_some() {
+        let (candidates, warnings) = xladopt::scan(&daemon.adopt_from, &mut daemon.reported);
+        snap.candidates = candidates;
+        out = warnings;
+    }
     let mut failing = BTreeSet::new();
     for action in plan(&snap, &mut daemon.retention, Instant::now()) {
         match apply(xs, &action) {
