@@ -2,6 +2,7 @@
 //! Starting QEMU with Xen, dom0's kernel and initramfs, and reading its
 //! serial line.
 
+use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,6 +188,52 @@ pub fn command(qemu: &str, dom0: Dom0<'_>, dom0_args: &str, interactive: bool) -
     c
 }
 
+/// The CPU time a QEMU process has used, from `/proc/PID/stat`, sampled
+/// while it runs: the last sample before it exits is kept (the runner
+/// samples at least once a second, so at most that much goes uncounted).
+pub struct CpuClock {
+    stat: PathBuf,
+    last_ticks: Option<u64>,
+}
+
+impl CpuClock {
+    /// The clock of process `pid`, not yet sampled.
+    pub fn new(pid: u32) -> Self {
+        CpuClock {
+            stat: PathBuf::from(format!("/proc/{pid}/stat")),
+            last_ticks: None,
+        }
+    }
+
+    /// Reads the process's user and system time, if it still runs.
+    pub fn sample(&mut self) {
+        if let Some(ticks) = fs::read_to_string(&self.stat)
+            .ok()
+            .and_then(|stat| cpu_ticks(&stat))
+        {
+            self.last_ticks = Some(ticks);
+        }
+    }
+
+    /// The CPU seconds of the last sample.
+    pub fn seconds(&self) -> Option<f64> {
+        let hz = rustix::param::clock_ticks_per_second();
+        self.last_ticks.map(|t| t as f64 / hz as f64)
+    }
+}
+
+/// `utime + stime` of a `/proc/PID/stat` line, in clock ticks: fields 14
+/// and 15, counted after the command name, which may hold spaces and
+/// parentheses (so from the last `)`).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    // After the name: field 3 (state) is the first.
+    let mut fields = after_comm.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// What the reader threads send.
 #[derive(Debug)]
 pub enum Event {
@@ -233,5 +280,19 @@ fn read_lines(r: impl Read, mut send: impl FnMut(String) -> bool) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        // A name with a space and a parenthesis; utime 1234, stime 56.
+        let stat = "4242 (qemu (x) 2) S 1 4242 4242 0 -1 4194560 1000 0 0 0 1234 56 0 0 20 0 5 0";
+        assert_eq!(cpu_ticks(stat), Some(1290));
+        assert_eq!(cpu_ticks("4242 (qemu) S 1"), None);
+        assert_eq!(cpu_ticks("garbage"), None);
     }
 }
