@@ -6,7 +6,7 @@
 #                        of the run (executions, coverage, crashes) in
 #                        target/fuzz-logs/summary.md (fuzz/summary.sh)
 #   make fuzz-smoke      fuzz-check, seed corpus, regression replay, every target
-#                        for FUZZ_SMOKE_SECONDS each (20); `make test` runs it
+#                        for FUZZ_SMOKE_SECONDS each (10); `make test` runs it
 #   make fuzz-coverage   line coverage of the corpus (llvm-cov), target/fuzz-coverage/
 #   make fuzz-check      fmt and clippy of the fuzz workspace
 #   make bench-host      ring and page-directory benchmarks (not tests)
@@ -17,7 +17,7 @@
 
 CARGO ?= cargo
 FUZZ_SECONDS ?= 600
-FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_TARGETS ?= ring_responder ring_requester channel ledger wire pgdir uapi \
 	xenstore_values xenstore_schema xenbus_machines
 # libFuzzer options added to every run (e.g. FUZZ_ARGS=-jobs=2).
