@@ -19,6 +19,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Mutex;
 use std::thread;
@@ -216,7 +217,12 @@ fn shell(opts: &Options) -> Result<bool, String> {
     Ok(status.success())
 }
 
+/// The CPU time, in milliseconds, every QEMU of this run used, flaky boots
+/// included: with the run's wall time it says how busy the cores were.
+static QEMU_CPU_MS: AtomicU64 = AtomicU64::new(0);
+
 fn run_all(opts: &Options) -> Result<bool, String> {
+    let started = Instant::now();
     let platforms = platforms(opts)?;
     if opts.names.is_empty() {
         return Err(format!("no scenario named\n{}", usage()));
@@ -259,7 +265,13 @@ fn run_all(opts: &Options) -> Result<bool, String> {
         println!("[vm] failed: {why}");
     }
     let failed = failures.len();
-    println!("[vm] {passed} passed, {failed} failed");
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = QEMU_CPU_MS.load(Ordering::Relaxed) as f64 / 1000.0;
+    println!(
+        "[vm] {passed} passed, {failed} failed in {wall:.0} s; QEMU used {cpu:.0} s of CPU \
+         ({:.2} cores)",
+        cpu / wall.max(1.0)
+    );
     if let Some(path) = &opts.counts {
         // `make test` adds up "<passed> <failed>" files of every stage.
         if let Some(dir) = path.parent() {
@@ -466,6 +478,9 @@ fn boot_once(
         wall_s: t0.elapsed().as_secs_f64(),
         qemu_cpu_s: cpu.seconds(),
     };
+    if let Some(cpu) = took.qemu_cpu_s {
+        QEMU_CPU_MS.fetch_add((cpu * 1000.0) as u64, Ordering::Relaxed);
+    }
     write_logs(out, &m, took);
     Ok((m, took))
 }
