@@ -430,6 +430,8 @@ struct Report {
     source: Source,
     rule: &'static Rule,
     line: String,
+    /// Where the line is in the serial log.
+    serial_at: usize,
     at: Duration,
     step: String,
     log: Source,
@@ -450,8 +452,11 @@ struct Pending {
 pub const EXCLUSIONS: &[Exclusion] = &[];
 
 /// How long to keep reading after a failure, to catch the rest of a
-/// backtrace, before QEMU is killed.
-pub const GRACE: Duration = Duration::from_secs(3);
+/// backtrace, before QEMU is killed. A guest's console reaches the serial
+/// line through xenconsoled's log file and `tail -F`, which polls once a
+/// second, so its last lines (an Oops before its death) may come seconds
+/// after Xen's about the same moment.
+pub const GRACE: Duration = Duration::from_secs(6);
 
 /// How long dom0 may go with no step active before the run fails (this
 /// and the two below at the scenario's time scale).
@@ -500,14 +505,40 @@ pub fn classify(line: &str) -> (Source, &str) {
     }
 }
 
+/// A Xen line's `dNvM` vCPU tag, if it has one.
+fn vcpu_tag(text: &str) -> Option<&str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|word| {
+            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            word.strip_prefix('d')
+                .and_then(|w| w.split_once('v'))
+                .is_some_and(|(dom, vcpu)| digits(dom) && digits(vcpu))
+        })
+}
+
 /// The domain id of a Xen line's `dNvM` vCPU tag, if it has one.
 fn vcpu_domid(text: &str) -> Option<u32> {
-    text.split(|c: char| !c.is_ascii_alphanumeric())
-        .find_map(|word| {
-            let (dom, vcpu) = word.strip_prefix('d')?.split_once('v')?;
-            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-            (digits(dom) && digits(vcpu)).then(|| dom.parse().ok())?
-        })
+    let (dom, _) = vcpu_tag(text)?.strip_prefix('d')?.split_once('v')?;
+    dom.parse().ok()
+}
+
+/// A failure the platform, not our code, most likely caused: the run is
+/// booted again (tests/vm/README.md, "Platform flakes").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flake {
+    /// Xen, dom0 or a domU crashed before any scenario code ran there.
+    BeforeScenario(String),
+    /// A PVH guest triple-faulted with no report on its console, possibly
+    /// after its scenario started.
+    PvhTripleFault(String),
+}
+
+impl fmt::Display for Flake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Flake::BeforeScenario(what) | Flake::PvhTripleFault(what) => f.write_str(what),
+        }
+    }
 }
 
 /// Why a run failed.
@@ -523,6 +554,9 @@ pub struct Failure {
     pub at: Duration,
     /// Whether it is a report of [`Severity::Crash`].
     pub crash: bool,
+    /// The rule of the report that failed the run, and where its line is
+    /// in the serial log; none for a failure of another kind.
+    pub report: Option<(&'static str, usize)>,
 }
 
 #[derive(Clone, Debug)]
@@ -650,10 +684,17 @@ impl Monitor {
 
     /// Records a failure of `step`; only the first one counts.
     pub fn fail(&mut self, now: Duration, step: &str, reason: String, log: Source) {
-        self.record(now, step, reason, log, false);
+        self.record(now, step, reason, log, None);
     }
 
-    fn record(&mut self, now: Duration, step: &str, reason: String, log: Source, crash: bool) {
+    fn record(
+        &mut self,
+        now: Duration,
+        step: &str,
+        reason: String,
+        log: Source,
+        report: Option<(&'static Rule, usize)>,
+    ) {
         if self.failure.is_none() {
             self.news.push(format!("step {step}: FAILED: {reason}"));
             self.failure = Some(Failure {
@@ -661,7 +702,8 @@ impl Monitor {
                 reason,
                 log,
                 at: now,
-                crash,
+                crash: report.is_some_and(|(rule, _)| rule.severity == Severity::Crash),
+                report: report.map(|(rule, at)| (rule.name, at)),
             });
         } else {
             self.later_failures.push(format!("{step}: {reason}"));
@@ -755,6 +797,7 @@ impl Monitor {
             source: source.clone(),
             rule,
             line: text.trim().to_string(),
+            serial_at: self.serial.len().saturating_sub(1),
             at: now,
             step,
             log,
@@ -824,8 +867,7 @@ impl Monitor {
 
     fn fail_report(&mut self, r: Report) {
         let reason = format!("`{}` in the {} log: {}", r.rule.name, r.source, r.line);
-        let crash = r.rule.severity == Severity::Crash;
-        self.record(r.at, &r.step, reason, r.log, crash);
+        self.record(r.at, &r.step, reason, r.log, Some((r.rule, r.serial_at)));
     }
 
     fn rc_of<'a>(words: &[&'a str]) -> Option<&'a str> {
@@ -934,44 +976,66 @@ impl Monitor {
     }
 
     /// If the run failed because something crashed where the platform,
-    /// not our code, is the likely cause, a description of it: Xen or dom0
-    /// before dom0's init was up, or a domU before its init started the
-    /// scenario; or a PVH guest's triple fault at any step (see
-    /// [`Monitor::pvh_triple_fault`]). Timeouts, warnings, the reports of
-    /// the debug kernel's checks ([`Severity::Check`]) and failures of
-    /// scenario code never count.
-    pub fn platform_flake(&self) -> Option<String> {
+    /// not our code, is the likely cause, what it was: Xen or dom0 before
+    /// dom0's init was up, or a domU before its init started the scenario
+    /// ([`Flake::BeforeScenario`]); or a PVH guest's triple fault at any
+    /// step ([`Flake::PvhTripleFault`], see [`Monitor::pvh_triple_fault`]).
+    /// Timeouts, warnings, the reports of the debug kernel's checks
+    /// ([`Severity::Check`]) and failures of scenario code never count.
+    pub fn platform_flake(&self) -> Option<Flake> {
         let f = self.failure.as_ref().filter(|f| f.crash)?;
         if f.step == "boot" || f.step.starts_with("create ") {
-            return Some(format!("step `{}`: {}", f.step, f.reason));
+            return Some(Flake::BeforeScenario(format!(
+                "step `{}`: {}",
+                f.step, f.reason
+            )));
         }
         self.pvh_triple_fault(f).then(|| {
-            format!(
-                "step `{}`: {} (a PVH guest's triple fault with no report before it)",
+            Flake::PvhTripleFault(format!(
+                "step `{}`: {} (a PVH guest's triple fault, no report on its console)",
                 f.step, f.reason
-            )
+            ))
         })
     }
 
-    /// Whether failure `f` is a PVH guest's triple fault. Under QEMU TCG's
-    /// nested SVM a PVH guest "triple faults" now and then at any step:
-    /// with Xen's own registers in the dump, with its stack pointer on an
-    /// entry stack of Linux's CPU entry area, and with ordinary guest state
-    /// (a timer interrupt reading the pvclock, the x2APIC EOI write). A
-    /// Linux guest does not triple-fault by itself: a fault it cannot
-    /// handle ends in a double fault on its own IST stack, which the
-    /// kernel reports (an Oops, a panic) before Xen hears of it, and any
-    /// such report is the run's failure first. The kept logs of each
-    /// retry are the evidence if one ever repeats.
+    /// Whether failure `f` is a PVH guest's triple fault that nothing of
+    /// the guest's own explains. Under QEMU TCG's nested SVM a PVH guest
+    /// "triple faults" now and then at any step: with Xen's own registers
+    /// in the dump, with its stack pointer on an entry stack of Linux's CPU
+    /// entry area, and with ordinary guest state (a timer interrupt reading
+    /// the pvclock, the x2APIC EOI write). A fault the guest's kernel
+    /// cannot handle ends in a double fault it reports (an Oops, a panic),
+    /// so the guest's console must have no report at all, before or after
+    /// Xen's line (its console lags behind Xen's: see [`GRACE`]). What this
+    /// cannot see is a corruption that breaks the guest's exception
+    /// delivery silently (a page table or a stack page of the guest's
+    /// written through a stale mapping): the runner retries this kind at
+    /// most once per scenario, so such a bug still fails a run unless it
+    /// strikes less often than every other time.
     fn pvh_triple_fault(&self, f: &Failure) -> bool {
-        if !f.reason.contains("Triple fault") {
-            return false;
-        }
-        let Some(at) = self.serial.iter().position(|l| l.contains("Triple fault")) else {
+        let Some(("Triple fault", at)) = f.report else {
             return false;
         };
-        let dump = &self.serial[at..self.serial.len().min(at + 40)];
-        dump.iter().any(|l| l.contains("CONTEXT: hvm guest"))
+        if self.domain_kind(&f.log) != Some(DomainKind::Pvh) {
+            return false;
+        }
+        let guest_reported = self
+            .logs
+            .get(&f.log)
+            .is_some_and(|lines| lines.iter().any(|l| report(l).is_some()));
+        if guest_reported {
+            return false;
+        }
+        // Xen's dump of that same vCPU follows its line.
+        let Some(vcpu) = self.serial.get(at).and_then(|l| vcpu_tag(l)) else {
+            return false;
+        };
+        let context = format!("CONTEXT: hvm guest ({vcpu})");
+        self.serial
+            .iter()
+            .skip(at + 1)
+            .take(40)
+            .any(|l| l.contains(&context))
     }
 
     /// Checks the time limits at `now`.
@@ -1861,72 +1925,127 @@ mod tests {
         assert!(m.failure.is_some());
     }
 
-    /// The lines of a run whose PVH guest triple-faults in its scenario,
-    /// with `rip`, `rsp` and `cs` in Xen's dump; `before` goes first.
-    fn triple_fault(before: &[&str], cs: &str, rip: &str, rsp: &str) -> Vec<String> {
-        let mut lines: Vec<String> = GOOD[..8].iter().map(|l| l.to_string()).collect();
+    /// A scenario with one PVH guest, `pvh`, whose domid dom0 reports.
+    fn pvh_scenario() -> Scenario {
+        parse(
+            "t.sh",
+            "# hdm: domains = pvh\n# hdm: timeout = 10\n# hdm: boot-timeout = 20\n\
+             # hdm: dom0-boot-timeout = 20\n",
+        )
+        .unwrap()
+    }
+
+    /// The lines of a run whose guest `pvh` (domid 1) triple-faults in its
+    /// scenario, `before` on its console first, `after` once Xen's dump
+    /// (of vCPU `dump_vcpu`, with `cs`, `rip` and `rsp`) is out.
+    fn triple_fault(
+        before: &[&str],
+        dump_vcpu: &str,
+        (cs, rip, rsp): (&str, &str, &str),
+        after: &[&str],
+    ) -> Vec<String> {
+        let mut lines: Vec<String> = [
+            "(XEN) Xen version 4.17",
+            "@@HDM boot dom0",
+            "@@HDM ready dom0",
+            "@@HDM begin dom0 main",
+            "@@HDM end dom0 main rc=0",
+            "@@HDM create pvh pvh",
+            "@@HDM created pvh 1",
+            "@[pvh] [    0.000000] Linux version 6.12",
+            "@[pvh] @@HDM begin pvh main",
+        ]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
         lines.extend(before.iter().map(|l| l.to_string()));
         lines.extend([
             "(XEN) d1v0 Triple fault - invoking HVM shutdown action 1".to_string(),
             "(XEN) *** Dumping Dom1 vcpu#0 state: ***".to_string(),
             format!("(XEN) RIP:    {cs}:[<{rip}>]"),
-            "(XEN) RFLAGS: 0000000000000006   CONTEXT: hvm guest (d1v0)".to_string(),
+            format!("(XEN) RFLAGS: 0000000000000006   CONTEXT: hvm guest ({dump_vcpu})"),
             format!("(XEN) rbp: 0000000000000000   rsp: {rsp}   r8:  0000000000000000"),
             format!("(XEN) ds: 0000   es: 0000   fs: 0000   gs: 0000   ss: 0018   cs: {cs}"),
         ]);
+        lines.extend(after.iter().map(|l| l.to_string()));
         lines
     }
 
-    fn judged(lines: &[String]) -> Monitor {
-        let sc = scenario();
-        let mut m = Monitor::new(&sc);
+    fn judged(sc: &Scenario, lines: &[String]) -> Monitor {
+        let mut m = Monitor::new(sc);
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         feed(&mut m, &lines);
-        m.exited(s(20), "exit status: 0", &sc.expect_log);
+        m.exited(s(30), "exit status: 0", &sc.expect_log);
         m
     }
 
+    /// Seen: Xen's own registers (cycles), an entry stack (share), the
+    /// x2APIC EOI write on an IRQ stack (mm).
+    const DUMPS: [(&str, &str, &str); 3] = [
+        ("e008", "ffff82d0402044a5", "ffff8301fad17f70"),
+        ("0010", "ffffffff81a01280", "fffffe0000002fd0"),
+        ("0010", "ffffffff8190baa7", "ffffc90000003e60"),
+    ];
+
     #[test]
     fn a_pvh_triple_fault_is_a_platform_flake_at_any_step() {
-        // As seen: Xen's own registers (cycles), an entry stack (share),
-        // the x2APIC EOI write on an IRQ stack (mm).
-        for (cs, rip, rsp) in [
-            ("e008", "ffff82d0402044a5", "ffff8301fad17f70"),
-            ("0010", "ffffffff81a01280", "fffffe0000002fd0"),
-            ("0010", "ffffffff8190baa7", "ffffc90000003e60"),
-        ] {
-            let m = judged(&triple_fault(&[], cs, rip, rsp));
+        for regs in DUMPS {
+            let m = judged(&pvh_scenario(), &triple_fault(&[], "d1v0", regs, &[]));
             let f = m.failure.as_ref().expect("a triple fault fails the run");
-            assert_eq!(f.step, "pv", "{rip}");
-            assert!(m.platform_flake().is_some(), "{rip}");
+            assert_eq!(
+                (f.step.as_str(), &f.log),
+                ("pvh", &Source::Guest("pvh".into()))
+            );
+            assert!(
+                matches!(m.platform_flake(), Some(Flake::PvhTripleFault(_))),
+                "{regs:?}"
+            );
         }
     }
 
     #[test]
-    fn a_report_before_a_triple_fault_is_no_platform_flake() {
-        for before in [
-            "@[pv] [    5.0] Oops: general protection fault, probably for non-canonical address",
-            "@[pv] [    5.0] WARNING: CPU: 0 PID: 61 at driver/x.rs:9 f+0x1/0x2",
-        ] {
-            let m = judged(&triple_fault(
-                &[before],
-                "0010",
-                "ffffffff81000000",
-                "ffffc90000003e60",
-            ));
-            assert!(m.failure.is_some(), "{before}");
-            assert!(m.platform_flake().is_none(), "{before}");
+    fn a_report_on_the_guests_console_makes_a_triple_fault_no_platform_flake() {
+        let oops =
+            "@[pvh] [    5.0] Oops: general protection fault, probably for non-canonical address";
+        let warning = "@[pvh] [    5.0] WARNING: CPU: 0 PID: 61 at driver/x.rs:9 f+0x1/0x2";
+        for (before, after) in [(&[oops][..], &[][..]), (&[warning], &[]), (&[], &[oops])] {
+            let m = judged(
+                &pvh_scenario(),
+                &triple_fault(before, "d1v0", DUMPS[2], after),
+            );
+            assert!(m.failure.is_some(), "{before:?} {after:?}");
+            assert_eq!(m.platform_flake(), None, "{before:?} {after:?}");
         }
     }
 
     #[test]
-    fn a_pv_guest_crash_in_its_scenario_is_no_platform_flake() {
+    fn a_triple_fault_without_its_own_dump_is_no_platform_flake() {
+        // No dump, or the dump of another vCPU.
+        let mut lines = triple_fault(&[], "d1v0", DUMPS[2], &[]);
+        lines.retain(|l| !l.contains("CONTEXT"));
+        assert_eq!(judged(&pvh_scenario(), &lines).platform_flake(), None);
+        let lines = triple_fault(&[], "d3v0", DUMPS[2], &[]);
+        assert_eq!(judged(&pvh_scenario(), &lines).platform_flake(), None);
+    }
+
+    #[test]
+    fn a_pv_guests_triple_fault_or_crash_in_its_scenario_is_no_platform_flake() {
+        // The same lines, but the guest is PV (as the scenario says).
+        let pv = parse(
+            "t.sh",
+            "# hdm: domains = pvh:pv\n# hdm: timeout = 10\n# hdm: boot-timeout = 20\n\
+             # hdm: dom0-boot-timeout = 20\n",
+        )
+        .unwrap();
+        let m = judged(&pv, &triple_fault(&[], "d1v0", DUMPS[2], &[]));
+        assert!(m.failure.is_some());
+        assert_eq!(m.platform_flake(), None);
         let mut lines: Vec<String> = GOOD[..8].iter().map(|l| l.to_string()).collect();
         lines.push("(XEN) domain_crash called from arch/x86/pv/traps.c:57".to_string());
         lines.push("(XEN) Domain 1 (vcpu#0) crashed on cpu#1:".to_string());
-        let m = judged(&lines);
+        let m = judged(&scenario(), &lines);
         assert!(m.failure.is_some());
-        assert!(m.platform_flake().is_none());
+        assert_eq!(m.platform_flake(), None);
     }
 
     #[test]
