@@ -94,8 +94,11 @@ dom0/final)
     hdm_no_nodes "$guest" 90
     [ "$HDM_BOOT" = 2 ] || exit 0
     # 4
+    t0=$(date +%s)
     apt-get purge -y -q hdmabuf hyper-dmabuf-dkms >/tmp/purge.log 2>&1 ||
         hdm_fail "4: apt-get purge failed: $(tail -5 /tmp/purge.log)"
+    hdm_log "4: apt-get purge took $(($(date +%s) - t0)) s; triggers:" \
+        "$(sed -n 's/^Processing triggers for \([^ ]*\).*/\1/p' /tmp/purge.log | tr '\n' ' ')"
     rmmod hyper_dmabuf || hdm_fail "4: the module does not unload"
     left=$(find /lib/modules -name 'hyper_dmabuf.ko*')
     [ -z "$left" ] || hdm_fail "4: modules left: $left"
