@@ -979,7 +979,7 @@ impl Monitor {
     /// not our code, is the likely cause, what it was: Xen or dom0 before
     /// dom0's init was up, or a domU before its init started the scenario
     /// ([`Flake::BeforeScenario`]); or a PVH guest's triple fault at any
-    /// step ([`Flake::PvhTripleFault`], see [`Monitor::pvh_triple_fault`]).
+    /// step ([`Flake::PvhTripleFault`]: no report on its console, its own dump).
     /// Timeouts, warnings, the reports of the debug kernel's checks
     /// ([`Severity::Check`]) and failures of scenario code never count.
     pub fn platform_flake(&self) -> Option<Flake> {
