@@ -108,18 +108,28 @@ fi
 
 # --- kernel packages ------------------------------------------------------------
 if [[ ! -f $KDEBS/.hdm-complete ]]; then
-    say "kernel: make bindeb-pkg in $KDIR"
+    say "kernel: make bindeb-pkg in a copy of $KDIR"
     rm -rf "$KDEBS"
     mkdir -p "$KDEBS"
     t=$(date +%s)
-    # The packages land beside the tree; bindeb-pkg rebuilds nothing of a
-    # built tree. The version is the release's, so that its name says
-    # which tree it came from.
-    make -C "$KDIR" -s "${KMAKE_VARS[@]}" -j2 KDEB_PKGVERSION="$KRELEASE-1" bindeb-pkg >&2
-    mv "$(dirname "$KDIR")"/linux-image-"$KRELEASE"_*.deb \
-        "$(dirname "$KDIR")"/linux-headers-"$KRELEASE"_*.deb "$KDEBS/"
-    rm -f "$(dirname "$KDIR")"/linux-libc-dev_*.deb "$(dirname "$KDIR")"/linux-upstream_* \
-        "$(dirname "$KDIR")"/linux-image-"$KRELEASE"-dbg_*.deb
+    # bindeb-pkg runs `make all` with the package's revision as the build
+    # number and the time of day as the build's, so it relinks vmlinux:
+    # run in the tree itself, it changed the bzImage under the images
+    # built from it earlier in the same `make test`, whose key then named
+    # images that did not exist. So it runs in a copy of the tree (only
+    # the link steps run again there); the packages land beside the copy.
+    # The version is the release's, so that the packages' names say which
+    # tree they came from.
+    copy=$HDMABUF_CACHE/debian-dom0/kernel-tree.tmp
+    rm -rf "$copy"
+    mkdir -p "$copy"
+    bzimage_sum=$(sha256sum <"$KDIR/arch/x86/boot/bzImage")
+    cp -a "$KDIR" "$copy/linux"
+    make -C "$copy/linux" -s "${KMAKE_VARS[@]}" -j2 KDEB_PKGVERSION="$KRELEASE-1" bindeb-pkg >&2
+    mv "$copy"/linux-image-"$KRELEASE"_*.deb "$copy"/linux-headers-"$KRELEASE"_*.deb "$KDEBS/"
+    rm -rf "$copy"
+    [[ $(sha256sum <"$KDIR/arch/x86/boot/bzImage") == "$bzimage_sum" ]] ||
+        die "the kernel in $KDIR changed while its packages were made"
     "$PLATFORM_DIR/debian/linux-lib-rust.sh" "$KDIR" "$KRELEASE" "$KDEBS" >&2
     touch "$KDEBS/.hdm-complete"
     say "kernel: $(cd "$KDEBS" && ls *.deb | tr '\n' ' ')in $(($(date +%s) - t)) s"
