@@ -486,6 +486,9 @@ impl fmt::Display for Source {
     }
 }
 
+/// How Xen's own console lines begin.
+const XEN_PREFIX: &str = "(XEN) ";
+
 /// Splits a serial line into its source and its text.
 pub fn classify(line: &str) -> (Source, &str) {
     if let Some(rest) = line.strip_prefix("@[") {
@@ -751,7 +754,21 @@ impl Monitor {
     }
 
     /// Feeds one serial line (without its line ending) received at `now`.
+    ///
+    /// Xen writes to the serial port itself, between dom0's writes, so one
+    /// of its lines can start in the middle of a line of dom0's or of a
+    /// guest's dom0 relays (`...disconnected from dom0(XEN) d2v0 Triple
+    /// fault`): the line is cut there, and each part is read as its own.
     pub fn line(&mut self, now: Duration, raw: &str) {
+        if let Some(at) = raw.find(XEN_PREFIX).filter(|&at| at > 0) {
+            self.one_line(now, &raw[..at]);
+            self.one_line(now, &raw[at..]);
+        } else {
+            self.one_line(now, raw);
+        }
+    }
+
+    fn one_line(&mut self, now: Duration, raw: &str) {
         self.serial.push(raw.to_string());
         let (source, text) = classify(raw);
         self.logs
@@ -2001,6 +2018,35 @@ mod tests {
                 "{regs:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_xen_line_cut_into_a_guests_line_is_xens() {
+        // As in a clean-clone run of 2026-12-07: the PV guest's line, then
+        // Xen's about the PVH guest, with no line ending between them.
+        let sc = parse(
+            "t.sh",
+            "# hdm: domains = pv pvh\n# hdm: timeout = 10\n# hdm: boot-timeout = 20\n\
+             # hdm: dom0-boot-timeout = 20\n",
+        )
+        .unwrap();
+        let mut lines = triple_fault(&[], "d1v0", DUMPS[0], &[]);
+        let at = lines
+            .iter()
+            .position(|l| l.contains("Triple fault"))
+            .unwrap();
+        let glued = format!(
+            "@[pv] [  205.956216] hyper_dmabuf: disconnected from dom0{}",
+            lines[at]
+        );
+        lines[at] = glued;
+        let m = judged(&sc, &lines);
+        let f = m.failure.as_ref().expect("a triple fault fails the run");
+        assert_eq!(f.log, Source::Guest("pvh".into()));
+        assert!(matches!(m.platform_flake(), Some(Flake::PvhTripleFault(_))));
+        assert!(m.logs[&Source::Guest("pv".into())]
+            .iter()
+            .any(|l| l.ends_with("disconnected from dom0")));
     }
 
     #[test]
