@@ -302,9 +302,9 @@ fn say(s: &Scenario, msg: &str) {
 /// [`PLATFORM_RETRIES`] times, and says so: under QEMU TCG's nested SVM a
 /// PVH guest sometimes triple-faults, which is not what the scenario
 /// tests. A triple fault after the scenario started is retried once at
-/// most: a bug of ours that broke a guest's exception delivery silently
-/// would look the same, and still fails a run unless it strikes less often
-/// than every other time. `HDM_VM_RETRY=N` sets the number of retries (0:
+/// most, unless Xen's own registers are in the dump: a bug of ours that
+/// broke a guest's exception delivery silently would look the same, and
+/// still fails a run unless it strikes less often than every other time. `HDM_VM_RETRY=N` sets the number of retries (0:
 /// none). The verdict names the flakes a passing run needed.
 fn run_one(opts: &Options, platforms: &Platforms, s: &Scenario) -> Result<Verdict, String> {
     let images = match (s.dom0, &platforms.busybox, &platforms.debian) {
