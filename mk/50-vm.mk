@@ -129,21 +129,21 @@ vm-selftest: images vm-runner
 	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --counts "$(COUNTS_DIR)/vm-selftest" --images "$(VM_IMAGES)" \
 	  $(VM_SELFTESTS)
 
-# $(1): scenarios, $(2): counts file name.
+# $(1): the scenarios, VM_JOBS at a time.
 define vm_drivers
-	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --jobs $(VM_JOBS) --counts "$(COUNTS_DIR)/$(2)" --images "$(VM_IMAGES)" \
+	@$(VM_RUNNER) run --time-scale $(VM_TIME_SCALE) --jobs $(VM_JOBS) --counts "$(COUNTS_DIR)/vm-drivers" --images "$(VM_IMAGES)" \
 	  $(if $(VM_DEBIAN),--debian "$$(platform/build-debian-dom0.sh --dir $(DEBIAN_DOM0_ARGS))") $(1)
 endef
 
 vm-drivers: images vm-runner $(VM_DEBIAN)
-	$(call vm_drivers,$(VM_DRIVER_TESTS),vm-drivers)
+	$(call vm_drivers,$(VM_DRIVER_TESTS))
 
 # make test: the smoke first, alone (nothing else is worth running if it
 # fails), then the driver scenarios with the runner's self-tests last, in
 # one queue two at a time: the short self-tests fill the slot the last
 # long scenario leaves free, instead of running one at a time after it.
 test-vm: vm-smoke vm-runner images $(VM_DEBIAN)
-	$(call vm_drivers,$(VM_DRIVER_TESTS) $(VM_SELFTESTS),vm-drivers)
+	$(call vm_drivers,$(VM_DRIVER_TESTS) $(VM_SELFTESTS))
 
 test: test-vm
 

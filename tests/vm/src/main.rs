@@ -304,8 +304,9 @@ fn say(s: &Scenario, msg: &str) {
 /// tests. A triple fault after the scenario started is retried once at
 /// most, unless Xen's own registers are in the dump: a bug of ours that
 /// broke a guest's exception delivery silently would look the same, and
-/// still fails a run unless it strikes less often than every other time. `HDM_VM_RETRY=N` sets the number of retries (0:
-/// none). The verdict names the flakes a passing run needed.
+/// still fails a run unless it strikes less often than every other time.
+/// `HDM_VM_RETRY=N` sets the number of retries (0: none). A passing run
+/// names the flakes it needed.
 fn run_one(opts: &Options, platforms: &Platforms, s: &Scenario) -> Result<Verdict, String> {
     let images = match (s.dom0, &platforms.busybox, &platforms.debian) {
         (Dom0Kind::Busybox, Some(images), _) => images,

@@ -125,7 +125,7 @@ pub const RULES: &[Rule] = &[
     // Xen (xen/arch/x86: hvm.c, traps.c; xen/common/bug.c). A domain Xen
     // crashed (`domain_crash called from ...`), an HVM/PVH guest that
     // crashed too early to print anything.
-    crash("Triple fault", Match::Anywhere("Triple fault")),
+    crash(TRIPLE_FAULT, Match::Anywhere(TRIPLE_FAULT)),
     crash("domain_crash", Match::Anywhere("domain_crash")),
     crash("Xen BUG at", Match::Start("Xen BUG at ")),
     crash(
@@ -486,6 +486,9 @@ impl fmt::Display for Source {
     }
 }
 
+/// The rule of an HVM guest's triple fault, as Xen says it.
+const TRIPLE_FAULT: &str = "Triple fault";
+
 /// How Xen's own console lines begin.
 const XEN_PREFIX: &str = "(XEN) ";
 
@@ -559,11 +562,27 @@ pub struct Failure {
     pub log: Source,
     /// Time of the failure since QEMU started.
     pub at: Duration,
+    /// The report that failed the run; none for a failure of another kind
+    /// (a time limit, a scenario's exit status).
+    pub report: Option<FailedReport>,
+}
+
+impl Failure {
     /// Whether it is a report of [`Severity::Crash`].
-    pub crash: bool,
-    /// The rule of the report that failed the run, and where its line is
-    /// in the serial log; none for a failure of another kind.
-    pub report: Option<(&'static str, usize)>,
+    pub fn crash(&self) -> bool {
+        self.report.is_some_and(|r| r.severity == Severity::Crash)
+    }
+}
+
+/// The report line that failed a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedReport {
+    /// Its rule's name.
+    pub rule: &'static str,
+    /// Its rule's severity.
+    pub severity: Severity,
+    /// Where the line is in the serial log.
+    pub serial_at: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -700,7 +719,7 @@ impl Monitor {
         step: &str,
         reason: String,
         log: Source,
-        report: Option<(&'static Rule, usize)>,
+        report: Option<FailedReport>,
     ) {
         if self.failure.is_none() {
             self.news.push(format!("step {step}: FAILED: {reason}"));
@@ -709,8 +728,7 @@ impl Monitor {
                 reason,
                 log,
                 at: now,
-                crash: report.is_some_and(|(rule, _)| rule.severity == Severity::Crash),
-                report: report.map(|(rule, at)| (rule.name, at)),
+                report,
             });
         } else {
             self.later_failures.push(format!("{step}: {reason}"));
@@ -888,7 +906,12 @@ impl Monitor {
 
     fn fail_report(&mut self, r: Report) {
         let reason = format!("`{}` in the {} log: {}", r.rule.name, r.source, r.line);
-        self.record(r.at, &r.step, reason, r.log, Some((r.rule, r.serial_at)));
+        let report = FailedReport {
+            rule: r.rule.name,
+            severity: r.rule.severity,
+            serial_at: r.serial_at,
+        };
+        self.record(r.at, &r.step, reason, r.log, Some(report));
     }
 
     fn rc_of<'a>(words: &[&'a str]) -> Option<&'a str> {
@@ -1000,11 +1023,13 @@ impl Monitor {
     /// not our code, is the likely cause, what it was: Xen or dom0 before
     /// dom0's init was up, or a domU before its init started the scenario
     /// ([`Flake::BeforeScenario`]); or a PVH guest's triple fault at any
-    /// step ([`Flake::PvhTripleFault`]: no report on its console, its own dump).
+    /// step, with no report on its console and its own dump after Xen's
+    /// line ([`Flake::EmulationFault`] if that dump shows Xen's registers,
+    /// [`Flake::PvhTripleFault`] otherwise).
     /// Timeouts, warnings, the reports of the debug kernel's checks
     /// ([`Severity::Check`]) and failures of scenario code never count.
     pub fn platform_flake(&self) -> Option<Flake> {
-        let f = self.failure.as_ref().filter(|f| f.crash)?;
+        let f = self.failure.as_ref().filter(|f| f.crash())?;
         if f.step == "boot" || f.step.starts_with("create ") {
             return Some(Flake::BeforeScenario(format!(
                 "step `{}`: {}",
@@ -1029,8 +1054,8 @@ impl Monitor {
         })
     }
 
-    /// Whether failure `f` is a PVH guest's triple fault that nothing of
-    /// the guest's own explains. Under QEMU TCG's nested SVM a PVH guest
+    /// If failure `f` is a PVH guest's triple fault that nothing of the
+    /// guest's own explains, Xen's dump of that vCPU. Under QEMU TCG's nested SVM a PVH guest
     /// "triple faults" now and then at any step: with Xen's own registers
     /// in the dump, with its stack pointer on an entry stack of Linux's CPU
     /// entry area, and with ordinary guest state (a timer interrupt reading
@@ -1043,11 +1068,8 @@ impl Monitor {
     /// written through a stale mapping): the runner retries this kind at
     /// most once per scenario, so such a bug still fails a run unless it
     /// strikes less often than every other time.
-    /// Xen's dump of the vCPU, when it is one.
     fn pvh_triple_fault(&self, f: &Failure) -> Option<&[String]> {
-        let Some(("Triple fault", at)) = f.report else {
-            return None;
-        };
+        let at = f.report.filter(|r| r.rule == TRIPLE_FAULT)?.serial_at;
         if self.domain_kind(&f.log) != Some(DomainKind::Pvh) {
             return None;
         }
@@ -1680,13 +1702,13 @@ mod tests {
         );
         feed(&mut m, &lines);
         let f = m.failure.clone().unwrap();
+        assert!(!f.crash());
         assert_eq!((f.step.as_str(), f.log), ("pv", Source::Guest("pv".into())));
         assert_eq!(
             f.reason,
             "`BUG <cache> (<taint>):` in the pv log: [   23.456789] \
              BUG kmalloc-64 (Tainted: G           O       ): Object already free"
         );
-        assert!(!f.crash);
     }
 
     #[test]

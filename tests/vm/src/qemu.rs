@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// The boot images made by `platform/build-images.sh`.
 #[derive(Clone, Debug)]
@@ -189,11 +190,14 @@ pub fn command(qemu: &str, dom0: Dom0<'_>, dom0_args: &str, interactive: bool) -
 }
 
 /// The CPU time a QEMU process has used, from `/proc/PID/stat`, sampled
-/// while it runs: the last sample before it exits is kept (the runner
-/// samples at least once a second, so at most that much goes uncounted).
+/// while it runs: the last sample before it exits is kept. The runner
+/// calls [`CpuClock::sample`] for every serial line and at least once a
+/// second; the file is read once a second at most, so at most about two
+/// seconds go uncounted.
 pub struct CpuClock {
     stat: PathBuf,
     last_ticks: Option<u64>,
+    sampled_at: Option<Instant>,
 }
 
 impl CpuClock {
@@ -202,11 +206,21 @@ impl CpuClock {
         CpuClock {
             stat: PathBuf::from(format!("/proc/{pid}/stat")),
             last_ticks: None,
+            sampled_at: None,
         }
     }
 
-    /// Reads the process's user and system time, if it still runs.
+    /// Reads the process's user and system time, if it still runs and the
+    /// last read is a second old.
     pub fn sample(&mut self) {
+        let now = Instant::now();
+        if self
+            .sampled_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.sampled_at = Some(now);
         if let Some(ticks) = fs::read_to_string(&self.stat)
             .ok()
             .and_then(|stat| cpu_ticks(&stat))
